@@ -1,0 +1,251 @@
+"""The journal: the eventsourcing application, its recorders and query tables.
+
+The library's own SQLite and PostgreSQL recorders store the events; the small
+subclasses here add the query tables of ``adapters.readmodel`` and write their
+rows inside the library's insert transaction.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.domain import CanMutateAggregate
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.utils import get_topic
+from psycopg.rows import DictRow
+from psycopg.sql import SQL
+
+from caljournal.adapters.readmodel import (
+    ACCOUNTS,
+    APPOINTMENTS,
+    TOKENS,
+    Row,
+    Window,
+    create_statements,
+    docs,
+    rows_for,
+    upsert_statement,
+    window_query,
+)
+from caljournal.settings import Settings, database_config
+
+APPLICATION_NAME = "caljournal"
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class ReadModelQueries:
+    """Queries over the query tables, shared by both recorders."""
+
+    qualify: str
+    placeholder: str
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        raise NotImplementedError
+
+    def select_window(self, window: Window) -> list[dict[str, Any]]:
+        """Return the appointments of an account overlapping a window."""
+        return docs(self._fetch(*window_query(window, self.qualify, self.placeholder)))
+
+    def select_token(self, token_hash: str) -> dict[str, Any] | None:
+        """Return the token row with this hash, or None."""
+        rows = self._fetch(
+            f"SELECT * FROM {self.qualify}{TOKENS} WHERE token_hash = {self.placeholder}",
+            [token_hash],
+        )
+        return dict(rows[0]) if rows else None
+
+    def select_tokens(self, account_id: str | None) -> list[dict[str, Any]]:
+        """Return an account's tokens (operator tokens when ``account_id`` is None)."""
+        if account_id is None:
+            sql = f"SELECT * FROM {self.qualify}{TOKENS} WHERE account_id IS NULL"
+            params: list[Any] = []
+        else:
+            sql = f"SELECT * FROM {self.qualify}{TOKENS} WHERE account_id = {self.placeholder}"
+            params = [account_id]
+        return [dict(r) for r in self._fetch(sql + " ORDER BY created_us, id", params)]
+
+    def select_accounts(self) -> list[dict[str, Any]]:
+        """Return all accounts, by name."""
+        sql = f"SELECT * FROM {self.qualify}{ACCOUNTS} ORDER BY name"
+        return [dict(r) for r in self._fetch(sql, [])]
+
+    def count_appointments(self, account_id: str) -> int:
+        """Return how many appointments (of any status) an account has."""
+        sql = (
+            f"SELECT COUNT(*) AS n FROM {self.qualify}{APPOINTMENTS} "
+            f"WHERE account_id = {self.placeholder}"
+        )
+        return int(self._fetch(sql, [account_id])[0]["n"])
+
+    def upsert_rows(self, rows: Iterable[Row]) -> None:
+        """Write rows outside an event transaction (used when rebuilding)."""
+        self._execute(upsert_statement(r, self.qualify, self.placeholder) for r in rows)
+
+    def clear_read_model(self) -> None:
+        """Delete every query-table row (before a rebuild)."""
+        self._execute(
+            (f"DELETE FROM {self.qualify}{t}", []) for t in (APPOINTMENTS, ACCOUNTS, TOKENS)
+        )
+
+
+class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
+    """The library's SQLite recorder plus the query tables."""
+
+    qualify = ""
+    placeholder = "?"
+
+    def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name)
+
+    def construct_create_table_statements(self) -> list[str]:
+        return super().construct_create_table_statements() + create_statements("")
+
+    def _insert_events(
+        self,
+        c: SQLiteCursor,
+        stored_events: Sequence[StoredEvent],
+        *,
+        read_model: Sequence[Row] = (),
+        **kwargs: Any,
+    ) -> Sequence[int] | None:
+        ids = super()._insert_events(c, stored_events, **kwargs)
+        for row in read_model:
+            c.execute(*upsert_statement(row, "", "?"))
+        return ids
+
+    def select_positions(self, originator_id: UUID) -> dict[int, int]:
+        """Return notification id by version for one aggregate's events."""
+        sql = (
+            f"SELECT originator_version AS v, rowid AS n FROM {self.events_table_name} "
+            "WHERE originator_id = ?"
+        )
+        return {r["v"]: r["n"] for r in self._fetch(sql, [originator_id.hex])}
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(sql, list(params))
+            return list(c.fetchall())
+
+    def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            for sql, params in statements:
+                c.execute(sql, list(params))
+
+
+class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
+    """The library's PostgreSQL recorder plus the query tables."""
+
+    placeholder = "%s"
+
+    def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
+        super().__init__(datastore, events_table_name=events_table_name)
+        self.qualify = f'"{datastore.schema}".'
+        for statement in create_statements(self.qualify):
+            self.sql_create_statements.append(SQL(statement))  # type: ignore[arg-type]
+
+    def _insert_events(
+        self,
+        curs: Any,
+        stored_events: Sequence[StoredEvent],
+        *,
+        read_model: Sequence[Row] = (),
+        **kwargs: Any,
+    ) -> None:
+        # Runs inside the library's insert transaction, before the events insert:
+        # a version conflict on the events rolls these rows back too.
+        for row in read_model:
+            curs.execute(*upsert_statement(row, self.qualify, "%s"))
+
+    def select_positions(self, originator_id: UUID) -> dict[int, int]:
+        """Return notification id by version for one aggregate's events."""
+        sql = (
+            f'SELECT originator_version AS v, notification_id AS n FROM {self.qualify}"'
+            f'{self.events_table_name}" WHERE originator_id = %s'
+        )
+        return {r["v"]: r["n"] for r in self._fetch(sql, [originator_id])}
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[DictRow]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(sql.encode(), list(params))  # type: ignore[call-overload]
+            return list(curs.fetchall())
+
+    def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            for sql, params in statements:
+                curs.execute(sql.encode(), list(params))  # type: ignore[call-overload]
+
+
+JournalRecorder = SQLiteJournalRecorder | PostgresJournalRecorder
+
+
+class Journal(Application[UUID]):
+    """The append-only journal of every account, appointment and token."""
+
+    name = APPLICATION_NAME
+
+    def save(self, *objs: Any, **kwargs: Any) -> Any:
+        """Record the aggregates' new events and their query-table rows atomically.
+
+        :raises eventsourcing.persistence.IntegrityError: when another writer
+            recorded the same version first (optimistic concurrency).
+        """
+        rows = [
+            row
+            for obj in objs
+            if obj is not None and not isinstance(obj, CanMutateAggregate)
+            for row in rows_for(obj)
+        ]
+        return super().save(*objs, read_model=rows, **kwargs)
+
+    @property
+    def journal_recorder(self) -> SQLiteJournalRecorder | PostgresJournalRecorder:
+        """Return the recorder, with its query-table methods."""
+        recorder = self.recorder
+        assert isinstance(recorder, SQLiteJournalRecorder | PostgresJournalRecorder)
+        return recorder
+
+
+def journal_env(settings: Settings) -> dict[str, str]:
+    """Return the eventsourcing environment for the configured database.
+
+    Every key is given with and without the application's prefix, so stray
+    variables in the process environment cannot redirect the journal.
+    """
+    env = database_config(settings.database_url)
+    if env["PERSISTENCE_MODULE"] == "eventsourcing.sqlite":
+        env["APPLICATION_RECORDER_TOPIC"] = get_topic(SQLiteJournalRecorder)
+        env["SQLITE_LOCK_TIMEOUT"] = str(settings.database_lock_timeout)
+    else:
+        schema = env["POSTGRES_SCHEMA"]
+        if not _SCHEMA.match(schema):
+            raise ValueError(f"schema {schema!r} must be a lower-case SQL identifier")
+        env["APPLICATION_RECORDER_TOPIC"] = get_topic(PostgresJournalRecorder)
+        env["POSTGRES_POOL_SIZE"] = str(settings.database_pool_size)
+        env["POSTGRES_MAX_OVERFLOW"] = str(settings.database_pool_size)
+        env["POSTGRES_LOCK_TIMEOUT"] = str(settings.database_lock_timeout)
+        env["POSTGRES_CONNECT_TIMEOUT"] = "5"
+    env["CREATE_TABLE"] = "y"
+    if settings.journal_cipher_key is not None:
+        env["CIPHER_TOPIC"] = "eventsourcing.cipher:AESCipher"
+        env["CIPHER_KEY"] = settings.journal_cipher_key.get_secret_value()
+    prefixed = {f"{APPLICATION_NAME.upper()}_{k}": v for k, v in env.items()}
+    return {**env, **prefixed}
+
+
+def open_journal(settings: Settings) -> Journal:
+    """Open (and if needed create) the journal described by ``settings``."""
+    return Journal(env=journal_env(settings))
+
+
+def topic_of(cls: type) -> str:
+    """Return the pinned topic of an event or aggregate class."""
+    return get_topic(cls)

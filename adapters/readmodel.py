@@ -1,0 +1,154 @@
+"""Query tables kept in the same transaction as the events that change them.
+
+The journal has no secondary index, so "appointments of account X between T1 and
+T2" needs a table of its own. Rows are written by the recorder in the very
+transaction that inserts the events (see ``adapters.journal``), so the tables
+can never disagree with the journal, and they can be rebuilt from it at any time.
+Times are stored as integer microseconds since the epoch (UTC), which compares
+the same way on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from caljournal.domain.account import Account, ApiToken
+from caljournal.domain.appointment import MAX_DURATION, Appointment
+
+APPOINTMENTS = "caljournal_appointments"
+ACCOUNTS = "caljournal_accounts"
+TOKENS = "caljournal_tokens"
+MAX_DURATION_US = int(MAX_DURATION.total_seconds() * 1_000_000)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(value: datetime) -> int:
+    """Return microseconds since the epoch for an aware datetime."""
+    delta = value - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass(frozen=True)
+class Row:
+    """One row of a query table, upserted when its version is newer."""
+
+    table: str
+    values: dict[str, Any]
+
+
+def rows_for(aggregate: object) -> list[Row]:
+    """Return the query-table rows that describe an aggregate's current state."""
+    if isinstance(aggregate, Appointment):
+        return [
+            Row(
+                APPOINTMENTS,
+                {
+                    "id": str(aggregate.id),
+                    "account_id": str(aggregate.account_id),
+                    "start_us": to_us(aggregate.start),
+                    "end_us": to_us(aggregate.end),
+                    "status": aggregate.status,
+                    "version": aggregate.version,
+                    "doc": json.dumps(aggregate.state(), separators=(",", ":")),
+                },
+            )
+        ]
+    if isinstance(aggregate, Account):
+        return [
+            Row(
+                ACCOUNTS,
+                {
+                    "id": str(aggregate.id),
+                    "name": aggregate.name,
+                    "created_us": to_us(aggregate.created_on),
+                    "version": aggregate.version,
+                },
+            )
+        ]
+    if isinstance(aggregate, ApiToken):
+        return [
+            Row(
+                TOKENS,
+                {
+                    "id": str(aggregate.id),
+                    "account_id": str(aggregate.account_id) if aggregate.account_id else None,
+                    "name": aggregate.name,
+                    "token_hash": aggregate.token_hash,
+                    "revoked": 1 if aggregate.revoked else 0,
+                    "created_us": to_us(aggregate.created_on),
+                    "version": aggregate.version,
+                },
+            )
+        ]
+    return []
+
+
+def create_statements(qualify: str) -> list[str]:
+    """Return the DDL of the query tables; ``qualify`` prefixes table names (a schema)."""
+    a, c, t = (qualify + name for name in (APPOINTMENTS, ACCOUNTS, TOKENS))
+    return [
+        f"CREATE TABLE IF NOT EXISTS {a} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
+        "start_us BIGINT NOT NULL, end_us BIGINT NOT NULL, status TEXT NOT NULL, "
+        "version INTEGER NOT NULL, doc TEXT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {APPOINTMENTS}_window ON {a} (account_id, start_us)",
+        f"CREATE TABLE IF NOT EXISTS {c} (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
+        "created_us BIGINT NOT NULL, version INTEGER NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, account_id TEXT, "
+        "name TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, revoked INTEGER NOT NULL, "
+        "created_us BIGINT NOT NULL, version INTEGER NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {TOKENS}_account ON {t} (account_id)",
+    ]
+
+
+def upsert_statement(row: Row, qualify: str, placeholder: str) -> tuple[str, list[Any]]:
+    """Return SQL that inserts ``row`` or replaces an older version of it."""
+    names = list(row.values)
+    table = qualify + row.table
+    marks = ", ".join(placeholder for _ in names)
+    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "id")
+    sql = (
+        f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks}) "
+        f"ON CONFLICT (id) DO UPDATE SET {updates} WHERE excluded.version > {table}.version"
+    )
+    return sql, [row.values[n] for n in names]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A query for an account's appointments overlapping [start, end)."""
+
+    account_id: str
+    start: datetime
+    end: datetime
+    include_cancelled: bool = False
+    limit: int = 500
+
+
+def window_query(window: Window, qualify: str, placeholder: str) -> tuple[str, list[Any]]:
+    """Return SQL that lists the appointments overlapping a window, earliest first.
+
+    The lower bound on ``start_us`` follows from the longest allowed appointment
+    and keeps the index range scan short for accounts with a long history.
+    """
+    p = placeholder
+    lo, hi = to_us(window.start), to_us(window.end)
+    sql = (
+        f"SELECT doc FROM {qualify}{APPOINTMENTS} WHERE account_id = {p} "
+        f"AND start_us < {p} AND start_us > {p} AND end_us > {p}"
+    )
+    params: list[Any] = [window.account_id, hi, lo - MAX_DURATION_US - 1, lo]
+    if not window.include_cancelled:
+        sql += " AND status = 'booked'"
+    sql += f" ORDER BY start_us, id LIMIT {p}"
+    params.append(window.limit)
+    return sql, params
+
+
+def docs(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """Decode the ``doc`` column of fetched rows."""
+    return [json.loads(r["doc"]) for r in rows]

@@ -1,0 +1,1 @@
+"""caljournal api."""

@@ -1,0 +1,174 @@
+"""Appointment endpoints: translate HTTP to service calls and back, nothing more."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Body, Header, Query, Response, status
+from pydantic import AwareDatetime
+
+from caljournal.api.deps import (
+    CauseDep,
+    ContainerDep,
+    ExpectedVersionDep,
+    ScopeDep,
+    TargetAccountDep,
+)
+from caljournal.api.schemas import (
+    AppointmentList,
+    AppointmentOut,
+    BookIn,
+    CancelIn,
+    DetailsIn,
+    ErrorOut,
+    History,
+    MoveIn,
+)
+from caljournal.appointments import Booking
+from caljournal.errors import ApplicationError
+
+router = APIRouter(prefix="/appointments", tags=["appointments"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing, unknown or revoked token"},
+    404: {"model": ErrorOut, "description": "no such appointment in your account"},
+    422: {"model": ErrorOut, "description": "invalid input; `field` names it"},
+}
+_WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    409: {"model": ErrorOut, "description": "the appointment is cancelled"},
+    412: {"model": ErrorOut, "description": "If-Match names an older version"},
+}
+
+
+def _with_etag(response: Response, state: dict[str, Any]) -> dict[str, Any]:
+    response.headers["ETag"] = f'"{state["version"]}"'
+    return state
+
+
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=AppointmentOut,
+    responses=_ERRORS,
+    summary="Book an appointment",
+)
+def book(
+    body: BookIn,
+    response: Response,
+    container: ContainerDep,
+    cause: CauseDep,
+    account_id: TargetAccountDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            description="send the same key when retrying; the first result is returned",
+        ),
+    ] = None,
+) -> dict[str, Any]:
+    """Book an appointment. With ``Idempotency-Key`` a retried request books nothing new."""
+    booked = container.appointments.book(
+        account_id, Booking(**body.model_dump()), cause, idempotency_key
+    )
+    response.headers["Location"] = f"/appointments/{booked.state['id']}"
+    if not booked.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return _with_etag(response, booked.state)
+
+
+@router.get("", response_model=AppointmentList, responses=_ERRORS, summary="List a time window")
+def list_window(
+    container: ContainerDep,
+    account_id: TargetAccountDep,
+    start: Annotated[AwareDatetime, Query(description="window start (inclusive)")],
+    end: Annotated[AwareDatetime, Query(description="window end (exclusive)")],
+    include_cancelled: bool = False,
+    limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+) -> dict[str, Any]:
+    """List the appointments that overlap [start, end), earliest first."""
+    if end <= start:
+        raise ApplicationError("end must be after start", field="end")
+    items = container.appointments.list_window(account_id, start, end, include_cancelled, limit)
+    return {"items": items, "count": len(items)}
+
+
+@router.get("/{appointment_id}", response_model=AppointmentOut, responses=_ERRORS)
+def get(
+    appointment_id: UUID,
+    response: Response,
+    container: ContainerDep,
+    scope: ScopeDep,
+    as_of: Annotated[
+        AwareDatetime | None, Query(description="return the state as it was at this moment")
+    ] = None,
+) -> dict[str, Any]:
+    """Return an appointment, now or as it was at ``as_of``."""
+    state = container.appointments.get(scope, appointment_id, as_of)
+    return _with_etag(response, state)
+
+
+@router.post("/{appointment_id}/move", response_model=AppointmentOut, responses=_WRITE_ERRORS)
+def move(
+    appointment_id: UUID,
+    body: MoveIn,
+    response: Response,
+    container: ContainerDep,
+    scope: ScopeDep,
+    cause: CauseDep,
+    expected_version: ExpectedVersionDep,
+) -> dict[str, Any]:
+    """Move an appointment to a new period."""
+    state = container.appointments.move(
+        scope, appointment_id, body.start, body.end, cause, expected_version
+    )
+    return _with_etag(response, state)
+
+
+@router.patch("/{appointment_id}", response_model=AppointmentOut, responses=_WRITE_ERRORS)
+def change_details(
+    appointment_id: UUID,
+    body: DetailsIn,
+    response: Response,
+    container: ContainerDep,
+    scope: ScopeDep,
+    cause: CauseDep,
+    expected_version: ExpectedVersionDep,
+) -> dict[str, Any]:
+    """Change title, location, description or customer fields."""
+    changes = {name: getattr(body, name) for name in body.model_fields_set}
+    if "title" in changes and changes["title"] is None:
+        raise ApplicationError("title cannot be cleared", field="title")
+    state = container.appointments.change_details(
+        scope, appointment_id, changes, cause, expected_version
+    )
+    return _with_etag(response, state)
+
+
+@router.post("/{appointment_id}/cancel", response_model=AppointmentOut, responses=_WRITE_ERRORS)
+def cancel(
+    appointment_id: UUID,
+    response: Response,
+    container: ContainerDep,
+    scope: ScopeDep,
+    cause: CauseDep,
+    expected_version: ExpectedVersionDep,
+    body: Annotated[CancelIn | None, Body()] = None,
+) -> dict[str, Any]:
+    """Cancel an appointment (cancelling twice changes nothing)."""
+    reason = body.reason if body else None
+    state = container.appointments.cancel(scope, appointment_id, cause, reason, expected_version)
+    return _with_etag(response, state)
+
+
+@router.get("/{appointment_id}/history", response_model=History, responses=_ERRORS)
+def history(appointment_id: UUID, container: ContainerDep, scope: ScopeDep) -> dict[str, Any]:
+    """Every recorded change: journal position, time, type, origin, actor, old → new."""
+    entries = container.appointments.history(scope, appointment_id)
+    return {"appointment_id": str(appointment_id), "entries": entries}
+
+
+__all__ = ["router", "datetime"]

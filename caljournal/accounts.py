@@ -1,0 +1,179 @@
+"""Application service for accounts and API tokens."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID, uuid4
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from caljournal.adapters.journal import Journal
+from caljournal.domain.account import Account, ApiToken, check_name
+from caljournal.domain.cause import Cause
+from caljournal.errors import AuthenticationError, ConflictError, NotFoundError
+
+TOKEN_PREFIX = "cj_"
+
+
+def hash_token(token: str) -> str:
+    """Return the stored form of a token.
+
+    Tokens carry 256 random bits, so a plain SHA-256 is enough: there is nothing
+    to brute-force that a slow password hash would protect.
+    """
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a token of one account, or an operator token (account None)."""
+
+    token_id: UUID
+    token_name: str
+    account_id: UUID | None
+    account_name: str | None
+
+    @property
+    def is_operator(self) -> bool:
+        """Return True when the token may act on every account."""
+        return self.account_id is None
+
+    @property
+    def actor(self) -> str:
+        """Return the actor recorded in events caused by this principal."""
+        if self.account_name is None:
+            return f"operator-token:{self.token_name}"
+        return f"token:{self.account_name}/{self.token_name}"
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    """A freshly issued token; ``secret`` is shown once and never stored."""
+
+    token_id: UUID
+    name: str
+    account_name: str | None
+    secret: str
+
+
+class AccountService:
+    """Open accounts, issue, list and revoke tokens, authenticate callers."""
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def open_account(self, name: str, cause: Cause, token_name: str = "default") -> IssuedToken:
+        """Open an account and issue its first token.
+
+        :raises ConflictError: when an account of that name (in any case) exists.
+        :raises InvalidAccountError: when the name is unusable.
+        """
+        account = Account.open(name=name, cause=cause)
+        token, secret = self._new_token(token_name, account.id, cause)
+        try:
+            self.journal.save(account, token)
+        except IntegrityError:
+            raise ConflictError(f"an account named {name!r} exists already") from None
+        return IssuedToken(token.id, token.name, name, secret)
+
+    def find_account(self, name: str) -> Account:
+        """Return the account called ``name``.
+
+        :raises NotFoundError: when there is none.
+        """
+        check_name("account", name)
+        try:
+            account = self.journal.repository.get(Account.id_for(name))
+        except AggregateNotFoundError:
+            raise NotFoundError(f"no account named {name!r}") from None
+        assert isinstance(account, Account)
+        return account
+
+    def account_name(self, account_id: UUID) -> str:
+        """Return the name of an account.
+
+        :raises NotFoundError: when there is none.
+        """
+        try:
+            account = self.journal.repository.get(account_id)
+        except AggregateNotFoundError:
+            raise NotFoundError(f"no account {account_id}") from None
+        return str(account.name)
+
+    def list_accounts(self) -> list[dict[str, Any]]:
+        """Return every account (id, name, created)."""
+        return self.journal.journal_recorder.select_accounts()
+
+    def issue_token(self, account_name: str | None, token_name: str, cause: Cause) -> IssuedToken:
+        """Issue a token for an account, or an operator token when ``account_name`` is None.
+
+        :raises NotFoundError: when the account does not exist.
+        """
+        account_id = self.find_account(account_name).id if account_name else None
+        token, secret = self._new_token(token_name, account_id, cause)
+        self.journal.save(token)
+        return IssuedToken(token.id, token.name, account_name, secret)
+
+    def list_tokens(self, account_name: str | None) -> list[dict[str, Any]]:
+        """Return the tokens of an account (operator tokens when None), without secrets."""
+        account_id = str(self.find_account(account_name).id) if account_name else None
+        rows = self.journal.journal_recorder.select_tokens(account_id)
+        return [
+            {
+                "id": r["id"],
+                "name": r["name"],
+                "account": account_name,
+                "revoked": bool(r["revoked"]),
+                "created_us": r["created_us"],
+            }
+            for r in rows
+        ]
+
+    def revoke_token(self, token_id: UUID, cause: Cause) -> None:
+        """Revoke a token by id.
+
+        :raises NotFoundError: when there is no such token.
+        :raises TokenRevokedError: when it is revoked already.
+        """
+        try:
+            token = self.journal.repository.get(token_id)
+        except AggregateNotFoundError:
+            raise NotFoundError(f"no token {token_id}") from None
+        if not isinstance(token, ApiToken):
+            raise NotFoundError(f"no token {token_id}")
+        token.revoke(cause=cause)
+        self.journal.save(token)
+
+    def authenticate(self, secret: str) -> Principal:
+        """Return the principal of a bearer token.
+
+        :raises AuthenticationError: when the token is unknown or revoked.
+        """
+        if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
+            raise AuthenticationError("the bearer token is not a caljournal token")
+        digest = hash_token(secret)
+        row = self.journal.journal_recorder.select_token(digest)
+        if row is None or not hmac.compare_digest(row["token_hash"], digest):
+            raise AuthenticationError("the bearer token is unknown")
+        if row["revoked"]:
+            raise AuthenticationError("the bearer token was revoked")
+        account_id = UUID(row["account_id"]) if row["account_id"] else None
+        account_name = self.account_name(account_id) if account_id else None
+        return Principal(UUID(row["id"]), row["name"], account_id, account_name)
+
+    @staticmethod
+    def _new_token(name: str, account_id: UUID | None, cause: Cause) -> tuple[ApiToken, str]:
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = ApiToken.issue(
+            token_id=uuid4(),
+            name=name,
+            account_id=account_id,
+            token_hash=hash_token(secret),
+            cause=cause,
+        )
+        return token, secret

@@ -1,0 +1,293 @@
+"""Application service for appointments: the commands the API and CLI call."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import IntegrityError
+
+from caljournal.adapters.journal import Journal
+from caljournal.adapters.readmodel import Window
+from caljournal.domain.appointment import Appointment
+from caljournal.domain.cause import Cause
+from caljournal.errors import (
+    ConflictError,
+    IdempotencyKeyReusedError,
+    NotFoundError,
+    PreconditionFailedError,
+)
+
+IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://caljournal.invalid/idempotency")
+MAX_WRITE_ATTEMPTS = 30
+_VOLATILE = {"version", "modified_on", "created_on"}
+
+
+@dataclass(frozen=True)
+class Booking:
+    """What a caller asks to book."""
+
+    title: str
+    start: datetime
+    end: datetime
+    timezone: str
+    location: str | None = None
+    description: str | None = None
+    customer_name: str | None = None
+    customer_email: str | None = None
+
+
+@dataclass(frozen=True)
+class Booked:
+    """The result of a booking: the appointment's state and whether it is new."""
+
+    state: dict[str, Any]
+    created: bool
+
+
+def _same_booking(first: Appointment, booking: Booking) -> bool:
+    return (
+        first.title == booking.title
+        and first.start == booking.start
+        and first.end == booking.end
+        and first.timezone == booking.timezone
+        and first.location == booking.location
+        and first.description == booking.description
+        and first.customer_name == booking.customer_name
+        and first.customer_email == booking.customer_email
+    )
+
+
+class AppointmentService:
+    """Book, move, change, cancel, read and explain appointments.
+
+    ``scope`` arguments are the caller's account id, or None for an operator who
+    may see every account. An appointment outside the scope is reported as not
+    found, so its existence does not leak.
+    """
+
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    # -- commands ---------------------------------------------------------------
+
+    def book(
+        self,
+        account_id: UUID,
+        booking: Booking,
+        cause: Cause,
+        idempotency_key: str | None = None,
+    ) -> Booked:
+        """Book an appointment; a repeated ``idempotency_key`` returns the first result.
+
+        :raises InvalidAppointmentError: when the booking breaks an invariant.
+        :raises IdempotencyKeyReusedError: when the key came with a different booking.
+        """
+        if idempotency_key is None:
+            appointment_id = uuid4()
+        else:
+            appointment_id = uuid5(IDEMPOTENCY_NAMESPACE, f"{account_id}:{idempotency_key}")
+            replay = self._replay_booking(appointment_id, booking)
+            if replay is not None:
+                return replay
+        appointment = Appointment.book(
+            appointment_id=appointment_id,
+            account_id=account_id,
+            cause=cause,
+            **booking.__dict__,
+        )
+        try:
+            self.journal.save(appointment)
+        except IntegrityError:
+            # A concurrent request with the same key won the race.
+            replay = self._replay_booking(appointment_id, booking)
+            if replay is None:  # pragma: no cover - the row must exist after the conflict
+                raise
+            return replay
+        return Booked(appointment.state(), created=True)
+
+    def _replay_booking(self, appointment_id: UUID, booking: Booking) -> Booked | None:
+        try:
+            first = self.journal.repository.get(appointment_id, version=1)
+        except AggregateNotFoundError:
+            return None
+        if not _same_booking(first, booking):
+            raise IdempotencyKeyReusedError(
+                "this Idempotency-Key was used before with a different request",
+                field="Idempotency-Key",
+            )
+        return Booked(first.state(), created=False)
+
+    def move(
+        self,
+        scope: UUID | None,
+        appointment_id: UUID,
+        start: datetime,
+        end: datetime,
+        cause: Cause,
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Move an appointment and return its new state.
+
+        :raises NotFoundError, PreconditionFailedError, AppointmentCancelledError,
+            InvalidAppointmentError:
+        """
+        return self._update(
+            scope,
+            appointment_id,
+            expected_version,
+            lambda a: a.move(start=start, end=end, cause=cause),
+        )
+
+    def change_details(
+        self,
+        scope: UUID | None,
+        appointment_id: UUID,
+        changes: dict[str, str | None],
+        cause: Cause,
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Change descriptive fields and return the new state.
+
+        :raises NotFoundError, PreconditionFailedError, AppointmentCancelledError,
+            InvalidAppointmentError:
+        """
+        return self._update(
+            scope,
+            appointment_id,
+            expected_version,
+            lambda a: a.change_details(changes=changes, cause=cause),
+        )
+
+    def cancel(
+        self,
+        scope: UUID | None,
+        appointment_id: UUID,
+        cause: Cause,
+        reason: str | None = None,
+        expected_version: int | None = None,
+    ) -> dict[str, Any]:
+        """Cancel an appointment and return its final state.
+
+        :raises NotFoundError, PreconditionFailedError:
+        """
+        return self._update(
+            scope,
+            appointment_id,
+            expected_version,
+            lambda a: a.cancel(cause=cause, reason=reason),
+        )
+
+    def _update(
+        self,
+        scope: UUID | None,
+        appointment_id: UUID,
+        expected_version: int | None,
+        command: Callable[[Appointment], bool],
+    ) -> dict[str, Any]:
+        for attempt in range(MAX_WRITE_ATTEMPTS):
+            appointment = self._load(scope, appointment_id)
+            if expected_version is not None and appointment.version != expected_version:
+                raise PreconditionFailedError(
+                    f"appointment is at version {appointment.version}, "
+                    f"not {expected_version} as If-Match says"
+                )
+            if not command(appointment):
+                return appointment.state()
+            try:
+                self.journal.save(appointment)
+            except IntegrityError:
+                if expected_version is not None:
+                    raise PreconditionFailedError(
+                        f"appointment changed after version {expected_version}"
+                    ) from None
+                # Another writer recorded the next version first: apply the
+                # command again to the newer state rather than lose either change.
+                time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
+                continue
+            return appointment.state()
+        raise ConflictError("appointment is changing too fast; try again")
+
+    # -- queries ----------------------------------------------------------------
+
+    def _load(self, scope: UUID | None, appointment_id: UUID) -> Appointment:
+        try:
+            appointment = self.journal.repository.get(appointment_id)
+        except AggregateNotFoundError:
+            raise NotFoundError(f"no appointment {appointment_id}") from None
+        if not isinstance(appointment, Appointment) or (
+            scope is not None and appointment.account_id != scope
+        ):
+            raise NotFoundError(f"no appointment {appointment_id}")
+        return appointment
+
+    def get(
+        self, scope: UUID | None, appointment_id: UUID, as_of: datetime | None = None
+    ) -> dict[str, Any]:
+        """Return an appointment's state, now or as it was at ``as_of``.
+
+        :raises NotFoundError: when it does not exist (or did not exist yet at ``as_of``).
+        """
+        appointment = self._load(scope, appointment_id)
+        if as_of is None:
+            return appointment.state()
+        state: Appointment | None = None
+        for event in self.journal.events.get(appointment_id):
+            if event.timestamp > as_of:
+                break
+            state = event.mutate(state)
+        if state is None:
+            raise NotFoundError(f"appointment {appointment_id} did not exist at {as_of.isoformat()}")
+        return state.state()
+
+    def list_window(
+        self,
+        account_id: UUID,
+        start: datetime,
+        end: datetime,
+        include_cancelled: bool = False,
+        limit: int = 500,
+    ) -> list[dict[str, Any]]:
+        """Return the account's appointments overlapping [start, end), earliest first."""
+        window = Window(str(account_id), start, end, include_cancelled, limit)
+        return self.journal.journal_recorder.select_window(window)
+
+    def history(self, scope: UUID | None, appointment_id: UUID) -> list[dict[str, Any]]:
+        """Return every recorded change: position, time, type, origin, actor, old → new.
+
+        :raises NotFoundError: when the appointment is not visible.
+        """
+        self._load(scope, appointment_id)
+        positions = self.journal.journal_recorder.select_positions(appointment_id)
+        entries = []
+        state: Appointment | None = None
+        before: dict[str, Any] = {}
+        for event in self.journal.events.get(appointment_id):
+            state = event.mutate(state)
+            assert state is not None
+            after = state.state()
+            changes = {
+                key: {"old": before.get(key), "new": value}
+                for key, value in after.items()
+                if key not in _VOLATILE and before.get(key) != value
+            }
+            entries.append(
+                {
+                    "position": positions.get(event.originator_version),
+                    "version": event.originator_version,
+                    "timestamp": event.timestamp.isoformat(),
+                    "type": type(event).__name__,
+                    "origin": event.origin,
+                    "actor": event.actor,
+                    "correlation_id": event.correlation_id,
+                    "changes": changes,
+                }
+            )
+            before = after
+        return entries

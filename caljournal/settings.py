@@ -1,0 +1,109 @@
+"""The one settings object, read from ``CALJOURNAL_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigurationError(Exception):
+    """The configuration cannot be used; the message says what to fix."""
+
+
+class Settings(BaseSettings):
+    """Configuration of one caljournal process."""
+
+    model_config = SettingsConfigDict(env_prefix="CALJOURNAL_", extra="ignore")
+
+    database_url: str = Field(
+        default="sqlite:///caljournal.sqlite",
+        description="sqlite:///PATH (relative to the working directory) or "
+        "postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?schema=NAME]",
+    )
+    database_pool_size: int = Field(default=10, ge=1, le=200)
+    database_lock_timeout: int = Field(default=10, ge=1, le=600, description="seconds")
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=1, le=65535)
+    journal_cipher_key: SecretStr | None = Field(
+        default=None, description="base64 AES key that encrypts the journal's event state"
+    )
+    max_request_bytes: int = Field(default=1_000_000, ge=1_000)
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        database_config(value)
+        return value
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment (``overrides`` win).
+
+    :raises ConfigurationError: naming the variable to fix.
+    """
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = "CALJOURNAL_" + "_".join(str(p) for p in error["loc"]).upper()
+            message = str(error["msg"]).removeprefix("Value error, ")
+            problems.append(f"{name}: {message}")
+        raise ConfigurationError("bad configuration: " + "; ".join(problems)) from None
+
+
+def database_config(url: str) -> dict[str, str]:
+    """Return the eventsourcing persistence settings for a database URL.
+
+    :raises ValueError: when the URL is neither sqlite:/// nor postgresql://.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        path = unquote(parts.path)
+        if parts.netloc or not path.startswith("/") or len(path) < 2:
+            raise ValueError(
+                f"{url!r} is not an SQLite URL; write sqlite:///relative.db or "
+                "sqlite:////absolute/path.db"
+            )
+        # sqlite:///x.db -> "x.db" (relative); sqlite:////abs/x.db -> "/abs/x.db"
+        db_path = path[1:]
+        if db_path != ":memory:":
+            parent = Path(db_path).expanduser().resolve().parent
+            if not parent.is_dir():
+                raise ValueError(f"the folder {str(parent)!r} of the SQLite database does not exist")
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": db_path}
+    if parts.scheme in ("postgres", "postgresql", "postgresql+psycopg"):
+        if not parts.hostname or not parts.path.strip("/"):
+            raise ValueError(
+                f"{_redact(url)!r} needs a host and a database name, e.g. "
+                "postgresql://user@127.0.0.1:5432/caljournal"
+            )
+        schema = parse_qs(parts.query).get("schema", ["public"])[0]
+        try:
+            port = str(parts.port or 5432)
+        except ValueError:
+            raise ValueError(f"{_redact(url)!r} has an invalid port") from None
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": unquote(parts.path.strip("/")),
+            "POSTGRES_HOST": parts.hostname,
+            "POSTGRES_PORT": port,
+            "POSTGRES_USER": unquote(parts.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parts.password or ""),
+            "POSTGRES_SCHEMA": schema,
+        }
+    raise ValueError(
+        f"{_redact(url)!r} is not a supported database URL; use sqlite:///caljournal.sqlite "
+        "or postgresql://user@host:5432/dbname"
+    )
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url

@@ -1,0 +1,317 @@
+"""The Appointment aggregate: a booked period of time in an account's calendar.
+
+Commands validate first and then call a private ``@event`` method that only
+assigns state; event bodies run again on every replay, so they hold no checks,
+no I/O and no clock.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+from eventsourcing.domain import Aggregate, event
+
+from caljournal.domain.cause import Cause
+from caljournal.domain.errors import AppointmentCancelledError, InvalidAppointmentError
+
+MAX_TITLE = 200
+MAX_LOCATION = 500
+MAX_DESCRIPTION = 10_000
+MAX_CUSTOMER_NAME = 200
+MAX_EMAIL = 320
+MAX_DURATION = timedelta(days=366)
+DETAIL_FIELDS = ("title", "location", "description", "customer_name", "customer_email")
+
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+@lru_cache(maxsize=1)
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def zone_for(name: str) -> ZoneInfo:
+    """Return the IANA zone called ``name``.
+
+    :raises InvalidAppointmentError: when no such IANA zone exists.
+    """
+    if not isinstance(name, str) or name not in _known_zones():
+        raise InvalidAppointmentError(
+            f"unknown time zone {name!r}; use an IANA name such as 'Europe/Berlin'",
+            field="timezone",
+        )
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):  # pragma: no cover - listed but unloadable
+        raise InvalidAppointmentError(f"unknown time zone {name!r}", field="timezone") from None
+
+
+def _check_period(start: datetime, end: datetime) -> None:
+    for name, value in (("start", start), ("end", end)):
+        if not isinstance(value, datetime):
+            raise InvalidAppointmentError(f"{name} must be a datetime", field=name)
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise InvalidAppointmentError(
+                f"{name} must carry a UTC offset, e.g. 2026-03-30T10:00:00+02:00", field=name
+            )
+    if end <= start:
+        raise InvalidAppointmentError("end must be after start", field="end")
+    if end - start > MAX_DURATION:
+        raise InvalidAppointmentError("an appointment may last at most 366 days", field="end")
+
+
+def _check_text(name: str, value: str | None, limit: int, *, required: bool = False) -> None:
+    if value is None:
+        if required:
+            raise InvalidAppointmentError(f"{name} is required", field=name)
+        return
+    if not isinstance(value, str):
+        raise InvalidAppointmentError(f"{name} must be text", field=name)
+    if required and not value.strip():
+        raise InvalidAppointmentError(f"{name} must not be empty", field=name)
+    if len(value) > limit:
+        raise InvalidAppointmentError(f"{name} is longer than {limit} characters", field=name)
+    if "\x00" in value:
+        raise InvalidAppointmentError(f"{name} contains a NUL character", field=name)
+
+
+def check_details(details: dict[str, str | None]) -> None:
+    """Check the descriptive fields of an appointment.
+
+    :raises InvalidAppointmentError: naming the first field that is unusable.
+    """
+    unknown = set(details) - set(DETAIL_FIELDS)
+    if unknown:
+        raise InvalidAppointmentError(
+            f"unknown field {sorted(unknown)[0]!r}", field=sorted(unknown)[0]
+        )
+    limits = {
+        "title": MAX_TITLE,
+        "location": MAX_LOCATION,
+        "description": MAX_DESCRIPTION,
+        "customer_name": MAX_CUSTOMER_NAME,
+        "customer_email": MAX_EMAIL,
+    }
+    for name, value in details.items():
+        _check_text(name, value, limits[name], required=name == "title")
+    email = details.get("customer_email")
+    if email and not _EMAIL.match(email):
+        raise InvalidAppointmentError(
+            "customer_email is not an e-mail address", field="customer_email"
+        )
+
+
+class Appointment(Aggregate):
+    """An appointment of one account, from ``start`` up to (excluding) ``end``."""
+
+    TOPIC = "caljournal:Appointment"
+
+    class Event(Aggregate.Event):
+        origin: str
+        actor: str
+        correlation_id: str
+
+    class Created(Event, Aggregate.Created):
+        # Unused (``Booked`` creates appointments); pinned so topics stay explicit.
+        TOPIC = "caljournal:Appointment.Created"
+
+    @classmethod
+    def book(
+        cls,
+        *,
+        appointment_id: UUID,
+        account_id: UUID,
+        title: str,
+        start: datetime,
+        end: datetime,
+        timezone: str,
+        cause: Cause,
+        location: str | None = None,
+        description: str | None = None,
+        customer_name: str | None = None,
+        customer_email: str | None = None,
+    ) -> Appointment:
+        """Book a new appointment.
+
+        :raises InvalidAppointmentError: when the period, zone or a text field is unusable.
+        """
+        zone = zone_for(timezone)
+        _check_period(start, end)
+        check_details(
+            {
+                "title": title,
+                "location": location,
+                "description": description,
+                "customer_name": customer_name,
+                "customer_email": customer_email,
+            }
+        )
+        return cls(
+            id=appointment_id,
+            account_id=account_id,
+            title=title,
+            start=start.astimezone(zone),
+            end=end.astimezone(zone),
+            timezone=timezone,
+            location=location,
+            description=description,
+            customer_name=customer_name,
+            customer_email=customer_email,
+            origin=cause.origin.value,
+            actor=cause.actor,
+            correlation_id=cause.correlation_id,
+        )
+
+    @event("Booked", topic="caljournal:Appointment.Booked")
+    def __init__(
+        self,
+        *,
+        id: UUID,  # noqa: A002 - the library takes the aggregate id by this name
+        account_id: UUID,
+        title: str,
+        start: datetime,
+        end: datetime,
+        timezone: str,
+        location: str | None,
+        description: str | None,
+        customer_name: str | None,
+        customer_email: str | None,
+        origin: str,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        self.account_id = account_id
+        self.timezone = timezone
+        self.title = title
+        self._set_period(start, end)
+        self.location = location
+        self.description = description
+        self.customer_name = customer_name
+        self.customer_email = customer_email
+        self.cancelled = False
+        self.cancel_reason: str | None = None
+
+    def _set_period(self, start: datetime, end: datetime) -> None:
+        # The journal stores datetimes with a fixed offset; re-attach the IANA zone
+        # so local wall time and later arithmetic follow the zone's DST rules.
+        zone = ZoneInfo(self.timezone)
+        self.start = start.astimezone(zone)
+        self.end = end.astimezone(zone)
+
+    # -- commands ---------------------------------------------------------------
+
+    def move(self, *, start: datetime, end: datetime, cause: Cause) -> bool:
+        """Move the appointment to a new period; return False when nothing changes.
+
+        :raises AppointmentCancelledError: when the appointment is cancelled.
+        :raises InvalidAppointmentError: when the period is unusable.
+        """
+        self._check_not_cancelled("moved")
+        _check_period(start, end)
+        if start == self.start and end == self.end:
+            return False
+        zone = ZoneInfo(self.timezone)
+        self._moved(
+            start=start.astimezone(zone),
+            end=end.astimezone(zone),
+            origin=cause.origin.value,
+            actor=cause.actor,
+            correlation_id=cause.correlation_id,
+        )
+        return True
+
+    @event("Moved", topic="caljournal:Appointment.Moved")
+    def _moved(
+        self, *, start: datetime, end: datetime, origin: str, actor: str, correlation_id: str
+    ) -> None:
+        self._set_period(start, end)
+
+    def change_details(self, *, changes: dict[str, str | None], cause: Cause) -> bool:
+        """Change descriptive fields; return False when nothing changes.
+
+        ``changes`` maps field names (title, location, description, customer_name,
+        customer_email) to new values; ``None`` clears an optional field.
+
+        :raises AppointmentCancelledError: when the appointment is cancelled.
+        :raises InvalidAppointmentError: naming the first unusable field.
+        """
+        self._check_not_cancelled("changed")
+        check_details(changes)
+        effective = {k: v for k, v in changes.items() if getattr(self, k) != v}
+        if not effective:
+            return False
+        self._details_changed(
+            changes=effective,
+            origin=cause.origin.value,
+            actor=cause.actor,
+            correlation_id=cause.correlation_id,
+        )
+        return True
+
+    @event("DetailsChanged", topic="caljournal:Appointment.DetailsChanged")
+    def _details_changed(
+        self, *, changes: dict[str, Any], origin: str, actor: str, correlation_id: str
+    ) -> None:
+        for name, value in changes.items():
+            setattr(self, name, value)
+
+    def cancel(self, *, cause: Cause, reason: str | None = None) -> bool:
+        """Cancel the appointment; return False when it was cancelled already.
+
+        :raises InvalidAppointmentError: when the reason is too long.
+        """
+        _check_text("reason", reason, MAX_LOCATION)
+        if self.cancelled:
+            return False
+        self._cancelled(
+            reason=reason,
+            origin=cause.origin.value,
+            actor=cause.actor,
+            correlation_id=cause.correlation_id,
+        )
+        return True
+
+    @event("Cancelled", topic="caljournal:Appointment.Cancelled")
+    def _cancelled(
+        self, *, reason: str | None, origin: str, actor: str, correlation_id: str
+    ) -> None:
+        self.cancelled = True
+        self.cancel_reason = reason
+
+    def _check_not_cancelled(self, verb: str) -> None:
+        if self.cancelled:
+            raise AppointmentCancelledError(
+                f"appointment {self.id} is cancelled and cannot be {verb}"
+            )
+
+    # -- views ------------------------------------------------------------------
+
+    @property
+    def status(self) -> str:
+        """Return ``cancelled`` or ``booked``."""
+        return "cancelled" if self.cancelled else "booked"
+
+    def state(self) -> dict[str, Any]:
+        """Return the appointment's fields as plain values (for views and diffs)."""
+        return {
+            "id": str(self.id),
+            "account_id": str(self.account_id),
+            "version": self.version,
+            "status": self.status,
+            "title": self.title,
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "timezone": self.timezone,
+            "location": self.location,
+            "description": self.description,
+            "customer_name": self.customer_name,
+            "customer_email": self.customer_email,
+            "cancel_reason": self.cancel_reason,
+            "created_on": self.created_on.isoformat(),
+            "modified_on": self.modified_on.isoformat(),
+        }

@@ -1,0 +1,170 @@
+"""The ``caljournal`` command: thin wrappers around the application services."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from caljournal.bootstrap import Container, bootstrap
+from caljournal.domain.cause import Cause, Origin
+from caljournal.domain.errors import DomainError
+from caljournal.errors import ApplicationError
+from caljournal.settings import ConfigurationError
+
+app = typer.Typer(help="caljournal: appointments in a journal, synced to CalDAV.", no_args_is_help=True)
+account_app = typer.Typer(help="Open and list accounts.", no_args_is_help=True)
+token_app = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+app.add_typer(token_app, name="token")
+
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def operator_cause() -> Cause:
+    """Return the cause of a change made at the command line."""
+    return Cause(Origin.OPERATOR, f"operator:{getpass.getuser()}", f"cli-{uuid.uuid4()}")
+
+
+@contextmanager
+def container() -> Iterator[Container]:
+    """Yield the container; turn user errors into one line on stderr and exit 1."""
+    try:
+        built = bootstrap()
+    except ConfigurationError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # the database is unreachable or refuses us
+        err.print(f"[red]error:[/red] cannot open the journal: {_one_line(exc)}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        yield built
+    except (DomainError, ApplicationError) as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
+    finally:
+        built.close()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _when(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="seconds")
+
+
+def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, no_wrap=True, overflow="ignore")
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    out.print(table)
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
+    port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+) -> None:
+    """Run the HTTP API (on the embedded SQLite journal unless configured otherwise)."""
+    import uvicorn
+
+    from caljournal.api.app import create_app
+
+    with container() as built:
+        bind_host = host or built.settings.host
+        bind_port = port or built.settings.port
+        err.print(
+            f"caljournal {built.backend} journal; API on http://{bind_host}:{bind_port} "
+            f"(docs at /docs)",
+            highlight=False,
+        )
+        uvicorn.run(create_app(built), host=bind_host, port=bind_port, log_level="info")
+
+
+@account_app.command("create")
+def account_create(
+    name: Annotated[str, typer.Argument(help="account name: letters, digits, '.', '_', '-'")],
+    token_name: Annotated[str, typer.Option(help="name of the first token")] = "default",
+) -> None:
+    """Open an account and print its first API token (shown only once)."""
+    with container() as built:
+        issued = built.accounts.open_account(name, operator_cause(), token_name)
+        err.print(f"account {name!r} opened; its token {issued.name!r} (keep it, shown once):")
+        out.print(issued.secret, highlight=False)
+
+
+@account_app.command("list")
+def account_list() -> None:
+    """List all accounts."""
+    with container() as built:
+        rows = [[a["name"], a["id"], _when(a["created_us"])] for a in built.accounts.list_accounts()]
+        _table("accounts", ["name", "id", "created"], rows)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="a name for the token, e.g. frontdesk")],
+    account: Annotated[str | None, typer.Option(help="the account the token acts for")] = None,
+    operator: Annotated[bool, typer.Option(help="a token that may act on every account")] = False,
+) -> None:
+    """Issue an API token and print it (shown only once)."""
+    _require_one(account, operator)
+    with container() as built:
+        issued = built.accounts.issue_token(None if operator else account, name, operator_cause())
+        owner = "operator" if operator else f"account {account!r}"
+        err.print(f"token {name!r} ({issued.token_id}) for {owner} (keep it, shown once):")
+        out.print(issued.secret, highlight=False)
+
+
+@token_app.command("list")
+def token_list(
+    account: Annotated[str | None, typer.Option(help="the account whose tokens to list")] = None,
+    operator: Annotated[bool, typer.Option(help="list operator tokens")] = False,
+) -> None:
+    """List tokens (never their secrets)."""
+    _require_one(account, operator)
+    with container() as built:
+        tokens = built.accounts.list_tokens(None if operator else account)
+        rows = [
+            [t["name"], t["id"], "revoked" if t["revoked"] else "active", _when(t["created_us"])]
+            for t in tokens
+        ]
+        _table(f"tokens of {'operator' if operator else account}", ["name", "id", "state", "created"], rows)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument(help="the token's id (see token list)")]) -> None:
+    """Revoke a token: it stops working at once."""
+    try:
+        parsed = UUID(token_id)
+    except ValueError:
+        err.print(f"[red]error:[/red] {token_id!r} is not a token id (see 'caljournal token list')")
+        raise typer.Exit(1) from None
+    with container() as built:
+        built.accounts.revoke_token(parsed, operator_cause())
+        err.print(f"token {parsed} revoked")
+
+
+def _require_one(account: str | None, operator: bool) -> None:
+    if bool(account) == bool(operator):
+        err.print("[red]error:[/red] give exactly one of --account NAME or --operator")
+        raise typer.Exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the command line."""
+    runner: Callable[..., Any] = app
+    runner(args=argv if argv is not None else sys.argv[1:], prog_name="caljournal")

@@ -1,0 +1,379 @@
+"""Run a real Radicale CalDAV server as a subprocess for integration tests.
+
+Radicale 3.9 has no log-file option: it always logs to stderr.  The server's
+stdout and stderr are therefore redirected into ``log_path`` (appended to on
+every (re)start).  At the default ``[logging] level = info`` Radicale writes one
+line per request when it arrives and one when it is answered::
+
+    [INFO] PUT request for '/alice/cal/x.ics' received from 127.0.0.1 using ...
+    [INFO] PUT response status for '/alice/cal/x.ics' in 0.004 seconds: 201 Created
+
+Responses with status 401/404/409/412 and the responses to MKCALENDAR, MKCOL
+and PROPPATCH are logged at the custom NOTICE level (between INFO and
+WARNING), 5xx responses at CRITICAL; all of them are visible at ``info``.  The
+``received`` line is always INFO, so ``info`` is the highest level that still
+shows every request; ``warning`` or above hides them.  ``debug`` adds request
+and response details and is much noisier.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import IO, TYPE_CHECKING
+
+from tests.support.ports import free_port, port_accepts
+
+if TYPE_CHECKING:
+    import caldav
+
+__all__ = [
+    "DEFAULT_USERS",
+    "RadicaleProcess",
+    "RadicaleStartError",
+    "make_calendar",
+]
+
+DEFAULT_USERS: Mapping[str, str] = {"alice": "secret"}
+
+_REQUEST_LINE = re.compile(r"\] (?P<method>[A-Z-]+) request for (?P<path>'[^']*'|\"[^\"]*\")")
+
+
+class RadicaleStartError(RuntimeError):
+    """Raised when the Radicale subprocess does not come up in time."""
+
+
+class RadicaleProcess:
+    """A Radicale server subprocess on a loopback port, usable as a context manager.
+
+    ``base_dir`` receives the config file, the htpasswd file, the optional rights
+    file, the collection storage (``storage/``) and the server log
+    (``radicale.log``).  The port is chosen once; :meth:`start` after
+    :meth:`stop` or :meth:`kill` reuses it and keeps the stored collections.
+    """
+
+    def __init__(
+        self,
+        base_dir: str | os.PathLike[str],
+        *,
+        users: Mapping[str, str] | None = None,
+        auth_type: str = "htpasswd",
+        rights_type: str = "owner_only",
+        rights_file_content: str | None = None,
+        max_sync_token_age: int | None = None,
+        log_level: str = "info",
+        port: int | None = None,
+        max_connections: int = 20,
+        extra_config: Mapping[str, Mapping[str, str]] | None = None,
+        startup_timeout: float = 15.0,
+    ) -> None:
+        """Prepare (but do not start) a server.
+
+        ``rights_file_content`` switches ``rights_type`` to ``from_file`` and is
+        written verbatim to the rights file.  ``max_sync_token_age`` (seconds)
+        is only written to the config when given, otherwise Radicale's default
+        (2592000 s, 30 days) applies.  ``extra_config`` entries are merged into
+        the generated config, section by section, and win over the defaults.
+        """
+        self.base_dir = Path(base_dir)
+        self.users: dict[str, str] = dict(DEFAULT_USERS if users is None else users)
+        self.auth_type = auth_type
+        self.rights_type = "from_file" if rights_file_content is not None else rights_type
+        self.rights_file_content = rights_file_content
+        self.max_sync_token_age = max_sync_token_age
+        self.log_level = log_level
+        self.max_connections = max_connections
+        self.extra_config: dict[str, dict[str, str]] = {
+            section: dict(options) for section, options in (extra_config or {}).items()
+        }
+        self.startup_timeout = startup_timeout
+        self._port_fixed = port is not None
+        self._port = port if port is not None else free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+        self._ever_started = False
+
+    # -- paths and addresses -------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """TCP port the server listens on (stable across restarts)."""
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server, with a trailing slash."""
+        return f"http://127.0.0.1:{self._port}/"
+
+    @property
+    def storage_path(self) -> Path:
+        """Folder holding Radicale's collections."""
+        return self.base_dir / "storage"
+
+    @property
+    def config_path(self) -> Path:
+        """Generated Radicale config file."""
+        return self.base_dir / "radicale.conf"
+
+    @property
+    def htpasswd_path(self) -> Path:
+        """Plaintext htpasswd file with :attr:`users`."""
+        return self.base_dir / "users.htpasswd"
+
+    @property
+    def rights_path(self) -> Path:
+        """Rights file (only used with ``rights_type == "from_file"``)."""
+        return self.base_dir / "rights.ini"
+
+    @property
+    def log_path(self) -> Path:
+        """File receiving the server's stdout and stderr."""
+        return self.base_dir / "radicale.log"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running server, or None."""
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        """True while the subprocess is alive."""
+        return self._proc is not None and self._proc.poll() is None
+
+    # -- config ----------------------------------------------------------------
+
+    def config_sections(self) -> dict[str, dict[str, str]]:
+        """Return the config that :meth:`start` writes, as sections of options."""
+        sections: dict[str, dict[str, str]] = {
+            "server": {
+                "hosts": f"127.0.0.1:{self._port}",
+                "max_connections": str(self.max_connections),
+                "delay_on_error": "0",
+            },
+            "auth": {"type": self.auth_type, "delay": "0"},
+            "rights": {"type": self.rights_type},
+            "storage": {"filesystem_folder": str(self.storage_path)},
+            "web": {"type": "none"},
+            "logging": {"level": self.log_level, "mask_passwords": "True"},
+        }
+        if self.auth_type == "htpasswd":
+            sections["auth"]["htpasswd_filename"] = str(self.htpasswd_path)
+            sections["auth"]["htpasswd_encryption"] = "plain"
+        if self.rights_type == "from_file":
+            sections["rights"]["file"] = str(self.rights_path)
+        if self.max_sync_token_age is not None:
+            sections["storage"]["max_sync_token_age"] = str(self.max_sync_token_age)
+        for section, options in self.extra_config.items():
+            sections.setdefault(section, {}).update(options)
+        return sections
+
+    def _write_files(self) -> None:
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        self.storage_path.mkdir(parents=True, exist_ok=True)
+        lines: list[str] = []
+        for section, options in self.config_sections().items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {value}" for key, value in options.items())
+            lines.append("")
+        self.config_path.write_text("\n".join(lines), encoding="utf-8")
+        self.htpasswd_path.write_text(
+            "".join(f"{user}:{password}\n" for user, password in self.users.items()),
+            encoding="utf-8",
+        )
+        if self.rights_file_content is not None:
+            self.rights_path.write_text(self.rights_file_content, encoding="utf-8")
+
+    # -- lifecycle -------------------------------------------------------------
+
+    def start(self) -> RadicaleProcess:
+        """Start the server (no-op if running) and wait until the port answers."""
+        if self.running:
+            return self
+        attempts = 1 if (self._port_fixed or self._ever_started) else 3
+        for attempt in range(attempts):
+            try:
+                self._spawn_and_wait()
+            except RadicaleStartError as exc:
+                in_use = "Address already in use" in str(exc)
+                if not in_use or attempt == attempts - 1:
+                    raise
+                self._port = free_port()
+                continue
+            break
+        self._ever_started = True
+        return self
+
+    def _spawn_and_wait(self) -> None:
+        if port_accepts(self._port):
+            raise RadicaleStartError(
+                f"port {self._port} is already in use (Address already in use)"
+            )
+        self._write_files()
+        self._close_log_file()
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
+        start_offset = self._log_file.tell()
+        env = {k: v for k, v in os.environ.items() if k != "RADICALE_CONFIG"}
+        env["HOME"] = str(self.base_dir)  # hide ~/.config/radicale/config
+        env["PYTHONUNBUFFERED"] = "1"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "radicale", "--config", str(self.config_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            cwd=str(self.base_dir),
+            env=env,
+        )
+        deadline = time.monotonic() + self.startup_timeout
+        while True:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._proc = None
+                self._close_log_file()
+                raise RadicaleStartError(
+                    f"Radicale exited with code {code} during startup on port "
+                    f"{self._port}; log tail:\n{self._log_tail(start_offset)}"
+                )
+            if port_accepts(self._port):
+                return
+            if time.monotonic() >= deadline:
+                self.kill()
+                raise RadicaleStartError(
+                    f"Radicale did not answer on port {self._port} within "
+                    f"{self.startup_timeout:.1f}s; log tail:\n{self._log_tail(start_offset)}"
+                )
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server gracefully (SIGTERM), killing it after ``timeout``."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=timeout)
+        self._proc = None
+        self._close_log_file()
+        self._wait_port_released(timeout)
+
+    def kill(self) -> None:
+        """Kill the server abruptly (SIGKILL)."""
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10.0)
+        self._proc = None
+        self._close_log_file()
+        self._wait_port_released(5.0)
+
+    def restart(self) -> RadicaleProcess:
+        """Stop and start again on the same port."""
+        self.stop()
+        return self.start()
+
+    def _wait_port_released(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while port_accepts(self._port) and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _close_log_file(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def __enter__(self) -> RadicaleProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"<RadicaleProcess {self.url} {state} base_dir={str(self.base_dir)!r}>"
+
+    # -- log access --------------------------------------------------------------
+
+    def log_text(self, since: int = 0) -> str:
+        """Return the server log from byte offset ``since`` (see :meth:`log_mark`)."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as fh:
+            fh.seek(since)
+            return fh.read().decode("utf-8", errors="replace")
+
+    def log_mark(self) -> int:
+        """Return the current size of the log, for use as ``since`` later."""
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def logged_requests(self, since: int = 0) -> list[tuple[str, str]]:
+        """Return ``(method, path)`` of every request Radicale logged as received."""
+        return [
+            (m.group("method"), m.group("path")[1:-1])
+            for m in _REQUEST_LINE.finditer(self.log_text(since))
+        ]
+
+    def _log_tail(self, since: int = 0, lines: int = 40) -> str:
+        return "\n".join(self.log_text(since).splitlines()[-lines:])
+
+    # -- CalDAV helpers ----------------------------------------------------------
+
+    def client(
+        self,
+        username: str = "alice",
+        password: str = "secret",
+        *,
+        base_url: str | None = None,
+        timeout: int | None = None,
+    ) -> caldav.DAVClient:
+        """Return a caldav client for ``username`` (``base_url`` e.g. a proxy URL)."""
+        import caldav
+
+        return caldav.DAVClient(
+            url=base_url or self.url, username=username, password=password, timeout=timeout
+        )
+
+    def make_calendar(
+        self,
+        username: str = "alice",
+        password: str = "secret",
+        name: str = "Work",
+        *,
+        cal_id: str | None = None,
+        base_url: str | None = None,
+    ) -> caldav.Calendar:
+        """Create a calendar for ``username`` via the caldav library and return it."""
+        return make_calendar(base_url or self.url, username, password, name, cal_id=cal_id)
+
+
+def make_calendar(
+    url: str,
+    username: str,
+    password: str,
+    name: str,
+    *,
+    cal_id: str | None = None,
+    timeout: int | None = None,
+) -> caldav.Calendar:
+    """Create calendar ``name`` in ``username``'s home on the server at ``url``."""
+    import caldav
+
+    client = caldav.DAVClient(url=url, username=username, password=password, timeout=timeout)
+    principal = client.principal()
+    return principal.make_calendar(name=name, cal_id=cal_id)
