@@ -2,16 +2,76 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import json
 
-from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caljournal import __version__
 from caljournal.api.appointments import router as appointments_router
 from caljournal.api.deps import ContainerDep
 from caljournal.api.errors import install_error_handlers
 from caljournal.bootstrap import Container
+
+
+class BodyLimitAndRequestId:
+    """Refuse bodies over the limit (413) and echo the request's correlation id.
+
+    Written as plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` costs
+    more per request than the rest of a typical call.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await self._refuse(send, f"request body over {self.limit} bytes")
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.limit:
+                raise BodyTooLargeError
+            return message
+
+        async def tagging_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                correlation_id = scope.get("state", {}).get("correlation_id")
+                if correlation_id:
+                    headers = list(message.get("headers", []))
+                    headers.append((b"x-request-id", correlation_id.encode()))
+                    message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tagging_send)
+        except BodyTooLargeError:
+            await self._refuse(send, f"request body over {self.limit} bytes")
+
+    @staticmethod
+    async def _refuse(send: Send, message: str) -> None:
+        body = json.dumps({"error": "too_large", "message": message, "field": None}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class BodyTooLargeError(Exception):
+    """A chunked request body grew past the limit."""
 
 
 def create_app(container: Container) -> FastAPI:
@@ -23,23 +83,8 @@ def create_app(container: Container) -> FastAPI:
     )
     app.state.container = container
     install_error_handlers(app)
-    limit = container.settings.max_request_bytes
 
-    @app.middleware("http")
-    async def guard_and_tag(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return JSONResponse(
-                {"error": "too_large", "message": f"request body over {limit} bytes", "field": None},
-                status_code=413,
-            )
-        response = await call_next(request)
-        correlation_id = getattr(request.state, "correlation_id", None)
-        if correlation_id:
-            response.headers["X-Request-ID"] = correlation_id
-        return response
+    app.add_middleware(BodyLimitAndRequestId, limit=container.settings.max_request_bytes)
 
     @app.get("/healthz", tags=["health"])
     def healthz(container: ContainerDep) -> dict[str, object]:

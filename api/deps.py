@@ -8,6 +8,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from caljournal.accounts import Principal
@@ -24,7 +25,7 @@ _ETAG = re.compile(r'^(?:W/)?"?(\d{1,12})"?$')
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
-def get_container(request: Request) -> Container:
+async def get_container(request: Request) -> Container:
     """Return the application's container."""
     container: Container = request.app.state.container
     return container
@@ -33,7 +34,7 @@ def get_container(request: Request) -> Container:
 ContainerDep = Annotated[Container, Depends(get_container)]
 
 
-def get_principal(
+async def get_principal(
     container: ContainerDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
@@ -43,13 +44,13 @@ def get_principal(
     """
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthenticationError("send an 'Authorization: Bearer cj_…' header")
-    return container.accounts.authenticate(credentials.credentials)
+    return await run_in_threadpool(container.accounts.authenticate, credentials.credentials)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
-def get_correlation_id(
+async def get_correlation_id(
     request: Request,
     x_request_id: Annotated[str | None, Header(description="correlation id to record")] = None,
 ) -> str:
@@ -60,7 +61,7 @@ def get_correlation_id(
     return correlation_id
 
 
-def get_cause(principal: PrincipalDep, correlation_id: Annotated[str, Depends(get_correlation_id)]) -> Cause:
+async def get_cause(principal: PrincipalDep, correlation_id: Annotated[str, Depends(get_correlation_id)]) -> Cause:
     """Return the cause recorded with changes made by this request."""
     return Cause(Origin.API, principal.actor, correlation_id)
 
@@ -68,7 +69,7 @@ def get_cause(principal: PrincipalDep, correlation_id: Annotated[str, Depends(ge
 CauseDep = Annotated[Cause, Depends(get_cause)]
 
 
-def get_scope(principal: PrincipalDep) -> UUID | None:
+async def get_scope(principal: PrincipalDep) -> UUID | None:
     """Return the account the caller may see, or None for an operator."""
     return principal.account_id
 
@@ -76,7 +77,7 @@ def get_scope(principal: PrincipalDep) -> UUID | None:
 ScopeDep = Annotated[UUID | None, Depends(get_scope)]
 
 
-def get_target_account(
+async def get_target_account(
     principal: PrincipalDep,
     container: ContainerDep,
     account: Annotated[
@@ -94,13 +95,14 @@ def get_target_account(
         return principal.account_id
     if account is None:
         raise NotFoundError("operator tokens must name the account: add ?account=NAME")
-    return container.accounts.find_account(account).id
+    found = await run_in_threadpool(container.accounts.find_account, account)
+    return found.id
 
 
 TargetAccountDep = Annotated[UUID, Depends(get_target_account)]
 
 
-def get_expected_version(
+async def get_expected_version(
     if_match: Annotated[str | None, Header(description='the ETag you read, e.g. "3"')] = None,
 ) -> int | None:
     """Return the version named by If-Match, None when absent or ``*``.

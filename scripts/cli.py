@@ -27,7 +27,8 @@ token_app = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_he
 app.add_typer(account_app, name="account")
 app.add_typer(token_app, name="token")
 
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 err = Console(stderr=True, soft_wrap=True)
 
 
@@ -64,10 +65,13 @@ def _when(us: int) -> str:
     return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="seconds")
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+def _table(title: str, columns: list[str], rows: list[list[Any]], as_json: bool = False) -> None:
+    if as_json:
+        out.print_json(data=[dict(zip(columns, row, strict=True)) for row in rows])
+        return
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, no_wrap=True, overflow="ignore")
+        table.add_column(column, no_wrap=True, min_width=36 if column == "id" else None)
     for row in rows:
         table.add_row(*[str(v) for v in row])
     out.print(table)
@@ -107,11 +111,11 @@ def account_create(
 
 
 @account_app.command("list")
-def account_list() -> None:
+def account_list(json: JsonOption = False) -> None:
     """List all accounts."""
     with container() as built:
         rows = [[a["name"], a["id"], _when(a["created_us"])] for a in built.accounts.list_accounts()]
-        _table("accounts", ["name", "id", "created"], rows)
+        _table("accounts", ["name", "id", "created"], rows, json)
 
 
 @token_app.command("create")
@@ -133,6 +137,7 @@ def token_create(
 def token_list(
     account: Annotated[str | None, typer.Option(help="the account whose tokens to list")] = None,
     operator: Annotated[bool, typer.Option(help="list operator tokens")] = False,
+    json: JsonOption = False,
 ) -> None:
     """List tokens (never their secrets)."""
     _require_one(account, operator)
@@ -142,7 +147,8 @@ def token_list(
             [t["name"], t["id"], "revoked" if t["revoked"] else "active", _when(t["created_us"])]
             for t in tokens
         ]
-        _table(f"tokens of {'operator' if operator else account}", ["name", "id", "state", "created"], rows)
+        owner = "operator" if operator else account
+        _table(f"tokens of {owner}", ["name", "id", "state", "created"], rows, json)
 
 
 @token_app.command("revoke")

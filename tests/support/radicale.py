@@ -39,6 +39,7 @@ __all__ = [
     "RadicaleProcess",
     "RadicaleStartError",
     "make_calendar",
+    "read_only_share_rights",
 ]
 
 DEFAULT_USERS: Mapping[str, str] = {"alice": "secret"}
@@ -377,3 +378,33 @@ def make_calendar(
     client = caldav.DAVClient(url=url, username=username, password=password, timeout=timeout)
     principal = client.principal()
     return principal.make_calendar(name=name, cal_id=cal_id)
+
+
+def read_only_share_rights(*, owner: str, calendar: str, reader: str) -> str:
+    """Rights-file content: everyone owns their calendars, ``reader`` may only read
+    ``owner``'s calendar ``calendar``.
+
+    Pass it as ``rights_file_content``; the owner creates the calendar, the
+    reader then gets 403 on PUT/DELETE there.
+    """
+    return f"""\
+[root]
+user: .+
+collection:
+permissions: R
+
+[principal]
+user: .+
+collection: {{user}}
+permissions: RW
+
+[read-only-share]
+user: {re.escape(reader)}
+collection: {re.escape(owner)}/{re.escape(calendar)}
+permissions: r
+
+[own-calendars]
+user: .+
+collection: {{user}}/[^/]+
+permissions: rw
+"""

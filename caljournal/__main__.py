@@ -1,0 +1,5 @@
+"""Allow ``python -m caljournal``."""
+
+from caljournal.scripts.cli import main
+
+main()

@@ -1,0 +1,275 @@
+"""Benchmark: book and move appointments through the HTTP API vs a raw journal save loop.
+
+For each database (SQLite file, PostgreSQL) it measures, in one run:
+
+* ``raw``: the eventsourcing library's plain ``Application`` saving the same
+  aggregate commands in a loop (no HTTP, no auth, no query tables);
+* ``asgi``: the API called in-process through httpx's ASGI transport;
+* ``socket``: the API served by uvicorn on a loopback port, called over HTTP.
+
+Each run books N appointments and moves each once (2N writes). It prints a
+table (writes/s, p50/p95 latency, ratio to raw) and writes JSON.
+
+Usage: python -m caljournal.scripts.bench_api [--n 300] [--out bench-results/api.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import httpx
+import psycopg
+import uvicorn
+from eventsourcing.application import Application
+from rich.console import Console
+from rich.table import Table
+
+from caljournal.api.app import create_app
+from caljournal.bootstrap import Container, bootstrap
+from caljournal.domain.appointment import Appointment
+from caljournal.domain.cause import Cause, Origin
+from caljournal.settings import database_config, load_settings
+
+PG_URL = os.environ.get("CALJOURNAL_BENCH_PG_URL", "postgresql://root@127.0.0.1:5432/test")
+BERLIN = ZoneInfo("Europe/Berlin")
+CAUSE = Cause(Origin.API, "bench", "bench")
+
+
+def _slot(i: int, moved: bool = False) -> tuple[datetime, datetime]:
+    start = datetime(2027, 1, 4, 8, tzinfo=BERLIN) + timedelta(minutes=30 * i + (15 if moved else 0))
+    return start, start + timedelta(minutes=30)
+
+
+def _summary(latencies: list[float], elapsed: float) -> dict[str, float]:
+    ordered = sorted(latencies)
+    return {
+        "writes": len(ordered),
+        "seconds": round(elapsed, 3),
+        "writes_per_s": round(len(ordered) / elapsed, 1),
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p95_ms": round(ordered[int(len(ordered) * 0.95) - 1] * 1000, 2),
+    }
+
+
+def bench_raw(database_url: str, n: int) -> dict[str, float]:
+    """Save the same commands through the library's plain Application."""
+    env = database_config(database_url)
+    app: Application = Application(env={**env, "CREATE_TABLE": "y"})
+    latencies: list[float] = []
+    account = uuid.uuid4()
+    began = time.perf_counter()
+    appointments = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        start, end = _slot(i)
+        appointment = Appointment.book(
+            appointment_id=uuid.uuid4(),
+            account_id=account,
+            title=f"raw {i}",
+            start=start,
+            end=end,
+            timezone="Europe/Berlin",
+            cause=CAUSE,
+        )
+        app.save(appointment)
+        latencies.append(time.perf_counter() - t0)
+        appointments.append(appointment.id)
+    for i, appointment_id in enumerate(appointments):
+        t0 = time.perf_counter()
+        appointment = app.repository.get(appointment_id)
+        start, end = _slot(i, moved=True)
+        appointment.move(start=start, end=end, cause=CAUSE)
+        app.save(appointment)
+        latencies.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - began
+    app.close()
+    return _summary(latencies, elapsed)
+
+
+def _api_workload(
+    post: Callable[[str, dict[str, Any]], httpx.Response], n: int
+) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    ids = []
+    began = time.perf_counter()
+    for i in range(n):
+        start, end = _slot(i)
+        body = {
+            "title": f"api {i}",
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "timezone": "Europe/Berlin",
+        }
+        t0 = time.perf_counter()
+        response = post("/appointments", body)
+        latencies.append(time.perf_counter() - t0)
+        if response.status_code != 201:
+            raise RuntimeError(f"book failed: {response.status_code} {response.text}")
+        ids.append(response.json()["id"])
+    for i, appointment_id in enumerate(ids):
+        start, end = _slot(i, moved=True)
+        t0 = time.perf_counter()
+        response = post(
+            f"/appointments/{appointment_id}/move",
+            {"start": start.isoformat(), "end": end.isoformat()},
+        )
+        latencies.append(time.perf_counter() - t0)
+        if response.status_code != 200:
+            raise RuntimeError(f"move failed: {response.status_code} {response.text}")
+    return latencies, time.perf_counter() - began
+
+
+def _tenant(container: Container) -> dict[str, str]:
+    name = f"bench{uuid.uuid4().hex[:8]}"
+    issued = container.accounts.open_account(name, Cause(Origin.OPERATOR, "bench", "bench"))
+    return {"Authorization": f"Bearer {issued.secret}"}
+
+
+def bench_asgi(container: Container, n: int) -> dict[str, float]:
+    """Call the API in-process through the ASGI transport."""
+    headers = _tenant(container)
+    transport = httpx.ASGITransport(app=create_app(container))
+
+    async def run() -> tuple[list[float], float]:
+        async with httpx.AsyncClient(
+            transport=transport, base_url="http://bench", headers=headers
+        ) as client:
+            loop = asyncio.get_running_loop()
+            results: list[float] = []
+            ids: list[str] = []
+            began = time.perf_counter()
+            for i in range(n):
+                start, end = _slot(i)
+                t0 = time.perf_counter()
+                r = await client.post(
+                    "/appointments",
+                    json={
+                        "title": f"asgi {i}",
+                        "start": start.isoformat(),
+                        "end": end.isoformat(),
+                        "timezone": "Europe/Berlin",
+                    },
+                )
+                results.append(time.perf_counter() - t0)
+                assert r.status_code == 201, r.text
+                ids.append(r.json()["id"])
+            for i, appointment_id in enumerate(ids):
+                start, end = _slot(i, moved=True)
+                t0 = time.perf_counter()
+                r = await client.post(
+                    f"/appointments/{appointment_id}/move",
+                    json={"start": start.isoformat(), "end": end.isoformat()},
+                )
+                results.append(time.perf_counter() - t0)
+                assert r.status_code == 200, r.text
+            del loop
+            return results, time.perf_counter() - began
+
+    latencies, elapsed = asyncio.run(run())
+    return _summary(latencies, elapsed)
+
+
+def bench_socket(container: Container, n: int) -> dict[str, float]:
+    """Call the API served by uvicorn over a loopback socket."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(container), host="127.0.0.1", port=port, log_level="warning", access_log=False
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            httpx.get(url + "/healthz", timeout=1)
+            break
+        except httpx.TransportError:
+            time.sleep(0.05)
+    try:
+        with httpx.Client(base_url=url, headers=_tenant(container)) as client:
+            latencies, elapsed = _api_workload(lambda p, b: client.post(p, json=b), n)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+    return _summary(latencies, elapsed)
+
+
+def _pg_schema(admin: psycopg.Connection, label: str) -> tuple[str, Callable[[], None]]:
+    schema = f"bench_{label}_{uuid.uuid4().hex[:8]}"
+    admin.execute(f'CREATE SCHEMA "{schema}"')
+    return f"{PG_URL}?schema={schema}", lambda: admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+def main() -> None:
+    """Run the benchmark and print/write the results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=300, help="appointments per run (2n writes)")
+    parser.add_argument("--out", default="bench-results/api.json")
+    parser.add_argument("--backends", default="sqlite,postgres")
+    args = parser.parse_args()
+
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in args.backends.split(","):
+            cleanups: list[Callable[[], None]] = []
+            admin = None
+            if backend == "sqlite":
+                urls = {k: f"sqlite:///{Path(tmp) / f'{k}.sqlite'}" for k in ("raw", "api")}
+            else:
+                admin = psycopg.connect(PG_URL, autocommit=True)
+                urls = {}
+                for k in ("raw", "api"):
+                    urls[k], cleanup = _pg_schema(admin, k)
+                    cleanups.append(cleanup)
+            try:
+                raw = bench_raw(urls["raw"], args.n)
+                container = bootstrap(load_settings(database_url=urls["api"]))
+                try:
+                    asgi = bench_asgi(container, args.n)
+                    sock = bench_socket(container, args.n)
+                finally:
+                    container.close()
+            finally:
+                for cleanup in cleanups:
+                    cleanup()
+                if admin is not None:
+                    admin.close()
+            for mode, figures in (("raw save loop", raw), ("API in-process", asgi), ("API socket", sock)):
+                ratio = figures["writes_per_s"] / raw["writes_per_s"]
+                results.append({"backend": backend, "mode": mode, **figures, "ratio": round(ratio, 2)})
+
+    table = Table(title=f"book + move, {args.n} appointments ({2 * args.n} writes) per run")
+    for column in ("backend", "mode", "writes/s", "p50 ms", "p95 ms", "ratio to raw"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r["backend"], r["mode"], f"{r['writes_per_s']:.0f}", f"{r['p50_ms']:.2f}",
+            f"{r['p95_ms']:.2f}", f"{r['ratio']:.2f}",
+        )
+    Console().print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"n": args.n, "results": results}, indent=2))
+    Console(stderr=True).print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
