@@ -103,7 +103,7 @@ def normalise(raw: str, profile: ProviderProfile | None = None) -> NormalisedInp
     url = urlunsplit((parts.scheme, parts.netloc, parts.path or "/", parts.query, ""))
     profile = profile or profile_for_url(url)
     return NormalisedInput(
-        candidates=_dedupe(_candidates(url, parts, profile, scheme_added)),
+        candidates=tuple(_dedupe(_candidates(url, parts, profile, scheme_added))),
         credentials=credentials,
         profile=profile,
     )

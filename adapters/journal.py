@@ -12,18 +12,11 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import Application
-from eventsourcing.domain import CanMutateAggregate
-from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from eventsourcing.utils import get_topic
-from psycopg.rows import DictRow
-from psycopg.sql import SQL
-
 from caljournal.adapters.readmodel import (
     ACCOUNTS,
     APPOINTMENTS,
+    LINKS,
+    SECRETS,
     TOKENS,
     Row,
     Window,
@@ -33,6 +26,15 @@ from caljournal.adapters.readmodel import (
     upsert_statement,
     window_query,
 )
+from eventsourcing.application import Application
+from eventsourcing.domain import CanMutateAggregate
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.utils import get_topic
+from psycopg.rows import DictRow
+from psycopg.sql import SQL
+
 from caljournal.settings import Settings, database_config
 
 APPLICATION_NAME = "caljournal"
@@ -49,6 +51,9 @@ class ReadModelQueries:
         raise NotImplementedError
 
     def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        raise NotImplementedError
+
+    def _update(self, sql: str, params: Sequence[Any]) -> int:
         raise NotImplementedError
 
     def select_window(self, window: Window) -> list[dict[str, Any]]:
@@ -85,6 +90,32 @@ class ReadModelQueries:
             f"WHERE account_id = {self.placeholder}"
         )
         return int(self._fetch(sql, [account_id])[0]["n"])
+
+    def select_links(self, status: str | None = None) -> list[dict[str, Any]]:
+        """Return every calendar link (optionally only those with ``status``)."""
+        sql = f"SELECT doc FROM {self.qualify}{LINKS}"
+        params: list[Any] = []
+        if status is not None:
+            sql += f" WHERE status = {self.placeholder}"
+            params.append(status)
+        return docs(self._fetch(sql + " ORDER BY account_id", params))
+
+    def select_secret(self, link_id: str) -> str | None:
+        """Return a link's sealed credentials, or None ("" counts as none)."""
+        rows = self._fetch(
+            f"SELECT sealed FROM {self.qualify}{SECRETS} WHERE id = {self.placeholder}", [link_id]
+        )
+        return rows[0]["sealed"] or None if rows else None
+
+    def select_secrets(self) -> list[dict[str, Any]]:
+        """Return every sealed secret row (for key rotation)."""
+        return [dict(r) for r in self._fetch(f"SELECT * FROM {self.qualify}{SECRETS}", [])]
+
+    def reseal(self, link_id: str, old: str, new: str) -> bool:
+        """Replace a sealed value if it is still ``old``; return whether it was."""
+        p = self.placeholder
+        sql = f"UPDATE {self.qualify}{SECRETS} SET sealed = {p} WHERE id = {p} AND sealed = {p}"
+        return self._update(sql, [new, link_id, old]) == 1
 
     def upsert_rows(self, rows: Iterable[Row]) -> None:
         """Write rows outside an event transaction (used when rebuilding)."""
@@ -140,6 +171,11 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
             for sql, params in statements:
                 c.execute(sql, list(params))
 
+    def _update(self, sql: str, params: Sequence[Any]) -> int:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(sql, list(params))
+            return int(c.sqlite_cursor.rowcount)
+
 
 class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
     """The library's PostgreSQL recorder plus the query tables."""
@@ -183,6 +219,11 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
             for sql, params in statements:
                 curs.execute(sql.encode(), list(params))  # type: ignore[call-overload]
 
+    def _update(self, sql: str, params: Sequence[Any]) -> int:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(sql.encode(), list(params))  # type: ignore[call-overload]
+            return int(curs.rowcount)
+
 
 JournalRecorder = SQLiteJournalRecorder | PostgresJournalRecorder
 
@@ -204,6 +245,7 @@ class Journal(Application[UUID]):
             if obj is not None and not isinstance(obj, CanMutateAggregate)
             for row in rows_for(obj)
         ]
+        rows.extend(kwargs.pop("extra_rows", ()))
         return super().save(*objs, read_model=rows, **kwargs)
 
     @property

@@ -373,16 +373,10 @@ def profile_for_url(url: str) -> ProviderProfile:
         port = parts.port
     except ValueError:
         return GENERIC
-    for profile in PROFILES:
-        if host and profile.matches_host(host):
-            return profile
-    for profile in PROFILES:
-        if profile.matches_path(path):
-            return profile
-    for profile in PROFILES:
-        if port is not None and port in profile.ports:
-            return profile
-    return GENERIC
+    found = next((p for p in PROFILES if host and p.matches_host(host)), None)
+    found = found or next((p for p in PROFILES if p.matches_path(path)), None)
+    found = found or next((p for p in PROFILES if port in p.ports), None)
+    return found or GENERIC
 
 
 def profile_for_email(email: str) -> ProviderProfile | None:
@@ -391,10 +385,7 @@ def profile_for_email(email: str) -> ProviderProfile | None:
     if not at or not domain:
         return None
     domain = domain.lower().rstrip(".")
-    for profile in PROFILES:
-        if domain in profile.email_domains:
-            return profile
-    return None
+    return next((p for p in PROFILES if domain in p.email_domains), None)
 
 
 def render_base_url(
@@ -411,9 +402,7 @@ def render_base_url(
         return None
     if ("{base}" in template and not base) or ("{email}" in template and not email):
         return None
-    return template.format(
-        base=(base or "").rstrip("/"), email=quote(email or "", safe="@")
-    )
+    return template.format(base=(base or "").rstrip("/"), email=quote(email or "", safe="@"))
 
 
 def is_partition_host(profile: ProviderProfile, host: str) -> bool:

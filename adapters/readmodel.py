@@ -18,10 +18,13 @@ from typing import Any
 
 from caljournal.domain.account import Account, ApiToken
 from caljournal.domain.appointment import MAX_DURATION, Appointment
+from caljournal.domain.link import CalendarLink
 
 APPOINTMENTS = "caljournal_appointments"
 ACCOUNTS = "caljournal_accounts"
 TOKENS = "caljournal_tokens"
+LINKS = "caljournal_links"
+SECRETS = "caljournal_link_secrets"
 MAX_DURATION_US = int(MAX_DURATION.total_seconds() * 1_000_000)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -85,12 +88,31 @@ def rows_for(aggregate: object) -> list[Row]:
                 },
             )
         ]
+    if isinstance(aggregate, CalendarLink):
+        return [
+            Row(
+                LINKS,
+                {
+                    "id": str(aggregate.id),
+                    "account_id": str(aggregate.account_id),
+                    "status": aggregate.status,
+                    "calendar_url": aggregate.calendar_url,
+                    "version": aggregate.version,
+                    "doc": json.dumps(aggregate.state(), separators=(",", ":")),
+                },
+            )
+        ]
     return []
+
+
+def secret_row(link: CalendarLink, sealed: str) -> Row:
+    """Return the row holding a link's sealed credentials ("" once erased)."""
+    return Row(SECRETS, {"id": str(link.id), "sealed": sealed, "version": link.version})
 
 
 def create_statements(qualify: str) -> list[str]:
     """Return the DDL of the query tables; ``qualify`` prefixes table names (a schema)."""
-    a, c, t = (qualify + name for name in (APPOINTMENTS, ACCOUNTS, TOKENS))
+    a, c, t, lk, sc = (qualify + name for name in (APPOINTMENTS, ACCOUNTS, TOKENS, LINKS, SECRETS))
     return [
         f"CREATE TABLE IF NOT EXISTS {a} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
         "start_us BIGINT NOT NULL, end_us BIGINT NOT NULL, status TEXT NOT NULL, "
@@ -102,6 +124,10 @@ def create_statements(qualify: str) -> list[str]:
         "name TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, revoked INTEGER NOT NULL, "
         "created_us BIGINT NOT NULL, version INTEGER NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS {TOKENS}_account ON {t} (account_id)",
+        f"CREATE TABLE IF NOT EXISTS {lk} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
+        "status TEXT NOT NULL, calendar_url TEXT, version INTEGER NOT NULL, doc TEXT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {sc} (id TEXT PRIMARY KEY, sealed TEXT NOT NULL, "
+        "version INTEGER NOT NULL)",
     ]
 
 

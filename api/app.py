@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+from caljournal.api.appointments import router as appointments_router
+from caljournal.api.deps import ContainerDep
+from caljournal.api.errors import install_error_handlers
+from caljournal.api.links import router as links_router
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caljournal import __version__
-from caljournal.api.appointments import router as appointments_router
-from caljournal.api.deps import ContainerDep
-from caljournal.api.errors import install_error_handlers
 from caljournal.bootstrap import Container
 
 
@@ -64,7 +65,10 @@ class BodyLimitAndRequestId:
             {
                 "type": "http.response.start",
                 "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
             }
         )
         await send({"type": "http.response.body", "body": body})
@@ -93,4 +97,5 @@ def create_app(container: Container) -> FastAPI:
         return {"status": "ok", "journal": container.backend, "position": position or 0}
 
     app.include_router(appointments_router)
+    app.include_router(links_router)
     return app

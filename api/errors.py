@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-
+from caljournal.adapters.secrets import SecretKeyError
 from caljournal.domain.errors import (
     AppointmentCancelledError,
     DomainError,
     TokenRevokedError,
 )
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
 from caljournal.errors import (
     ApplicationError,
     AuthenticationError,
@@ -22,6 +23,7 @@ from caljournal.errors import (
     PermissionDeniedError,
     PreconditionFailedError,
 )
+from caljournal.links import LinkFailedError
 
 log = logging.getLogger("caljournal.api")
 
@@ -31,6 +33,8 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (NotFoundError, 404, "not_found"),
     (PreconditionFailedError, 412, "precondition_failed"),
     (IdempotencyKeyReusedError, 422, "idempotency_key_reused"),
+    (LinkFailedError, 422, "link_failed"),
+    (SecretKeyError, 503, "secret_keys_unusable"),
     (ConflictError, 409, "conflict"),
     (AppointmentCancelledError, 409, "appointment_cancelled"),
     (TokenRevokedError, 409, "token_revoked"),
@@ -52,10 +56,12 @@ def install_error_handlers(app: FastAPI) -> None:
                 message = getattr(exc, "message", str(exc))
                 field = getattr(exc, "field", None)
                 headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-                return JSONResponse(_body(code, message, field), status_code=status, headers=headers)
+                return JSONResponse(
+                    _body(code, message, field), status_code=status, headers=headers
+                )
         raise exc  # pragma: no cover - only registered for the classes above
 
-    for cls in (DomainError, ApplicationError):
+    for cls in (DomainError, ApplicationError, SecretKeyError):
         app.add_exception_handler(cls, known)
 
     async def invalid_request(request: Request, exc: Exception) -> JSONResponse:

@@ -23,10 +23,10 @@ from caljournal.errors import (
     NotFoundError,
     PreconditionFailedError,
 )
+from caljournal.history import history_of
 
 IDEMPOTENCY_NAMESPACE = uuid5(NAMESPACE_URL, "https://caljournal.invalid/idempotency")
 MAX_WRITE_ATTEMPTS = 30
-_VOLATILE = {"version", "modified_on", "created_on"}
 
 
 @dataclass(frozen=True)
@@ -243,7 +243,9 @@ class AppointmentService:
                 break
             state = event.mutate(state)
         if state is None:
-            raise NotFoundError(f"appointment {appointment_id} did not exist at {as_of.isoformat()}")
+            raise NotFoundError(
+                f"appointment {appointment_id} did not exist at {as_of.isoformat()}"
+            )
         return state.state()
 
     def list_window(
@@ -264,30 +266,4 @@ class AppointmentService:
         :raises NotFoundError: when the appointment is not visible.
         """
         self._load(scope, appointment_id)
-        positions = self.journal.journal_recorder.select_positions(appointment_id)
-        entries = []
-        state: Appointment | None = None
-        before: dict[str, Any] = {}
-        for event in self.journal.events.get(appointment_id):
-            state = event.mutate(state)
-            assert state is not None
-            after = state.state()
-            changes = {
-                key: {"old": before.get(key), "new": value}
-                for key, value in after.items()
-                if key not in _VOLATILE and before.get(key) != value
-            }
-            entries.append(
-                {
-                    "position": positions.get(event.originator_version),
-                    "version": event.originator_version,
-                    "timestamp": event.timestamp.isoformat(),
-                    "type": type(event).__name__,
-                    "origin": event.origin,
-                    "actor": event.actor,
-                    "correlation_id": event.correlation_id,
-                    "changes": changes,
-                }
-            )
-            before = after
-        return entries
+        return history_of(self.journal, appointment_id)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 from caljournal.accounts import AccountService
 from caljournal.adapters.journal import Journal, open_journal
+from caljournal.adapters.secrets import SecretBox, load_keys
 from caljournal.appointments import AppointmentService
+from caljournal.links import LinkPolicy, LinkService
 from caljournal.settings import Settings, load_settings
 
 
@@ -18,10 +21,32 @@ class Container:
     journal: Journal
     accounts: AccountService = field(init=False)
     appointments: AppointmentService = field(init=False)
+    links: LinkService = field(init=False)
 
     def __post_init__(self) -> None:
         self.accounts = AccountService(self.journal)
         self.appointments = AppointmentService(self.journal)
+        policy = LinkPolicy(
+            allow_private=self.settings.allow_private_addresses,
+            verify_tls=self.settings.verify_tls,
+            timeout=self.settings.caldav_timeout,
+        )
+        self.links = LinkService(self.journal, self.secret_box, policy)
+
+    @functools.cached_property
+    def _secret_box(self) -> SecretBox:
+        configured = self.settings.secret_keys
+        keys = load_keys(
+            configured.get_secret_value() if configured else None, self.settings.secret_key_file
+        )
+        return SecretBox(keys)
+
+    def secret_box(self) -> SecretBox:
+        """Return the box sealing calendar credentials (keys are loaded on first use).
+
+        :raises SecretKeyError: when the keys are missing, malformed or exposed.
+        """
+        return self._secret_box
 
     @property
     def backend(self) -> str:

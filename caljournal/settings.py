@@ -31,6 +31,20 @@ class Settings(BaseSettings):
         default=None, description="base64 AES key that encrypts the journal's event state"
     )
     max_request_bytes: int = Field(default=1_000_000, ge=1_000)
+    secret_keys: SecretStr | None = Field(
+        default=None,
+        description="comma-separated base64 AES keys sealing calendar credentials; the first "
+        "seals, all open (for rotation). Unset: a key file is used",
+    )
+    secret_key_file: Path = Field(
+        default=Path("caljournal.key"), description="local key file, created 0600 when missing"
+    )
+    allow_private_addresses: bool = Field(
+        default=False,
+        description="allow calendar servers on loopback and private networks (never link-local)",
+    )
+    verify_tls: bool = True
+    caldav_timeout: float = Field(default=15.0, gt=0, le=300)
 
     @field_validator("database_url")
     @classmethod
@@ -73,7 +87,9 @@ def database_config(url: str) -> dict[str, str]:
         if db_path != ":memory:":
             parent = Path(db_path).expanduser().resolve().parent
             if not parent.is_dir():
-                raise ValueError(f"the folder {str(parent)!r} of the SQLite database does not exist")
+                raise ValueError(
+                    f"the folder {str(parent)!r} of the SQLite database does not exist"
+                )
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": db_path}
     if parts.scheme in ("postgres", "postgresql", "postgresql+psycopg"):
         if not parts.hostname or not parts.path.strip("/"):

@@ -9,10 +9,9 @@ from __future__ import annotations
 import re
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-from eventsourcing.domain import Aggregate, event
-
 from caljournal.domain.cause import Cause
 from caljournal.domain.errors import InvalidAccountError, TokenRevokedError
+from eventsourcing.domain import Aggregate, event
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 ACCOUNT_NAMESPACE = uuid5(NAMESPACE_URL, "https://caljournal.invalid/account")
@@ -67,7 +66,13 @@ class Account(Aggregate):
 
     @event("Opened", topic="caljournal:Account.Opened")
     def __init__(
-        self, *, id: UUID, name: str, origin: str, actor: str, correlation_id: str  # noqa: A002
+        self,
+        *,
+        id: UUID,
+        name: str,
+        origin: str,
+        actor: str,
+        correlation_id: str,  # noqa: A002
     ) -> None:
         self.name = name
 
@@ -139,7 +144,9 @@ class ApiToken(Aggregate):
         """
         if self.revoked:
             raise TokenRevokedError(f"token {self.name!r} is revoked already")
-        self._revoked(origin=cause.origin.value, actor=cause.actor, correlation_id=cause.correlation_id)
+        self._revoked(
+            origin=cause.origin.value, actor=cause.actor, correlation_id=cause.correlation_id
+        )
 
     @event("Revoked", topic="caljournal:ApiToken.Revoked")
     def _revoked(self, *, origin: str, actor: str, correlation_id: str) -> None:

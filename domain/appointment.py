@@ -14,10 +14,9 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from eventsourcing.domain import Aggregate, event
-
 from caljournal.domain.cause import Cause
 from caljournal.domain.errors import AppointmentCancelledError, InvalidAppointmentError
+from eventsourcing.domain import Aggregate, event
 
 MAX_TITLE = 200
 MAX_LOCATION = 500

@@ -33,14 +33,14 @@ from zoneinfo import ZoneInfo
 import httpx
 import psycopg
 import uvicorn
+from caljournal.api.app import create_app
+from caljournal.domain.appointment import Appointment
+from caljournal.domain.cause import Cause, Origin
 from eventsourcing.application import Application
 from rich.console import Console
 from rich.table import Table
 
-from caljournal.api.app import create_app
 from caljournal.bootstrap import Container, bootstrap
-from caljournal.domain.appointment import Appointment
-from caljournal.domain.cause import Cause, Origin
 from caljournal.settings import database_config, load_settings
 
 PG_URL = os.environ.get("CALJOURNAL_BENCH_PG_URL", "postgresql://root@127.0.0.1:5432/test")
@@ -49,7 +49,9 @@ CAUSE = Cause(Origin.API, "bench", "bench")
 
 
 def _slot(i: int, moved: bool = False) -> tuple[datetime, datetime]:
-    start = datetime(2027, 1, 4, 8, tzinfo=BERLIN) + timedelta(minutes=30 * i + (15 if moved else 0))
+    start = datetime(2027, 1, 4, 8, tzinfo=BERLIN) + timedelta(
+        minutes=30 * i + (15 if moved else 0)
+    )
     return start, start + timedelta(minutes=30)
 
 
@@ -191,7 +193,11 @@ def bench_socket(container: Container, n: int) -> dict[str, float]:
         port = s.getsockname()[1]
     server = uvicorn.Server(
         uvicorn.Config(
-            create_app(container), host="127.0.0.1", port=port, log_level="warning", access_log=False
+            create_app(container),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
         )
     )
     thread = threading.Thread(target=server.run, daemon=True)
@@ -252,17 +258,27 @@ def main() -> None:
                     cleanup()
                 if admin is not None:
                     admin.close()
-            for mode, figures in (("raw save loop", raw), ("API in-process", asgi), ("API socket", sock)):
+            for mode, figures in (
+                ("raw save loop", raw),
+                ("API in-process", asgi),
+                ("API socket", sock),
+            ):
                 ratio = figures["writes_per_s"] / raw["writes_per_s"]
-                results.append({"backend": backend, "mode": mode, **figures, "ratio": round(ratio, 2)})
+                results.append(
+                    {"backend": backend, "mode": mode, **figures, "ratio": round(ratio, 2)}
+                )
 
     table = Table(title=f"book + move, {args.n} appointments ({2 * args.n} writes) per run")
     for column in ("backend", "mode", "writes/s", "p50 ms", "p95 ms", "ratio to raw"):
         table.add_column(column)
     for r in results:
         table.add_row(
-            r["backend"], r["mode"], f"{r['writes_per_s']:.0f}", f"{r['p50_ms']:.2f}",
-            f"{r['p95_ms']:.2f}", f"{r['ratio']:.2f}",
+            r["backend"],
+            r["mode"],
+            f"{r['writes_per_s']:.0f}",
+            f"{r['p50_ms']:.2f}",
+            f"{r['p95_ms']:.2f}",
+            f"{r['ratio']:.2f}",
         )
     Console().print(table)
     out = Path(args.out)

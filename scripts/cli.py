@@ -12,16 +12,18 @@ from typing import Annotated, Any
 from uuid import UUID
 
 import typer
+from caljournal.domain.cause import Cause, Origin
+from caljournal.domain.errors import DomainError
 from rich.console import Console
 from rich.table import Table
 
 from caljournal.bootstrap import Container, bootstrap
-from caljournal.domain.cause import Cause, Origin
-from caljournal.domain.errors import DomainError
 from caljournal.errors import ApplicationError
 from caljournal.settings import ConfigurationError
 
-app = typer.Typer(help="caljournal: appointments in a journal, synced to CalDAV.", no_args_is_help=True)
+app = typer.Typer(
+    help="caljournal: appointments in a journal, synced to CalDAV.", no_args_is_help=True
+)
 account_app = typer.Typer(help="Open and list accounts.", no_args_is_help=True)
 token_app = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_help=True)
 app.add_typer(account_app, name="account")
@@ -84,7 +86,6 @@ def serve(
 ) -> None:
     """Run the HTTP API (on the embedded SQLite journal unless configured otherwise)."""
     import uvicorn
-
     from caljournal.api.app import create_app
 
     with container() as built:
@@ -114,7 +115,9 @@ def account_create(
 def account_list(json: JsonOption = False) -> None:
     """List all accounts."""
     with container() as built:
-        rows = [[a["name"], a["id"], _when(a["created_us"])] for a in built.accounts.list_accounts()]
+        rows = [
+            [a["name"], a["id"], _when(a["created_us"])] for a in built.accounts.list_accounts()
+        ]
         _table("accounts", ["name", "id", "created"], rows, json)
 
 
@@ -152,7 +155,9 @@ def token_list(
 
 
 @token_app.command("revoke")
-def token_revoke(token_id: Annotated[str, typer.Argument(help="the token's id (see token list)")]) -> None:
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="the token's id (see token list)")],
+) -> None:
     """Revoke a token: it stops working at once."""
     try:
         parsed = UUID(token_id)

@@ -20,6 +20,7 @@ from caljournal.api.app import create_app
 from caljournal.bootstrap import Container, bootstrap
 from caljournal.domain.cause import Cause, Origin
 from caljournal.settings import load_settings
+from tests.support.radicale import RadicaleProcess, read_only_share_rights
 
 PG_URL = os.environ.get("CALJOURNAL_TEST_PG_URL", "postgresql://root@127.0.0.1:5432/test")
 
@@ -37,7 +38,8 @@ def pg_admin() -> Iterator[psycopg.Connection]:
     except psycopg.OperationalError as exc:
         pytest.fail(
             f"PostgreSQL is required at {PG_URL} but cannot be reached ({exc}); "
-            "start it with: pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+            "start it with: pg_ctlcluster --skip-systemctl-redirect "
+            "$(ls /etc/postgresql) main start"
         )
     yield conn
     conn.close()
@@ -67,9 +69,16 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def container(database_url: str) -> Iterator[Container]:
-    """Return a container on a fresh journal."""
-    built = bootstrap(load_settings(database_url=database_url))
+def container(database_url: str, tmp_path: Path) -> Iterator[Container]:
+    """Return a container on a fresh journal (loopback calendar servers allowed)."""
+    built = bootstrap(
+        load_settings(
+            database_url=database_url,
+            secret_key_file=tmp_path / "caljournal.key",
+            allow_private_addresses=True,
+            caldav_timeout=10,
+        )
+    )
     yield built
     built.close()
 
@@ -111,3 +120,14 @@ def acme(container: Container) -> Tenant:
 def globex(container: Container) -> Tenant:
     """Return the account 'globex'."""
     return open_tenant(container, "globex")
+
+
+@pytest.fixture(scope="session")
+def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadicaleProcess]:
+    """Return a real Radicale server for the session (users alice, bob, reader)."""
+    base = tmp_path_factory.mktemp("radicale")
+    rights = read_only_share_rights(owner="alice", calendar="shared", reader="reader")
+    users = {"alice": "secret", "bob": "hunter2", "reader": "readonly"}
+    with RadicaleProcess(base, users=users, rights_file_content=rights) as server:
+        server.make_calendar("alice", "secret", "Shared", cal_id="shared")
+        yield server

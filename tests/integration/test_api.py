@@ -83,7 +83,9 @@ def test_idempotency_key_returns_the_first_result_and_books_nothing_new(
 ) -> None:
     headers = {**acme.headers, "Idempotency-Key": "booking-42"}
     first = client.post("/appointments", json=BOOKING, headers=headers)
-    client.patch(f"/appointments/{first.json()['id']}", json={"title": "later"}, headers=acme.headers)
+    client.patch(
+        f"/appointments/{first.json()['id']}", json={"title": "later"}, headers=acme.headers
+    )
     again = client.post("/appointments", json=BOOKING, headers=headers)
     assert first.status_code == again.status_code == 201
     assert again.headers["idempotent-replayed"] == "true"
@@ -104,18 +106,26 @@ def test_same_idempotency_key_in_two_accounts_books_two(
     client: TestClient, acme: Tenant, globex: Tenant
 ) -> None:
     a = client.post("/appointments", json=BOOKING, headers={**acme.headers, "Idempotency-Key": "k"})
-    b = client.post("/appointments", json=BOOKING, headers={**globex.headers, "Idempotency-Key": "k"})
+    b = client.post(
+        "/appointments", json=BOOKING, headers={**globex.headers, "Idempotency-Key": "k"}
+    )
     assert a.json()["id"] != b.json()["id"]
 
 
 def test_list_returns_only_the_window_and_only_own_account(
     client: TestClient, acme: Tenant, globex: Tenant
 ) -> None:
-    inside = create(client, acme, start="2026-05-04T09:00:00+02:00", end="2026-05-04T10:00:00+02:00")
-    spanning = create(client, acme, start="2026-05-01T09:00:00+02:00", end="2026-05-05T10:00:00+02:00")
+    inside = create(
+        client, acme, start="2026-05-04T09:00:00+02:00", end="2026-05-04T10:00:00+02:00"
+    )
+    spanning = create(
+        client, acme, start="2026-05-01T09:00:00+02:00", end="2026-05-05T10:00:00+02:00"
+    )
     create(client, acme, start="2026-05-08T09:00:00+02:00", end="2026-05-08T10:00:00+02:00")
     create(client, globex, start="2026-05-04T09:00:00+02:00", end="2026-05-04T10:00:00+02:00")
-    cancelled = create(client, acme, start="2026-05-04T11:00:00+02:00", end="2026-05-04T12:00:00+02:00")
+    cancelled = create(
+        client, acme, start="2026-05-04T11:00:00+02:00", end="2026-05-04T12:00:00+02:00"
+    )
     client.post(f"/appointments/{cancelled['id']}/cancel", headers=acme.headers)
 
     window = {"start": "2026-05-04T00:00:00+02:00", "end": "2026-05-05T00:00:00+02:00"}
@@ -148,7 +158,9 @@ def test_operator_token_sees_every_account(
 ) -> None:
     issued = container.accounts.issue_token(None, "ops", operator())
     headers = {"Authorization": f"Bearer {issued.secret}"}
-    created = client.post("/appointments", json=BOOKING, params={"account": "acme"}, headers=headers)
+    created = client.post(
+        "/appointments", json=BOOKING, params={"account": "acme"}, headers=headers
+    )
     assert created.status_code == 201
     assert created.json()["account_id"] == str(acme.account_id)
     history = client.get(f"/appointments/{created.json()['id']}/history", headers=headers)

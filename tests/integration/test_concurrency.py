@@ -19,7 +19,10 @@ MOVES = 50
 def _targets() -> list[tuple[str, str]]:
     base = datetime(2026, 6, 1, 9, tzinfo=ZoneInfo("Europe/Berlin"))
     return [
-        ((base + timedelta(hours=i)).isoformat(), (base + timedelta(hours=i, minutes=30)).isoformat())
+        (
+            (base + timedelta(hours=i)).isoformat(),
+            (base + timedelta(hours=i, minutes=30)).isoformat(),
+        )
         for i in range(MOVES)
     ]
 

@@ -8,11 +8,14 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
-import caldav
 import httpx
 import niquests
 import pytest
+from caldav.calendarobjectresource import Event
+from caldav.collection import Calendar
+from caldav.davclient import DAVClient
 from caldav.lib import error as caldav_error
 
 from tests.support.faultproxy import FaultProxy, LoggedRequest
@@ -34,13 +37,22 @@ def _ics(uid: str, summary: str = "Checkup") -> str:
     )
 
 
-def _save_event(cal: caldav.Calendar, uid: str, summary: str = "Checkup") -> caldav.Event:
-    return cal.save_event(
+def _save_event(cal: Calendar, uid: str, summary: str = "Checkup") -> Event:
+    saved = cal.save_event(
         dtstart=dt.datetime(2030, 1, 1, 10, tzinfo=dt.UTC),
         dtend=dt.datetime(2030, 1, 1, 11, tzinfo=dt.UTC),
         summary=summary,
         uid=uid,
     )
+    return cast(Event, saved)
+
+
+def _events(cal: Calendar) -> list[Event]:
+    return cast("list[Event]", cal.events())
+
+
+def _uids(cal: Calendar) -> list[str]:
+    return [str(e.icalendar_component["uid"]) for e in _events(cal)]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +68,7 @@ def proxy(radicale: RadicaleProcess) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def calendar(radicale: RadicaleProcess, proxy: FaultProxy) -> caldav.Calendar:
+def calendar(radicale: RadicaleProcess, proxy: FaultProxy) -> Calendar:
     """A fresh calendar of alice's, reached through the proxy."""
     cal = radicale.make_calendar(
         "alice", "secret", "Support", cal_id=f"cal-{uuid.uuid4().hex[:8]}", base_url=proxy.url
@@ -65,7 +77,8 @@ def calendar(radicale: RadicaleProcess, proxy: FaultProxy) -> caldav.Calendar:
     return cal
 
 
-def _path(cal: caldav.Calendar) -> str:
+def _path(cal: Calendar) -> str:
+    assert cal.url is not None
     return str(cal.url.path)
 
 
@@ -123,12 +136,12 @@ def test_stop_and_start_on_same_port_keeps_data(tmp_path: Path) -> None:
 
         server.start()
         assert server.port == port
-        assert [e.icalendar_component["uid"] for e in cal.events()] == ["kept-1"]
+        assert _uids(cal) == ["kept-1"]
 
         server.kill()
         assert not server.running
         server.start()
-        assert len(cal.events()) == 1
+        assert len(_events(cal)) == 1
     assert not server.running
     assert server.log_text().count("Radicale server ready") == 3
 
@@ -162,7 +175,7 @@ def test_read_only_calendar_via_rights_file(tmp_path: Path) -> None:
         shared = server.make_calendar("bob", "hunter2", "Shared", cal_id="shared")
         _save_event(shared, "bobs-1")
         alice_view = server.client("alice", "secret").calendar(url=shared.url)
-        assert len(alice_view.events()) == 1
+        assert len(_events(alice_view)) == 1
         put = httpx.put(
             f"{shared.url}alices.ics",
             content=_ics("alices"),
@@ -179,15 +192,15 @@ def test_read_only_calendar_via_rights_file(tmp_path: Path) -> None:
 
 
 def test_caldav_through_proxy(
-    radicale: RadicaleProcess, proxy: FaultProxy, calendar: caldav.Calendar
+    radicale: RadicaleProcess, proxy: FaultProxy, calendar: Calendar
 ) -> None:
     mark = radicale.log_mark()
     _save_event(calendar, "through-proxy")
-    events = calendar.events()
-    assert [e.icalendar_component["uid"] for e in events] == ["through-proxy"]
+    assert _uids(calendar) == ["through-proxy"]
     assert "PUT" in proxy.methods()
     assert "REPORT" in proxy.methods()
     assert all(r.status is not None and r.status < 400 for r in proxy.requests("PUT"))
+    assert proxy.connections_accepted == 1  # niquests kept its connection alive
     put_path = _path(calendar) + "through-proxy.ics"
     assert ("PUT", put_path) in radicale.logged_requests(since=mark)
     # Visible directly on Radicale too.
@@ -197,7 +210,7 @@ def test_caldav_through_proxy(
 
 
 def test_passthrough_is_faithful(
-    radicale: RadicaleProcess, proxy: FaultProxy, calendar: caldav.Calendar
+    radicale: RadicaleProcess, proxy: FaultProxy, calendar: Calendar
 ) -> None:
     path = _path(calendar) + "raw.ics"
     with (
@@ -259,29 +272,30 @@ def test_keep_alive_reuses_client_connection(proxy: FaultProxy) -> None:
         second = client.request("PROPFIND", "alice/", headers={"Depth": "0"})
     assert first.status_code == second.status_code == 207
     assert len(proxy.requests("PROPFIND")) == 2
+    assert proxy.connections_accepted == 1
 
 
 # -- fault proxy: injected faults ------------------------------------------------------
 
 
-def test_503_makes_caldav_raise(proxy: FaultProxy, calendar: caldav.Calendar) -> None:
+def test_503_makes_caldav_raise(proxy: FaultProxy, calendar: Calendar) -> None:
     proxy.fail_next(1, status=503)
     with pytest.raises(caldav_error.DAVError) as excinfo:
-        calendar.events()
+        _events(calendar)
     assert "503" in str(excinfo.value)
     assert proxy.requests()[-1].status == 503
     assert proxy.pending_rules() == 0
-    assert calendar.events() == []  # the next request passes again
+    assert _events(calendar) == []  # the next request passes again
 
 
-def test_caldav_retries_a_failed_put_once(proxy: FaultProxy, calendar: caldav.Calendar) -> None:
+def test_caldav_retries_a_failed_put_once(proxy: FaultProxy, calendar: Calendar) -> None:
     """caldav's save() repeats a PUT that got a non-2xx answer (once, if vobject is present)."""
     proxy.fail_next(1, status=503, method="PUT")
     _save_event(calendar, "retried")
     assert [r.status for r in proxy.requests("PUT")] == [503, 201]
 
 
-def test_429_carries_retry_after(proxy: FaultProxy, calendar: caldav.Calendar) -> None:
+def test_429_carries_retry_after(proxy: FaultProxy, calendar: Calendar) -> None:
     proxy.fail_next(1, status=429, retry_after=2)
     raw = httpx.request("PROPFIND", proxy.url + "alice/", auth=AUTH)
     assert raw.status_code == 429
@@ -289,28 +303,26 @@ def test_429_carries_retry_after(proxy: FaultProxy, calendar: caldav.Calendar) -
 
     proxy.fail_next(1, status=429, retry_after=2)
     with pytest.raises(caldav_error.RateLimitError) as excinfo:
-        calendar.events()
+        _events(calendar)
     assert excinfo.value.retry_after == "2"
     assert excinfo.value.retry_after_seconds == 2.0
     assert [r.status for r in proxy.requests()] == [429, 429]
 
 
-def test_reset_makes_client_raise_connection_error(
-    proxy: FaultProxy, calendar: caldav.Calendar
-) -> None:
+def test_reset_makes_client_raise_connection_error(proxy: FaultProxy, calendar: Calendar) -> None:
     proxy.reset_next(1)
     with pytest.raises(niquests.exceptions.ConnectionError):
-        calendar.events()
+        _events(calendar)
     proxy.reset_next(1)
     with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
         httpx.request("PROPFIND", proxy.url + "alice/", auth=AUTH)
     assert proxy.wait_idle()
     assert [r.status for r in proxy.requests()] == [None, None]
-    assert calendar.events() == []
+    assert _events(calendar) == []
 
 
 def test_reset_after_forward_loses_only_the_response(
-    radicale: RadicaleProcess, proxy: FaultProxy, calendar: caldav.Calendar
+    radicale: RadicaleProcess, proxy: FaultProxy, calendar: Calendar
 ) -> None:
     proxy.reset_next(1, after_forward=True, method="PUT")
     path = _path(calendar) + "lost-answer.ics"
@@ -319,29 +331,31 @@ def test_reset_after_forward_loses_only_the_response(
     assert httpx.get(radicale.url + path.lstrip("/"), auth=AUTH).status_code == 200
 
 
-def test_delay_causes_read_timeout(proxy: FaultProxy, calendar: caldav.Calendar) -> None:
-    slow_client = caldav.DAVClient(url=proxy.url, username="alice", password="secret", timeout=1)
+def test_delay_causes_read_timeout(proxy: FaultProxy, calendar: Calendar) -> None:
+    slow_client = DAVClient(url=proxy.url, username="alice", password="secret", timeout=1)
     slow_view = slow_client.calendar(url=calendar.url)
-    proxy.delay_next(1, 1.5, method="REPORT")
+    proxy.delay_next(1, 3.0, method="REPORT")
     started = time.monotonic()
     with pytest.raises(niquests.exceptions.Timeout):
-        slow_view.events()
-    assert time.monotonic() - started < 1.4
+        _events(slow_view)
+    assert time.monotonic() - started < 2.5  # gave up before the proxy answered
 
     proxy.delay_next(1, 0.3)
     started = time.monotonic()
     response = httpx.request("PROPFIND", proxy.url + "alice/", auth=AUTH, timeout=5)
     assert response.status_code == 207
     assert time.monotonic() - started >= 0.3
-    assert proxy.wait_idle()
+    # The REPORT delayed above is still sleeping in the proxy: not idle yet.
+    assert not proxy.wait_idle(timeout=0.05)
 
 
 def test_fail_for_window(proxy: FaultProxy) -> None:
-    proxy.fail_for(0.5, status=503)
+    window_end = time.monotonic() + 0.8
+    proxy.fail_for(0.8, status=503)
     url = proxy.url + "alice/"
     statuses = [httpx.request("PROPFIND", url, auth=AUTH).status_code for _ in range(3)]
     assert statuses == [503, 503, 503]
-    time.sleep(0.6)
+    time.sleep(max(0.0, window_end - time.monotonic()) + 0.05)
     assert httpx.request("PROPFIND", url, auth=AUTH).status_code == 207
     assert proxy.pending_rules() == 0
 
@@ -370,9 +384,9 @@ def test_rules_apply_in_order(proxy: FaultProxy) -> None:
     assert httpx.request("PROPFIND", url, auth=AUTH).status_code == 207
 
 
-def test_request_log(proxy: FaultProxy, calendar: caldav.Calendar) -> None:
+def test_request_log(proxy: FaultProxy, calendar: Calendar) -> None:
     _save_event(calendar, "logged")
-    calendar.events()
+    _events(calendar)
     records = proxy.requests()
     assert all(isinstance(r, LoggedRequest) for r in records)
     timestamp, method, path, status = records[0]

@@ -134,7 +134,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         """Keep test output quiet."""
 
     def handle_one_request(self) -> None:
-        """Like the base class, but route every method to :meth:`_proxy`."""
+        """Like the base class, but hand every method to ``FaultProxy._handle``."""
         try:
             self.raw_requestline = self.rfile.readline(65537)
             if len(self.raw_requestline) > 65536:
@@ -237,7 +237,9 @@ class FaultProxy:
         self._rules: list[_Rule] = []
         self._log: list[LoggedRequest] = []
         self._connections: set[socket.socket] = set()
+        self._accepted = 0
         self._closing = threading.Event()
+        self._host = host
         self._server = _ProxyServer((host, port), _ProxyHandler)
         self._server.proxy = self
         self._thread = threading.Thread(
@@ -258,8 +260,7 @@ class FaultProxy:
     @property
     def url(self) -> str:
         """Base URL of the proxy (same path prefix as the upstream URL)."""
-        host = self._server.server_address[0]
-        return f"http://{host}:{self.port}{self._up_prefix}/"
+        return f"http://{self._host}:{self.port}{self._up_prefix}/"
 
     # -- rules -----------------------------------------------------------------------
 
@@ -394,7 +395,12 @@ class FaultProxy:
     def requests(
         self, method: str | None = None, path_contains: str | None = None
     ) -> list[LoggedRequest]:
-        """Completed requests in arrival order, optionally filtered."""
+        """Logged requests in arrival order, optionally filtered.
+
+        A request is logged once its outcome is decided, just before the
+        response (or reset) reaches the client; a delayed request shows up
+        only after its delay.
+        """
         with self._lock:
             entries = sorted(self._log, key=lambda r: r.timestamp)
         return [
@@ -407,6 +413,12 @@ class FaultProxy:
     def methods(self) -> list[str]:
         """Methods of all completed requests, in arrival order."""
         return [r.method for r in self.requests()]
+
+    @property
+    def connections_accepted(self) -> int:
+        """Client connections accepted so far (shows whether keep-alive is used)."""
+        with self._lock:
+            return self._accepted
 
     def clear_log(self) -> None:
         """Forget all logged requests."""
@@ -430,6 +442,7 @@ class FaultProxy:
         with self._lock:
             if add:
                 self._connections.add(sock)
+                self._accepted += 1
             else:
                 self._connections.discard(sock)
 
@@ -437,38 +450,54 @@ class FaultProxy:
         arrived = time.time()
         method = h.command.upper()
         path = h.path
+        recorded = False
+
+        def record(status: int | None) -> None:
+            # Logged before the client sees the outcome, so a test that got its
+            # response (or its reset) always finds the entry already there.
+            nonlocal recorded
+            recorded = True
+            with self._lock:
+                self._log.append(LoggedRequest(arrived, method, path, status))
+
         with self._lock:
             self._in_flight += 1
-        status: int | None = None
         try:
-            body = h.read_body()
+            try:
+                body = h.read_body()
+            except (OSError, ValueError):
+                record(None)
+                raise
             rule = self._take_rule(method, path)
             if rule is not None and rule.kind == "fail":
                 headers = [("Retry-After", rule.retry_after)] if rule.retry_after else []
+                record(rule.status)
                 h.send_simple(rule.status, rule.body, headers)
-                status = rule.status
                 return
             if rule is not None and rule.kind == "reset" and not rule.after_forward:
+                record(None)
                 h.reset()
                 return
             if rule is not None and rule.kind == "delay":
                 self._closing.wait(rule.seconds)
             response = self._forward(h, method, path, body)
-            if rule is not None and rule.kind == "reset":
+            if (rule is not None and rule.kind == "reset") or (
+                response is None and self.upstream_error_status is None
+            ):
+                record(None)
                 h.reset()
                 return
             if response is None:
-                if self.upstream_error_status is None:
-                    h.reset()
-                    return
-                status = self.upstream_error_status
+                status = self.upstream_error_status or 502
+                record(status)
                 h.send_simple(status, b"upstream unreachable\n")
                 return
-            status = response[0]
+            record(response[0])
             self._send_upstream_response(h, method, *response)
         finally:
             with self._idle:
-                self._log.append(LoggedRequest(arrived, method, path, status))
+                if not recorded:
+                    self._log.append(LoggedRequest(arrived, method, path, None))
                 self._in_flight -= 1
                 self._idle.notify_all()
 
@@ -546,7 +575,7 @@ class FaultProxy:
     def _rewrite_location(self, value: str) -> str:
         upstream = f"http://{self._up_netloc}"
         if value.startswith(upstream):
-            return f"http://{self._server.server_address[0]}:{self.port}" + value[len(upstream) :]
+            return f"http://{self._host}:{self.port}" + value[len(upstream) :]
         return value
 
     # -- lifecycle ------------------------------------------------------------------------

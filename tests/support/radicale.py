@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import time
+import weakref
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
@@ -32,7 +33,8 @@ from typing import IO, TYPE_CHECKING
 from tests.support.ports import free_port, port_accepts
 
 if TYPE_CHECKING:
-    import caldav
+    from caldav.collection import Calendar
+    from caldav.davclient import DAVClient
 
 __all__ = [
     "DEFAULT_USERS",
@@ -58,6 +60,10 @@ class RadicaleProcess:
     file, the collection storage (``storage/``) and the server log
     (``radicale.log``).  The port is chosen once; :meth:`start` after
     :meth:`stop` or :meth:`kill` reuses it and keeps the stored collections.
+    The config, htpasswd and rights files are rewritten from the public
+    attributes (``users``, ``max_sync_token_age``, ``extra_config``, ...) on
+    every start, so a test may change them between :meth:`stop` and
+    :meth:`start`.
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class RadicaleProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
         self._ever_started = False
+        self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], RadicaleProcess] | None = None
 
     # -- paths and addresses -------------------------------------------------
 
@@ -231,6 +238,8 @@ class RadicaleProcess:
             cwd=str(self.base_dir),
             env=env,
         )
+        # Never leave a server behind if the owner is dropped without stop().
+        self._finalizer = weakref.finalize(self, _kill_quietly, self._proc)
         deadline = time.monotonic() + self.startup_timeout
         while True:
             if self._proc.poll() is not None:
@@ -290,6 +299,9 @@ class RadicaleProcess:
             time.sleep(0.02)
 
     def _close_log_file(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer.detach()
+            self._finalizer = None
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -342,11 +354,11 @@ class RadicaleProcess:
         *,
         base_url: str | None = None,
         timeout: int | None = None,
-    ) -> caldav.DAVClient:
+    ) -> DAVClient:
         """Return a caldav client for ``username`` (``base_url`` e.g. a proxy URL)."""
-        import caldav
+        from caldav.davclient import DAVClient
 
-        return caldav.DAVClient(
+        return DAVClient(
             url=base_url or self.url, username=username, password=password, timeout=timeout
         )
 
@@ -358,9 +370,15 @@ class RadicaleProcess:
         *,
         cal_id: str | None = None,
         base_url: str | None = None,
-    ) -> caldav.Calendar:
+    ) -> Calendar:
         """Create a calendar for ``username`` via the caldav library and return it."""
         return make_calendar(base_url or self.url, username, password, name, cal_id=cal_id)
+
+
+def _kill_quietly(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait(timeout=10.0)
 
 
 def make_calendar(
@@ -371,11 +389,11 @@ def make_calendar(
     *,
     cal_id: str | None = None,
     timeout: int | None = None,
-) -> caldav.Calendar:
+) -> Calendar:
     """Create calendar ``name`` in ``username``'s home on the server at ``url``."""
-    import caldav
+    from caldav.davclient import DAVClient
 
-    client = caldav.DAVClient(url=url, username=username, password=password, timeout=timeout)
+    client = DAVClient(url=url, username=username, password=password, timeout=timeout)
     principal = client.principal()
     return principal.make_calendar(name=name, cal_id=cal_id)
 

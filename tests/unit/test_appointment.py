@@ -21,7 +21,9 @@ from caljournal.domain.errors import (
 
 CAUSE = Cause(Origin.API, "token:acme/default", "req-1")
 BERLIN = ZoneInfo("Europe/Berlin")
-ZONES = sorted(z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/")))
+ZONES = sorted(
+    z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/"))
+)
 
 
 def book(**overrides: object) -> Appointment:
@@ -179,7 +181,9 @@ def test_local_wall_time_survives_replay_and_weekly_moves_in_any_zone(
 @given(
     zone=st.sampled_from(ZONES),
     instant=st.datetimes(
-        min_value=datetime(1990, 1, 1), max_value=datetime(2040, 1, 1), timezones=st.just(timezone.utc)
+        min_value=datetime(1990, 1, 1),
+        max_value=datetime(2040, 1, 1),
+        timezones=st.just(timezone.utc),
     ),
 )
 def test_the_instant_is_kept_whatever_offset_the_client_used(zone: str, instant: datetime) -> None:

@@ -1,0 +1,315 @@
+"""The connection to one CalDAV server: the caldav library's client, guarded.
+
+Everything that talks to a calendar server goes through :func:`open_client`,
+which adds what a multi-tenant service needs on top of the library:
+
+* every request's host is checked against loopback/link-local/private
+  addresses before it is sent (``adapters.netguard``);
+* a redirect to another host is refused, never followed silently;
+* the library's own rate-limit sleeping is off, so callers decide (tenacity);
+* every failure becomes one :class:`CalDAVError` with a one-sentence message
+  that never contains credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, NoReturn
+from urllib.parse import urljoin, urlsplit
+
+import caldav
+from caldav.lib import error as dav_error
+from caldav.requests import HTTPBearerAuth
+from caljournal.adapters.calendar_url import redact_url
+from caljournal.adapters.netguard import ForbiddenAddressError, HostLookupError, check_host
+from caljournal.adapters.secrets import Credentials
+from niquests import exceptions as http_errors
+
+USER_AGENT = "caljournal/0.1"
+
+
+class CalDAVError(Exception):
+    """A calendar server call failed; ``message`` is one sentence for the user.
+
+    ``transient`` says whether retrying later may help; ``retry_after`` is the
+    server's own advice in seconds, when it gave one.
+    """
+
+    transient = False
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.retry_after = retry_after
+
+
+class AuthenticationFailedError(CalDAVError):
+    """401: wrong username, password or token."""
+
+
+class AccessDeniedError(CalDAVError):
+    """403: authenticated, but not allowed (e.g. a read-only calendar)."""
+
+
+class ObjectNotFoundError(CalDAVError):
+    """404/410: no such calendar or object."""
+
+
+class PreconditionFailedError(CalDAVError):
+    """412: the object changed (If-Match) or exists (If-None-Match)."""
+
+
+class NotCalDAVError(CalDAVError):
+    """The server answers, but not as a CalDAV server."""
+
+
+class TLSFailedError(CalDAVError):
+    """The server's certificate could not be verified."""
+
+
+class RedirectRefusedError(CalDAVError):
+    """The server redirected to another host."""
+
+
+class AddressRefusedError(CalDAVError):
+    """The host resolves to an address caljournal may not contact."""
+
+
+class UnreachableError(CalDAVError):
+    """No connection (refused, reset, DNS failure)."""
+
+    transient = True
+
+
+class TimedOutError(CalDAVError):
+    """The server did not answer in time."""
+
+    transient = True
+
+
+class RateLimitedError(CalDAVError):
+    """429, or 503 with Retry-After."""
+
+    transient = True
+
+
+class ServerFailedError(CalDAVError):
+    """5xx: the server failed."""
+
+    transient = True
+
+
+class RequestRejectedError(CalDAVError):
+    """Another 4xx: the server refused this one request."""
+
+
+@dataclass(frozen=True)
+class ServerAccess:
+    """Everything needed to reach a server; secrets stay out of ``repr``."""
+
+    url: str
+    credentials: Credentials = field(default_factory=Credentials)
+    auth: str = "basic"
+    verify_tls: bool = True
+    allow_private: bool = False
+    timeout: float = 15.0
+    caldav_hints: str | None = None
+
+    def at(self, url: str) -> ServerAccess:
+        """Return the same access for another URL."""
+        return ServerAccess(
+            url,
+            self.credentials,
+            self.auth,
+            self.verify_tls,
+            self.allow_private,
+            self.timeout,
+            self.caldav_hints,
+        )
+
+
+def _guard_hooks(access: ServerAccess) -> dict[str, Any]:
+    checked: set[tuple[str, int | None]] = set()
+
+    def before(request: Any, **_: Any) -> Any:
+        parts = urlsplit(str(request.url))
+        if parts.scheme not in ("http", "https"):
+            raise AddressRefusedError(f"refused a {parts.scheme!r} URL")
+        key = (parts.hostname or "", parts.port)
+        if key not in checked:
+            try:
+                check_host(parts.hostname or "", access.allow_private, parts.port)
+            except ForbiddenAddressError as exc:
+                raise AddressRefusedError(
+                    f"{parts.hostname} resolves to {exc.address} ({exc.reason}); caljournal does "
+                    "not contact such addresses unless the operator allows them"
+                ) from None
+            except HostLookupError:
+                raise UnreachableError(
+                    f"the host name {parts.hostname!r} does not resolve"
+                ) from None
+            checked.add(key)
+        return request
+
+    def after(response: Any, **_: Any) -> Any:
+        if getattr(response, "is_redirect", False):
+            source = urlsplit(str(response.url))
+            target = urlsplit(urljoin(str(response.url), response.headers.get("Location", "")))
+            if (target.hostname, target.port) != (source.hostname, source.port) or (
+                source.scheme == "https" and target.scheme != "https"
+            ):
+                raise RedirectRefusedError(
+                    f"{source.hostname} redirected to {redact_url(target.geturl())}; "
+                    "caljournal does not follow redirects to another host or to plain http - "
+                    "link with that address directly if you trust it"
+                )
+        return response
+
+    return {"pre_request": before, "response": after}
+
+
+def open_client(access: ServerAccess) -> caldav.DAVClient:
+    """Return a caldav client for ``access`` with the guards installed.
+
+    :raises CalDAVError: when the URL cannot be used.
+    """
+    kwargs: dict[str, Any] = {
+        "url": access.url,
+        "timeout": access.timeout,
+        "ssl_verify_cert": access.verify_tls,
+        "enable_rfc6764": False,
+        "rate_limit_handle": False,
+        "headers": {"User-Agent": USER_AGENT},
+    }
+    if access.caldav_hints:
+        kwargs["features"] = access.caldav_hints
+    creds = access.credentials
+    if access.auth == "oauth2_bearer":
+        kwargs["auth"] = HTTPBearerAuth(creds.bearer_token or "")
+    else:
+        kwargs["username"] = creds.username
+        kwargs["password"] = creds.password
+        if access.auth in ("basic", "digest"):
+            kwargs["auth_type"] = access.auth
+    with translate(f"connecting to {redact_url(access.url)}"):
+        client = caldav.DAVClient(**kwargs)
+    for name, hook in _guard_hooks(access).items():
+        client.session.hooks[name].append(hook)
+    return client
+
+
+@contextlib.contextmanager
+def translate(what: str) -> Iterator[None]:
+    """Turn library and network errors raised inside into :class:`CalDAVError`."""
+    try:
+        yield
+    except CalDAVError:
+        raise
+    except dav_error.RateLimitError as exc:
+        raise RateLimitedError(
+            f"the server asked to slow down while {what}",
+            status=429,
+            retry_after=getattr(exc, "retry_after_seconds", None),
+        ) from None
+    except dav_error.AuthorizationError as exc:
+        _raise_status(getattr(exc, "status", None) or 401, what)
+    except dav_error.NotFoundError:
+        raise ObjectNotFoundError(f"not found while {what}", status=404) from None
+    except dav_error.DAVError as exc:
+        status = _status_of(exc)
+        if status:
+            _raise_status(status, what)
+        raise NotCalDAVError(f"the server's answer was not CalDAV while {what}") from None
+    except http_errors.SSLError:
+        raise TLSFailedError(
+            f"the server's TLS certificate could not be verified while {what}"
+        ) from None
+    except (http_errors.Timeout, TimeoutError):
+        raise TimedOutError(f"the server did not answer in time while {what}") from None
+    except (http_errors.ConnectionError, ConnectionError, OSError) as exc:
+        if isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in str(exc).upper():
+            raise TLSFailedError(
+                f"the server's TLS certificate could not be verified while {what}"
+            ) from None
+        raise UnreachableError(f"could not connect while {what}") from None
+    except http_errors.RequestException:
+        raise UnreachableError(f"the HTTP request failed while {what}") from None
+
+
+def _status_of(exc: dav_error.DAVError) -> int | None:
+    status = getattr(exc, "status", None)
+    if isinstance(status, int):
+        return status
+    if isinstance(status, str) and status.isdigit():
+        return int(status)
+    reason = str(getattr(exc, "reason", "") or exc)
+    for token in reason.replace("-", " ").split():
+        if token.isdigit() and len(token) == 3:
+            return int(token)
+    return None
+
+
+def _raise_status(status: int, what: str, retry_after: float | None = None) -> NoReturn:
+    if status == 401:
+        raise AuthenticationFailedError(
+            f"the server refused the username or password while {what}", status=401
+        )
+    if status == 403:
+        raise AccessDeniedError(
+            f"the server does not allow this account to do that (it may be read-only) while {what}",
+            status=403,
+        )
+    if status in (404, 410):
+        raise ObjectNotFoundError(f"not found while {what}", status=status)
+    if status == 412:
+        raise PreconditionFailedError(f"the object changed on the server while {what}", status=412)
+    if status == 429 or (status == 503 and retry_after is not None):
+        raise RateLimitedError(
+            f"the server asked to slow down while {what}", status=status, retry_after=retry_after
+        )
+    if status >= 500:
+        raise ServerFailedError(f"the server failed (HTTP {status}) while {what}", status=status)
+    raise RequestRejectedError(
+        f"the server refused the request (HTTP {status}) while {what}", status=status
+    )
+
+
+def check_response(response: Any, what: str, ok: tuple[int, ...] = (200, 201, 204, 207)) -> None:
+    """Raise the matching :class:`CalDAVError` unless ``response`` has an ``ok`` status."""
+    status = int(response.status)
+    if status in ok:
+        return
+    retry_after = None
+    header = (response.headers or {}).get("Retry-After")
+    if header:
+        with contextlib.suppress(ValueError):
+            retry_after = float(header)
+    _raise_status(status, what, retry_after)
+
+
+def request(
+    client: caldav.DAVClient,
+    url: str,
+    method: str,
+    what: str,
+    body: str | bytes = "",
+    headers: dict[str, str] | None = None,
+    ok: tuple[int, ...] = (200, 201, 204, 207),
+) -> Any:
+    """Send one request through the library's session and check its status.
+
+    Conditional PUT/DELETE with exact ``If-Match``/``If-None-Match`` control go
+    through here rather than ``CalendarObjectResource.save()``, which re-parses
+    and may retry a failed PUT with altered data - wrong for a sync engine that
+    must write byte-identical objects.
+    """
+    with translate(what):
+        response = client.request(url, method, body, headers or {})
+    check_response(response, what, ok)
+    return response

@@ -1,0 +1,173 @@
+"""Calendar-link endpoints: link, list calendars, choose, test, rotate, pause, unlink."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from caljournal.adapters.secrets import Credentials
+from caljournal.api.deps import CauseDep, ContainerDep, TargetAccountDep
+from caljournal.api.schemas import ErrorOut
+from fastapi import APIRouter, Response, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+router = APIRouter(prefix="/link", tags=["calendar link"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorOut, "description": "missing, unknown or revoked token"},
+    404: {"model": ErrorOut, "description": "the account has no link"},
+    422: {"model": ErrorOut, "description": "the server, URL or credentials did not work"},
+}
+
+
+class LinkIn(BaseModel):
+    """Where the calendar is and how to log in. Secrets are never shown again."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://cloud.example.org/remote.php/dav/calendars/anna/personal/",
+                    "username": "anna",
+                    "password": "app-password",
+                },
+                {"url": "anna@icloud.com", "username": "anna@icloud.com", "password": "app-pw"},
+            ]
+        },
+    )
+
+    url: str = Field(
+        min_length=1,
+        max_length=2000,
+        description="a calendar, principal or server URL, a domain, or an e-mail address",
+    )
+    username: str | None = Field(default=None, max_length=320)
+    password: SecretStr | None = Field(default=None, max_length=1000)
+    bearer_token: SecretStr | None = Field(
+        default=None, max_length=8000, description="OAuth2 access token (Google)"
+    )
+    provider: str | None = Field(
+        default=None, max_length=40, description="provider profile key; guessed from the URL"
+    )
+
+
+class CredentialsIn(BaseModel):
+    """New credentials for the linked server (checked before they are stored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    username: str | None = Field(default=None, max_length=320)
+    password: SecretStr | None = Field(default=None, max_length=1000)
+    bearer_token: SecretStr | None = Field(default=None, max_length=8000)
+
+
+class ChooseIn(BaseModel):
+    """The calendar to sync with (one of those listed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    calendar_url: str = Field(min_length=1, max_length=2000)
+
+
+class PauseIn(BaseModel):
+    """Why syncing is paused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="paused by the account", min_length=1, max_length=500)
+
+
+def _credentials(body: LinkIn | CredentialsIn) -> Credentials:
+    return Credentials(
+        username=body.username,
+        password=body.password.get_secret_value() if body.password else None,
+        bearer_token=body.bearer_token.get_secret_value() if body.bearer_token else None,
+    )
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses=_ERRORS)
+async def link(
+    body: LinkIn, container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
+) -> dict[str, Any]:
+    """Discover the server behind ``url`` and link the account to it.
+
+    When ``url`` is a calendar it is chosen at once; otherwise choose one of the
+    listed ``calendars`` with ``PUT /link/calendar``.
+    """
+    result = await run_in_threadpool(
+        container.links.link, account_id, body.url, _credentials(body), cause, body.provider
+    )
+    return result.as_dict()
+
+
+@router.get("", responses=_ERRORS)
+async def get_link(container: ContainerDep, account_id: TargetAccountDep) -> dict[str, Any]:
+    """Return the account's link (never its credentials)."""
+    return await run_in_threadpool(container.links.get, account_id)
+
+
+@router.get("/history", responses=_ERRORS)
+async def history(container: ContainerDep, account_id: TargetAccountDep) -> dict[str, Any]:
+    """Every recorded change of the link: who linked, chose, rotated, paused, unlinked."""
+    entries = await run_in_threadpool(container.links.history, account_id)
+    return {"entries": entries}
+
+
+@router.get("/calendars", responses=_ERRORS)
+async def calendars(container: ContainerDep, account_id: TargetAccountDep) -> dict[str, Any]:
+    """Ask the linked server for its calendars."""
+    result = await run_in_threadpool(container.links.calendars, account_id)
+    return result.as_dict()
+
+
+@router.put("/calendar", responses=_ERRORS)
+async def choose(
+    body: ChooseIn, container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
+) -> dict[str, Any]:
+    """Choose the calendar to sync with."""
+    return await run_in_threadpool(container.links.choose, account_id, body.calendar_url, cause)
+
+
+@router.post("/test", responses=_ERRORS)
+async def test(container: ContainerDep, account_id: TargetAccountDep) -> dict[str, Any]:
+    """Prove caljournal can write: create and delete a probe event in the chosen calendar."""
+    return await run_in_threadpool(container.links.test, account_id)
+
+
+@router.put("/credentials", responses=_ERRORS)
+async def rotate(
+    body: CredentialsIn, container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
+) -> dict[str, Any]:
+    """Replace the stored credentials after checking them against the server."""
+    return await run_in_threadpool(
+        container.links.rotate_credentials, account_id, _credentials(body), cause
+    )
+
+
+@router.post("/pause", responses=_ERRORS)
+async def pause(
+    container: ContainerDep,
+    cause: CauseDep,
+    account_id: TargetAccountDep,
+    body: PauseIn | None = None,
+) -> dict[str, Any]:
+    """Pause syncing."""
+    reason = body.reason if body else "paused by the account"
+    return await run_in_threadpool(container.links.pause, account_id, reason, cause)
+
+
+@router.post("/resume", responses=_ERRORS)
+async def resume(
+    container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
+) -> dict[str, Any]:
+    """Resume syncing."""
+    return await run_in_threadpool(container.links.resume, account_id, cause)
+
+
+@router.delete("", responses=_ERRORS)
+async def unlink(
+    response: Response, container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
+) -> dict[str, Any]:
+    """Unlink the account and erase its stored credentials."""
+    return await run_in_threadpool(container.links.unlink, account_id, cause)

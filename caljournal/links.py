@@ -1,0 +1,329 @@
+"""Application service for calendar links: link, list, choose, test, rotate, unlink."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import AggregateNotFoundError
+
+from caljournal.adapters.caldav_client import CalDAVError, ServerAccess
+from caljournal.adapters.calendar_url import CalendarURLError, normalise
+from caljournal.adapters.discovery import Discovery, discover, probe_write
+from caljournal.adapters.journal import Journal
+from caljournal.adapters.providers import ProviderProfile, get_profile
+from caljournal.adapters.readmodel import secret_row
+from caljournal.adapters.secrets import Credentials, SecretBox, SecretKeyError
+from caljournal.domain.cause import Cause
+from caljournal.domain.link import CalendarLink
+from caljournal.errors import ApplicationError, ConflictError, NotFoundError
+from caljournal.history import history_of
+
+
+class LinkFailedError(ApplicationError):
+    """Linking, choosing or testing failed; ``message`` says precisely why."""
+
+
+@dataclass(frozen=True)
+class LinkPolicy:
+    """Network rules for calendar servers, from configuration."""
+
+    allow_private: bool = False
+    verify_tls: bool = True
+    timeout: float = 15.0
+
+
+@dataclass(frozen=True)
+class LinkResult:
+    """A link's state and what discovery found."""
+
+    state: dict[str, Any]
+    discovery: Discovery
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return plain values for the API and CLI (no secrets anywhere)."""
+        return {
+            "link": self.state,
+            "used_url": self.discovery.used_url,
+            "explanation": self.discovery.explanation(),
+            "steps": list(self.discovery.steps),
+            "calendars": [c.as_dict() for c in self.discovery.calendars],
+        }
+
+
+class LinkService:
+    """Keep each account's calendar link and its sealed credentials."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        box: Callable[[], SecretBox],
+        policy: LinkPolicy,
+        discover_fn: Callable[..., Discovery] = discover,
+        probe_fn: Callable[[ServerAccess, str], str] = probe_write,
+    ) -> None:
+        self.journal = journal
+        self._box = box
+        self.policy = policy
+        self._discover = discover_fn
+        self._probe = probe_fn
+
+    # -- commands ---------------------------------------------------------------
+
+    def link(
+        self,
+        account_id: UUID,
+        url: str,
+        credentials: Credentials,
+        cause: Cause,
+        provider: str | None = None,
+    ) -> LinkResult:
+        """Discover the server behind ``url``, store the link and sealed credentials.
+
+        When ``url`` points at a calendar, that calendar is chosen at once.
+
+        :raises LinkFailedError: naming the field and the precise failure.
+        :raises ConflictError: when the account is linked already (unlink first).
+        """
+        profile = self._profile(provider, url)
+        credentials = self._with_embedded(url, profile, credentials)
+        if profile.auth == "oauth2_bearer" and not credentials.bearer_token:
+            raise LinkFailedError(
+                f"{profile.display_name} needs an OAuth2 bearer token", field="bearer_token"
+            )
+        existing = self._find(account_id)
+        if existing is not None and not existing.unlinked:
+            raise ConflictError(
+                "the account is linked already; unlink it first or rotate credentials"
+            )
+        access = self._access(url, credentials, profile)
+        found = self._run_discovery(url, access, profile)
+        fields = {
+            "server_url": found.used_url,
+            "username": credentials.username,
+            "auth": profile.auth,
+            "provider": profile.key,
+            "resolution": found.explanation(),
+        }
+        if existing is None:
+            link = CalendarLink.link(account_id=account_id, cause=cause, **fields)
+        else:
+            link = existing
+            link.relink(cause=cause, **fields)
+        if found.selected is not None:
+            self._check_usable(found.selected.as_dict())
+            link.choose_calendar(
+                calendar_url=found.selected.url,
+                name=found.selected.name,
+                sync_tokens=found.selected.sync_tokens,
+                cause=cause,
+            )
+        self._save(link, credentials)
+        return LinkResult(link.state(), found)
+
+    def calendars(self, account_id: UUID) -> LinkResult:
+        """Ask the linked server for its calendars again.
+
+        :raises NotFoundError: when the account has no link.
+        :raises LinkFailedError: when the server cannot be asked.
+        """
+        link = self._get(account_id)
+        access = self.access(link)
+        found = self._run_discovery(link.server_url, access, get_profile(link.provider))
+        return LinkResult(link.state(), found)
+
+    def choose(self, account_id: UUID, calendar_url: str, cause: Cause) -> dict[str, Any]:
+        """Choose one of the server's calendars.
+
+        :raises LinkFailedError: when it is not one of the calendars, or takes no events.
+        """
+        link = self._get(account_id)
+        found = self.calendars(account_id).discovery
+        match = next((c for c in found.calendars if _same_url(c.url, calendar_url)), None)
+        if match is None:
+            known = ", ".join(c.url for c in found.calendars)
+            raise LinkFailedError(
+                f"{calendar_url} is not one of this account's calendars ({known})",
+                field="calendar_url",
+            )
+        self._check_usable(match.as_dict())
+        if link.choose_calendar(
+            calendar_url=match.url, name=match.name, sync_tokens=match.sync_tokens, cause=cause
+        ):
+            self.journal.save(link)
+        return link.state()
+
+    def test(self, account_id: UUID) -> dict[str, Any]:
+        """Create and delete a probe event in the chosen calendar; report the outcome."""
+        link = self._get(account_id)
+        if link.calendar_url is None:
+            return {"ok": False, "message": "no calendar is chosen yet"}
+        try:
+            done = self._probe(self.access(link), link.calendar_url)
+        except CalDAVError as exc:
+            return {"ok": False, "message": _sentence(exc.message)}
+        return {"ok": True, "message": _sentence(done)}
+
+    def rotate_credentials(
+        self, account_id: UUID, credentials: Credentials, cause: Cause
+    ) -> dict[str, Any]:
+        """Check new credentials against the server, then store them.
+
+        :raises LinkFailedError: when the server refuses them (nothing is stored).
+        """
+        link = self._get(account_id)
+        profile = get_profile(link.provider)
+        access = self._access(link.server_url, credentials, profile)
+        self._run_discovery(link.server_url, access, profile)
+        link.rotate_credentials(username=credentials.username, cause=cause)
+        self._save(link, credentials)
+        return link.state()
+
+    def pause(self, account_id: UUID, reason: str, cause: Cause) -> dict[str, Any]:
+        """Pause syncing for the account."""
+        link = self._get(account_id)
+        if link.pause(reason=reason, cause=cause):
+            self.journal.save(link)
+        return link.state()
+
+    def resume(self, account_id: UUID, cause: Cause) -> dict[str, Any]:
+        """Resume syncing for the account."""
+        link = self._get(account_id)
+        if link.resume(cause=cause):
+            self.journal.save(link)
+        return link.state()
+
+    def unlink(self, account_id: UUID, cause: Cause) -> dict[str, Any]:
+        """Unlink and erase the stored credentials."""
+        link = self._get(account_id)
+        if link.unlink(cause=cause):
+            self.journal.save(link, extra_rows=[secret_row(link, "")])
+        return link.state()
+
+    # -- queries ----------------------------------------------------------------
+
+    def get(self, account_id: UUID) -> dict[str, Any]:
+        """Return the account's link.
+
+        :raises NotFoundError: when it has none.
+        """
+        return self._get(account_id).state()
+
+    def history(self, account_id: UUID) -> list[dict[str, Any]]:
+        """Return the link's recorded lifecycle (who linked, chose, rotated, paused…)."""
+        return history_of(self.journal, self._get(account_id).id)
+
+    def access(self, link: CalendarLink) -> ServerAccess:
+        """Return how to reach a link's server, with its credentials unsealed.
+
+        :raises LinkFailedError: when no credentials are stored or the key is missing.
+        """
+        sealed = self.journal.journal_recorder.select_secret(str(link.id))
+        if not sealed:
+            raise LinkFailedError("no credentials are stored for this link; link again")
+        try:
+            credentials = Credentials.from_json(self._box().open(sealed))
+        except SecretKeyError as exc:
+            raise LinkFailedError(str(exc)) from None
+        return self._access(link.server_url, credentials, get_profile(link.provider))
+
+    def rotate_key(self) -> tuple[int, int]:
+        """Re-seal every stored secret with the current key; return (resealed, total)."""
+        box = self._box()
+        rows = self.journal.journal_recorder.select_secrets()
+        done = 0
+        for row in rows:
+            if not row["sealed"] or box.is_current(row["sealed"]):
+                continue
+            fresh = box.seal(box.open(row["sealed"]))
+            if self.journal.journal_recorder.reseal(row["id"], row["sealed"], fresh):
+                done += 1
+        return done, len(rows)
+
+    # -- helpers ----------------------------------------------------------------
+
+    def _find(self, account_id: UUID) -> CalendarLink | None:
+        try:
+            link = self.journal.repository.get(CalendarLink.id_for(account_id))
+        except AggregateNotFoundError:
+            return None
+        assert isinstance(link, CalendarLink)
+        return link
+
+    def _get(self, account_id: UUID) -> CalendarLink:
+        link = self._find(account_id)
+        if link is None:
+            raise NotFoundError("this account has no calendar link")
+        return link
+
+    def _save(self, link: CalendarLink, credentials: Credentials) -> None:
+        sealed = self._box().seal(credentials.to_json())
+        self.journal.save(link, extra_rows=[secret_row(link, sealed)])
+
+    def _profile(self, provider: str | None, url: str) -> ProviderProfile:
+        if provider:
+            try:
+                return get_profile(provider)
+            except KeyError as exc:
+                raise LinkFailedError(str(exc.args[0]), field="provider") from None
+        try:
+            return normalise(url).profile
+        except CalendarURLError as exc:
+            raise LinkFailedError(str(exc), field="url") from None
+
+    def _with_embedded(
+        self, url: str, profile: ProviderProfile, credentials: Credentials
+    ) -> Credentials:
+        try:
+            embedded = normalise(url, profile).credentials
+        except CalendarURLError as exc:
+            raise LinkFailedError(str(exc), field="url") from None
+        if embedded and not credentials.username and not credentials.password:
+            return Credentials(embedded.username, embedded.password, credentials.bearer_token)
+        return credentials
+
+    def _access(self, url: str, credentials: Credentials, profile: ProviderProfile) -> ServerAccess:
+        return ServerAccess(
+            url=url,
+            credentials=credentials,
+            auth=profile.auth,
+            verify_tls=self.policy.verify_tls,
+            allow_private=self.policy.allow_private,
+            timeout=self.policy.timeout,
+            caldav_hints=profile.caldav_hints,
+        )
+
+    def _run_discovery(self, url: str, access: ServerAccess, profile: ProviderProfile) -> Discovery:
+        try:
+            return self._discover(url, access, profile)
+        except CalendarURLError as exc:
+            raise LinkFailedError(str(exc), field="url") from None
+        except CalDAVError as exc:
+            field = "password" if exc.status == 401 else "url"
+            raise LinkFailedError(_sentence(exc.message), field=field) from None
+
+    @staticmethod
+    def _check_usable(calendar: dict[str, Any]) -> None:
+        if not calendar["accepts_events"]:
+            raise LinkFailedError(
+                f"the calendar {calendar['name'] or calendar['url']!r} does not take events "
+                "(only tasks or journal entries)",
+                field="calendar_url",
+            )
+        if calendar["writable"] is False:
+            raise LinkFailedError(
+                f"the calendar {calendar['name'] or calendar['url']!r} is read-only for this user",
+                field="calendar_url",
+            )
+
+
+def _same_url(a: str, b: str) -> bool:
+    return a.rstrip("/") == b.rstrip("/")
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    text = text[:1].upper() + text[1:]
+    return text if text.endswith(".") else text + "."

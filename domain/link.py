@@ -1,0 +1,259 @@
+"""CalendarLink: an account's connection to its CalDAV calendar.
+
+The lifecycle (linked, calendar chosen, credentials rotated, paused, resumed,
+unlinked) is recorded as events so auditors can see who linked what and when.
+Secrets never enter these events: only the fact that credentials were set.
+"""
+
+from __future__ import annotations
+
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+from caljournal.domain.cause import Cause
+from caljournal.domain.errors import DomainError
+from eventsourcing.domain import Aggregate, event
+
+LINK_NAMESPACE = uuid5(NAMESPACE_URL, "https://caljournal.invalid/calendar-link")
+
+
+class LinkStateError(DomainError):
+    """The link is not in a state that allows this command."""
+
+
+class CalendarLink(Aggregate):
+    """The one calendar link of an account."""
+
+    TOPIC = "caljournal:CalendarLink"
+
+    class Event(Aggregate.Event):
+        origin: str
+        actor: str
+        correlation_id: str
+
+    class Created(Event, Aggregate.Created):
+        TOPIC = "caljournal:CalendarLink.Created"
+
+    @staticmethod
+    def id_for(account_id: UUID) -> UUID:
+        """Return the link id of an account."""
+        return uuid5(LINK_NAMESPACE, str(account_id))
+
+    @classmethod
+    def link(
+        cls,
+        *,
+        account_id: UUID,
+        server_url: str,
+        username: str | None,
+        auth: str,
+        provider: str,
+        resolution: str,
+        cause: Cause,
+    ) -> CalendarLink:
+        """Record a first link of the account to a server."""
+        return cls(
+            id=cls.id_for(account_id),
+            account_id=account_id,
+            server_url=server_url,
+            username=username,
+            auth=auth,
+            provider=provider,
+            resolution=resolution,
+            **_cause(cause),
+        )
+
+    @event("Linked", topic="caljournal:CalendarLink.Linked")
+    def __init__(
+        self,
+        *,
+        id: UUID,  # noqa: A002
+        account_id: UUID,
+        server_url: str,
+        username: str | None,
+        auth: str,
+        provider: str,
+        resolution: str,
+        origin: str,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        self.account_id = account_id
+        self._apply_link(server_url, username, auth, provider, resolution)
+
+    def _apply_link(
+        self, server_url: str, username: str | None, auth: str, provider: str, resolution: str
+    ) -> None:
+        self.server_url = server_url
+        self.username = username
+        self.auth = auth
+        self.provider = provider
+        self.resolution = resolution
+        self.calendar_url: str | None = None
+        self.calendar_name: str | None = None
+        self.sync_tokens = False
+        self.paused = False
+        self.pause_reason: str | None = None
+        self.unlinked = False
+
+    def relink(
+        self,
+        *,
+        server_url: str,
+        username: str | None,
+        auth: str,
+        provider: str,
+        resolution: str,
+        cause: Cause,
+    ) -> None:
+        """Link again (after an unlink, or to another server); the calendar must be chosen again."""
+        self._relinked(
+            server_url=server_url,
+            username=username,
+            auth=auth,
+            provider=provider,
+            resolution=resolution,
+            **_cause(cause),
+        )
+
+    @event("Relinked", topic="caljournal:CalendarLink.Relinked")
+    def _relinked(
+        self,
+        *,
+        server_url: str,
+        username: str | None,
+        auth: str,
+        provider: str,
+        resolution: str,
+        origin: str,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        self._apply_link(server_url, username, auth, provider, resolution)
+
+    def choose_calendar(
+        self, *, calendar_url: str, name: str | None, sync_tokens: bool, cause: Cause
+    ) -> bool:
+        """Choose the calendar to sync with; return False when it is chosen already.
+
+        :raises LinkStateError: when the link is unlinked.
+        """
+        self._check_linked("choose a calendar")
+        if calendar_url == self.calendar_url:
+            return False
+        self._calendar_chosen(
+            calendar_url=calendar_url, name=name, sync_tokens=sync_tokens, **_cause(cause)
+        )
+        return True
+
+    @event("CalendarChosen", topic="caljournal:CalendarLink.CalendarChosen")
+    def _calendar_chosen(
+        self,
+        *,
+        calendar_url: str,
+        name: str | None,
+        sync_tokens: bool,
+        origin: str,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        self.calendar_url = calendar_url
+        self.calendar_name = name
+        self.sync_tokens = sync_tokens
+
+    def rotate_credentials(self, *, username: str | None, cause: Cause) -> None:
+        """Record that new credentials were stored (the secret itself is not recorded).
+
+        :raises LinkStateError: when the link is unlinked.
+        """
+        self._check_linked("rotate credentials")
+        self._credentials_rotated(username=username, **_cause(cause))
+
+    @event("CredentialsRotated", topic="caljournal:CalendarLink.CredentialsRotated")
+    def _credentials_rotated(
+        self, *, username: str | None, origin: str, actor: str, correlation_id: str
+    ) -> None:
+        self.username = username
+
+    def pause(self, *, reason: str, cause: Cause) -> bool:
+        """Pause syncing; return False when paused already.
+
+        :raises LinkStateError: when the link is unlinked.
+        """
+        self._check_linked("pause")
+        if self.paused:
+            return False
+        self._paused(reason=reason, **_cause(cause))
+        return True
+
+    @event("Paused", topic="caljournal:CalendarLink.Paused")
+    def _paused(self, *, reason: str, origin: str, actor: str, correlation_id: str) -> None:
+        self.paused = True
+        self.pause_reason = reason
+
+    def resume(self, *, cause: Cause) -> bool:
+        """Resume syncing; return False when not paused.
+
+        :raises LinkStateError: when the link is unlinked.
+        """
+        self._check_linked("resume")
+        if not self.paused:
+            return False
+        self._resumed(**_cause(cause))
+        return True
+
+    @event("Resumed", topic="caljournal:CalendarLink.Resumed")
+    def _resumed(self, *, origin: str, actor: str, correlation_id: str) -> None:
+        self.paused = False
+        self.pause_reason = None
+
+    def unlink(self, *, cause: Cause) -> bool:
+        """Unlink; return False when unlinked already."""
+        if self.unlinked:
+            return False
+        self._unlinked(**_cause(cause))
+        return True
+
+    @event("Unlinked", topic="caljournal:CalendarLink.Unlinked")
+    def _unlinked(self, *, origin: str, actor: str, correlation_id: str) -> None:
+        self.unlinked = True
+        self.calendar_url = None
+        self.calendar_name = None
+
+    def _check_linked(self, verb: str) -> None:
+        if self.unlinked:
+            raise LinkStateError(f"the calendar link is unlinked; link again to {verb}")
+
+    @property
+    def status(self) -> str:
+        """Return unlinked, paused, active (calendar chosen) or linked (no calendar yet)."""
+        if self.unlinked:
+            return "unlinked"
+        if self.paused:
+            return "paused"
+        return "active" if self.calendar_url else "linked"
+
+    def state(self) -> dict[str, object]:
+        """Return the link as plain values (never secrets: there are none here)."""
+        return {
+            "account_id": str(self.account_id),
+            "status": self.status,
+            "version": self.version,
+            "server_url": self.server_url,
+            "username": self.username,
+            "auth": self.auth,
+            "provider": self.provider,
+            "resolution": self.resolution,
+            "calendar_url": self.calendar_url,
+            "calendar_name": self.calendar_name,
+            "sync_tokens": self.sync_tokens,
+            "pause_reason": self.pause_reason,
+            "modified_on": self.modified_on.isoformat(),
+        }
+
+
+def _cause(cause: Cause) -> dict[str, str]:
+    return {
+        "origin": cause.origin.value,
+        "actor": cause.actor,
+        "correlation_id": cause.correlation_id,
+    }
