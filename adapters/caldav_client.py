@@ -228,14 +228,16 @@ def translate(what: str) -> Iterator[None]:
         raise NotCalDAVError(f"the server's answer was not CalDAV while {what}") from None
     except http_errors.SSLError:
         raise TLSFailedError(
-            f"the server's TLS certificate could not be verified while {what}"
+            f"the TLS connection failed (an untrusted certificate, or no https on that port) "
+            f"while {what}"
         ) from None
     except (http_errors.Timeout, TimeoutError):
         raise TimedOutError(f"the server did not answer in time while {what}") from None
     except (http_errors.ConnectionError, ConnectionError, OSError) as exc:
         if isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in str(exc).upper():
             raise TLSFailedError(
-                f"the server's TLS certificate could not be verified while {what}"
+                f"the TLS connection failed (an untrusted certificate, or no https on that port) "
+                f"while {what}"
             ) from None
         raise UnreachableError(f"could not connect while {what}") from None
     except http_errors.RequestException:

@@ -33,14 +33,14 @@ from zoneinfo import ZoneInfo
 import httpx
 import psycopg
 import uvicorn
-from caljournal.api.app import create_app
-from caljournal.domain.appointment import Appointment
-from caljournal.domain.cause import Cause, Origin
 from eventsourcing.application import Application
 from rich.console import Console
 from rich.table import Table
 
+from caljournal.api.app import create_app
 from caljournal.bootstrap import Container, bootstrap
+from caljournal.domain.appointment import Appointment
+from caljournal.domain.cause import Cause, Origin
 from caljournal.settings import database_config, load_settings
 
 PG_URL = os.environ.get("CALJOURNAL_BENCH_PG_URL", "postgresql://root@127.0.0.1:5432/test")

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import getpass
 import sys
-import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Annotated, Any
 from uuid import UUID
 
 import typer
-from caljournal.domain.cause import Cause, Origin
-from caljournal.domain.errors import DomainError
-from rich.console import Console
-from rich.table import Table
 
-from caljournal.bootstrap import Container, bootstrap
-from caljournal.errors import ApplicationError
-from caljournal.settings import ConfigurationError
+from caljournal.scripts.common import (
+    JsonOption,
+    container,
+    err,
+    operator_cause,
+    out,
+    table,
+    when,
+)
+from caljournal.scripts.link_cli import link_app, secrets_app
 
 app = typer.Typer(
     help="caljournal: appointments in a journal, synced to CalDAV.", no_args_is_help=True
@@ -28,55 +27,8 @@ account_app = typer.Typer(help="Open and list accounts.", no_args_is_help=True)
 token_app = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_help=True)
 app.add_typer(account_app, name="account")
 app.add_typer(token_app, name="token")
-
-out = Console(width=None if sys.stdout.isatty() else 160)
-JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
-err = Console(stderr=True, soft_wrap=True)
-
-
-def operator_cause() -> Cause:
-    """Return the cause of a change made at the command line."""
-    return Cause(Origin.OPERATOR, f"operator:{getpass.getuser()}", f"cli-{uuid.uuid4()}")
-
-
-@contextmanager
-def container() -> Iterator[Container]:
-    """Yield the container; turn user errors into one line on stderr and exit 1."""
-    try:
-        built = bootstrap()
-    except ConfigurationError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-    except Exception as exc:  # the database is unreachable or refuses us
-        err.print(f"[red]error:[/red] cannot open the journal: {_one_line(exc)}", highlight=False)
-        raise typer.Exit(2) from None
-    try:
-        yield built
-    except (DomainError, ApplicationError) as exc:
-        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
-        raise typer.Exit(1) from None
-    finally:
-        built.close()
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _when(us: int) -> str:
-    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="seconds")
-
-
-def _table(title: str, columns: list[str], rows: list[list[Any]], as_json: bool = False) -> None:
-    if as_json:
-        out.print_json(data=[dict(zip(columns, row, strict=True)) for row in rows])
-        return
-    table = Table(title=title)
-    for column in columns:
-        table.add_column(column, no_wrap=True, min_width=36 if column == "id" else None)
-    for row in rows:
-        table.add_row(*[str(v) for v in row])
-    out.print(table)
+app.add_typer(link_app, name="link")
+app.add_typer(secrets_app, name="secrets")
 
 
 @app.command()
@@ -86,6 +38,7 @@ def serve(
 ) -> None:
     """Run the HTTP API (on the embedded SQLite journal unless configured otherwise)."""
     import uvicorn
+
     from caljournal.api.app import create_app
 
     with container() as built:
@@ -115,10 +68,8 @@ def account_create(
 def account_list(json: JsonOption = False) -> None:
     """List all accounts."""
     with container() as built:
-        rows = [
-            [a["name"], a["id"], _when(a["created_us"])] for a in built.accounts.list_accounts()
-        ]
-        _table("accounts", ["name", "id", "created"], rows, json)
+        rows = [[a["name"], a["id"], when(a["created_us"])] for a in built.accounts.list_accounts()]
+        table("accounts", ["name", "id", "created"], rows, json)
 
 
 @token_app.command("create")
@@ -147,11 +98,11 @@ def token_list(
     with container() as built:
         tokens = built.accounts.list_tokens(None if operator else account)
         rows = [
-            [t["name"], t["id"], "revoked" if t["revoked"] else "active", _when(t["created_us"])]
+            [t["name"], t["id"], "revoked" if t["revoked"] else "active", when(t["created_us"])]
             for t in tokens
         ]
         owner = "operator" if operator else account
-        _table(f"tokens of {owner}", ["name", "id", "state", "created"], rows, json)
+        table(f"tokens of {owner}", ["name", "id", "state", "created"], rows, json)
 
 
 @token_app.command("revoke")

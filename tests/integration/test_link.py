@@ -296,3 +296,102 @@ def test_no_secret_in_logs_journal_or_any_response(
     for notification in recorder.select_notifications(start=None, limit=10_000):
         for needle in needles:
             assert needle.encode() not in notification.state
+
+
+def test_tls_failure_is_named(client: TestClient, acme: Tenant, radicale: RadicaleProcess) -> None:
+    # Radicale speaks plain http: an https URL to it fails in the TLS handshake.
+    response = link(client, acme, f"https://127.0.0.1:{radicale.port}/alice/")
+    assert response.status_code == 422
+    assert "TLS connection failed" in response.json()["message"]
+
+
+@pytest.fixture
+def redirecting_server() -> Iterator[tuple[str, list[str]]]:
+    """A server that redirects every request to the same port on another host name."""
+    seen: list[str] = []
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def _go(self) -> None:
+            seen.append(self.command)
+            self.send_response(301)
+            self.send_header("Location", f"http://localhost:{self.server.server_address[1]}/x/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_PROPFIND = _go  # noqa: N815
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_port()), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/cal/", seen
+    server.shutdown()
+
+
+def test_redirect_to_another_host_is_refused(
+    client: TestClient, acme: Tenant, redirecting_server: tuple[str, list[str]]
+) -> None:
+    url, seen = redirecting_server
+    response = link(client, acme, url)
+    assert response.status_code == 422
+    assert "does not follow redirects to another host" in response.json()["message"]
+    assert seen, "the server was asked at least once"
+
+
+def test_test_reports_a_calendar_that_disappeared(
+    client: TestClient, acme: Tenant, radicale: RadicaleProcess
+) -> None:
+    cal_id = f"gone-{uuid.uuid4().hex[:6]}"
+    doomed = radicale.make_calendar("alice", "secret", "Doomed", cal_id=cal_id)
+    assert link(client, acme, f"{radicale.url}alice/{cal_id}/").status_code == 201
+    doomed.delete()
+    outcome = client.post("/link/test", headers=acme.headers).json()
+    assert outcome["ok"] is False
+    assert outcome["message"].startswith("Not found while opening the calendar")
+
+
+def test_link_commands_at_the_command_line(
+    tmp_path: Path, radicale: RadicaleProcess, calendar: str
+) -> None:
+    from tests.integration.test_cli import run
+
+    env = {"CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true"}
+    assert run(["account", "create", "acme"], tmp_path, **env).returncode == 0
+    no_secret = run(["link", "add", "acme", calendar, "--username", "alice"], tmp_path, **env)
+    assert no_secret.returncode == 1 and "--password-stdin" in no_secret.stderr
+    added = run_stdin(
+        ["link", "add", "acme", calendar, "--username", "alice", "--password-stdin"],
+        tmp_path,
+        "secret\n",
+        **env,
+    )
+    assert added.returncode == 0, added.stderr
+    assert "kept the calendar URL as given" in added.stdout
+    assert "secret" not in added.stdout + added.stderr
+    tested = run(["link", "test", "acme"], tmp_path, **env)
+    assert tested.returncode == 0 and "Created and deleted a test event" in tested.stdout
+    shown = run(["link", "show", "acme", "--json"], tmp_path, **env)
+    assert '"status": "active"' in shown.stdout
+    assert run(["link", "remove", "acme", "--yes"], tmp_path, **env).returncode == 0
+    assert (tmp_path / "caljournal.key").stat().st_mode & 0o777 == 0o600
+    rotated = run(["secrets", "rotate-key"], tmp_path, **env)
+    assert rotated.returncode == 0 and "re-sealed 0 of 1" in rotated.stderr
+
+
+def run_stdin(args: list[str], cwd: Path, stdin: str, **env: str) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CALJOURNAL_")}
+    environment.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "caljournal", *args],
+        cwd=cwd,
+        env=environment,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

@@ -1,0 +1,74 @@
+"""Helpers shared by the command-line modules: consoles, the container, tables."""
+
+from __future__ import annotations
+
+import getpass
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from caljournal.adapters.secrets import SecretKeyError
+from caljournal.bootstrap import Container, bootstrap
+from caljournal.domain.cause import Cause, Origin
+from caljournal.domain.errors import DomainError
+from caljournal.errors import ApplicationError
+from caljournal.settings import ConfigurationError
+
+out = Console(width=None if sys.stdout.isatty() else 160)
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+err = Console(stderr=True, soft_wrap=True)
+
+
+def operator_cause() -> Cause:
+    """Return the cause of a change made at the command line."""
+    return Cause(Origin.OPERATOR, f"operator:{getpass.getuser()}", f"cli-{uuid.uuid4()}")
+
+
+@contextmanager
+def container() -> Iterator[Container]:
+    """Yield the container; turn user errors into one line on stderr and exit 1."""
+    try:
+        built = bootstrap()
+    except ConfigurationError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # the database is unreachable or refuses us
+        err.print(f"[red]error:[/red] cannot open the journal: {one_line(exc)}", highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        yield built
+    except (DomainError, ApplicationError) as exc:
+        err.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        raise typer.Exit(1) from None
+    except SecretKeyError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(2) from None
+    finally:
+        built.close()
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def when(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, UTC).isoformat(timespec="seconds")
+
+
+def table(title: str, columns: list[str], rows: list[list[Any]], as_json: bool = False) -> None:
+    if as_json:
+        out.print_json(data=[dict(zip(columns, row, strict=True)) for row in rows])
+        return
+    shown = Table(title=title)
+    for column in columns:
+        shown.add_column(column, no_wrap=True, min_width=36 if column == "id" else None)
+    for row in rows:
+        shown.add_row(*["" if v is None else str(v) for v in row])
+    out.print(shown)

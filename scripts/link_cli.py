@@ -1,0 +1,230 @@
+"""``caljournal link …`` and ``caljournal secrets …``: calendar links at the command line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated, Any
+
+import typer
+
+from caljournal.adapters.providers import PROFILES
+from caljournal.adapters.secrets import Credentials
+from caljournal.scripts.common import JsonOption, container, err, operator_cause, out, table
+
+link_app = typer.Typer(help="Link an account to its CalDAV calendar.", no_args_is_help=True)
+secrets_app = typer.Typer(
+    help="Manage the keys that seal calendar credentials.", no_args_is_help=True
+)
+
+AccountArg = Annotated[str, typer.Argument(help="the account's name")]
+PasswordStdin = Annotated[
+    bool, typer.Option("--password-stdin", help="read the password (or token) from stdin")
+]
+
+
+def _secret(from_stdin: bool, label: str) -> str:
+    if from_stdin:
+        value = sys.stdin.readline().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        value = typer.prompt(label, hide_input=True)
+    else:
+        err.print(
+            f"[red]error:[/red] give the {label} with --password-stdin (it is never an argument)"
+        )
+        raise typer.Exit(1)
+    if not value:
+        err.print(f"[red]error:[/red] the {label} is empty")
+        raise typer.Exit(1)
+    return value
+
+
+def _print_result(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        out.print_json(data=result)
+        return
+    link = result["link"]
+    out.print(result["explanation"], highlight=False)
+    for step in result["steps"]:
+        out.print(f"  tried: {step}", highlight=False)
+    out.print(f"status: {link['status']}; calendar: {link['calendar_url'] or '(choose one)'}")
+    _calendars(result["calendars"], link["calendar_url"])
+
+
+def _calendars(calendars: list[dict[str, Any]], chosen: str | None) -> None:
+    rows = [
+        [
+            "*" if c["url"] == chosen else "",
+            c["name"],
+            c["url"],
+            "yes" if c["accepts_events"] else "no",
+            "yes" if c["sync_tokens"] else "no",
+            {True: "yes", False: "no", None: "?"}[c["writable"]],
+            c["color"],
+        ]
+        for c in calendars
+    ]
+    table("calendars", ["", "name", "url", "events", "sync tokens", "writable", "colour"], rows)
+
+
+@link_app.command("add")
+def add(
+    account: AccountArg,
+    url: Annotated[str, typer.Argument(help="calendar/server URL, domain or e-mail address")],
+    username: Annotated[str | None, typer.Option(help="login name on the calendar server")] = None,
+    password_stdin: PasswordStdin = False,
+    bearer_token: Annotated[
+        bool, typer.Option("--bearer-token", help="the secret is an OAuth2 token (Google)")
+    ] = False,
+    provider: Annotated[
+        str | None, typer.Option(help="provider profile (see 'link providers')")
+    ] = None,
+    json: JsonOption = False,
+) -> None:
+    """Discover the server behind URL, link the account, and list its calendars."""
+    secret = _secret(password_stdin, "token" if bearer_token else "password")
+    credentials = Credentials(
+        username, None if bearer_token else secret, secret if bearer_token else None
+    )
+    with container() as built:
+        account_id = built.accounts.find_account(account).id
+        result = built.links.link(account_id, url, credentials, operator_cause(), provider)
+        _print_result(result.as_dict(), json)
+
+
+@link_app.command("show")
+def show(account: AccountArg, json: JsonOption = False) -> None:
+    """Show the account's link (never its credentials)."""
+    with container() as built:
+        state = built.links.get(built.accounts.find_account(account).id)
+        if json:
+            out.print_json(data=state)
+        else:
+            table("link", ["field", "value"], [[k, v] for k, v in state.items()])
+
+
+@link_app.command("calendars")
+def calendars(account: AccountArg, json: JsonOption = False) -> None:
+    """Ask the linked server for its calendars."""
+    with container() as built:
+        result = built.links.calendars(built.accounts.find_account(account).id)
+        _print_result(result.as_dict(), json)
+
+
+@link_app.command("choose")
+def choose(
+    account: AccountArg,
+    calendar_url: Annotated[str, typer.Argument(help="one of the URLs 'link calendars' lists")],
+) -> None:
+    """Choose the calendar to sync with."""
+    with container() as built:
+        state = built.links.choose(
+            built.accounts.find_account(account).id, calendar_url, operator_cause()
+        )
+        err.print(f"calendar {state['calendar_url']} chosen for {account!r}")
+
+
+@link_app.command("test")
+def test(account: AccountArg) -> None:
+    """Create and delete a probe event in the chosen calendar; exit 1 when that fails."""
+    with container() as built:
+        outcome = built.links.test(built.accounts.find_account(account).id)
+    if outcome["ok"]:
+        out.print(outcome["message"], highlight=False)
+        return
+    err.print(f"[red]error:[/red] {outcome['message']}", highlight=False)
+    raise typer.Exit(1)
+
+
+@link_app.command("rotate")
+def rotate(
+    account: AccountArg,
+    username: Annotated[str | None, typer.Option(help="login name on the calendar server")] = None,
+    password_stdin: PasswordStdin = False,
+    bearer_token: Annotated[bool, typer.Option("--bearer-token")] = False,
+) -> None:
+    """Replace the stored credentials after checking them against the server."""
+    secret = _secret(password_stdin, "token" if bearer_token else "password")
+    credentials = Credentials(
+        username, None if bearer_token else secret, secret if bearer_token else None
+    )
+    with container() as built:
+        built.links.rotate_credentials(
+            built.accounts.find_account(account).id, credentials, operator_cause()
+        )
+        err.print(f"credentials of {account!r} replaced")
+
+
+@link_app.command("pause")
+def pause(
+    account: AccountArg,
+    reason: Annotated[
+        str, typer.Option(help="why (shown in status and history)")
+    ] = "paused by operator",
+) -> None:
+    """Pause syncing for the account."""
+    with container() as built:
+        built.links.pause(built.accounts.find_account(account).id, reason, operator_cause())
+        err.print(f"syncing of {account!r} paused")
+
+
+@link_app.command("resume")
+def resume(account: AccountArg) -> None:
+    """Resume syncing for the account."""
+    with container() as built:
+        built.links.resume(built.accounts.find_account(account).id, operator_cause())
+        err.print(f"syncing of {account!r} resumed")
+
+
+@link_app.command("remove")
+def remove(
+    account: AccountArg,
+    yes: Annotated[bool, typer.Option("--yes", help="do it without asking")] = False,
+) -> None:
+    """Unlink the account and erase its stored credentials."""
+    if not yes and not typer.confirm(f"unlink {account!r} and erase its credentials?"):
+        raise typer.Exit(1)
+    with container() as built:
+        built.links.unlink(built.accounts.find_account(account).id, operator_cause())
+        err.print(f"{account!r} unlinked; its credentials are erased")
+
+
+@link_app.command("history")
+def history(account: AccountArg, json: JsonOption = False) -> None:
+    """Show who linked, chose, rotated, paused and unlinked, and when."""
+    with container() as built:
+        entries = built.links.history(built.accounts.find_account(account).id)
+    rows = [
+        [e["position"], e["timestamp"], e["type"], e["origin"], e["actor"], sorted(e["changes"])]
+        for e in entries
+    ]
+    table("link history", ["position", "time", "change", "origin", "actor", "fields"], rows, json)
+
+
+@link_app.command("providers")
+def providers(json: JsonOption = False) -> None:
+    """List the provider profiles and what caljournal knows about each."""
+    rows = [
+        [p.key, p.display_name, p.auth, p.sync_tokens, p.base_url or "(your server's URL)"]
+        for p in PROFILES
+    ]
+    table("providers", ["key", "name", "auth", "sync tokens", "base URL"], rows, json)
+
+
+@secrets_app.command("rotate-key")
+def rotate_key() -> None:
+    """Re-seal every stored credential with the first configured key.
+
+    Put the new key first in CALJOURNAL_SECRET_KEYS and keep the old one after it
+    until this has run; then the old key can be removed.
+    """
+    with container() as built:
+        resealed, total = built.links.rotate_key()
+        err.print(f"re-sealed {resealed} of {total} stored credentials with the current key")
+
+
+@secrets_app.command("new-key")
+def new_key_command() -> None:
+    """Print a fresh random key for CALJOURNAL_SECRET_KEYS."""
+    from caljournal.adapters.secrets import new_key
+
+    out.print(new_key(), highlight=False)
