@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
+from caljournal.adapters.outbound_store import OutboundQueries
 from caljournal.adapters.readmodel import (
     ACCOUNTS,
     APPOINTMENTS,
@@ -41,7 +42,7 @@ APPLICATION_NAME = "caljournal"
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-class ReadModelQueries:
+class ReadModelQueries(OutboundQueries):
     """Queries over the query tables, shared by both recorders."""
 
     qualify: str

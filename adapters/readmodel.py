@@ -25,6 +25,9 @@ ACCOUNTS = "caljournal_accounts"
 TOKENS = "caljournal_tokens"
 LINKS = "caljournal_links"
 SECRETS = "caljournal_link_secrets"
+OUTBOUND = "caljournal_outbound"
+LEASES = "caljournal_leases"
+SYNC_STATUS = "caljournal_sync_status"
 MAX_DURATION_US = int(MAX_DURATION.total_seconds() * 1_000_000)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -57,6 +60,8 @@ def rows_for(aggregate: object) -> list[Row]:
                     "end_us": to_us(aggregate.end),
                     "status": aggregate.status,
                     "version": aggregate.version,
+                    "sequence": aggregate.sequence,
+                    "modified_us": to_us(aggregate.modified_on),
                     "doc": json.dumps(aggregate.state(), separators=(",", ":")),
                 },
             )
@@ -112,12 +117,17 @@ def secret_row(link: CalendarLink, sealed: str) -> Row:
 
 def create_statements(qualify: str) -> list[str]:
     """Return the DDL of the query tables; ``qualify`` prefixes table names (a schema)."""
-    a, c, t, lk, sc = (qualify + name for name in (APPOINTMENTS, ACCOUNTS, TOKENS, LINKS, SECRETS))
+    a, c, t, lk, sc, ob, ls, ss = (
+        qualify + name
+        for name in (APPOINTMENTS, ACCOUNTS, TOKENS, LINKS, SECRETS, OUTBOUND, LEASES, SYNC_STATUS)
+    )
     return [
         f"CREATE TABLE IF NOT EXISTS {a} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
         "start_us BIGINT NOT NULL, end_us BIGINT NOT NULL, status TEXT NOT NULL, "
-        "version INTEGER NOT NULL, doc TEXT NOT NULL)",
+        "version INTEGER NOT NULL, sequence INTEGER NOT NULL, modified_us BIGINT NOT NULL, "
+        "doc TEXT NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS {APPOINTMENTS}_window ON {a} (account_id, start_us)",
+        f"CREATE INDEX IF NOT EXISTS {APPOINTMENTS}_modified ON {a} (account_id, modified_us)",
         f"CREATE TABLE IF NOT EXISTS {c} (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
         "created_us BIGINT NOT NULL, version INTEGER NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, account_id TEXT, "
@@ -128,6 +138,17 @@ def create_statements(qualify: str) -> list[str]:
         "status TEXT NOT NULL, calendar_url TEXT, version INTEGER NOT NULL, doc TEXT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {sc} (id TEXT PRIMARY KEY, sealed TEXT NOT NULL, "
         "version INTEGER NOT NULL)",
+        # What each appointment looks like on its calendar, recorded only after the
+        # server confirmed a write (see projections.outbound).
+        f"CREATE TABLE IF NOT EXISTS {ob} (appointment_id TEXT PRIMARY KEY, "
+        "account_id TEXT NOT NULL, calendar_url TEXT NOT NULL, href TEXT NOT NULL, etag TEXT, "
+        "pushed_sequence INTEGER NOT NULL, content_hash TEXT, present INTEGER NOT NULL, "
+        "failed_sequence INTEGER, failure TEXT, updated_us BIGINT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {OUTBOUND}_account ON {ob} (account_id)",
+        f"CREATE TABLE IF NOT EXISTS {ls} (account_id TEXT PRIMARY KEY, owner TEXT NOT NULL, "
+        "expires_us BIGINT NOT NULL)",
+        f"CREATE TABLE IF NOT EXISTS {ss} (account_id TEXT PRIMARY KEY, pushed_position BIGINT, "
+        "last_success_us BIGINT, last_error TEXT, last_error_us BIGINT, worker TEXT)",
     ]
 
 

@@ -96,6 +96,8 @@ class AppointmentOut(BaseModel):
     customer_name: str | None
     customer_email: str | None
     cancel_reason: str | None
+    sequence: int = Field(description="counts changes a calendar shows (iCalendar SEQUENCE)")
+    push_failure: str | None = Field(description="why the last push to the calendar failed")
     created_on: datetime
     modified_on: datetime
 

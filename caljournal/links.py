@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
@@ -118,6 +119,7 @@ class LinkService:
                 calendar_url=found.selected.url,
                 name=found.selected.name,
                 sync_tokens=found.selected.sync_tokens,
+                chosen_at=datetime.now(UTC),
                 cause=cause,
             )
         self._save(link, credentials)
@@ -150,7 +152,11 @@ class LinkService:
             )
         self._check_usable(match.as_dict())
         if link.choose_calendar(
-            calendar_url=match.url, name=match.name, sync_tokens=match.sync_tokens, cause=cause
+            calendar_url=match.url,
+            name=match.name,
+            sync_tokens=match.sync_tokens,
+            chosen_at=datetime.now(UTC),
+            cause=cause,
         ):
             self.journal.save(link)
         return link.state()

@@ -194,6 +194,11 @@ class Appointment(Aggregate):
         self.customer_email = customer_email
         self.cancelled = False
         self.cancel_reason: str | None = None
+        # Counts changes of what a calendar shows; sync bookkeeping events below
+        # do not count, so they never make a calendar copy look outdated.
+        self.sequence = 0
+        self.push_failure: str | None = None
+        self.last_conflict: dict[str, Any] | None = None
 
     def _set_period(self, start: datetime, end: datetime) -> None:
         # The journal stores datetimes with a fixed offset; re-attach the IANA zone
@@ -229,6 +234,7 @@ class Appointment(Aggregate):
         self, *, start: datetime, end: datetime, origin: str, actor: str, correlation_id: str
     ) -> None:
         self._set_period(start, end)
+        self.sequence += 1
 
     def change_details(self, *, changes: dict[str, str | None], cause: Cause) -> bool:
         """Change descriptive fields; return False when nothing changes.
@@ -258,6 +264,7 @@ class Appointment(Aggregate):
     ) -> None:
         for name, value in changes.items():
             setattr(self, name, value)
+        self.sequence += 1
 
     def cancel(self, *, cause: Cause, reason: str | None = None) -> bool:
         """Cancel the appointment; return False when it was cancelled already.
@@ -281,6 +288,49 @@ class Appointment(Aggregate):
     ) -> None:
         self.cancelled = True
         self.cancel_reason = reason
+        self.sequence += 1
+
+    # -- calendar sync bookkeeping (recorded so auditors see it in the history) --
+
+    def record_push_failure(self, *, sequence: int, error: str, cause: Cause) -> None:
+        """Record that pushing change ``sequence`` to the calendar failed for good."""
+        self._push_failed(sequence=sequence, error=error[:1000], **_cause(cause))
+
+    @event("PushFailed", topic="caljournal:Appointment.PushFailed")
+    def _push_failed(
+        self, *, sequence: int, error: str, origin: str, actor: str, correlation_id: str
+    ) -> None:
+        self.push_failure = error
+
+    def clear_push_failure(self, *, cause: Cause) -> bool:
+        """Record that an operator asked to push again; return False if nothing failed."""
+        if self.push_failure is None:
+            return False
+        self._push_retried(**_cause(cause))
+        return True
+
+    @event("PushRetried", topic="caljournal:Appointment.PushRetried")
+    def _push_retried(self, *, origin: str, actor: str, correlation_id: str) -> None:
+        self.push_failure = None
+
+    def record_conflict(
+        self, *, local: dict[str, Any], remote: dict[str, Any], winner: str, cause: Cause
+    ) -> None:
+        """Record that the calendar copy had been changed and how it was resolved."""
+        self._conflict_resolved(local=local, remote=remote, winner=winner, **_cause(cause))
+
+    @event("ConflictResolved", topic="caljournal:Appointment.ConflictResolved")
+    def _conflict_resolved(
+        self,
+        *,
+        local: dict[str, Any],
+        remote: dict[str, Any],
+        winner: str,
+        origin: str,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        self.last_conflict = {"local": local, "remote": remote, "winner": winner}
 
     def _check_not_cancelled(self, verb: str) -> None:
         if self.cancelled:
@@ -311,6 +361,12 @@ class Appointment(Aggregate):
             "customer_name": self.customer_name,
             "customer_email": self.customer_email,
             "cancel_reason": self.cancel_reason,
+            "sequence": self.sequence,
+            "push_failure": self.push_failure,
             "created_on": self.created_on.isoformat(),
             "modified_on": self.modified_on.isoformat(),
         }
+
+
+def _cause(cause: Cause) -> dict[str, str]:
+    return {"origin": cause.origin.value, "actor": cause.actor, "correlation_id": cause.correlation_id}

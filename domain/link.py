@@ -7,6 +7,7 @@ Secrets never enter these events: only the fact that credentials were set.
 
 from __future__ import annotations
 
+from datetime import datetime
 from uuid import NAMESPACE_URL, UUID, uuid5
 
 from caljournal.domain.cause import Cause
@@ -90,6 +91,7 @@ class CalendarLink(Aggregate):
         self.resolution = resolution
         self.calendar_url: str | None = None
         self.calendar_name: str | None = None
+        self.calendar_chosen_on = None
         self.sync_tokens = False
         self.paused = False
         self.pause_reason: str | None = None
@@ -131,7 +133,13 @@ class CalendarLink(Aggregate):
         self._apply_link(server_url, username, auth, provider, resolution)
 
     def choose_calendar(
-        self, *, calendar_url: str, name: str | None, sync_tokens: bool, cause: Cause
+        self,
+        *,
+        calendar_url: str,
+        name: str | None,
+        sync_tokens: bool,
+        chosen_at: datetime,
+        cause: Cause,
     ) -> bool:
         """Choose the calendar to sync with; return False when it is chosen already.
 
@@ -141,7 +149,11 @@ class CalendarLink(Aggregate):
         if calendar_url == self.calendar_url:
             return False
         self._calendar_chosen(
-            calendar_url=calendar_url, name=name, sync_tokens=sync_tokens, **_cause(cause)
+            calendar_url=calendar_url,
+            name=name,
+            sync_tokens=sync_tokens,
+            chosen_at=chosen_at,
+            **_cause(cause),
         )
         return True
 
@@ -152,6 +164,7 @@ class CalendarLink(Aggregate):
         calendar_url: str,
         name: str | None,
         sync_tokens: bool,
+        chosen_at: datetime,
         origin: str,
         actor: str,
         correlation_id: str,
@@ -159,6 +172,8 @@ class CalendarLink(Aggregate):
         self.calendar_url = calendar_url
         self.calendar_name = name
         self.sync_tokens = sync_tokens
+        # Changes from this moment on are pushed; older appointments need a backfill.
+        self.calendar_chosen_on: datetime | None = chosen_at
 
     def rotate_credentials(self, *, username: str | None, cause: Cause) -> None:
         """Record that new credentials were stored (the secret itself is not recorded).
@@ -245,6 +260,9 @@ class CalendarLink(Aggregate):
             "resolution": self.resolution,
             "calendar_url": self.calendar_url,
             "calendar_name": self.calendar_name,
+            "calendar_chosen_on": (
+                self.calendar_chosen_on.isoformat() if self.calendar_chosen_on else None
+            ),
             "sync_tokens": self.sync_tokens,
             "pause_reason": self.pause_reason,
             "modified_on": self.modified_on.isoformat(),

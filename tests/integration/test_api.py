@@ -234,7 +234,10 @@ def test_history_shows_position_origin_actor_and_old_new(client: TestClient, acm
         "old": "2026-03-27T10:00:00+01:00",
         "new": "2026-03-28T10:00:00+01:00",
     }
-    assert entries[2]["changes"] == {"title": {"old": "Haircut with Anna", "new": "Colour"}}
+    assert entries[2]["changes"] == {
+        "title": {"old": "Haircut with Anna", "new": "Colour"},
+        "sequence": {"old": 1, "new": 2},
+    }
 
 
 def test_as_of_returns_the_state_at_that_moment(client: TestClient, acme: Tenant) -> None:

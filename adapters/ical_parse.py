@@ -1,0 +1,426 @@
+"""Read remote iCalendar objects: the inbound half of :mod:`caljournal.adapters.ical`.
+
+Import the public names from :mod:`caljournal.adapters.ical`; this module only
+keeps that one under its size budget. It holds what both directions share: the
+error type, the text helpers and the customer block that is appended to the
+description.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, tzinfo
+from functools import lru_cache
+from typing import Any
+from uuid import UUID
+from zoneinfo import ZoneInfo, available_timezones
+
+import icalendar
+from icalendar.prop import vText
+
+try:  # CLDR's Windows → IANA table, shipped with icalendar ≥ 6
+    from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
+except ImportError:  # pragma: no cover - older icalendar
+    WINDOWS_TO_OLSON = {}
+
+MAX_DESCRIPTION_CHARS = 1_000_000
+X_APPOINTMENT_ID = "X-CALJOURNAL-APPOINTMENT-ID"
+X_CUSTOMER_NAME = "X-CALJOURNAL-CUSTOMER-NAME"
+X_CUSTOMER_EMAIL = "X-CALJOURNAL-CUSTOMER-EMAIL"
+UID_SUFFIX = "@caljournal"
+BLOCK_SEPARATOR = "\n\n"
+
+_OWN_X = frozenset({X_APPOINTMENT_ID, X_CUSTOMER_NAME, X_CUSTOMER_EMAIL})
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_ESCAPED = re.compile(r"\\([\\;,nN])")
+_UNFOLD = re.compile(r"\r?\n[ \t]")
+_NEWLINE = re.compile(r"\r?\n")
+_BLOCK = re.compile(r"(?:\A|\n\n)Customer: (?P<body>[^\n]*)\Z")
+_BLOCK_BODY = re.compile(r"(?P<name>.*?)\s*<(?P<email>[^<>\s]*)>")
+_CHECKED = ("DTSTART", "DTEND", "DURATION", "RECURRENCE-ID", "SEQUENCE", "RRULE", "RDATE",
+            "EXDATE")
+_RAW = {"RRULE": 0, "RDATE": 1, "EXDATE": 2}
+# Content hashing: what servers add or rewrite without changing the appointment.
+_VOLATILE = frozenset({"DTSTAMP", "LAST-MODIFIED", "CREATED", "SEQUENCE", "PRODID"})
+_DEFAULTS = frozenset({("TRANSP", "OPAQUE"), ("CLASS", "PUBLIC")})
+_ENUM_PROPS = frozenset({"STATUS", "TRANSP", "CLASS"})
+_ENUM_PARAMS = frozenset({"CUTYPE", "ENCODING", "FBTYPE", "PARTSTAT", "RANGE", "RELATED",
+                          "RELTYPE", "ROLE", "RSVP"})
+
+
+class ICalendarError(ValueError):
+    """Raised when iCalendar data cannot be read or mapped; the message says why."""
+
+
+@dataclass(frozen=True)
+class RemoteEvent:
+    """One VEVENT of a remote calendar object, as plain values.
+
+    ``start``/``end`` are dates when ``all_day``; naive datetimes when ``floating``;
+    otherwise aware datetimes, both in the zone named by ``timezone``. ``timezone``
+    is an IANA name ("UTC" for UTC times), ``None`` when the object defines its own
+    zone under a non-IANA TZID (the datetimes then carry that VTIMEZONE's rules),
+    and the calendar's ``X-WR-TIMEZONE`` hint (or ``None``) for all-day and
+    floating events. Without DTEND, ``end`` is ``start`` + DURATION, else one day
+    later for dates and equal to ``start`` (zero length, as RFC 5545 says) for
+    datetimes. ``rrule``/``rdate``/``exdate`` are the unfolded content lines exactly
+    as the producer wrote them, e.g. ``"EXDATE;TZID=Europe/Berlin:20260410T100000"``.
+    """
+
+    uid: str
+    title: str | None
+    start: date | datetime
+    end: date | datetime
+    timezone: str | None
+    location: str | None
+    description: str | None
+    customer_name: str | None
+    customer_email: str | None
+    all_day: bool
+    floating: bool
+    rrule: tuple[str, ...]
+    rdate: tuple[str, ...]
+    exdate: tuple[str, ...]
+    recurrence_id: date | datetime | None
+    status: str | None
+    sequence: int
+    appointment_id: str | None
+
+
+# -- text shared by both directions -----------------------------------------------
+
+
+def clean_text(value: str) -> str:
+    """Return ``value`` as iCalendar TEXT can carry it: line breaks as LF, no C0 controls."""
+    return _CONTROL.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def escape_text(value: str) -> str:
+    r"""Escape ``value`` per RFC 5545 TEXT rules (a literal ``\N`` stays as it is)."""
+    return (value.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,")
+            .replace("\n", "\\n"))
+
+
+def unescape_text(value: str) -> str:
+    """Undo RFC 5545 TEXT escaping of a value icalendar kept verbatim (``X-`` props)."""
+    return _ESCAPED.sub(lambda m: "\n" if m[1] in "nN" else m[1], value)
+
+
+def customer_block(name: str | None, email: str | None) -> str | None:
+    """Return the line naming the customer in the description, or None without one."""
+    if name and email:
+        return f"Customer: {name} <{email}>"
+    if name:
+        return f"Customer: {name}"
+    return f"Customer: <{email}>" if email else None
+
+
+def compose_description(description: str | None, name: str | None,
+                        email: str | None) -> str | None:
+    """Return the description with the customer block appended after a blank line."""
+    block = customer_block(name, email)
+    if block is None:
+        return description
+    return block if description is None else description + BLOCK_SEPARATOR + block
+
+
+def _split_description(text: str | None, name: str | None, email: str | None,
+                       ours: bool) -> tuple[str | None, str | None, str | None]:
+    """Return (description, customer name, customer email) with the block stripped."""
+    if text is None:
+        return None, name, email
+    block = customer_block(name, email)
+    if block is not None:
+        if text == block:
+            return None, name, email
+        if text.endswith(BLOCK_SEPARATOR + block):
+            return text[: -len(BLOCK_SEPARATOR + block)], name, email
+    found = _BLOCK.search(text) if ours or block is not None else None
+    if found is None:
+        return text, name, email
+    if name is None and email is None:
+        body = _BLOCK_BODY.fullmatch(found["body"])
+        name, email = (body["name"], body["email"]) if body else (found["body"], None)
+        name, email = name or None, email or None
+    return (text[: found.start()] if found.start() else None), name, email
+
+
+# -- time zones ---------------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def _zones() -> dict[str, str]:
+    return {name.lower(): name for name in available_timezones()}
+
+
+def iana_name(tzid: str) -> str | None:
+    """Return the IANA zone a TZID means (IANA, Windows or '/vendor/Area/City'), or None."""
+    zones = _zones()
+    cleaned = tzid.strip().strip("/")
+    found = zones.get(cleaned.lower()) or zones.get(WINDOWS_TO_OLSON.get(cleaned, "").lower())
+    if found is None and tzid.strip().startswith("/"):
+        parts = cleaned.split("/")
+        found = next((zones[c] for i in range(1, len(parts))
+                      if (c := "/".join(parts[i:]).lower()) in zones), None)
+    return found
+
+
+# -- parsing --------------------------------------------------------------------------
+
+
+def _parse(data: bytes | str) -> icalendar.Calendar:
+    """Return the VCALENDAR in ``data``.
+
+    :raises ICalendarError: when the data is not UTF-8 or not one parseable VCALENDAR.
+    """
+    try:
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise ICalendarError(f"iCalendar data is not UTF-8: {exc}") from None
+    if not isinstance(text, str):
+        raise ICalendarError(f"iCalendar data must be bytes or str, not {type(data).__name__}")
+    try:
+        calendar = icalendar.Calendar.from_ical(text)
+    except Exception as exc:  # the parser raises ValueError, KeyError, AssertionError …
+        raise ICalendarError(f"unparseable iCalendar data: {exc}") from None
+    if calendar.name != "VCALENDAR":
+        raise ICalendarError(f"expected a VCALENDAR object, found {calendar.name}")
+    return calendar
+
+
+def _raw_lines(text: str) -> list[tuple[list[str], list[str], list[str]]]:
+    """Return the RRULE, RDATE and EXDATE content lines of each VEVENT, in document order."""
+    found: list[tuple[list[str], list[str], list[str]]] = []
+    stack: list[str] = []
+    for line in _NEWLINE.split(_UNFOLD.sub("", text)):
+        name = re.split(r"[;:]", line, maxsplit=1)[0].strip().upper()
+        value = line.partition(":")[2].strip().upper()
+        if name == "BEGIN":
+            stack.append(value)
+            if value == "VEVENT":
+                found.append(([], [], []))
+        elif name == "END" and stack:
+            stack.pop()
+        elif name in _RAW and stack and stack[-1] == "VEVENT" and found:
+            found[-1][_RAW[name]].append(line)
+    return found
+
+
+def _text(component: icalendar.Component, name: str) -> str | None:
+    value = component.get(name)
+    if isinstance(value, list):
+        value = value[0] if value else None
+    if value is None:
+        return None
+    return str(value) if isinstance(value, vText) else unescape_text(str(value))
+
+
+def _time(component: icalendar.Component, name: str, uid: str,
+          vtimezones: dict[str, icalendar.Timezone]) -> tuple[date | datetime, str | None]:
+    """Return the value of a DATE/DATE-TIME property and the IANA name of its zone.
+
+    :raises ICalendarError: when the TZID is neither known nor defined by a VTIMEZONE.
+    """
+    prop = component[name]
+    value = prop.dt
+    if not isinstance(value, datetime):
+        return value, None
+    tzid = prop.params.get("TZID")
+    if tzid is None:
+        return (value, None) if value.tzinfo is None else (value.astimezone(UTC), "UTC")
+    wall = value.replace(tzinfo=None)
+    zone = iana_name(str(tzid))
+    if zone is not None:
+        return wall.replace(tzinfo=ZoneInfo(zone)), zone
+    if tzid in vtimezones:
+        try:  # this object's own definition; icalendar's process-wide cache may hold another
+            own: tzinfo = vtimezones[tzid].to_tz(lookup_tzid=False)
+        except Exception as exc:  # noqa: BLE001 - any failure means an unusable VTIMEZONE
+            raise ICalendarError(f"VTIMEZONE {tzid!r} is unusable: {exc}") from None
+        return wall.replace(tzinfo=own), None
+    raise ICalendarError(
+        f"unknown TZID {tzid!r} on {name} of event {uid!r}: not an IANA or Windows zone "
+        "name, and no VTIMEZONE in the object defines it"
+    )
+
+
+def _plus(start: date | datetime, duration: timedelta) -> date | datetime:
+    """Return ``start`` + DURATION: days on the wall clock, hours and less exactly."""
+    if not isinstance(start, datetime):
+        return start + timedelta(days=duration.days)
+    nominal = start + timedelta(days=duration.days)
+    rest = duration - timedelta(days=duration.days)
+    if start.tzinfo is None:
+        return nominal + rest
+    return (nominal.astimezone(UTC) + rest).astimezone(start.tzinfo)
+
+
+def _period(event: icalendar.Component, uid: str, vtimezones: dict[str, icalendar.Timezone],
+            hint: str | None) -> tuple[date | datetime, date | datetime, str | None]:
+    """Return start, end and zone name of ``event``.
+
+    :raises ICalendarError: when DTSTART is missing, kinds mix or the event ends early.
+    """
+    if "DTSTART" not in event:
+        raise ICalendarError(f"event {uid!r} has no DTSTART")
+    start, zone = _time(event, "DTSTART", uid, vtimezones)
+    end_zone = None
+    if "DTEND" in event:
+        end, end_zone = _time(event, "DTEND", uid, vtimezones)
+    elif "DURATION" in event:
+        if event["DURATION"].dt < timedelta(0):
+            raise ICalendarError(f"event {uid!r} has a negative DURATION")
+        end = _plus(start, event["DURATION"].dt)
+    else:
+        end = start if isinstance(start, datetime) else start + timedelta(days=1)
+    if isinstance(start, datetime) != isinstance(end, datetime):
+        raise ICalendarError(f"event {uid!r} mixes DATE and DATE-TIME in DTSTART and DTEND")
+    if isinstance(start, datetime) and isinstance(end, datetime):
+        if (start.tzinfo is None) != (end.tzinfo is None):
+            raise ICalendarError(f"event {uid!r} mixes floating and zoned times")
+        if start.tzinfo is None:
+            zone = hint
+        elif zone is None or zone == "UTC":
+            if end_zone not in (None, "UTC"):
+                zone = end_zone
+            elif zone == "UTC" and hint is not None:
+                zone = hint
+        if zone is not None and start.tzinfo is not None:
+            start, end = start.astimezone(ZoneInfo(zone)), end.astimezone(ZoneInfo(zone))
+        elif start.tzinfo is not None:
+            end = end.astimezone(start.tzinfo)
+    else:
+        zone = hint
+    if end < start:  # type: ignore[operator]
+        raise ICalendarError(f"event {uid!r}: DTEND {end} is before DTSTART {start}")
+    return start, end, zone
+
+
+def _event(event: icalendar.Component, raw: tuple[list[str], list[str], list[str]],
+           vtimezones: dict[str, icalendar.Timezone], hint: str | None) -> RemoteEvent:
+    """Map one VEVENT; raise ICalendarError naming what makes it unusable."""
+    uid = _text(event, "UID") or ""
+    broken = [(name, why) for name, why in event.errors if name in _CHECKED]
+    if broken:
+        raise ICalendarError(f"event {uid!r}: unreadable {broken[0][0]}: {broken[0][1]}")
+    start, end, zone = _period(event, uid, vtimezones, hint)
+    recurrence_id = None
+    if "RECURRENCE-ID" in event:
+        recurrence_id, _ = _time(event, "RECURRENCE-ID", uid, vtimezones)
+        if isinstance(recurrence_id, datetime) and isinstance(start, datetime) \
+                and recurrence_id.tzinfo is not None and start.tzinfo is not None:
+            recurrence_id = recurrence_id.astimezone(start.tzinfo)
+    description = _text(event, "DESCRIPTION")
+    if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
+        raise ICalendarError(
+            f"event {uid!r}: DESCRIPTION has {len(description)} characters, "
+            f"more than {MAX_DESCRIPTION_CHARS}"
+        )
+    appointment_id = _text(event, X_APPOINTMENT_ID)
+    if appointment_id is None and uid.endswith(UID_SUFFIX):
+        try:
+            appointment_id = str(UUID(uid[: -len(UID_SUFFIX)]))
+        except ValueError:
+            appointment_id = None
+    description, name, email = _split_description(
+        description, _text(event, X_CUSTOMER_NAME), _text(event, X_CUSTOMER_EMAIL),
+        appointment_id is not None,
+    )
+    status = _text(event, "STATUS")
+    return RemoteEvent(
+        uid=uid, title=_text(event, "SUMMARY"), start=start, end=end, timezone=zone,
+        location=_text(event, "LOCATION"), description=description, customer_name=name,
+        customer_email=email, all_day=not isinstance(start, datetime),
+        floating=isinstance(start, datetime) and start.tzinfo is None,
+        rrule=tuple(raw[0]), rdate=tuple(raw[1]), exdate=tuple(raw[2]),
+        recurrence_id=recurrence_id, status=status.strip().upper() if status else None,
+        sequence=int(event.get("SEQUENCE", 0)), appointment_id=appointment_id,
+    )
+
+
+def from_ical(data: bytes | str) -> list[RemoteEvent]:
+    """Parse a remote calendar object into one RemoteEvent per VEVENT, in document order.
+
+    A recurring event with overrides yields the master and each RECURRENCE-ID
+    instance, all with the same uid.
+
+    :raises ICalendarError: for unparseable data, no VEVENT, a missing UID or more
+        than one UID, an unknown TZID, a broken date/time, DTEND before DTSTART or a
+        description over 1,000,000 characters.
+    """
+    calendar = _parse(data)
+    events = calendar.walk("VEVENT")
+    if not events:
+        names = sorted({c.name for c in calendar.walk() if c.name not in ("VCALENDAR",)})
+        others = ", ".join(names) if names else "no components at all"
+        raise ICalendarError(f"calendar object holds no VEVENT (found {others})")
+    uids = [_text(event, "UID") for event in events]
+    if None in uids or "" in uids:
+        raise ICalendarError("a VEVENT has no UID")
+    if len(set(uids)) > 1:
+        raise ICalendarError(f"calendar object holds more than one UID: {sorted(set(uids))}")
+    text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
+    raw = _raw_lines(text)
+    if len(raw) != len(events):  # pragma: no cover - both follow document order
+        raw = [([], [], [])] * len(events)
+    vtimezones = {str(tz["TZID"]): tz for tz in calendar.walk("VTIMEZONE") if "TZID" in tz}
+    hint_value = _text(calendar, "X-WR-TIMEZONE")
+    hint = iana_name(hint_value) if hint_value else None
+    return [_event(event, lines, vtimezones, hint) for event, lines in zip(events, raw)]
+
+
+# -- content hash ----------------------------------------------------------------------
+
+
+def _canonical(name: str, value: Any) -> str | None:
+    """Return one property as a canonical string, or None when it carries no content."""
+    if name.startswith("X-") and name not in _OWN_X:
+        return None
+    if isinstance(value, vText):
+        text = str(value)
+    elif name in _OWN_X:
+        text = unescape_text(str(value))
+    else:
+        text = value.to_ical().decode("utf-8") if hasattr(value, "to_ical") else str(value)
+    if name in _ENUM_PROPS:
+        text = text.strip().upper()
+    if (name, text) in _DEFAULTS:
+        return None
+    params = []
+    for key, param in sorted(getattr(value, "params", {}).items()):
+        if key.upper() == "VALUE":
+            continue
+        param = ",".join(param) if isinstance(param, list) else str(param)
+        if key.upper() in _ENUM_PARAMS:
+            param = param.upper()
+        elif key.upper() == "LANGUAGE":
+            param = param.lower()
+        params.append([key.upper(), param])
+    return json.dumps([name, params, text], ensure_ascii=False)
+
+
+def content_hash(data: bytes | str) -> str:
+    """Return a sha256 hex digest of the appointment content of a calendar object.
+
+    Only VEVENT properties count. Ignored: folding, property and parameter order,
+    parameter-name case, DTSTAMP, LAST-MODIFIED, CREATED, SEQUENCE, PRODID, foreign
+    ``X-`` properties, VTIMEZONE and VALARM components, and TRANSP:OPAQUE /
+    CLASS:PUBLIC (RFC defaults that some servers spell out).
+
+    :raises ICalendarError: when the data is not one parseable VCALENDAR.
+    """
+    events = []
+    for event in _parse(data).walk("VEVENT"):
+        lines = []
+        for name, values in event.items():
+            for value in values if isinstance(values, list) else [values]:
+                if name.upper() not in _VOLATILE:
+                    line = _canonical(name.upper(), value)
+                    if line is not None:
+                        lines.append(line)
+        events.append(sorted(lines))
+    canonical = json.dumps(sorted(events), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

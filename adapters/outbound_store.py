@@ -1,0 +1,198 @@
+"""SQL for the outbound projection: calendar copies, leases, per-account sync status.
+
+Shared by the SQLite and PostgreSQL recorders (``adapters.journal``), which
+supply ``_fetch``/``_execute``/``_update`` and the placeholder style.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from caljournal.adapters.readmodel import APPOINTMENTS, LEASES, LINKS, OUTBOUND, SYNC_STATUS
+
+OUTBOUND_COLUMNS = (
+    "appointment_id",
+    "account_id",
+    "calendar_url",
+    "href",
+    "etag",
+    "pushed_sequence",
+    "content_hash",
+    "present",
+    "failed_sequence",
+    "failure",
+    "updated_us",
+)
+
+
+class OutboundQueries:
+    """Queries of the outbound projection's own tables."""
+
+    qualify: str
+    placeholder: str
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        raise NotImplementedError
+
+    def _update(self, sql: str, params: Sequence[Any]) -> int:
+        raise NotImplementedError
+
+    def _upsert_sql(self, table: str, key: str, names: Sequence[str]) -> str:
+        p = self.placeholder
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != key)
+        return (
+            f"INSERT INTO {self.qualify}{table} ({', '.join(names)}) "
+            f"VALUES ({', '.join(p for _ in names)}) ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        )
+
+    # -- calendar copies --------------------------------------------------------
+
+    def pending_pushes(
+        self, account_id: str, calendar_url: str, since_us: int, limit: int
+    ) -> list[dict[str, Any]]:
+        """Return appointments whose calendar copy is missing or older than the journal.
+
+        An appointment without a copy counts only when it was changed at or after
+        ``since_us`` (older ones are the backfill's job); a copy on another
+        calendar counts like no copy. A change whose push failed for good waits
+        for the next change or an operator's retry.
+        """
+        p = self.placeholder
+        a, o = self.qualify + APPOINTMENTS, self.qualify + OUTBOUND
+        sql = (
+            f"SELECT a.doc AS doc, a.sequence AS sequence, o.href AS href, o.etag AS etag, "
+            f"o.pushed_sequence AS pushed_sequence, o.content_hash AS content_hash, "
+            f"o.present AS present, o.calendar_url AS copy_calendar "
+            f"FROM {a} a LEFT JOIN {o} o ON o.appointment_id = a.id "
+            f"WHERE a.account_id = {p} AND a.modified_us >= {p} AND ("
+            f"(o.appointment_id IS NULL AND a.status = 'booked') "
+            f"OR (o.calendar_url <> {p} AND a.status = 'booked') "
+            f"OR (o.calendar_url = {p} AND a.sequence > o.pushed_sequence "
+            f"AND (o.failed_sequence IS NULL OR o.failed_sequence < a.sequence))"
+            f") ORDER BY a.modified_us, a.id LIMIT {p}"
+        )
+        rows = self._fetch(sql, [account_id, since_us, calendar_url, calendar_url, limit])
+        result = []
+        for row in rows:
+            item = dict(row)
+            item["appointment"] = json.loads(item.pop("doc"))
+            if item["copy_calendar"] is not None and item["copy_calendar"] != calendar_url:
+                for key in ("href", "etag", "pushed_sequence", "content_hash", "present"):
+                    item[key] = None
+            result.append(item)
+        return result
+
+    def count_pending(self, account_id: str, calendar_url: str, since_us: int) -> int:
+        """Return how many appointments wait for a push (see :meth:`pending_pushes`)."""
+        return len(self.pending_pushes(account_id, calendar_url, since_us, 1_000_000))
+
+    def record_copy(self, values: dict[str, Any]) -> None:
+        """Write what the calendar now holds for one appointment."""
+        names = list(OUTBOUND_COLUMNS)
+        self._execute(
+            [(self._upsert_sql(OUTBOUND, "appointment_id", names), [values.get(n) for n in names])]
+        )
+
+    def copy_of(self, appointment_id: str) -> dict[str, Any] | None:
+        """Return the calendar copy record of an appointment."""
+        rows = self._fetch(
+            f"SELECT * FROM {self.qualify}{OUTBOUND} WHERE appointment_id = {self.placeholder}",
+            [appointment_id],
+        )
+        return dict(rows[0]) if rows else None
+
+    def copies(self, account_id: str) -> list[dict[str, Any]]:
+        """Return every calendar copy record of an account."""
+        rows = self._fetch(
+            f"SELECT * FROM {self.qualify}{OUTBOUND} WHERE account_id = {self.placeholder} "
+            "ORDER BY appointment_id",
+            [account_id],
+        )
+        return [dict(r) for r in rows]
+
+    def failed_copies(self, account_id: str) -> list[dict[str, Any]]:
+        """Return the copies whose last push failed for good."""
+        rows = self._fetch(
+            f"SELECT * FROM {self.qualify}{OUTBOUND} WHERE account_id = {self.placeholder} "
+            "AND failed_sequence IS NOT NULL ORDER BY updated_us",
+            [account_id],
+        )
+        return [dict(r) for r in rows]
+
+    def clear_failure(self, appointment_id: str) -> None:
+        """Forget a failure so the next pass pushes the appointment again."""
+        self._update(
+            f"UPDATE {self.qualify}{OUTBOUND} SET failed_sequence = NULL, failure = NULL "
+            f"WHERE appointment_id = {self.placeholder}",
+            [appointment_id],
+        )
+
+    def accounts_of(self, appointment_ids: Sequence[str]) -> dict[str, str]:
+        """Return the account id of each given appointment id."""
+        result: dict[str, str] = {}
+        ids = list(appointment_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join(self.placeholder for _ in chunk)
+            rows = self._fetch(
+                f"SELECT id, account_id FROM {self.qualify}{APPOINTMENTS} WHERE id IN ({marks})",
+                chunk,
+            )
+            result.update({r["id"]: r["account_id"] for r in rows})
+        return result
+
+    def account_of_link(self, link_id: str) -> str | None:
+        """Return the account id of a calendar link."""
+        rows = self._fetch(
+            f"SELECT account_id FROM {self.qualify}{LINKS} WHERE id = {self.placeholder}",
+            [link_id],
+        )
+        return rows[0]["account_id"] if rows else None
+
+    # -- leases -----------------------------------------------------------------
+
+    def claim_lease(self, account_id: str, owner: str, now_us: int, ttl_us: int) -> bool:
+        """Take or renew the lease on an account; return whether ``owner`` holds it."""
+        p = self.placeholder
+        table = self.qualify + LEASES
+        sql = (
+            f"INSERT INTO {table} (account_id, owner, expires_us) VALUES ({p}, {p}, {p}) "
+            f"ON CONFLICT (account_id) DO UPDATE SET owner = excluded.owner, "
+            f"expires_us = excluded.expires_us "
+            f"WHERE {table}.owner = excluded.owner OR {table}.expires_us < {p}"
+        )
+        return self._update(sql, [account_id, owner, now_us + ttl_us, now_us]) == 1
+
+    def release_lease(self, account_id: str, owner: str) -> None:
+        """Give up the lease on an account (if ``owner`` holds it)."""
+        p = self.placeholder
+        self._update(
+            f"DELETE FROM {self.qualify}{LEASES} WHERE account_id = {p} AND owner = {p}",
+            [account_id, owner],
+        )
+
+    def leases(self) -> dict[str, dict[str, Any]]:
+        """Return every lease by account id."""
+        rows = self._fetch(f"SELECT * FROM {self.qualify}{LEASES}", [])
+        return {r["account_id"]: dict(r) for r in rows}
+
+    # -- per-account sync status ------------------------------------------------
+
+    def update_sync_status(self, account_id: str, **values: Any) -> None:
+        """Set some of: pushed_position, last_success_us, last_error, last_error_us, worker."""
+        names = ["account_id", *values]
+        params = [account_id, *values.values()]
+        self._execute([(self._upsert_sql(SYNC_STATUS, "account_id", names), params)])
+
+    def sync_status(self, account_id: str) -> dict[str, Any]:
+        """Return an account's sync status row (empty when never synced)."""
+        rows = self._fetch(
+            f"SELECT * FROM {self.qualify}{SYNC_STATUS} WHERE account_id = {self.placeholder}",
+            [account_id],
+        )
+        return dict(rows[0]) if rows else {}
