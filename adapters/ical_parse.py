@@ -8,13 +8,10 @@ description.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import lru_cache
-from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -33,22 +30,15 @@ X_CUSTOMER_EMAIL = "X-CALJOURNAL-CUSTOMER-EMAIL"
 UID_SUFFIX = "@caljournal"
 BLOCK_SEPARATOR = "\n\n"
 
-_OWN_X = frozenset({X_APPOINTMENT_ID, X_CUSTOMER_NAME, X_CUSTOMER_EMAIL})
+OWN_X = frozenset({X_APPOINTMENT_ID, X_CUSTOMER_NAME, X_CUSTOMER_EMAIL})
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _ESCAPED = re.compile(r"\\([\\;,nN])")
 _UNFOLD = re.compile(r"\r?\n[ \t]")
 _NEWLINE = re.compile(r"\r?\n")
 _BLOCK = re.compile(r"(?:\A|\n\n)Customer: (?P<body>[^\n]*)\Z")
 _BLOCK_BODY = re.compile(r"(?P<name>.*?)\s*<(?P<email>[^<>\s]*)>")
-_CHECKED = ("DTSTART", "DTEND", "DURATION", "RECURRENCE-ID", "SEQUENCE", "RRULE", "RDATE",
-            "EXDATE")
+_CHECKED = ("DTSTART", "DTEND", "DURATION", "RECURRENCE-ID", "SEQUENCE", "RRULE", "RDATE", "EXDATE")
 _RAW = {"RRULE": 0, "RDATE": 1, "EXDATE": 2}
-# Content hashing: what servers add or rewrite without changing the appointment.
-_VOLATILE = frozenset({"DTSTAMP", "LAST-MODIFIED", "CREATED", "SEQUENCE", "PRODID"})
-_DEFAULTS = frozenset({("TRANSP", "OPAQUE"), ("CLASS", "PUBLIC")})
-_ENUM_PROPS = frozenset({"STATUS", "TRANSP", "CLASS"})
-_ENUM_PARAMS = frozenset({"CUTYPE", "ENCODING", "FBTYPE", "PARTSTAT", "RANGE", "RELATED",
-                          "RELTYPE", "ROLE", "RSVP"})
 
 
 class ICalendarError(ValueError):
@@ -100,8 +90,7 @@ def clean_text(value: str) -> str:
 
 def escape_text(value: str) -> str:
     r"""Escape ``value`` per RFC 5545 TEXT rules (a literal ``\N`` stays as it is)."""
-    return (value.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,")
-            .replace("\n", "\\n"))
+    return value.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,").replace("\n", "\\n")
 
 
 def unescape_text(value: str) -> str:
@@ -118,8 +107,7 @@ def customer_block(name: str | None, email: str | None) -> str | None:
     return f"Customer: <{email}>" if email else None
 
 
-def compose_description(description: str | None, name: str | None,
-                        email: str | None) -> str | None:
+def compose_description(description: str | None, name: str | None, email: str | None) -> str | None:
     """Return the description with the customer block appended after a blank line."""
     block = customer_block(name, email)
     if block is None:
@@ -127,8 +115,9 @@ def compose_description(description: str | None, name: str | None,
     return block if description is None else description + BLOCK_SEPARATOR + block
 
 
-def _split_description(text: str | None, name: str | None, email: str | None,
-                       ours: bool) -> tuple[str | None, str | None, str | None]:
+def _split_description(
+    text: str | None, name: str | None, email: str | None, ours: bool
+) -> tuple[str | None, str | None, str | None]:
     """Return (description, customer name, customer email) with the block stripped."""
     if text is None:
         return None, name, email
@@ -163,18 +152,20 @@ def iana_name(tzid: str) -> str | None:
     found = zones.get(cleaned.lower()) or zones.get(WINDOWS_TO_OLSON.get(cleaned, "").lower())
     if found is None and tzid.strip().startswith("/"):
         parts = cleaned.split("/")
-        found = next((zones[c] for i in range(1, len(parts))
-                      if (c := "/".join(parts[i:]).lower()) in zones), None)
+        found = next(
+            (zones[c] for i in range(1, len(parts)) if (c := "/".join(parts[i:]).lower()) in zones),
+            None,
+        )
     return found
 
 
 # -- parsing --------------------------------------------------------------------------
 
 
-def _parse(data: bytes | str) -> icalendar.Calendar:
-    """Return the VCALENDAR in ``data``.
+def decode(data: bytes | str) -> str:
+    """Return ``data`` as text.
 
-    :raises ICalendarError: when the data is not UTF-8 or not one parseable VCALENDAR.
+    :raises ICalendarError: when the data is neither str nor UTF-8 bytes.
     """
     try:
         text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
@@ -182,6 +173,14 @@ def _parse(data: bytes | str) -> icalendar.Calendar:
         raise ICalendarError(f"iCalendar data is not UTF-8: {exc}") from None
     if not isinstance(text, str):
         raise ICalendarError(f"iCalendar data must be bytes or str, not {type(data).__name__}")
+    return text
+
+
+def parse_calendar(text: str) -> icalendar.Calendar:
+    """Return the VCALENDAR in ``text``.
+
+    :raises ICalendarError: when the text is not one parseable VCALENDAR.
+    """
     try:
         calendar = icalendar.Calendar.from_ical(text)
     except Exception as exc:  # the parser raises ValueError, KeyError, AssertionError …
@@ -218,8 +217,9 @@ def _text(component: icalendar.Component, name: str) -> str | None:
     return str(value) if isinstance(value, vText) else unescape_text(str(value))
 
 
-def _time(component: icalendar.Component, name: str, uid: str,
-          vtimezones: dict[str, icalendar.Timezone]) -> tuple[date | datetime, str | None]:
+def _time(
+    component: icalendar.Component, name: str, uid: str, vtimezones: dict[str, icalendar.Timezone]
+) -> tuple[date | datetime, str | None]:
     """Return the value of a DATE/DATE-TIME property and the IANA name of its zone.
 
     :raises ICalendarError: when the TZID is neither known nor defined by a VTIMEZONE.
@@ -238,7 +238,7 @@ def _time(component: icalendar.Component, name: str, uid: str,
     if tzid in vtimezones:
         try:  # this object's own definition; icalendar's process-wide cache may hold another
             own: tzinfo = vtimezones[tzid].to_tz(lookup_tzid=False)
-        except Exception as exc:  # noqa: BLE001 - any failure means an unusable VTIMEZONE
+        except Exception as exc:  # any failure means an unusable VTIMEZONE
             raise ICalendarError(f"VTIMEZONE {tzid!r} is unusable: {exc}") from None
         return wall.replace(tzinfo=own), None
     raise ICalendarError(
@@ -258,8 +258,12 @@ def _plus(start: date | datetime, duration: timedelta) -> date | datetime:
     return (nominal.astimezone(UTC) + rest).astimezone(start.tzinfo)
 
 
-def _period(event: icalendar.Component, uid: str, vtimezones: dict[str, icalendar.Timezone],
-            hint: str | None) -> tuple[date | datetime, date | datetime, str | None]:
+def _period(
+    event: icalendar.Component,
+    uid: str,
+    vtimezones: dict[str, icalendar.Timezone],
+    hint: str | None,
+) -> tuple[date | datetime, date | datetime, str | None]:
     """Return start, end and zone name of ``event``.
 
     :raises ICalendarError: when DTSTART is missing, kinds mix or the event ends early.
@@ -299,8 +303,12 @@ def _period(event: icalendar.Component, uid: str, vtimezones: dict[str, icalenda
     return start, end, zone
 
 
-def _event(event: icalendar.Component, raw: tuple[list[str], list[str], list[str]],
-           vtimezones: dict[str, icalendar.Timezone], hint: str | None) -> RemoteEvent:
+def _event(
+    event: icalendar.Component,
+    raw: tuple[list[str], list[str], list[str]],
+    vtimezones: dict[str, icalendar.Timezone],
+    hint: str | None,
+) -> RemoteEvent:
     """Map one VEVENT; raise ICalendarError naming what makes it unusable."""
     uid = _text(event, "UID") or ""
     broken = [(name, why) for name, why in event.errors if name in _CHECKED]
@@ -310,8 +318,12 @@ def _event(event: icalendar.Component, raw: tuple[list[str], list[str], list[str
     recurrence_id = None
     if "RECURRENCE-ID" in event:
         recurrence_id, _ = _time(event, "RECURRENCE-ID", uid, vtimezones)
-        if isinstance(recurrence_id, datetime) and isinstance(start, datetime) \
-                and recurrence_id.tzinfo is not None and start.tzinfo is not None:
+        if (
+            isinstance(recurrence_id, datetime)
+            and isinstance(start, datetime)
+            and recurrence_id.tzinfo is not None
+            and start.tzinfo is not None
+        ):
             recurrence_id = recurrence_id.astimezone(start.tzinfo)
     description = _text(event, "DESCRIPTION")
     if description is not None and len(description) > MAX_DESCRIPTION_CHARS:
@@ -326,18 +338,31 @@ def _event(event: icalendar.Component, raw: tuple[list[str], list[str], list[str
         except ValueError:
             appointment_id = None
     description, name, email = _split_description(
-        description, _text(event, X_CUSTOMER_NAME), _text(event, X_CUSTOMER_EMAIL),
+        description,
+        _text(event, X_CUSTOMER_NAME),
+        _text(event, X_CUSTOMER_EMAIL),
         appointment_id is not None,
     )
     status = _text(event, "STATUS")
     return RemoteEvent(
-        uid=uid, title=_text(event, "SUMMARY"), start=start, end=end, timezone=zone,
-        location=_text(event, "LOCATION"), description=description, customer_name=name,
-        customer_email=email, all_day=not isinstance(start, datetime),
+        uid=uid,
+        title=_text(event, "SUMMARY"),
+        start=start,
+        end=end,
+        timezone=zone,
+        location=_text(event, "LOCATION"),
+        description=description,
+        customer_name=name,
+        customer_email=email,
+        all_day=not isinstance(start, datetime),
         floating=isinstance(start, datetime) and start.tzinfo is None,
-        rrule=tuple(raw[0]), rdate=tuple(raw[1]), exdate=tuple(raw[2]),
-        recurrence_id=recurrence_id, status=status.strip().upper() if status else None,
-        sequence=int(event.get("SEQUENCE", 0)), appointment_id=appointment_id,
+        rrule=tuple(raw[0]),
+        rdate=tuple(raw[1]),
+        exdate=tuple(raw[2]),
+        recurrence_id=recurrence_id,
+        status=status.strip().upper() if status else None,
+        sequence=int(event.get("SEQUENCE", 0)),
+        appointment_id=appointment_id,
     )
 
 
@@ -351,7 +376,8 @@ def from_ical(data: bytes | str) -> list[RemoteEvent]:
         than one UID, an unknown TZID, a broken date/time, DTEND before DTSTART or a
         description over 1,000,000 characters.
     """
-    calendar = _parse(data)
+    text = decode(data)
+    calendar = parse_calendar(text)
     events = calendar.walk("VEVENT")
     if not events:
         names = sorted({c.name for c in calendar.walk() if c.name not in ("VCALENDAR",)})
@@ -362,65 +388,12 @@ def from_ical(data: bytes | str) -> list[RemoteEvent]:
         raise ICalendarError("a VEVENT has no UID")
     if len(set(uids)) > 1:
         raise ICalendarError(f"calendar object holds more than one UID: {sorted(set(uids))}")
-    text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
     raw = _raw_lines(text)
     if len(raw) != len(events):  # pragma: no cover - both follow document order
         raw = [([], [], [])] * len(events)
     vtimezones = {str(tz["TZID"]): tz for tz in calendar.walk("VTIMEZONE") if "TZID" in tz}
     hint_value = _text(calendar, "X-WR-TIMEZONE")
     hint = iana_name(hint_value) if hint_value else None
-    return [_event(event, lines, vtimezones, hint) for event, lines in zip(events, raw)]
-
-
-# -- content hash ----------------------------------------------------------------------
-
-
-def _canonical(name: str, value: Any) -> str | None:
-    """Return one property as a canonical string, or None when it carries no content."""
-    if name.startswith("X-") and name not in _OWN_X:
-        return None
-    if isinstance(value, vText):
-        text = str(value)
-    elif name in _OWN_X:
-        text = unescape_text(str(value))
-    else:
-        text = value.to_ical().decode("utf-8") if hasattr(value, "to_ical") else str(value)
-    if name in _ENUM_PROPS:
-        text = text.strip().upper()
-    if (name, text) in _DEFAULTS:
-        return None
-    params = []
-    for key, param in sorted(getattr(value, "params", {}).items()):
-        if key.upper() == "VALUE":
-            continue
-        param = ",".join(param) if isinstance(param, list) else str(param)
-        if key.upper() in _ENUM_PARAMS:
-            param = param.upper()
-        elif key.upper() == "LANGUAGE":
-            param = param.lower()
-        params.append([key.upper(), param])
-    return json.dumps([name, params, text], ensure_ascii=False)
-
-
-def content_hash(data: bytes | str) -> str:
-    """Return a sha256 hex digest of the appointment content of a calendar object.
-
-    Only VEVENT properties count. Ignored: folding, property and parameter order,
-    parameter-name case, DTSTAMP, LAST-MODIFIED, CREATED, SEQUENCE, PRODID, foreign
-    ``X-`` properties, VTIMEZONE and VALARM components, and TRANSP:OPAQUE /
-    CLASS:PUBLIC (RFC defaults that some servers spell out).
-
-    :raises ICalendarError: when the data is not one parseable VCALENDAR.
-    """
-    events = []
-    for event in _parse(data).walk("VEVENT"):
-        lines = []
-        for name, values in event.items():
-            for value in values if isinstance(values, list) else [values]:
-                if name.upper() not in _VOLATILE:
-                    line = _canonical(name.upper(), value)
-                    if line is not None:
-                        lines.append(line)
-        events.append(sorted(lines))
-    canonical = json.dumps(sorted(events), ensure_ascii=False)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return [
+        _event(event, lines, vtimezones, hint) for event, lines in zip(events, raw, strict=True)
+    ]

@@ -7,8 +7,9 @@ rows inside the library's insert transaction.
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -33,8 +34,9 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from eventsourcing.utils import get_topic
+import psycopg
 from psycopg.rows import DictRow
-from psycopg.sql import SQL
+from psycopg.sql import SQL, Identifier
 
 from caljournal.settings import Settings, database_config
 
@@ -229,10 +231,58 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
 JournalRecorder = SQLiteJournalRecorder | PostgresJournalRecorder
 
 
+class PostgresListener:
+    """A connection that LISTENs on the journal's NOTIFY channel."""
+
+    def __init__(self, env: dict[str, str], channel: str) -> None:
+        self.connection = psycopg.connect(
+            dbname=env["POSTGRES_DBNAME"],
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            user=env["POSTGRES_USER"],
+            password=env.get("POSTGRES_PASSWORD") or None,
+            autocommit=True,
+            connect_timeout=5,
+        )
+        self.connection.execute(SQL("LISTEN {0}").format(Identifier(channel)))
+
+    def wait(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for a notification; return whether one came."""
+        for _ in self.connection.notifies(timeout=timeout, stop_after=1):
+            return True
+        return False
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.connection.close()
+
+
 class Journal(Application[UUID]):
     """The append-only journal of every account, appointment and token."""
 
     name = APPLICATION_NAME
+
+    def __init__(self, env: dict[str, str] | None = None) -> None:
+        super().__init__(env=env)
+        self._listeners: list[Callable[[], None]] = []
+        self._env = dict(env or {})
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` after every save of this process has committed."""
+        self._listeners.append(callback)
+
+    def remove_listener(self, callback: Callable[[], None]) -> None:
+        """Stop calling ``callback``."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(callback)
+
+    def listener(self) -> PostgresListener | None:
+        """Return a LISTEN connection for new events (PostgreSQL), or None (SQLite)."""
+        if self._env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
+            return None
+        recorder = self.recorder
+        assert isinstance(recorder, PostgresJournalRecorder)
+        return PostgresListener(self._env, recorder.channel_name)
 
     def save(self, *objs: Any, **kwargs: Any) -> Any:
         """Record the aggregates' new events and their query-table rows atomically.
@@ -247,7 +297,10 @@ class Journal(Application[UUID]):
             for row in rows_for(obj)
         ]
         rows.extend(kwargs.pop("extra_rows", ()))
-        return super().save(*objs, read_model=rows, **kwargs)
+        recordings = super().save(*objs, read_model=rows, **kwargs)
+        for callback in list(self._listeners):
+            callback()
+        return recordings
 
     @property
     def journal_recorder(self) -> SQLiteJournalRecorder | PostgresJournalRecorder:

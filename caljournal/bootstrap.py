@@ -10,6 +10,8 @@ from caljournal.adapters.journal import Journal, open_journal
 from caljournal.adapters.secrets import SecretBox, load_keys
 from caljournal.appointments import AppointmentService
 from caljournal.links import LinkPolicy, LinkService
+from caljournal.sync import SyncService
+from caljournal.projections.outbound import OutboundWorker, WorkerConfig
 from caljournal.settings import Settings, load_settings
 
 
@@ -22,6 +24,7 @@ class Container:
     accounts: AccountService = field(init=False)
     appointments: AppointmentService = field(init=False)
     links: LinkService = field(init=False)
+    sync: SyncService = field(init=False)
 
     def __post_init__(self) -> None:
         self.accounts = AccountService(self.journal)
@@ -32,6 +35,13 @@ class Container:
             timeout=self.settings.caldav_timeout,
         )
         self.links = LinkService(self.journal, self.secret_box, policy)
+        self.sync = SyncService(self.journal, self.links)
+
+    def outbound_worker(self, config: WorkerConfig | None = None) -> OutboundWorker:
+        """Return a (not yet started) outbound worker on this container's journal."""
+        return OutboundWorker(
+            self.journal, self.links, config=config, postgres_listen=self.journal.listener
+        )
 
     @functools.cached_property
     def _secret_box(self) -> SecretBox:

@@ -1,0 +1,344 @@
+"""The outbound worker: follows the journal and keeps every linked calendar current.
+
+Threads, per worker process:
+
+* the **reader** follows the journal's notification log and wakes the pusher of
+  each account whose appointments changed. On PostgreSQL it sleeps on LISTEN
+  (the library's NOTIFY on insert) and polls once a second anyway, so a lost
+  notification never delays a change for long; on SQLite it wakes on saves made
+  in this process and polls every 100 ms for saves made by other processes.
+  (The library's own subscription blocks without a timeout and does not exist
+  for SQLite, so the loop is written here.)
+* the **lease keeper** takes and renews a lease on every actively linked
+  account it can get; an account is served by exactly one worker at a time, and
+  the lease of a worker that died expires and is taken by another.
+* one **account pusher** per leased account: it asks the query tables which
+  appointments' calendar copies are behind the journal and pushes them in order
+  of change. A failing server only ever holds up its own account.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from caljournal.adapters.calendar_writer import CalendarWriter, RetryPolicy
+from caljournal.adapters.journal import Journal
+from caljournal.adapters.providers import get_profile
+from caljournal.adapters.readmodel import to_us
+from caljournal.domain.cause import Cause, Origin
+from caljournal.links import LinkFailedError, LinkService
+from caljournal.projections.push import Pusher, TransientPushError
+
+log = logging.getLogger("caljournal.outbound")
+
+APPOINTMENT_TOPIC = "caljournal:Appointment."
+LINK_TOPIC = "caljournal:CalendarLink."
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Timing of a worker; the defaults suit production, tests shorten them."""
+
+    lease_ttl: float = 10.0
+    lease_renew: float = 2.0
+    catch_up: float = 5.0
+    poll: float = 0.1
+    batch: int = 100
+    max_backoff: float = 60.0
+    retry: RetryPolicy = RetryPolicy()
+
+
+class Wakeup:
+    """A flag with a wait that returns early when set."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        """Wake the waiter."""
+        self._event.set()
+
+    def wait(self, timeout: float) -> bool:
+        """Wait until set or ``timeout``; clear and return whether it was set."""
+        woken = self._event.wait(timeout)
+        self._event.clear()
+        return woken
+
+
+class AccountPusher(threading.Thread):
+    """Pushes one account's changes while its worker holds the lease."""
+
+    def __init__(self, worker: OutboundWorker, account_id: str, link: dict[str, Any]) -> None:
+        super().__init__(name=f"push-{account_id[:8]}", daemon=True)
+        self.worker = worker
+        self.account_id = account_id
+        self.link = link
+        self.wakeup = Wakeup()
+        self.stopping = threading.Event()
+        self.lease_deadline = 0.0
+        self.routed_position = 0
+        chosen = link.get("calendar_chosen_on")
+        self.baseline_us = to_us(datetime.fromisoformat(chosen)) if chosen else 0
+        self.watermark_us = self.baseline_us
+        self._pusher: Pusher | None = None
+
+    def wake(self, position: int = 0) -> None:
+        """Note a journal position with news for this account and wake up."""
+        self.routed_position = max(self.routed_position, position)
+        self.wakeup.set()
+
+    def stop(self) -> None:
+        """Stop after the push in flight."""
+        self.stopping.set()
+        self.wakeup.set()
+
+    def leased(self) -> bool:
+        """Return True while the lease is certainly still ours."""
+        return time.monotonic() < self.lease_deadline and not self.stopping.is_set()
+
+    def run(self) -> None:
+        backoff = 0.0
+        try:
+            while not self.stopping.is_set():
+                try:
+                    self.run_pass()
+                    backoff = 0.0
+                    self.wakeup.wait(self.worker.config.catch_up)
+                except TransientPushError as exc:
+                    backoff = min(max(backoff * 2, 0.5), self.worker.config.max_backoff)
+                    if exc.error.retry_after is not None:
+                        backoff = min(max(exc.error.retry_after, backoff), 300.0)
+                    self._note_error(exc.error.message)
+                    self.stopping.wait(backoff)
+                except LinkFailedError as exc:
+                    self._note_error(exc.message)
+                    self.stopping.wait(self.worker.config.max_backoff)
+                except Exception as exc:  # a bug or a database outage: shown, then retried
+                    log.exception("outbound pass for account %s failed", self.account_id)
+                    self._note_error(f"internal error: {type(exc).__name__}: {exc}")
+                    backoff = min(max(backoff * 2, 1.0), self.worker.config.max_backoff)
+                    self.stopping.wait(backoff)
+        finally:
+            if self._pusher is not None:
+                self._pusher.writer.close()
+
+    def _note_error(self, message: str) -> None:
+        self.worker.recorder.update_sync_status(
+            self.account_id, last_error=message, last_error_us=int(time.time() * 1e6)
+        )
+
+    def _pusher_for_link(self) -> Pusher:
+        if self._pusher is None:
+            link_service = self.worker.links
+            stored = link_service._get(uuid.UUID(self.account_id))  # noqa: SLF001
+            access = link_service.access(stored)
+            writer = CalendarWriter(
+                access.at(self.link["calendar_url"]),
+                get_profile(stored.provider),
+                self.worker.config.retry,
+            )
+            self._pusher = Pusher(
+                self.worker.journal,
+                writer,
+                self.account_id,
+                self.link["calendar_url"],
+                self.worker.cause,
+            )
+        return self._pusher
+
+    def run_pass(self) -> int:
+        """Push everything pending; return how many appointments were handled."""
+        if not self.leased():
+            return 0
+        position = self.routed_position
+        started_us = int(time.time() * 1e6)
+        pusher = self._pusher_for_link()
+        handled = 0
+        while self.leased():
+            items = self.worker.recorder.pending_pushes(
+                self.account_id, self.link["calendar_url"], self.watermark_us, self.worker.config.batch
+            )
+            if not items:
+                break
+            for item in items:
+                if not self.leased():
+                    return handled
+                outcome = pusher.push(item)
+                handled += 1
+                if outcome != "failed":
+                    self.worker.recorder.update_sync_status(
+                        self.account_id, last_success_us=int(time.time() * 1e6)
+                    )
+        else:
+            return handled
+        # Everything changed before this pass is on the calendar: later passes need
+        # only look at newer changes (with a margin for clock differences).
+        self.watermark_us = max(self.baseline_us, started_us - 60_000_000)
+        self.worker.recorder.update_sync_status(
+            self.account_id,
+            pushed_position=position,
+            last_error=None,
+            worker=self.worker.owner,
+        )
+        return handled
+
+
+class OutboundWorker:
+    """Runs the reader, the lease keeper and the account pushers of one process."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        links: LinkService,
+        config: WorkerConfig | None = None,
+        owner: str | None = None,
+        postgres_listen: Callable[[], Any] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.links = links
+        self.config = config or WorkerConfig()
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.recorder = journal.journal_recorder
+        self.pushers: dict[str, AccountPusher] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._journal_news = Wakeup()
+        self._link_news = Wakeup()
+        self._listen = postgres_listen
+        self._threads: list[threading.Thread] = []
+        self.position = 0
+
+    def cause(self) -> Cause:
+        """Return the cause recorded with events the worker writes."""
+        return Cause(Origin.CALDAV, f"worker:{self.owner}", f"push-{uuid.uuid4()}")
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def start(self) -> OutboundWorker:
+        """Start the threads."""
+        self.position = self.recorder.max_notification_id() or 0
+        self.journal.add_listener(self._journal_news.set)
+        for target, name in ((self._read, "outbound-reader"), (self._keep_leases, "outbound-leases")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def stop(self, release: bool = True) -> None:
+        """Stop all threads; give up the leases unless ``release`` is False."""
+        self._stopping.set()
+        self._journal_news.set()
+        self._link_news.set()
+        self.journal.remove_listener(self._journal_news.set)
+        with self._lock:
+            pushers = list(self.pushers.values())
+            self.pushers.clear()
+        for pusher in pushers:
+            pusher.stop()
+        for pusher in pushers:
+            pusher.join(timeout=30)
+            if release:
+                self.recorder.release_lease(pusher.account_id, self.owner)
+        for thread in self._threads:
+            thread.join(timeout=10)
+
+    # -- the reader -------------------------------------------------------------
+
+    def _read(self) -> None:
+        listener = self._listen() if self._listen else None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    notifications = self.recorder.select_notifications(
+                        start=self.position, limit=500, inclusive_of_start=False
+                    )
+                except Exception:
+                    log.exception("reading the journal failed; retrying")
+                    self._stopping.wait(1.0)
+                    continue
+                if notifications:
+                    self._route(notifications)
+                    self.position = notifications[-1].id
+                    continue
+                if listener is not None:
+                    listener.wait(1.0)
+                else:
+                    self._journal_news.wait(self.config.poll)
+        finally:
+            if listener is not None:
+                listener.close()
+
+    def _route(self, notifications: list[Any]) -> None:
+        changed: dict[str, int] = {}
+        link_changed = False
+        for n in notifications:
+            if n.topic.startswith(APPOINTMENT_TOPIC):
+                changed[str(n.originator_id)] = n.id
+            elif n.topic.startswith(LINK_TOPIC):
+                link_changed = True
+        if link_changed:
+            self._link_news.set()
+        if not changed:
+            return
+        accounts = self.recorder.accounts_of(list(changed))
+        with self._lock:
+            for appointment_id, account_id in accounts.items():
+                pusher = self.pushers.get(account_id)
+                if pusher is not None:
+                    pusher.wake(changed[appointment_id])
+
+    # -- leases -----------------------------------------------------------------
+
+    def _keep_leases(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self._renew_leases()
+            except Exception:
+                log.exception("renewing leases failed; retrying")
+            self._link_news.wait(self.config.lease_renew)
+
+    def _renew_leases(self) -> None:
+        active = {link["account_id"]: link for link in self.recorder.select_links("active")}
+        ttl_us = int(self.config.lease_ttl * 1e6)
+        for account_id, link in active.items():
+            if self._stopping.is_set():
+                return
+            asked = time.monotonic()
+            held = self.recorder.claim_lease(account_id, self.owner, int(time.time() * 1e6), ttl_us)
+            with self._lock:
+                pusher = self.pushers.get(account_id)
+                if held and pusher is not None and _same_target(pusher.link, link):
+                    pusher.lease_deadline = asked + self.config.lease_ttl - 1.0
+                    continue
+                if pusher is not None:
+                    pusher.stop()
+                    del self.pushers[account_id]
+                if held:
+                    pusher = AccountPusher(self, account_id, link)
+                    pusher.lease_deadline = asked + self.config.lease_ttl - 1.0
+                    pusher.routed_position = self.position
+                    self.pushers[account_id] = pusher
+                    pusher.start()
+        with self._lock:
+            for account_id in [a for a in self.pushers if a not in active]:
+                self.pushers.pop(account_id).stop()
+                self.recorder.release_lease(account_id, self.owner)
+
+    def served_accounts(self) -> set[str]:
+        """Return the accounts this worker pushes for now."""
+        with self._lock:
+            return set(self.pushers)
+
+
+def _same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    keys = ("calendar_url", "server_url", "version")
+    return all(a.get(k) == b.get(k) for k in keys)
