@@ -53,7 +53,7 @@ class _RetryAfterOrBackoff:
     """Wait what the server asked for (Retry-After), else exponential backoff with jitter."""
 
     def __init__(self, policy: RetryPolicy) -> None:
-        self.fallback = wait_exponential_jitter(initial=policy.initial, max=policy.maximum)
+        self.fallback = wait_exponential_jitter(multiplier=policy.initial, max=policy.maximum)
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

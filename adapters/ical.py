@@ -11,7 +11,9 @@ Times are written as local wall time with the appointment's IANA TZID plus a
 VTIMEZONE generated from zoneinfo; appointments in "UTC" use the ``Z`` form.
 iCalendar cannot say which of two equal wall times in a DST fall-back hour is
 meant (a reader takes the first), so a time in the repeated hour is written in
-UTC, and the calendar names the zone in ``X-WR-TIMEZONE`` for the reader.
+UTC, and ``X-CALJOURNAL-TIMEZONE`` names the zone for :func:`from_ical`. (Not
+``X-WR-TIMEZONE``: readers that apply it turn UTC back into the ambiguous wall
+time and land an hour early.)
 Seconds are the finest unit iCalendar keeps; microseconds are dropped. TEXT
 cannot carry CR or other control characters: CR and CRLF become LF and the
 rest (except TAB) are dropped.
@@ -38,6 +40,7 @@ from caljournal.adapters.ical_parse import (
     X_APPOINTMENT_ID,
     X_CUSTOMER_EMAIL,
     X_CUSTOMER_NAME,
+    X_TIMEZONE,
     ICalendarError,
     RemoteEvent,
     clean_text,
@@ -145,7 +148,7 @@ class AppointmentView:
             description=state.get("description"),
             customer_name=state.get("customer_name"),
             customer_email=state.get("customer_email"),
-            sequence=int(state["version"]) - 1,
+            sequence=int(state["sequence"]) if "sequence" in state else int(state["version"]) - 1,
             status=state["status"],
         )
 
@@ -238,7 +241,7 @@ def to_ical(view: AppointmentView, dtstamp: datetime) -> bytes:
             event.add(name, value.replace(tzinfo=None), parameters={"TZID": view.timezone})
             zoned = True
     if view.timezone != "UTC" and (_repeated(start) or _repeated(end)):
-        calendar.add("X-WR-TIMEZONE", _Text(view.timezone))
+        event.add(X_TIMEZONE, _Text(view.timezone))
     _text(event, "SUMMARY", view.title)
     _text(event, "LOCATION", view.location)
     name = clean_text(view.customer_name) if view.customer_name is not None else None

@@ -27,10 +27,11 @@ MAX_DESCRIPTION_CHARS = 1_000_000
 X_APPOINTMENT_ID = "X-CALJOURNAL-APPOINTMENT-ID"
 X_CUSTOMER_NAME = "X-CALJOURNAL-CUSTOMER-NAME"
 X_CUSTOMER_EMAIL = "X-CALJOURNAL-CUSTOMER-EMAIL"
+X_TIMEZONE = "X-CALJOURNAL-TIMEZONE"
 UID_SUFFIX = "@caljournal"
 BLOCK_SEPARATOR = "\n\n"
 
-OWN_X = frozenset({X_APPOINTMENT_ID, X_CUSTOMER_NAME, X_CUSTOMER_EMAIL})
+OWN_X = frozenset({X_APPOINTMENT_ID, X_CUSTOMER_NAME, X_CUSTOMER_EMAIL, X_TIMEZONE})
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _ESCAPED = re.compile(r"\\([\\;,nN])")
 _UNFOLD = re.compile(r"\r?\n[ \t]")
@@ -282,22 +283,23 @@ def _period(
         end = start if isinstance(start, datetime) else start + timedelta(days=1)
     if isinstance(start, datetime) != isinstance(end, datetime):
         raise ICalendarError(f"event {uid!r} mixes DATE and DATE-TIME in DTSTART and DTEND")
-    if isinstance(start, datetime) and isinstance(end, datetime):
-        if (start.tzinfo is None) != (end.tzinfo is None):
-            raise ICalendarError(f"event {uid!r} mixes floating and zoned times")
-        if start.tzinfo is None:
-            zone = hint
-        elif zone is None or zone == "UTC":
-            if end_zone not in (None, "UTC"):
-                zone = end_zone
-            elif zone == "UTC" and hint is not None:
-                zone = hint
-        if zone is not None and start.tzinfo is not None:
-            start, end = start.astimezone(ZoneInfo(zone)), end.astimezone(ZoneInfo(zone))
-        elif start.tzinfo is not None:
-            end = end.astimezone(start.tzinfo)
-    else:
+    if not isinstance(start, datetime) or not isinstance(end, datetime):
         zone = hint
+    elif (start.tzinfo is None) != (end.tzinfo is None):
+        raise ICalendarError(f"event {uid!r} mixes floating and zoned times")
+    elif start.tzinfo is None:
+        zone = hint
+    else:
+        if zone in (None, "UTC"):  # UTC or a private VTIMEZONE: look for an IANA name
+            own = _text(event, X_TIMEZONE)
+            zone = (
+                (iana_name(own) if own else None)
+                or (end_zone if end_zone != "UTC" else None)
+                or (hint if zone == "UTC" else None)
+                or zone
+            )
+        target = ZoneInfo(zone) if zone is not None else start.tzinfo
+        start, end = start.astimezone(target), end.astimezone(target)
     if end < start:  # type: ignore[operator]
         raise ICalendarError(f"event {uid!r}: DTEND {end} is before DTSTART {start}")
     return start, end, zone

@@ -114,6 +114,21 @@ async def history(container: ContainerDep, account_id: TargetAccountDep) -> dict
     return {"entries": entries}
 
 
+@router.get("/status", responses=_ERRORS)
+async def sync_status(container: ContainerDep, account_id: TargetAccountDep) -> dict[str, Any]:
+    """Outbound status: journal and pushed positions, pending, lag, failures, last success."""
+    return await run_in_threadpool(container.sync.status, account_id)
+
+
+@router.post("/retry", responses=_ERRORS)
+async def retry_failed(
+    container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
+) -> dict[str, Any]:
+    """Push the failed appointments again (after fixing the cause)."""
+    count = await run_in_threadpool(container.sync.retry_failed, account_id, cause)
+    return {"queued": count}
+
+
 @router.get("/calendars", responses=_ERRORS)
 async def calendars(container: ContainerDep, account_id: TargetAccountDep) -> dict[str, Any]:
     """Ask the linked server for its calendars."""

@@ -39,6 +39,11 @@ class Container:
 
     def outbound_worker(self, config: WorkerConfig | None = None) -> OutboundWorker:
         """Return a (not yet started) outbound worker on this container's journal."""
+        if config is None:
+            ttl = self.settings.worker_lease_ttl
+            config = WorkerConfig(
+                lease_ttl=ttl, lease_renew=max(ttl / 5, 0.2), poll=self.settings.worker_poll
+            )
         return OutboundWorker(
             self.journal, self.links, config=config, postgres_listen=self.journal.listener
         )

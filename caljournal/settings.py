@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     )
     verify_tls: bool = True
     caldav_timeout: float = Field(default=15.0, gt=0, le=300)
+    worker_lease_ttl: float = Field(
+        default=10.0, ge=1.0, le=600, description="seconds a dead worker keeps its accounts"
+    )
+    worker_poll: float = Field(
+        default=0.1, gt=0, le=10, description="seconds between journal polls on SQLite"
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -44,7 +44,9 @@ class SyncService:
         if link["calendar_url"] and link["calendar_chosen_on"]:
             since = to_us(datetime.fromisoformat(link["calendar_chosen_on"]))
             pending = self.recorder.pending_pushes(account, link["calendar_url"], since, 100_000)
-        oldest = min((datetime.fromisoformat(p["appointment"]["modified_on"]) for p in pending), default=None)
+        oldest = min(
+            (datetime.fromisoformat(p["appointment"]["modified_on"]) for p in pending), default=None
+        )
         lease = self.recorder.leases().get(account)
         now_us = int(time.time() * 1e6)
         return {

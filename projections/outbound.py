@@ -165,7 +165,10 @@ class AccountPusher(threading.Thread):
         handled = 0
         while self.leased():
             items = self.worker.recorder.pending_pushes(
-                self.account_id, self.link["calendar_url"], self.watermark_us, self.worker.config.batch
+                self.account_id,
+                self.link["calendar_url"],
+                self.watermark_us,
+                self.worker.config.batch,
             )
             if not items:
                 break
@@ -227,7 +230,10 @@ class OutboundWorker:
         """Start the threads."""
         self.position = self.recorder.max_notification_id() or 0
         self.journal.add_listener(self._journal_news.set)
-        for target, name in ((self._read, "outbound-reader"), (self._keep_leases, "outbound-leases")):
+        for target, name in (
+            (self._read, "outbound-reader"),
+            (self._keep_leases, "outbound-leases"),
+        ):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
             self._threads.append(thread)

@@ -138,7 +138,7 @@ class Pusher:
             elif action.kind == "record":
                 self._record(state, action.href, action.etag, action.digest, present=True)
             else:
-                written = self._write(action, state)
+                written = self._write(action, state, item["content_hash"])
                 self._record(state, action.href, written.etag, action.digest, present=True)
         except CalDAVError as exc:
             if exc.transient:
@@ -147,16 +147,16 @@ class Pusher:
             return "failed"
         return action.kind
 
-    def _write(self, action: Action, state: dict[str, Any]) -> Written:
+    def _write(self, action: Action, state: dict[str, Any], last_digest: str | None) -> Written:
         assert action.data is not None
         try:
             if action.kind == "create":
                 return self.writer.create(action.href, action.data)
             return self.writer.update(action.href, action.data, action.etag)
         except PreconditionFailedError:
-            return self._resolve(action, state)
+            return self._resolve(action, state, last_digest)
 
-    def _resolve(self, action: Action, state: dict[str, Any]) -> Written:
+    def _resolve(self, action: Action, state: dict[str, Any], last_digest: str | None) -> Written:
         """The object exists (create) or changed (update): look, then let our side win."""
         assert action.data is not None
         remote = self.writer.fetch(action.href)
@@ -165,9 +165,14 @@ class Pusher:
                 self._conflict(state, None)
             return self.writer.create(action.href, action.data)
         data, etag = remote
-        if content_hash(data) == action.digest:
-            return Written(etag)  # our own earlier write (e.g. before a crash)
-        if not self._is_older_copy_of_ours(data, state):
+        digest = content_hash(data)
+        if digest == action.digest:
+            return Written(etag)  # our own write whose answer we never got
+        if action.kind == "update":
+            ours = digest == last_digest  # unchanged since our last write: only the ETag moved
+        else:
+            ours = self._is_copy_of_ours(data, state)  # written by us before a crash
+        if not ours:
             self._conflict(state, data)
         return self.writer.update(action.href, action.data, etag)
 
@@ -182,13 +187,13 @@ class Pusher:
             self.writer.delete(action.href, remote[1])
 
     @staticmethod
-    def _is_older_copy_of_ours(data: bytes, state: dict[str, Any]) -> bool:
+    def _is_copy_of_ours(data: bytes, state: dict[str, Any]) -> bool:
         try:
             events = from_ical(data)
         except ICalendarError:
             return False
         ours = [e for e in events if e.appointment_id == state["id"]]
-        return bool(ours) and all((e.sequence or 0) < state["sequence"] for e in ours)
+        return bool(ours) and all((e.sequence or 0) <= state["sequence"] for e in ours)
 
     def _record(
         self,
@@ -226,7 +231,9 @@ class Pusher:
                 "calendar_url": self.calendar_url,
                 "href": href,
                 "etag": item["etag"],
-                "pushed_sequence": item["pushed_sequence"] if item["pushed_sequence"] is not None else -1,
+                "pushed_sequence": item["pushed_sequence"]
+                if item["pushed_sequence"] is not None
+                else -1,
                 "content_hash": item["content_hash"],
                 "present": 1 if item["present"] else 0,
                 "failed_sequence": state["sequence"],

@@ -35,8 +35,9 @@ app.add_typer(secrets_app, name="secrets")
 def serve(
     host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
+    no_worker: Annotated[bool, typer.Option(help="run the API without the worker")] = False,
 ) -> None:
-    """Run the HTTP API (on the embedded SQLite journal unless configured otherwise)."""
+    """Run the HTTP API and the outbound worker (on the embedded SQLite journal unless configured otherwise)."""
     import uvicorn
 
     from caljournal.api.app import create_app
@@ -44,12 +45,62 @@ def serve(
     with container() as built:
         bind_host = host or built.settings.host
         bind_port = port or built.settings.port
+        worker = None if no_worker else built.outbound_worker().start()
         err.print(
             f"caljournal {built.backend} journal; API on http://{bind_host}:{bind_port} "
-            f"(docs at /docs)",
+            f"(docs at /docs); outbound worker {'off' if worker is None else worker.owner}",
             highlight=False,
         )
-        uvicorn.run(create_app(built), host=bind_host, port=bind_port, log_level="info")
+        try:
+            uvicorn.run(create_app(built), host=bind_host, port=bind_port, log_level="info")
+        finally:
+            if worker is not None:
+                worker.stop()
+
+
+@app.command()
+def worker() -> None:
+    """Run the outbound worker alone (no API) until interrupted."""
+    import signal
+    import threading
+
+    with container() as built:
+        running = built.outbound_worker().start()
+        err.print(
+            f"outbound worker {running.owner} on the {built.backend} journal", highlight=False
+        )
+        done = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: done.set())
+        done.wait()
+        running.stop()
+        err.print("outbound worker stopped; its accounts are released")
+
+
+@app.command()
+def status(
+    account: Annotated[str, typer.Argument(help="the account's name")],
+    json: JsonOption = False,
+) -> None:
+    """Show an account's sync status: positions, pending, lag, failures, last success."""
+    with container() as built:
+        report = built.sync.status(built.accounts.find_account(account).id)
+    if json:
+        out.print_json(data=report)
+        return
+    rows = [[k, v] for k, v in report.items() if k != "failed"]
+    table(f"sync status of {account}", ["field", "value"], rows)
+    if report["failed"]:
+        failed = [[f["appointment_id"], f["at"], f["error"]] for f in report["failed"]]
+        table("failed pushes", ["appointment", "at", "error"], failed)
+
+
+@app.command("retry-failed")
+def retry_failed(account: Annotated[str, typer.Argument(help="the account's name")]) -> None:
+    """Push the account's failed appointments again (after fixing the cause)."""
+    with container() as built:
+        count = built.sync.retry_failed(built.accounts.find_account(account).id, operator_cause())
+        err.print(f"{count} failed push(es) of {account!r} queued again")
 
 
 @account_app.command("create")
