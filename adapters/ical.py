@@ -233,14 +233,16 @@ def to_ical(view: AppointmentView, dtstamp: datetime) -> bytes:
     event = icalendar.Event()
     event.add("UID", _Text(view.uid))
     event.add("DTSTAMP", dtstamp.astimezone(UTC).replace(microsecond=0))
-    zoned = False
+    # Both times in UTC when either is in a repeated hour: readers that subtract a
+    # UTC DTEND from a zoned DTSTART and add the difference on the wall clock
+    # (recurring_ical_events does) would otherwise be an hour off.
+    zoned = view.timezone != "UTC" and not (_repeated(start) or _repeated(end))
     for name, value in (("DTSTART", start), ("DTEND", end)):
-        if view.timezone == "UTC" or _repeated(value):
-            event.add(name, value.astimezone(UTC))
-        else:
+        if zoned:
             event.add(name, value.replace(tzinfo=None), parameters={"TZID": view.timezone})
-            zoned = True
-    if view.timezone != "UTC" and (_repeated(start) or _repeated(end)):
+        else:
+            event.add(name, value.astimezone(UTC))
+    if view.timezone != "UTC" and not zoned:
         event.add(X_TIMEZONE, _Text(view.timezone))
     _text(event, "SUMMARY", view.title)
     _text(event, "LOCATION", view.location)

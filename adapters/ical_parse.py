@@ -39,7 +39,11 @@ _NEWLINE = re.compile(r"\r?\n")
 _BLOCK = re.compile(r"(?:\A|\n\n)Customer: (?P<body>[^\n]*)\Z")
 _BLOCK_BODY = re.compile(r"(?P<name>.*?)\s*<(?P<email>[^<>\s]*)>")
 _CHECKED = ("DTSTART", "DTEND", "DURATION", "RECURRENCE-ID", "SEQUENCE", "RRULE", "RDATE", "EXDATE")
-_RAW = {"RRULE": 0, "RDATE": 1, "EXDATE": 2}
+_RAW = ("RRULE", "RDATE", "EXDATE", "DURATION")
+_DURATION = re.compile(
+    r"(?P<sign>[+-])?P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
+    r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?"
+)
 
 
 class ICalendarError(ValueError):
@@ -191,9 +195,9 @@ def parse_calendar(text: str) -> icalendar.Calendar:
     return calendar
 
 
-def _raw_lines(text: str) -> list[tuple[list[str], list[str], list[str]]]:
-    """Return the RRULE, RDATE and EXDATE content lines of each VEVENT, in document order."""
-    found: list[tuple[list[str], list[str], list[str]]] = []
+def _raw_lines(text: str) -> list[dict[str, list[str]]]:
+    """Return the RRULE, RDATE, EXDATE, DURATION lines of each VEVENT, in document order."""
+    found: list[dict[str, list[str]]] = []
     stack: list[str] = []
     for line in _NEWLINE.split(_UNFOLD.sub("", text)):
         name = re.split(r"[;:]", line, maxsplit=1)[0].strip().upper()
@@ -201,11 +205,11 @@ def _raw_lines(text: str) -> list[tuple[list[str], list[str], list[str]]]:
         if name == "BEGIN":
             stack.append(value)
             if value == "VEVENT":
-                found.append(([], [], []))
+                found.append({name: [] for name in _RAW})
         elif name == "END" and stack:
             stack.pop()
         elif name in _RAW and stack and stack[-1] == "VEVENT" and found:
-            found[-1][_RAW[name]].append(line)
+            found[-1][name].append(line)
     return found
 
 
@@ -248,15 +252,28 @@ def _time(
     )
 
 
-def _plus(start: date | datetime, duration: timedelta) -> date | datetime:
-    """Return ``start`` + DURATION: days on the wall clock, hours and less exactly."""
+def _plus(start: date | datetime, duration: timedelta, raw: list[str]) -> date | datetime:
+    """Return ``start`` + DURATION: days and weeks on the wall clock, the rest exactly.
+
+    icalendar folds PT24H into one day, so the written value decides when it is there.
+    """
+    days, rest = duration.days, duration - timedelta(days=duration.days)
+    found = _DURATION.fullmatch(raw[0].partition(":")[2].strip().upper()) if raw else None
+    if found is not None:
+        days = int(found["w"] or 0) * 7 + int(found["d"] or 0)
+        rest = timedelta(
+            hours=int(found["h"] or 0), minutes=int(found["m"] or 0), seconds=int(found["s"] or 0)
+        )
     if not isinstance(start, datetime):
-        return start + timedelta(days=duration.days)
-    nominal = start + timedelta(days=duration.days)
-    rest = duration - timedelta(days=duration.days)
+        return start + timedelta(days=days)
+    nominal = start + timedelta(days=days)
     if start.tzinfo is None:
         return nominal + rest
     return (nominal.astimezone(UTC) + rest).astimezone(start.tzinfo)
+
+
+def _instant(value: date | datetime) -> date | datetime:
+    return value.astimezone(UTC) if isinstance(value, datetime) and value.tzinfo else value
 
 
 def _period(
@@ -264,6 +281,7 @@ def _period(
     uid: str,
     vtimezones: dict[str, icalendar.Timezone],
     hint: str | None,
+    raw_duration: list[str],
 ) -> tuple[date | datetime, date | datetime, str | None]:
     """Return start, end and zone name of ``event``.
 
@@ -278,7 +296,7 @@ def _period(
     elif "DURATION" in event:
         if event["DURATION"].dt < timedelta(0):
             raise ICalendarError(f"event {uid!r} has a negative DURATION")
-        end = _plus(start, event["DURATION"].dt)
+        end = _plus(start, event["DURATION"].dt, raw_duration)
     else:
         end = start if isinstance(start, datetime) else start + timedelta(days=1)
     if isinstance(start, datetime) != isinstance(end, datetime):
@@ -300,14 +318,15 @@ def _period(
             )
         target = ZoneInfo(zone) if zone is not None else start.tzinfo
         start, end = start.astimezone(target), end.astimezone(target)
-    if end < start:  # type: ignore[operator]
+    # Aware datetimes in one zone compare by wall time, ignoring fold: compare in UTC.
+    if _instant(end) < _instant(start):
         raise ICalendarError(f"event {uid!r}: DTEND {end} is before DTSTART {start}")
     return start, end, zone
 
 
 def _event(
     event: icalendar.Component,
-    raw: tuple[list[str], list[str], list[str]],
+    raw: dict[str, list[str]],
     vtimezones: dict[str, icalendar.Timezone],
     hint: str | None,
 ) -> RemoteEvent:
@@ -316,7 +335,7 @@ def _event(
     broken = [(name, why) for name, why in event.errors if name in _CHECKED]
     if broken:
         raise ICalendarError(f"event {uid!r}: unreadable {broken[0][0]}: {broken[0][1]}")
-    start, end, zone = _period(event, uid, vtimezones, hint)
+    start, end, zone = _period(event, uid, vtimezones, hint, raw["DURATION"])
     recurrence_id = None
     if "RECURRENCE-ID" in event:
         recurrence_id, _ = _time(event, "RECURRENCE-ID", uid, vtimezones)
@@ -358,9 +377,9 @@ def _event(
         customer_email=email,
         all_day=not isinstance(start, datetime),
         floating=isinstance(start, datetime) and start.tzinfo is None,
-        rrule=tuple(raw[0]),
-        rdate=tuple(raw[1]),
-        exdate=tuple(raw[2]),
+        rrule=tuple(raw["RRULE"]),
+        rdate=tuple(raw["RDATE"]),
+        exdate=tuple(raw["EXDATE"]),
         recurrence_id=recurrence_id,
         status=status.strip().upper() if status else None,
         sequence=int(event.get("SEQUENCE", 0)),
@@ -392,7 +411,7 @@ def from_ical(data: bytes | str) -> list[RemoteEvent]:
         raise ICalendarError(f"calendar object holds more than one UID: {sorted(set(uids))}")
     raw = _raw_lines(text)
     if len(raw) != len(events):  # pragma: no cover - both follow document order
-        raw = [([], [], [])] * len(events)
+        raw = [{name: [] for name in _RAW} for _ in events]
     vtimezones = {str(tz["TZID"]): tz for tz in calendar.walk("VTIMEZONE") if "TZID" in tz}
     hint_value = _text(calendar, "X-WR-TIMEZONE")
     hint = iana_name(hint_value) if hint_value else None

@@ -191,6 +191,19 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         for statement in create_statements(self.qualify):
             self.sql_create_statements.append(SQL(statement))  # type: ignore[arg-type]
 
+    def create_table(self) -> None:
+        """Create the tables, one process at a time.
+
+        Several workers starting together would otherwise run the same DDL
+        concurrently, which PostgreSQL refuses ("tuple concurrently updated").
+        """
+        with self.datastore.get_connection() as conn:
+            conn.execute("SELECT pg_advisory_lock(hashtext('caljournal-schema'))")
+            try:
+                super().create_table()
+            finally:
+                conn.execute("SELECT pg_advisory_unlock(hashtext('caljournal-schema'))")
+
     def _insert_events(
         self,
         curs: Any,

@@ -10,7 +10,14 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from caljournal.adapters.readmodel import APPOINTMENTS, LEASES, LINKS, OUTBOUND, SYNC_STATUS
+from caljournal.adapters.readmodel import (
+    APPOINTMENTS,
+    LEASES,
+    LINKS,
+    OUTBOUND,
+    SYNC_STATUS,
+    WORKERS,
+)
 
 OUTBOUND_COLUMNS = (
     "appointment_id",
@@ -174,6 +181,27 @@ class OutboundQueries:
         self._update(
             f"DELETE FROM {self.qualify}{LEASES} WHERE account_id = {p} AND owner = {p}",
             [account_id, owner],
+        )
+
+    def heartbeat(self, owner: str, now_us: int, ttl_us: int) -> int:
+        """Record that ``owner`` is alive; return how many workers are alive now."""
+        p = self.placeholder
+        self._execute(
+            [
+                (
+                    self._upsert_sql(WORKERS, "owner", ["owner", "expires_us"]),
+                    [owner, now_us + ttl_us],
+                ),
+                (f"DELETE FROM {self.qualify}{WORKERS} WHERE expires_us < {p}", [now_us]),
+            ]
+        )
+        rows = self._fetch(f"SELECT COUNT(*) AS n FROM {self.qualify}{WORKERS}", [])
+        return max(int(rows[0]["n"]), 1)
+
+    def retire(self, owner: str) -> None:
+        """Remove a stopping worker from the list of live workers."""
+        self._update(
+            f"DELETE FROM {self.qualify}{WORKERS} WHERE owner = {self.placeholder}", [owner]
         )
 
     def leases(self) -> dict[str, dict[str, Any]]:

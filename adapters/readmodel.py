@@ -28,6 +28,7 @@ SECRETS = "caljournal_link_secrets"
 OUTBOUND = "caljournal_outbound"
 LEASES = "caljournal_leases"
 SYNC_STATUS = "caljournal_sync_status"
+WORKERS = "caljournal_workers"
 MAX_DURATION_US = int(MAX_DURATION.total_seconds() * 1_000_000)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -117,9 +118,19 @@ def secret_row(link: CalendarLink, sealed: str) -> Row:
 
 def create_statements(qualify: str) -> list[str]:
     """Return the DDL of the query tables; ``qualify`` prefixes table names (a schema)."""
-    a, c, t, lk, sc, ob, ls, ss = (
+    a, c, t, lk, sc, ob, ls, ss, wk = (
         qualify + name
-        for name in (APPOINTMENTS, ACCOUNTS, TOKENS, LINKS, SECRETS, OUTBOUND, LEASES, SYNC_STATUS)
+        for name in (
+            APPOINTMENTS,
+            ACCOUNTS,
+            TOKENS,
+            LINKS,
+            SECRETS,
+            OUTBOUND,
+            LEASES,
+            SYNC_STATUS,
+            WORKERS,
+        )
     )
     return [
         f"CREATE TABLE IF NOT EXISTS {a} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
@@ -149,6 +160,7 @@ def create_statements(qualify: str) -> list[str]:
         "expires_us BIGINT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {ss} (account_id TEXT PRIMARY KEY, pushed_position BIGINT, "
         "last_success_us BIGINT, last_error TEXT, last_error_us BIGINT, worker TEXT)",
+        f"CREATE TABLE IF NOT EXISTS {wk} (owner TEXT PRIMARY KEY, expires_us BIGINT NOT NULL)",
     ]
 
 

@@ -20,6 +20,7 @@ Threads, per worker process:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -256,6 +257,7 @@ class OutboundWorker:
                 self.recorder.release_lease(pusher.account_id, self.owner)
         for thread in self._threads:
             thread.join(timeout=10)
+        self.recorder.retire(self.owner)
 
     # -- the reader -------------------------------------------------------------
 
@@ -313,31 +315,69 @@ class OutboundWorker:
             self._link_news.wait(self.config.lease_renew)
 
     def _renew_leases(self) -> None:
-        active = {link["account_id"]: link for link in self.recorder.select_links("active")}
+        now_us = int(time.time() * 1e6)
         ttl_us = int(self.config.lease_ttl * 1e6)
-        for account_id, link in active.items():
+        live = self.recorder.heartbeat(self.owner, now_us, ttl_us)
+        active = {link["account_id"]: link for link in self.recorder.select_links("active")}
+        # Each live worker serves at most its fair share, so adding a worker adds
+        # capacity: a worker over its share lets the excess go for others to take.
+        share = math.ceil(len(active) / live) if active else 0
+        with self._lock:
+            held = [a for a in self.pushers if a in active]
+        for account_id in held[share:]:
+            self._drop(account_id)
+        held = held[:share]
+        leases = self.recorder.leases()
+        free = [
+            a
+            for a in sorted(active)
+            if a not in held
+            and (
+                a not in leases
+                or leases[a]["expires_us"] < now_us
+                or leases[a]["owner"] == self.owner
+            )
+        ]
+        for account_id in held + free:
             if self._stopping.is_set():
                 return
-            asked = time.monotonic()
-            held = self.recorder.claim_lease(account_id, self.owner, int(time.time() * 1e6), ttl_us)
             with self._lock:
-                pusher = self.pushers.get(account_id)
-                if held and pusher is not None and _same_target(pusher.link, link):
-                    pusher.lease_deadline = asked + self.config.lease_ttl - 1.0
-                    continue
-                if pusher is not None:
-                    pusher.stop()
-                    del self.pushers[account_id]
-                if held:
-                    pusher = AccountPusher(self, account_id, link)
-                    pusher.lease_deadline = asked + self.config.lease_ttl - 1.0
-                    pusher.routed_position = self.position
-                    self.pushers[account_id] = pusher
-                    pusher.start()
+                serving = len(self.pushers)
+            if account_id not in held and serving >= share:
+                break
+            self._hold(account_id, active[account_id], ttl_us)
         with self._lock:
-            for account_id in [a for a in self.pushers if a not in active]:
-                self.pushers.pop(account_id).stop()
-                self.recorder.release_lease(account_id, self.owner)
+            gone = [a for a in self.pushers if a not in active]
+        for account_id in gone:
+            self._drop(account_id)
+
+    def _hold(self, account_id: str, link: dict[str, Any], ttl_us: int) -> None:
+        asked = time.monotonic()
+        held = self.recorder.claim_lease(account_id, self.owner, int(time.time() * 1e6), ttl_us)
+        with self._lock:
+            pusher = self.pushers.get(account_id)
+            if held and pusher is not None and _same_target(pusher.link, link):
+                pusher.lease_deadline = asked + self.config.lease_ttl - 1.0
+                return
+            if pusher is not None:
+                pusher.stop()
+                del self.pushers[account_id]
+            if held:
+                pusher = AccountPusher(self, account_id, link)
+                pusher.lease_deadline = asked + self.config.lease_ttl - 1.0
+                pusher.routed_position = self.position
+                self.pushers[account_id] = pusher
+                pusher.start()
+                log.info("serving account %s", account_id)
+
+    def _drop(self, account_id: str) -> None:
+        with self._lock:
+            pusher = self.pushers.pop(account_id, None)
+        if pusher is not None:
+            pusher.stop()
+            pusher.join(timeout=30)
+        self.recorder.release_lease(account_id, self.owner)
+        log.info("released account %s", account_id)
 
     def served_accounts(self) -> set[str]:
         """Return the accounts this worker pushes for now."""

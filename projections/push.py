@@ -145,6 +145,7 @@ class Pusher:
                 raise TransientPushError(exc) from None
             self._record_failure(state, action.href, item, exc)
             return "failed"
+        log.info("account %s appointment %s %s", self.account_id, state["id"], action.kind)
         return action.kind
 
     def _write(self, action: Action, state: dict[str, Any], last_digest: str | None) -> Written:

@@ -59,11 +59,18 @@ def serve(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    verbose: Annotated[bool, typer.Option(help="log every push (time, account, action)")] = False,
+) -> None:
     """Run the outbound worker alone (no API) until interrupted."""
+    import logging
     import signal
     import threading
 
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(created).6f %(levelname)s %(name)s %(message)s",
+    )
     with container() as built:
         running = built.outbound_worker().start()
         err.print(

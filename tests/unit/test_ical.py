@@ -472,6 +472,7 @@ def test_outlook_windows_tzid_maps_to_iana(with_vtimezone: bool) -> None:
     assert event.start.astimezone(UTC).hour == 8
 
 
+@pytest.mark.filterwarnings("ignore::icalendar.error.GloballyUniqueTZIDGuessed")
 def test_globally_unique_tzid_maps_to_iana() -> None:
     event = _only(_calendar(*_event(
         "DTSTART;TZID=/freeassociation.sourceforge.net/Europe/Berlin:20260403T100000",
