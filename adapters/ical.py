@@ -14,6 +14,7 @@ meant (a reader takes the first), so a time in the repeated hour is written in
 UTC, and ``X-CALJOURNAL-TIMEZONE`` names the zone for :func:`from_ical`. (Not
 ``X-WR-TIMEZONE``: readers that apply it turn UTC back into the ambiguous wall
 time and land an hour early.)
+
 Seconds are the finest unit iCalendar keeps; microseconds are dropped. TEXT
 cannot carry CR or other control characters: CR and CRLF become LF and the
 rest (except TAB) are dropped.
@@ -23,9 +24,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
 from uuid import UUID
@@ -35,6 +37,7 @@ import icalendar
 from icalendar.prop import vText
 
 from caljournal.adapters.ical_parse import (
+    BLOCK_SEPARATOR,
     OWN_X,
     UID_SUFFIX,
     X_APPOINTMENT_ID,
@@ -43,10 +46,8 @@ from caljournal.adapters.ical_parse import (
     X_TIMEZONE,
     ICalendarError,
     RemoteEvent,
-    clean_text,
-    compose_description,
+    customer_block,
     decode,
-    escape_text,
     from_ical,
     parse_calendar,
     unescape_text,
@@ -61,10 +62,12 @@ __all__ = [
     "from_ical",
     "object_name",
     "to_ical",
+    "vtimezone",
 ]
 
 PRODID = "-//caljournal//caljournal//EN"
 _STATUS = {"booked": "CONFIRMED", "cancelled": "CANCELLED"}
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 # Content hashing: what servers add or rewrite without changing the appointment.
 _VOLATILE = frozenset({"DTSTAMP", "LAST-MODIFIED", "CREATED", "SEQUENCE", "PRODID"})
 _DEFAULTS = frozenset({("TRANSP", "OPAQUE"), ("CLASS", "PUBLIC")})
@@ -122,8 +125,10 @@ class AppointmentView:
     def from_state(cls, state: Mapping[str, Any]) -> AppointmentView:
         """Build the view from ``Appointment.state()``.
 
-        The uid is ``"<id>@caljournal"``; SEQUENCE is ``version - 1``, so the
-        first push carries SEQUENCE:0.
+        The uid is ``"<id>@caljournal"``. SEQUENCE is the state's content
+        ``sequence`` (0 when booked, raised by each change a calendar shows); a
+        state without one uses ``version - 1``. Either way the first push carries
+        SEQUENCE:0.
 
         :raises ValueError: when a time lacks an offset, the zone is unknown, or the
             version or status is unusable.
@@ -151,6 +156,24 @@ class AppointmentView:
             sequence=int(state["sequence"]) if "sequence" in state else int(state["version"]) - 1,
             status=state["status"],
         )
+
+
+def clean_text(value: str) -> str:
+    """Return ``value`` as iCalendar TEXT can carry it: line breaks as LF, no C0 controls."""
+    return _CONTROL.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def escape_text(value: str) -> str:
+    r"""Escape ``value`` per RFC 5545 TEXT rules (a literal ``\N`` stays as it is)."""
+    return value.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,").replace("\n", "\\n")
+
+
+def compose_description(description: str | None, name: str | None, email: str | None) -> str | None:
+    """Return the description with the customer block appended after a blank line."""
+    block = customer_block(name, email)
+    if block is None:
+        return description
+    return block if description is None else description + BLOCK_SEPARATOR + block
 
 
 class _Text(vText):
@@ -184,6 +207,35 @@ class _VTimezone(icalendar.Timezone):
     ]
 
 
+class _Until(tzinfo):
+    """``zone`` up to the wall time ``last``; asking for a later offset raises OverflowError.
+
+    icalendar's search runs on until the offset changes, in a zone without DST up
+    to the year 9999; OverflowError is where it stops searching.
+    """
+
+    def __init__(self, zone: ZoneInfo, last: datetime) -> None:
+        self.zone = zone
+        self.last = last
+
+    def utcoffset(self, dt: datetime | None) -> timedelta | None:
+        """Return the zone's offset at ``dt``.
+
+        :raises OverflowError: when ``dt`` is after the window.
+        """
+        if dt is not None and dt.replace(tzinfo=None) > self.last:
+            raise OverflowError("after the window of the VTIMEZONE")
+        return self.zone.utcoffset(dt)
+
+    def dst(self, dt: datetime | None) -> timedelta | None:
+        """Return the zone's DST offset at ``dt``."""
+        return self.zone.dst(dt)
+
+    def tzname(self, dt: datetime | None) -> str | None:
+        """Return the zone's abbreviation at ``dt``."""
+        return self.zone.tzname(dt)
+
+
 @lru_cache(maxsize=256)
 def vtimezone(name: str, first_year: int, last_year: int) -> icalendar.Timezone:
     """Return the VTIMEZONE of IANA zone ``name`` for the years ``first_year``–``last_year``.
@@ -192,8 +244,9 @@ def vtimezone(name: str, first_year: int, last_year: int) -> icalendar.Timezone:
 
     :raises ValueError: when icalendar cannot build the component for the zone.
     """
-    last = date(last_year + 1, 1, 1) if last_year < 9999 else date(9999, 12, 31)
-    return _VTimezone.from_tzinfo(ZoneInfo(name), name, date(first_year, 1, 1), last)
+    last = date(last_year + 1, 1, 1) if last_year < 9999 else date(9999, 12, 30)
+    bounded = _Until(ZoneInfo(name), datetime.combine(last, time()) + timedelta(days=1))
+    return _VTimezone.from_tzinfo(bounded, name, date(first_year, 1, 1), last)
 
 
 def object_name(appointment_id: str | UUID) -> str:
@@ -210,6 +263,7 @@ def _repeated(value: datetime) -> bool:
 
 
 def _text(event: icalendar.Component, name: str, value: str | None) -> None:
+    """Add TEXT property ``name`` to ``event`` unless ``value`` is None."""
     if value is not None:
         event.add(name, _Text(clean_text(value)))
 
@@ -246,11 +300,11 @@ def to_ical(view: AppointmentView, dtstamp: datetime) -> bytes:
         event.add(X_TIMEZONE, _Text(view.timezone))
     _text(event, "SUMMARY", view.title)
     _text(event, "LOCATION", view.location)
-    name = clean_text(view.customer_name) if view.customer_name is not None else None
+    customer = clean_text(view.customer_name) if view.customer_name is not None else None
     email = clean_text(view.customer_email) if view.customer_email is not None else None
     description = clean_text(view.description) if view.description is not None else None
-    _text(event, "DESCRIPTION", compose_description(description, name, email))
-    _text(event, X_CUSTOMER_NAME, name)
+    _text(event, "DESCRIPTION", compose_description(description, customer, email))
+    _text(event, X_CUSTOMER_NAME, customer)
     _text(event, X_CUSTOMER_EMAIL, email)
     _text(event, X_APPOINTMENT_ID, view.appointment_id)
     event.add("SEQUENCE", view.sequence)

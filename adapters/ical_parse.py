@@ -1,9 +1,8 @@
 """Read remote iCalendar objects: the inbound half of :mod:`caljournal.adapters.ical`.
 
 Import the public names from :mod:`caljournal.adapters.ical`; this module only
-keeps that one under its size budget. It holds what both directions share: the
-error type, the text helpers and the customer block that is appended to the
-description.
+keeps that one under its size budget. It also holds what both directions
+share: the error type, the ``X-`` property names and the customer block.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import lru_cache
+from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -32,7 +32,6 @@ UID_SUFFIX = "@caljournal"
 BLOCK_SEPARATOR = "\n\n"
 
 OWN_X = frozenset({X_APPOINTMENT_ID, X_CUSTOMER_NAME, X_CUSTOMER_EMAIL, X_TIMEZONE})
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _ESCAPED = re.compile(r"\\([\\;,nN])")
 _UNFOLD = re.compile(r"\r?\n[ \t]")
 _NEWLINE = re.compile(r"\r?\n")
@@ -41,7 +40,7 @@ _BLOCK_BODY = re.compile(r"(?P<name>.*?)\s*<(?P<email>[^<>\s]*)>")
 _CHECKED = ("DTSTART", "DTEND", "DURATION", "RECURRENCE-ID", "SEQUENCE", "RRULE", "RDATE", "EXDATE")
 _RAW = ("RRULE", "RDATE", "EXDATE", "DURATION")
 _DURATION = re.compile(
-    r"(?P<sign>[+-])?P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
+    r"P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
     r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?"
 )
 
@@ -85,17 +84,7 @@ class RemoteEvent:
     appointment_id: str | None
 
 
-# -- text shared by both directions -----------------------------------------------
-
-
-def clean_text(value: str) -> str:
-    """Return ``value`` as iCalendar TEXT can carry it: line breaks as LF, no C0 controls."""
-    return _CONTROL.sub("", value.replace("\r\n", "\n").replace("\r", "\n"))
-
-
-def escape_text(value: str) -> str:
-    r"""Escape ``value`` per RFC 5545 TEXT rules (a literal ``\N`` stays as it is)."""
-    return value.replace("\\", "\\\\").replace(";", "\\;").replace(",", "\\,").replace("\n", "\\n")
+# -- text ---------------------------------------------------------------------------
 
 
 def unescape_text(value: str) -> str:
@@ -112,18 +101,15 @@ def customer_block(name: str | None, email: str | None) -> str | None:
     return f"Customer: <{email}>" if email else None
 
 
-def compose_description(description: str | None, name: str | None, email: str | None) -> str | None:
-    """Return the description with the customer block appended after a blank line."""
-    block = customer_block(name, email)
-    if block is None:
-        return description
-    return block if description is None else description + BLOCK_SEPARATOR + block
-
-
 def _split_description(
-    text: str | None, name: str | None, email: str | None, ours: bool
+    text: str | None, name: str | None, email: str | None, props_lost: bool
 ) -> tuple[str | None, str | None, str | None]:
-    """Return (description, customer name, customer email) with the block stripped."""
+    """Return (description, customer name, customer email) with the block stripped.
+
+    With our X- properties the block is known exactly; a remotely edited one is
+    still stripped when it is the last line. Without them (``props_lost``) a final
+    "Customer: …" line is taken as the block and read back.
+    """
     if text is None:
         return None, name, email
     block = customer_block(name, email)
@@ -132,7 +118,7 @@ def _split_description(
             return None, name, email
         if text.endswith(BLOCK_SEPARATOR + block):
             return text[: -len(BLOCK_SEPARATOR + block)], name, email
-    found = _BLOCK.search(text) if ours or block is not None else None
+    found = _BLOCK.search(text) if props_lost or block is not None else None
     if found is None:
         return text, name, email
     if name is None and email is None:
@@ -147,6 +133,7 @@ def _split_description(
 
 @lru_cache(maxsize=1)
 def _zones() -> dict[str, str]:
+    """Return the IANA zone names keyed by their lower-case form."""
     return {name.lower(): name for name in available_timezones()}
 
 
@@ -205,7 +192,7 @@ def _raw_lines(text: str) -> list[dict[str, list[str]]]:
         if name == "BEGIN":
             stack.append(value)
             if value == "VEVENT":
-                found.append({name: [] for name in _RAW})
+                found.append({key: [] for key in _RAW})
         elif name == "END" and stack:
             stack.pop()
         elif name in _RAW and stack and stack[-1] == "VEVENT" and found:
@@ -214,6 +201,7 @@ def _raw_lines(text: str) -> list[dict[str, list[str]]]:
 
 
 def _text(component: icalendar.Component, name: str) -> str | None:
+    """Return the (first) value of TEXT property ``name``, unescaped, or None."""
     value = component.get(name)
     if isinstance(value, list):
         value = value[0] if value else None
@@ -229,7 +217,7 @@ def _time(
 
     :raises ICalendarError: when the TZID is neither known nor defined by a VTIMEZONE.
     """
-    prop = component[name]
+    prop: Any = component[name]  # a vDDDTypes; icalendar types it as any property
     value = prop.dt
     if not isinstance(value, datetime):
         return value, None
@@ -273,6 +261,7 @@ def _plus(start: date | datetime, duration: timedelta, raw: list[str]) -> date |
 
 
 def _instant(value: date | datetime) -> date | datetime:
+    """Return an aware datetime in UTC (for comparing instants), anything else as it is."""
     return value.astimezone(UTC) if isinstance(value, datetime) and value.tzinfo else value
 
 
@@ -294,9 +283,11 @@ def _period(
     if "DTEND" in event:
         end, end_zone = _time(event, "DTEND", uid, vtimezones)
     elif "DURATION" in event:
-        if event["DURATION"].dt < timedelta(0):
+        duration_prop: Any = event["DURATION"]
+        duration: timedelta = duration_prop.dt
+        if duration < timedelta(0):
             raise ICalendarError(f"event {uid!r} has a negative DURATION")
-        end = _plus(start, event["DURATION"].dt, raw_duration)
+        end = _plus(start, duration, raw_duration)
     else:
         end = start if isinstance(start, datetime) else start + timedelta(days=1)
     if isinstance(start, datetime) != isinstance(end, datetime):
@@ -352,7 +343,7 @@ def _event(
             f"event {uid!r}: DESCRIPTION has {len(description)} characters, "
             f"more than {MAX_DESCRIPTION_CHARS}"
         )
-    appointment_id = _text(event, X_APPOINTMENT_ID)
+    x_id = appointment_id = _text(event, X_APPOINTMENT_ID)
     if appointment_id is None and uid.endswith(UID_SUFFIX):
         try:
             appointment_id = str(UUID(uid[: -len(UID_SUFFIX)]))
@@ -362,7 +353,7 @@ def _event(
         description,
         _text(event, X_CUSTOMER_NAME),
         _text(event, X_CUSTOMER_EMAIL),
-        appointment_id is not None,
+        x_id is None and appointment_id is not None,  # ours, but the server dropped X- props
     )
     status = _text(event, "STATUS")
     return RemoteEvent(
@@ -401,18 +392,22 @@ def from_ical(data: bytes | str) -> list[RemoteEvent]:
     calendar = parse_calendar(text)
     events = calendar.walk("VEVENT")
     if not events:
-        names = sorted({c.name for c in calendar.walk() if c.name not in ("VCALENDAR",)})
+        names = sorted({str(c.name) for c in calendar.walk() if c.name != "VCALENDAR"})
         others = ", ".join(names) if names else "no components at all"
         raise ICalendarError(f"calendar object holds no VEVENT (found {others})")
-    uids = [_text(event, "UID") for event in events]
-    if None in uids or "" in uids:
+    uids = {_text(event, "UID") or "" for event in events}
+    if "" in uids:
         raise ICalendarError("a VEVENT has no UID")
-    if len(set(uids)) > 1:
-        raise ICalendarError(f"calendar object holds more than one UID: {sorted(set(uids))}")
+    if len(uids) > 1:
+        raise ICalendarError(f"calendar object holds more than one UID: {sorted(uids)}")
     raw = _raw_lines(text)
     if len(raw) != len(events):  # pragma: no cover - both follow document order
-        raw = [{name: [] for name in _RAW} for _ in events]
-    vtimezones = {str(tz["TZID"]): tz for tz in calendar.walk("VTIMEZONE") if "TZID" in tz}
+        raw = [{key: [] for key in _RAW} for _ in events]
+    vtimezones = {
+        str(tz["TZID"]): tz
+        for tz in calendar.walk("VTIMEZONE")
+        if isinstance(tz, icalendar.Timezone) and "TZID" in tz
+    }
     hint_value = _text(calendar, "X-WR-TIMEZONE")
     hint = iana_name(hint_value) if hint_value else None
     return [

@@ -173,12 +173,15 @@ class AccountPusher(threading.Thread):
             )
             if not items:
                 break
-            for item in items:
-                if not self.leased():
-                    return handled
-                outcome = pusher.push(item)
-                handled += 1
-                if outcome != "failed":
+            succeeded = False
+            try:
+                for item in items:
+                    if not self.leased():
+                        return handled
+                    succeeded = pusher.push(item) != "failed" or succeeded
+                    handled += 1
+            finally:
+                if succeeded:
                     self.worker.recorder.update_sync_status(
                         self.account_id, last_success_us=int(time.time() * 1e6)
                     )

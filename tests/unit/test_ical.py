@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta
-from functools import lru_cache
+from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -105,9 +105,11 @@ def test_view_rejects_naive_times_and_unknown_zones() -> None:
         AppointmentView.from_state(_state(timezone="Mars/Olympus"))
 
 
-def test_first_push_has_sequence_zero_and_later_versions_count_up() -> None:
+def test_sequence_comes_from_the_content_sequence_or_the_version() -> None:
     assert "SEQUENCE:0" in _lines(_ics(_state(version=1)))
     assert "SEQUENCE:4" in _lines(_ics(_state(version=5)))
+    assert "SEQUENCE:0" in _lines(_ics(_state(version=3, sequence=0)))
+    assert "SEQUENCE:2" in _lines(_ics(_state(version=7, sequence=2)))
 
 
 def test_output_is_deterministic() -> None:
@@ -137,9 +139,7 @@ def test_calendar_envelope_and_event_properties() -> None:
     assert f"X-CALJOURNAL-APPOINTMENT-ID:{APPOINTMENT_ID}" in lines
     assert "X-CALJOURNAL-CUSTOMER-NAME:Jonas Weber" in lines
     assert "X-CALJOURNAL-CUSTOMER-EMAIL:jonas@example.org" in lines
-    assert (
-        "DESCRIPTION:Wash and cut\\n\\nCustomer: Jonas Weber <jonas@example.org>" in lines
-    )
+    assert "DESCRIPTION:Wash and cut\\n\\nCustomer: Jonas Weber <jonas@example.org>" in lines
     assert sum(line == "BEGIN:VEVENT" for line in lines) == 1
     assert sum(line == "BEGIN:VTIMEZONE" for line in lines) == 1
 
@@ -178,8 +178,11 @@ def test_utc_appointment_uses_z_form_without_vtimezone() -> None:
 
 
 def test_zone_equivalent_to_utc_keeps_its_own_tzid() -> None:
-    data = _ics(_state(timezone="Atlantic/Reykjavik", start="2026-03-27T09:00:00Z",
-                       end="2026-03-27T10:00:00Z"))
+    data = _ics(
+        _state(
+            timezone="Atlantic/Reykjavik", start="2026-03-27T09:00:00Z", end="2026-03-27T10:00:00Z"
+        )
+    )
     assert "DTSTART;TZID=Atlantic/Reykjavik:20260327T090000" in _lines(data)
     assert _only(data).timezone == "Atlantic/Reykjavik"
 
@@ -187,10 +190,12 @@ def test_zone_equivalent_to_utc_keeps_its_own_tzid() -> None:
 def test_second_of_two_equal_wall_times_keeps_its_instant() -> None:
     start = datetime(2026, 10, 25, 1, 30, tzinfo=UTC).astimezone(BERLIN)
     assert (start.hour, start.fold) == (2, 1)
-    state = _state(start=start.isoformat(), end=(start + timedelta(minutes=20)).isoformat())
-    data = _ics(state)
+    end = datetime(2026, 10, 25, 1, 50, tzinfo=UTC).astimezone(BERLIN)
+    data = _ics(_state(start=start.isoformat(), end=end.isoformat()))
     lines = _lines(data)
     assert "DTSTART:20261025T013000Z" in lines
+    assert "DTEND:20261025T015000Z" in lines
+    assert "BEGIN:VTIMEZONE" not in lines
     assert "X-CALJOURNAL-TIMEZONE:Europe/Berlin" in lines
     event = _only(data)
     assert event.timezone == "Europe/Berlin"
@@ -241,19 +246,35 @@ SAFE_CHARS = st.characters(
     exclude_characters=[chr(c) for c in range(0x20) if c not in (0x09, 0x0A)] + ["\x7f"],
 )
 SPECIALS = st.sampled_from(
-    ["", ",", ";", "\\", "\\N", "\\n", "a,b;c\\d", "line\nbreak", "\n\n", "Customer: x",
-     "ümlaut 名前 😀", "<x@y.z>", ":", '"quoted"', "\t"]
+    [
+        "",
+        ",",
+        ";",
+        "\\",
+        "\\N",
+        "\\n",
+        "a,b;c\\d",
+        "line\nbreak",
+        "\n\n",
+        "Customer: x",
+        "ümlaut 名前 😀",
+        "<x@y.z>",
+        ":",
+        '"quoted"',
+        "\t",
+    ]
 )
 TEXT = st.one_of(
     st.text(SAFE_CHARS, max_size=60),
     SPECIALS,
     st.lists(st.one_of(SPECIALS, st.text(SAFE_CHARS, max_size=10)), max_size=8).map("".join),
-    st.builds(lambda part, n: part * n, st.text(SAFE_CHARS, min_size=1, max_size=8),
-              st.integers(20, 150)),
+    st.builds(
+        lambda part, n: part * n, st.text(SAFE_CHARS, min_size=1, max_size=8), st.integers(20, 150)
+    ),
 )
 
 
-@lru_cache(maxsize=None)
+@cache
 def _transitions(zone: str, year: int) -> tuple[datetime, ...]:
     """Return the UTC instants in ``year`` at which ``zone`` changes its offset."""
     tz = ZoneInfo(zone)
@@ -325,9 +346,15 @@ def test_round_trip(
     assume(generated)
     view = AppointmentView.from_state(
         _state(
-            timezone=zone, start=start.isoformat(), end=end.isoformat(), title=title,
-            location=location, description=description, customer_name=customer_name,
-            customer_email=customer_email, version=version,
+            timezone=zone,
+            start=start.isoformat(),
+            end=end.isoformat(),
+            title=title,
+            location=location,
+            description=description,
+            customer_name=customer_name,
+            customer_email=customer_email,
+            version=version,
         )
     )
     data = to_ical(view, DTSTAMP)
@@ -343,7 +370,10 @@ def test_round_trip(
     assert (event.customer_name, event.customer_email) == (customer_name, customer_email)
     assert event.sequence == version - 1
     assert (event.all_day, event.floating, event.rrule, event.recurrence_id) == (
-        False, False, (), None,
+        False,
+        False,
+        (),
+        None,
     )
 
     calendar = icalendar.Calendar.from_ical(data)
@@ -372,9 +402,17 @@ def test_content_hash_ignores_reformatting() -> None:
     props = [re.sub(r"^DTSTART;TZID=", "DTSTART;tzid=", line) for line in props]
     props = [line.replace("SEQUENCE:0", "SEQUENCE:7") for line in props]
     reformatted = (
-        ["BEGIN:VCALENDAR", "PRODID:-//Apple Inc.//macOS 15.0//EN", "VERSION:2.0",
-         "BEGIN:VEVENT", "X-MOZ-GENERATION:3", "DTSTAMP:20991231T235959Z",
-         "LAST-MODIFIED:20991231T235959Z", "CREATED:20991231T235959Z", "TRANSP:OPAQUE"]
+        [
+            "BEGIN:VCALENDAR",
+            "PRODID:-//Apple Inc.//macOS 15.0//EN",
+            "VERSION:2.0",
+            "BEGIN:VEVENT",
+            "X-MOZ-GENERATION:3",
+            "DTSTAMP:20991231T235959Z",
+            "LAST-MODIFIED:20991231T235959Z",
+            "CREATED:20991231T235959Z",
+            "TRANSP:OPAQUE",
+        ]
         + list(reversed(props))
         + ["BEGIN:VALARM", "ACTION:DISPLAY", "TRIGGER:-PT15M", "END:VALARM"]
         + ["END:VEVENT", "END:VCALENDAR"]
@@ -406,11 +444,22 @@ def test_content_hash_rejects_garbage() -> None:
 # -- inbound samples ----------------------------------------------------------------------
 
 BERLIN_VTIMEZONE = (
-    "BEGIN:VTIMEZONE", "TZID:Europe/Berlin",
-    "BEGIN:DAYLIGHT", "TZOFFSETFROM:+0100", "RRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU",
-    "DTSTART:19810329T020000", "TZNAME:CEST", "TZOFFSETTO:+0200", "END:DAYLIGHT",
-    "BEGIN:STANDARD", "TZOFFSETFROM:+0200", "RRULE:FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU",
-    "DTSTART:19961027T030000", "TZNAME:CET", "TZOFFSETTO:+0100", "END:STANDARD",
+    "BEGIN:VTIMEZONE",
+    "TZID:Europe/Berlin",
+    "BEGIN:DAYLIGHT",
+    "TZOFFSETFROM:+0100",
+    "RRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU",
+    "DTSTART:19810329T020000",
+    "TZNAME:CEST",
+    "TZOFFSETTO:+0200",
+    "END:DAYLIGHT",
+    "BEGIN:STANDARD",
+    "TZOFFSETFROM:+0200",
+    "RRULE:FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU",
+    "DTSTART:19961027T030000",
+    "TZNAME:CET",
+    "TZOFFSETTO:+0100",
+    "END:STANDARD",
     "END:VTIMEZONE",
 )
 
@@ -419,10 +468,15 @@ def test_apple_style_event() -> None:
     data = _calendar(
         *BERLIN_VTIMEZONE,
         *_event(
-            "CREATED:20260320T120000Z", "DTSTART;TZID=Europe/Berlin:20260327T100000",
-            "DTEND;TZID=Europe/Berlin:20260327T113000", "SUMMARY:Dentist",
-            "LOCATION:Hauptstr. 1\\, Berlin", "DESCRIPTION:Bring the card", "SEQUENCE:1",
-            "X-APPLE-TRAVEL-ADVISORY-BEHAVIOR:AUTOMATIC", "TRANSP:OPAQUE",
+            "CREATED:20260320T120000Z",
+            "DTSTART;TZID=Europe/Berlin:20260327T100000",
+            "DTEND;TZID=Europe/Berlin:20260327T113000",
+            "SUMMARY:Dentist",
+            "LOCATION:Hauptstr. 1\\, Berlin",
+            "DESCRIPTION:Bring the card",
+            "SEQUENCE:1",
+            "X-APPLE-TRAVEL-ADVISORY-BEHAVIOR:AUTOMATIC",
+            "TRANSP:OPAQUE",
             uid="A1B2C3D4-E5F6-4711-8899-001122334455",
         ),
         head=("CALSCALE:GREGORIAN",),
@@ -439,8 +493,9 @@ def test_apple_style_event() -> None:
 
 
 def test_google_style_utc_event() -> None:
-    body = _event("DTSTART:20260327T090000Z", "DTEND:20260327T100000Z", "SUMMARY:Call",
-                  "STATUS:confirmed")
+    body = _event(
+        "DTSTART:20260327T090000Z", "DTEND:20260327T100000Z", "SUMMARY:Call", "STATUS:confirmed"
+    )
     event = _only(_calendar(*body))
     assert event.timezone == "UTC"
     assert event.start == datetime(2026, 3, 27, 9, tzinfo=UTC)
@@ -454,17 +509,29 @@ def test_google_style_utc_event() -> None:
 @pytest.mark.parametrize("with_vtimezone", [True, False])
 def test_outlook_windows_tzid_maps_to_iana(with_vtimezone: bool) -> None:
     vtz = (
-        "BEGIN:VTIMEZONE", "TZID:W. Europe Standard Time",
-        "BEGIN:STANDARD", "DTSTART:16010101T030000", "TZOFFSETFROM:+0200",
-        "TZOFFSETTO:+0100", "RRULE:FREQ=YEARLY;BYDAY=-1SU;BYMONTH=10", "END:STANDARD",
-        "BEGIN:DAYLIGHT", "DTSTART:16010101T020000", "TZOFFSETFROM:+0100",
-        "TZOFFSETTO:+0200", "RRULE:FREQ=YEARLY;BYDAY=-1SU;BYMONTH=3", "END:DAYLIGHT",
+        "BEGIN:VTIMEZONE",
+        "TZID:W. Europe Standard Time",
+        "BEGIN:STANDARD",
+        "DTSTART:16010101T030000",
+        "TZOFFSETFROM:+0200",
+        "TZOFFSETTO:+0100",
+        "RRULE:FREQ=YEARLY;BYDAY=-1SU;BYMONTH=10",
+        "END:STANDARD",
+        "BEGIN:DAYLIGHT",
+        "DTSTART:16010101T020000",
+        "TZOFFSETFROM:+0100",
+        "TZOFFSETTO:+0200",
+        "RRULE:FREQ=YEARLY;BYDAY=-1SU;BYMONTH=3",
+        "END:DAYLIGHT",
         "END:VTIMEZONE",
     )
     data = _calendar(
         *(vtz if with_vtimezone else ()),
-        *_event('DTSTART;TZID="W. Europe Standard Time":20260403T100000',
-                'DTEND;TZID="W. Europe Standard Time":20260403T110000', "SUMMARY:Sync"),
+        *_event(
+            'DTSTART;TZID="W. Europe Standard Time":20260403T100000',
+            'DTEND;TZID="W. Europe Standard Time":20260403T110000',
+            "SUMMARY:Sync",
+        ),
     )
     event = _only(data)
     assert event.timezone == "Europe/Berlin"
@@ -474,16 +541,24 @@ def test_outlook_windows_tzid_maps_to_iana(with_vtimezone: bool) -> None:
 
 @pytest.mark.filterwarnings("ignore::icalendar.error.GloballyUniqueTZIDGuessed")
 def test_globally_unique_tzid_maps_to_iana() -> None:
-    event = _only(_calendar(*_event(
-        "DTSTART;TZID=/freeassociation.sourceforge.net/Europe/Berlin:20260403T100000",
-        "DTEND;TZID=/freeassociation.sourceforge.net/Europe/Berlin:20260403T110000",
-    )))
+    event = _only(
+        _calendar(
+            *_event(
+                "DTSTART;TZID=/freeassociation.sourceforge.net/Europe/Berlin:20260403T100000",
+                "DTEND;TZID=/freeassociation.sourceforge.net/Europe/Berlin:20260403T110000",
+            )
+        )
+    )
     assert event.timezone == "Europe/Berlin"
 
 
 def test_unknown_tzid_without_vtimezone_is_an_error() -> None:
-    data = _calendar(*_event("DTSTART;TZID=Mars/Olympus_Mons:20260403T100000",
-                             "DTEND;TZID=Mars/Olympus_Mons:20260403T110000"))
+    data = _calendar(
+        *_event(
+            "DTSTART;TZID=Mars/Olympus_Mons:20260403T100000",
+            "DTEND;TZID=Mars/Olympus_Mons:20260403T110000",
+        )
+    )
     with pytest.raises(ICalendarError, match="Mars/Olympus_Mons"):
         from_ical(data)
 
@@ -491,11 +566,23 @@ def test_unknown_tzid_without_vtimezone_is_an_error() -> None:
 @pytest.mark.parametrize(("offset", "utc_hour"), [("+0100", 9), ("+0500", 5)])
 def test_custom_tzid_uses_the_objects_own_vtimezone(offset: str, utc_hour: int) -> None:
     # Both objects define "Customized Time Zone"; each must use its own definition.
-    vtz = ("BEGIN:VTIMEZONE", "TZID:Customized Time Zone", "BEGIN:STANDARD",
-           "DTSTART:16010101T000000", f"TZOFFSETFROM:{offset}", f"TZOFFSETTO:{offset}",
-           "END:STANDARD", "END:VTIMEZONE")
-    data = _calendar(*vtz, *_event("DTSTART;TZID=Customized Time Zone:20260403T100000",
-                                   "DTEND;TZID=Customized Time Zone:20260403T110000"))
+    vtz = (
+        "BEGIN:VTIMEZONE",
+        "TZID:Customized Time Zone",
+        "BEGIN:STANDARD",
+        "DTSTART:16010101T000000",
+        f"TZOFFSETFROM:{offset}",
+        f"TZOFFSETTO:{offset}",
+        "END:STANDARD",
+        "END:VTIMEZONE",
+    )
+    data = _calendar(
+        *vtz,
+        *_event(
+            "DTSTART;TZID=Customized Time Zone:20260403T100000",
+            "DTEND;TZID=Customized Time Zone:20260403T110000",
+        ),
+    )
     event = _only(data)
     assert event.timezone is None
     assert event.start.astimezone(UTC) == datetime(2026, 4, 3, utc_hour, tzinfo=UTC)
@@ -503,8 +590,11 @@ def test_custom_tzid_uses_the_objects_own_vtimezone(offset: str, utc_hour: int) 
 
 
 def test_all_day_events() -> None:
-    event = _only(_calendar(*_event("DTSTART;VALUE=DATE:20260327",
-                                    "DTEND;VALUE=DATE:20260329", "SUMMARY:Trip")))
+    event = _only(
+        _calendar(
+            *_event("DTSTART;VALUE=DATE:20260327", "DTEND;VALUE=DATE:20260329", "SUMMARY:Trip")
+        )
+    )
     assert (event.all_day, event.floating) == (True, False)
     assert (event.start, event.end) == (date(2026, 3, 27), date(2026, 3, 29))
     assert event.timezone is None
@@ -520,8 +610,9 @@ def test_floating_event_stays_naive() -> None:
     assert event.start == datetime(2026, 3, 27, 10)
     assert event.start.tzinfo is None and event.end.tzinfo is None
     assert event.timezone is None
-    hinted = _only(_calendar(*_event("DTSTART:20260327T100000"),
-                             head=("X-WR-TIMEZONE:Europe/Berlin",)))
+    hinted = _only(
+        _calendar(*_event("DTSTART:20260327T100000"), head=("X-WR-TIMEZONE:Europe/Berlin",))
+    )
     assert (hinted.floating, hinted.timezone) == (True, "Europe/Berlin")
     assert hinted.end == hinted.start  # no DTEND, no DURATION: zero length
 
@@ -537,14 +628,22 @@ def test_duration_days_follow_wall_clock_and_hours_are_exact() -> None:
 def test_recurring_event_with_exdate_and_override() -> None:
     data = _calendar(
         *BERLIN_VTIMEZONE,
-        *_event("DTSTART;TZID=Europe/Berlin:20260403T100000",
-                "DTEND;TZID=Europe/Berlin:20260403T110000", "SUMMARY:Weekly",
-                "RRULE:FREQ=WEEKLY;COUNT=4",
-                "EXDATE;TZID=Europe/Berlin:20260410T100000", uid="series@example.org"),
-        *_event("RECURRENCE-ID;TZID=Europe/Berlin:20260417T100000",
-                "DTSTART;TZID=Europe/Berlin:20260417T120000",
-                "DTEND;TZID=Europe/Berlin:20260417T130000", "SUMMARY:Weekly (moved)",
-                "SEQUENCE:2", uid="series@example.org"),
+        *_event(
+            "DTSTART;TZID=Europe/Berlin:20260403T100000",
+            "DTEND;TZID=Europe/Berlin:20260403T110000",
+            "SUMMARY:Weekly",
+            "RRULE:FREQ=WEEKLY;COUNT=4",
+            "EXDATE;TZID=Europe/Berlin:20260410T100000",
+            uid="series@example.org",
+        ),
+        *_event(
+            "RECURRENCE-ID;TZID=Europe/Berlin:20260417T100000",
+            "DTSTART;TZID=Europe/Berlin:20260417T120000",
+            "DTEND;TZID=Europe/Berlin:20260417T130000",
+            "SUMMARY:Weekly (moved)",
+            "SEQUENCE:2",
+            uid="series@example.org",
+        ),
     )
     master, moved = from_ical(data)
     assert master.uid == moved.uid == "series@example.org"
@@ -564,11 +663,14 @@ def test_cancelled_remote_event() -> None:
 
 
 def test_customer_block_is_stripped_when_our_properties_are_gone() -> None:
-    data = _calendar(*_event(
-        "DTSTART:20260327T090000Z", "DTEND:20260327T100000Z",
-        "DESCRIPTION:Wash and cut\\n\\nCustomer: Jonas Weber <jonas@example.org>",
-        uid=f"{APPOINTMENT_ID}@caljournal",
-    ))
+    data = _calendar(
+        *_event(
+            "DTSTART:20260327T090000Z",
+            "DTEND:20260327T100000Z",
+            "DESCRIPTION:Wash and cut\\n\\nCustomer: Jonas Weber <jonas@example.org>",
+            uid=f"{APPOINTMENT_ID}@caljournal",
+        )
+    )
     event = _only(data)
     assert event.appointment_id == APPOINTMENT_ID
     assert event.description == "Wash and cut"
@@ -579,7 +681,8 @@ def test_customer_block_is_stripped_after_a_remote_edit() -> None:
     edited = _lines(_ics())
     edited = [
         "DESCRIPTION:Please be on time\\n\\nCustomer: J. Weber <jonas@example.org>"
-        if line.startswith("DESCRIPTION") else line
+        if line.startswith("DESCRIPTION")
+        else line
         for line in edited
     ]
     event = _only(_fold(edited, 70))
@@ -594,16 +697,22 @@ def test_foreign_description_keeps_a_customer_line() -> None:
 
 
 def test_vtodo_only_object_is_an_error() -> None:
-    data = _calendar("BEGIN:VTODO", "UID:todo-1", "DTSTAMP:20260101T000000Z",
-                     "SUMMARY:Buy milk", "END:VTODO")
+    data = _calendar(
+        "BEGIN:VTODO", "UID:todo-1", "DTSTAMP:20260101T000000Z", "SUMMARY:Buy milk", "END:VTODO"
+    )
     with pytest.raises(ICalendarError, match="VTODO"):
         from_ical(data)
 
 
 @pytest.mark.parametrize(
     "data",
-    [b"garbage", b"", b"\xff\xfe\x00B\x00E", "BEGIN:VCALENDAR\r\nVERSION:2.0\r\n",
-     "BEGIN:VEVENT\r\nUID:x\r\nEND:VEVENT\r\n"],
+    [
+        b"garbage",
+        b"",
+        b"\xff\xfe\x00B\x00E",
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\n",
+        "BEGIN:VEVENT\r\nUID:x\r\nEND:VEVENT\r\n",
+    ],
 )
 def test_unparseable_data_is_an_error(data: bytes | str) -> None:
     with pytest.raises(ICalendarError):
@@ -630,12 +739,15 @@ def test_huge_description_is_an_error() -> None:
     data = _calendar(*_event("DTSTART:20260327T100000Z", "DESCRIPTION:" + "x" * 1_000_001))
     with pytest.raises(ICalendarError, match="1000000"):
         from_ical(data)
-    assert _only(_calendar(*_event("DTSTART:20260327T100000Z",
-                                   "DESCRIPTION:" + "x" * 1_000_000))).description
+    assert _only(
+        _calendar(*_event("DTSTART:20260327T100000Z", "DESCRIPTION:" + "x" * 1_000_000))
+    ).description
 
 
 def test_more_than_one_uid_is_an_error() -> None:
-    data = _calendar(*_event("DTSTART:20260327T100000Z", uid="a@example.org"),
-                     *_event("DTSTART:20260328T100000Z", uid="b@example.org"))
+    data = _calendar(
+        *_event("DTSTART:20260327T100000Z", uid="a@example.org"),
+        *_event("DTSTART:20260328T100000Z", uid="b@example.org"),
+    )
     with pytest.raises(ICalendarError, match="more than one UID"):
         from_ical(data)
