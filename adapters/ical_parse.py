@@ -38,7 +38,7 @@ _NEWLINE = re.compile(r"\r?\n")
 _BLOCK = re.compile(r"(?:\A|\n\n)Customer: (?P<body>[^\n]*)\Z")
 _BLOCK_BODY = re.compile(r"(?P<name>.*?)\s*<(?P<email>[^<>\s]*)>")
 _CHECKED = ("DTSTART", "DTEND", "DURATION", "RECURRENCE-ID", "SEQUENCE", "RRULE", "RDATE", "EXDATE")
-_RAW = ("RRULE", "RDATE", "EXDATE", "DURATION")
+_RAW = ("RRULE", "RDATE", "EXDATE", "DURATION", "RECURRENCE-ID")
 _DURATION = re.compile(
     r"P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
     r"(?:T(?:(?P<h>\d+)H)?(?:(?P<m>\d+)M)?(?:(?P<s>\d+)S)?)?"
@@ -61,7 +61,8 @@ class RemoteEvent:
     floating events. Without DTEND, ``end`` is ``start`` + DURATION, else one day
     later for dates and equal to ``start`` (zero length, as RFC 5545 says) for
     datetimes. ``rrule``/``rdate``/``exdate`` are the unfolded content lines exactly
-    as the producer wrote them, e.g. ``"EXDATE;TZID=Europe/Berlin:20260410T100000"``.
+    as the producer wrote them, e.g. ``"EXDATE;TZID=Europe/Berlin:20260410T100000"``;
+    ``recurrence_id_line`` is the RECURRENCE-ID line kept the same way (None without one).
     """
 
     uid: str
@@ -82,6 +83,7 @@ class RemoteEvent:
     status: str | None
     sequence: int
     appointment_id: str | None
+    recurrence_id_line: str | None = None
 
 
 # -- text ---------------------------------------------------------------------------
@@ -183,7 +185,7 @@ def parse_calendar(text: str) -> icalendar.Calendar:
 
 
 def _raw_lines(text: str) -> list[dict[str, list[str]]]:
-    """Return the RRULE, RDATE, EXDATE, DURATION lines of each VEVENT, in document order."""
+    """Return the RRULE, RDATE, EXDATE, DURATION, RECURRENCE-ID lines of each VEVENT, in order."""
     found: list[dict[str, list[str]]] = []
     stack: list[str] = []
     for line in _NEWLINE.split(_UNFOLD.sub("", text)):
@@ -375,6 +377,7 @@ def _event(
         status=status.strip().upper() if status else None,
         sequence=int(event.get("SEQUENCE", 0)),
         appointment_id=appointment_id,
+        recurrence_id_line=raw["RECURRENCE-ID"][0] if raw["RECURRENCE-ID"] else None,
     )
 
 

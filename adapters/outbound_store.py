@@ -100,10 +100,13 @@ class OutboundQueries:
 
     def record_copy(self, values: dict[str, Any]) -> None:
         """Write what the calendar now holds for one appointment."""
+        self.record_copies([values])
+
+    def record_copies(self, records: Sequence[dict[str, Any]]) -> None:
+        """Write several calendar-copy records in one transaction."""
         names = list(OUTBOUND_COLUMNS)
-        self._execute(
-            [(self._upsert_sql(OUTBOUND, "appointment_id", names), [values.get(n) for n in names])]
-        )
+        sql = self._upsert_sql(OUTBOUND, "appointment_id", names)
+        self._execute([(sql, [values.get(n) for n in names]) for values in records])
 
     def copy_of(self, appointment_id: str) -> dict[str, Any] | None:
         """Return the calendar copy record of an appointment."""
@@ -121,6 +124,15 @@ class OutboundQueries:
             [account_id],
         )
         return [dict(r) for r in rows]
+
+    def count_copies(self, account_id: str) -> int:
+        """Return how many of an account's appointments are on its calendar now."""
+        rows = self._fetch(
+            f"SELECT COUNT(*) AS n FROM {self.qualify}{OUTBOUND} "
+            f"WHERE account_id = {self.placeholder} AND present = 1",
+            [account_id],
+        )
+        return int(rows[0]["n"])
 
     def failed_copies(self, account_id: str) -> list[dict[str, Any]]:
         """Return the copies whose last push failed for good."""

@@ -27,6 +27,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,7 +38,7 @@ from caljournal.adapters.providers import get_profile
 from caljournal.adapters.readmodel import to_us
 from caljournal.domain.cause import Cause, Origin
 from caljournal.links import LinkFailedError, LinkService
-from caljournal.projections.push import Pusher, TransientPushError
+from caljournal.projections.push import Pusher, TransientPushError, plan
 
 log = logging.getLogger("caljournal.outbound")
 
@@ -91,6 +92,7 @@ class AccountPusher(threading.Thread):
         self.baseline_us = to_us(datetime.fromisoformat(chosen)) if chosen else 0
         self.watermark_us = self.baseline_us
         self._pusher: Pusher | None = None
+        self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
 
     def wake(self, position: int = 0) -> None:
         """Note a journal position with news for this account and wake up."""
@@ -129,6 +131,7 @@ class AccountPusher(threading.Thread):
                     backoff = min(max(backoff * 2, 1.0), self.worker.config.max_backoff)
                     self.stopping.wait(backoff)
         finally:
+            self._renderer.shutdown(wait=False, cancel_futures=True)
             if self._pusher is not None:
                 self._pusher.writer.close()
 
@@ -175,12 +178,17 @@ class AccountPusher(threading.Thread):
                 break
             succeeded = False
             try:
-                for item in items:
+                # Render the next objects while the server answers the current
+                # write (the socket wait releases the GIL): the push loop then
+                # runs at the server's speed.
+                actions = self._renderer.map(lambda i: plan(i, pusher.calendar_url), items)
+                for item, action in zip(items, actions, strict=True):
                     if not self.leased():
                         return handled
-                    succeeded = pusher.push(item) != "failed" or succeeded
+                    succeeded = pusher.push(item, action) != "failed" or succeeded
                     handled += 1
             finally:
+                pusher.flush()
                 if succeeded:
                     self.worker.recorder.update_sync_status(
                         self.account_id, last_success_us=int(time.time() * 1e6)

@@ -121,13 +121,28 @@ class Pusher:
         self.calendar_url = calendar_url
         self.cause = cause
         self.recorder = journal.journal_recorder
+        self._unrecorded: list[dict[str, Any]] = []
 
-    def push(self, item: dict[str, Any]) -> str:
+    def flush(self) -> None:
+        """Record the confirmed writes not yet recorded (one transaction).
+
+        Records are batched to spare a commit per object; they are flushed
+        before the next look at what is pending, so nothing is pushed twice in
+        a running worker, and a crash only repeats confirmed but unrecorded
+        writes, which land on the same objects.
+        """
+        if self._unrecorded:
+            batch, self._unrecorded = self._unrecorded, []
+            self.recorder.record_copies(batch)
+
+    def push(self, item: dict[str, Any], action: Action | None = None) -> str:
         """Bring one appointment's calendar copy up to date; return the action taken.
+
+        ``action`` is ``plan(item, …)`` when the caller already rendered it.
 
         :raises TransientPushError: when the server is unavailable (nothing recorded).
         """
-        action = plan(item, self.calendar_url)
+        action = action or plan(item, self.calendar_url)
         state = item["appointment"]
         try:
             if action.kind == "delete":
@@ -205,7 +220,7 @@ class Pusher:
         *,
         present: bool,
     ) -> None:
-        self.recorder.record_copy(
+        self._unrecorded.append(
             {
                 "appointment_id": state["id"],
                 "account_id": self.account_id,
@@ -225,6 +240,7 @@ class Pusher:
         self, state: dict[str, Any], href: str, item: dict[str, Any], exc: CalDAVError
     ) -> None:
         log.warning("push of appointment %s failed for good: %s", state["id"], exc.message)
+        self.flush()
         self.recorder.record_copy(
             {
                 "appointment_id": state["id"],

@@ -1,0 +1,180 @@
+"""Read what changed in a remote calendar: sync tokens, ETag listings, batched loads.
+
+The port the inbound poller talks to. Everything goes through the caldav
+library (sync-collection REPORT with 507 truncation handling, calendar-multiget,
+PROPFIND); this module only chooses the cheapest question for the server at
+hand and turns the library's answers into plain href → ETag maps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from caldav.elements import dav
+from caldav.lib import error as dav_error
+from lxml import etree
+
+from caljournal.adapters.caldav_client import (
+    CalDAVError,
+    ServerAccess,
+    open_client,
+    request,
+    translate,
+)
+
+VALID_SYNC_TOKEN = "{DAV:}valid-sync-token"
+MULTIGET_BATCH = 100
+NS = {"d": "DAV:", "cs": "http://calendarserver.org/ns/"}
+
+
+class SyncTokenInvalidError(CalDAVError):
+    """The server no longer knows the sync token (expired or bogus)."""
+
+
+@dataclass(frozen=True)
+class Delta:
+    """What a poll found.
+
+    ``changed`` maps hrefs to their current ETag. When ``complete`` is True it
+    lists every object of the calendar (a full listing), so any known href
+    missing from it was deleted; otherwise ``deleted`` names the deletions.
+    """
+
+    changed: dict[str, str | None]
+    deleted: frozenset[str] = frozenset()
+    token: str | None = None
+    complete: bool = False
+    requests: int = 1
+
+
+@dataclass
+class Loaded:
+    """Objects loaded by href: data and ETag; ``missing`` vanished meanwhile."""
+
+    objects: dict[str, tuple[bytes, str | None]] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)
+    requests: int = 0
+
+
+class CalendarReader:
+    """Ask one calendar collection what changed."""
+
+    def __init__(self, access: ServerAccess, calendar_url: str) -> None:
+        self.calendar_url = calendar_url if calendar_url.endswith("/") else calendar_url + "/"
+        self.client = open_client(access.at(self.calendar_url))
+        self.calendar = self.client.calendar(url=self.calendar_url)
+
+    def changes_since(self, token: str | None) -> Delta:
+        """Return the changes since ``token`` (all objects when None) by sync-collection.
+
+        :raises SyncTokenInvalidError: when the server refuses the token.
+        """
+        try:
+            with translate("asking the calendar what changed"):
+                try:
+                    result = self.calendar.get_objects_by_sync_token(
+                        sync_token=token, load_objects=False, disable_fallback=True
+                    )
+                except dav_error.DAVError as exc:
+                    if VALID_SYNC_TOKEN in (getattr(exc, "preconditions", None) or []):
+                        raise SyncTokenInvalidError(
+                            "the server no longer knows the sync token", status=exc.status
+                        ) from None
+                    raise
+        except CalDAVError:
+            raise
+        changed = {
+            str(obj.url): _etag(obj.props.get(dav.GetEtag.tag)) for obj in result.objects
+        }
+        deleted = frozenset(str(self.calendar.url.join(u)) for u in result.deleted_urls)
+        return Delta(
+            changed={h: e for h, e in changed.items() if h not in deleted},
+            deleted=deleted,
+            token=str(result.sync_token) if result.sync_token else None,
+            complete=token is None,
+        )
+
+    def listing(self) -> Delta:
+        """Return every object's href and ETag (one PROPFIND, no calendar data)."""
+        body = etree.tostring(
+            (dav.Propfind() + [dav.Prop() + [dav.GetEtag(), dav.ResourceType()]]).xmlelement(),
+            xml_declaration=True,
+            encoding="utf-8",
+        )
+        response = request(
+            self.client,
+            self.calendar_url,
+            "PROPFIND",
+            "listing the calendar's objects",
+            body=body,
+            headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
+            ok=(207,),
+        )
+        tree = etree.fromstring(_bytes(response.raw))
+        found: dict[str, str | None] = {}
+        for node in tree.findall("d:response", NS):
+            href = str(self.calendar.url.join(node.findtext("d:href", "", NS).strip()))
+            if href.rstrip("/") == self.calendar_url.rstrip("/"):
+                continue
+            if node.find(".//d:resourcetype/d:collection", NS) is not None:
+                continue
+            found[href] = _etag(node.findtext(".//d:getetag", None, NS))
+        return Delta(changed=found, complete=True)
+
+    def state_tag(self) -> str | None:
+        """Return the collection's CTag or sync-token property (None if it has neither)."""
+        body = (
+            b'<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:" '
+            b'xmlns:cs="http://calendarserver.org/ns/"><d:prop><cs:getctag/><d:sync-token/>'
+            b"</d:prop></d:propfind>"
+        )
+        response = request(
+            self.client,
+            self.calendar_url,
+            "PROPFIND",
+            "asking whether the calendar changed",
+            body=body,
+            headers={"Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
+            ok=(207,),
+        )
+        tree = etree.fromstring(_bytes(response.raw))
+        for path in (".//cs:getctag", ".//d:sync-token"):
+            value = tree.findtext(path, None, NS)
+            if value:
+                return value.strip()
+        return None
+
+    def load(self, hrefs: Iterable[str]) -> Loaded:
+        """Load objects with calendar-multiget, in batches (never one GET each)."""
+        wanted = list(hrefs)
+        loaded = Loaded()
+        for start in range(0, len(wanted), MULTIGET_BATCH):
+            batch = wanted[start : start + MULTIGET_BATCH]
+            with translate("loading changed objects"):
+                objects = self.calendar.multiget(batch, raise_notfound=False)
+            loaded.requests += 1
+            for obj in objects:
+                data = obj.data
+                loaded.objects[str(obj.url)] = (
+                    data.encode() if isinstance(data, str) else bytes(data),
+                    _etag((obj.props or {}).get(dav.GetEtag.tag)),
+                )
+            loaded.missing.update(h for h in batch if h not in loaded.objects)
+        return loaded
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.client.session.close()
+
+
+def _etag(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _bytes(raw: Any) -> bytes:
+    return raw.encode() if isinstance(raw, str) else bytes(raw)
