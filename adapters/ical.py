@@ -204,6 +204,10 @@ class Recurrence:
         :raises ValueError: when a line, time or status is unusable.
         :raises KeyError: when an override lacks a field.
         """
+        lines = {name: value.get(name) or () for name in ("rrule", "rdate", "exdate")}
+        for name, found in lines.items():
+            if isinstance(found, str):
+                raise ValueError(f"recurrence {name!r} must be a list of lines, got {found!r}")
         overrides = tuple(
             Override(
                 recurrence_id=item["recurrence_id"],
@@ -216,12 +220,7 @@ class Recurrence:
             )
             for item in value.get("overrides") or ()
         )
-        return cls(
-            rrule=tuple(value.get("rrule") or ()),
-            rdate=tuple(value.get("rdate") or ()),
-            exdate=tuple(value.get("exdate") or ()),
-            overrides=overrides,
-        )
+        return cls(**{name: tuple(found) for name, found in lines.items()}, overrides=overrides)
 
 
 @dataclass(frozen=True)
@@ -435,7 +434,7 @@ class _Raw(str):
 class _Calendar(icalendar.Calendar):
     """VCALENDAR that writes :class:`_Raw` property values verbatim."""
 
-    def content_line(self, name: str, value: Any, sorted: bool = True) -> Contentline:  # noqa: A002
+    def content_line(self, name: str, value: Any, sorted: bool = True) -> Contentline:
         """Return the content line of one property."""
         if isinstance(value, _Raw):
             return Contentline(str(value))

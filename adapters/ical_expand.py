@@ -53,6 +53,12 @@ def _moment(value: date | datetime, zone: tzinfo) -> datetime:
     return value.replace(tzinfo=zone) if value.tzinfo is None else value.astimezone(zone)
 
 
+def _time(component: icalendar.Component, name: str, zone: tzinfo) -> datetime | None:
+    """Return DATE/DATE-TIME property ``name`` in ``zone`` (see :func:`_moment`), or None."""
+    prop: Any = component.get(name)  # a vDDDTypes; icalendar types it as any property
+    return None if prop is None else _moment(prop.dt, zone)
+
+
 def _text(component: icalendar.Component, name: str) -> str | None:
     """Return TEXT property ``name`` of ``component``, or None."""
     value = component.get(name)
@@ -62,11 +68,13 @@ def _text(component: icalendar.Component, name: str) -> str | None:
 def _occurrence(component: icalendar.Component, zone: tzinfo, recurring: bool) -> Occurrence:
     """Map one expanded VEVENT."""
     status = _text(component, "STATUS")
-    rid = component.get("RECURRENCE-ID") if recurring else None
+    start, end = _time(component, "DTSTART", zone), _time(component, "DTEND", zone)
+    rid = _time(component, "RECURRENCE-ID", zone) if recurring else None
+    assert start is not None and end is not None  # to_ical writes both
     return Occurrence(
-        start=_moment(component["DTSTART"].dt, zone),
-        end=_moment(component["DTEND"].dt, zone),
-        recurrence_id=None if rid is None else _moment(rid.dt, zone).isoformat(),
+        start=start,
+        end=end,
+        recurrence_id=None if rid is None else rid.isoformat(),
         title=_text(component, "SUMMARY"),
         location=_text(component, "LOCATION"),
         status=status.strip().upper() if status else None,
@@ -105,7 +113,7 @@ def expand(
     )
     calendar = icalendar.Calendar.from_ical(to_ical(view, _DTSTAMP))
     cancelled = {
-        _moment(event["RECURRENCE-ID"].dt, zone)
+        _time(event, "RECURRENCE-ID", zone)
         for event in calendar.walk("VEVENT")
         if "RECURRENCE-ID" in event and _text(event, "STATUS") == "CANCELLED"
     }
@@ -119,8 +127,8 @@ def expand(
             high = end
         for component in query.between(low, high):
             occurrence = _occurrence(component, zone, recurring)
-            rid = component.get("RECURRENCE-ID")
-            if occurrence.status == "CANCELLED" and rid and _moment(rid.dt, zone) in cancelled:
+            rid = _time(component, "RECURRENCE-ID", zone)
+            if occurrence.status == "CANCELLED" and rid is not None and rid in cancelled:
                 continue
             found.add(occurrence)
         low, span = high, span * 2 if found else min(span * 2, _EMPTY_SPAN)

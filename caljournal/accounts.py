@@ -74,7 +74,7 @@ class AccountService:
         :raises InvalidAccountError: when the name is unusable.
         """
         account = Account.open(name=name, cause=cause)
-        token, secret = self._new_token(token_name, account.id, cause)
+        token, secret = self._new_token(token_name, account.id, cause, name)
         try:
             self.journal.save(account, token)
         except IntegrityError:
@@ -114,8 +114,10 @@ class AccountService:
 
         :raises NotFoundError: when the account does not exist.
         """
-        account_id = self.find_account(account_name).id if account_name else None
-        token, secret = self._new_token(token_name, account_id, cause)
+        account = self.find_account(account_name) if account_name else None
+        token, secret = self._new_token(
+            token_name, account.id if account else None, cause, account.name if account else None
+        )
         self.journal.save(token)
         return IssuedToken(token.id, token.name, account_name, secret)
 
@@ -163,11 +165,12 @@ class AccountService:
         if row["revoked"]:
             raise AuthenticationError("the bearer token was revoked")
         account_id = UUID(row["account_id"]) if row["account_id"] else None
-        account_name = self.account_name(account_id) if account_id else None
-        return Principal(UUID(row["id"]), row["name"], account_id, account_name)
+        return Principal(UUID(row["id"]), row["name"], account_id, row["account_name"])
 
     @staticmethod
-    def _new_token(name: str, account_id: UUID | None, cause: Cause) -> tuple[ApiToken, str]:
+    def _new_token(
+        name: str, account_id: UUID | None, cause: Cause, account_name: str | None = None
+    ) -> tuple[ApiToken, str]:
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = ApiToken.issue(
             token_id=uuid4(),
@@ -175,5 +178,6 @@ class AccountService:
             account_id=account_id,
             token_hash=hash_token(secret),
             cause=cause,
+            account_name=account_name,
         )
         return token, secret

@@ -99,6 +99,7 @@ class ApiToken(Aggregate):
         account_id: UUID | None,
         token_hash: str,
         cause: Cause,
+        account_name: str | None = None,
     ) -> ApiToken:
         """Issue a token; ``account_id`` None makes it an operator token.
 
@@ -109,6 +110,7 @@ class ApiToken(Aggregate):
             id=token_id,
             name=name,
             account_id=account_id,
+            account_name=account_name,
             token_hash=token_hash,
             origin=cause.origin.value,
             actor=cause.actor,
@@ -122,6 +124,7 @@ class ApiToken(Aggregate):
         id: UUID,  # noqa: A002
         name: str,
         account_id: UUID | None,
+        account_name: str | None,
         token_hash: str,
         origin: str,
         actor: str,
@@ -129,6 +132,7 @@ class ApiToken(Aggregate):
     ) -> None:
         self.name = name
         self.account_id = account_id
+        self.account_name = account_name
         self.token_hash = token_hash
         self.revoked = False
 

@@ -158,16 +158,21 @@ def _state_from_remote(events: list[RemoteEvent]) -> dict[str, Any]:
     )
 
 
-def _shape(event: RemoteEvent) -> tuple[Any, ...]:
+def _shape(event: RemoteEvent, master: RemoteEvent | None = None) -> tuple[Any, ...]:
+    """Return what must survive a rewrite; with ``master``, its texts fill the gaps."""
+    texts = (event.title, event.location)
+    if master is not None:
+        texts = tuple(
+            mine if mine is not None else fallback
+            for mine, fallback in zip(texts, (master.title, master.location), strict=True)
+        )
     return (
         event.uid,
         event.recurrence_id_line,
         event.recurrence_id,
         event.start,
         event.end,
-        event.title,
-        event.location,
-        event.status,
+        *texts,
     )
 
 
@@ -234,7 +239,10 @@ def test_all_day_round_trip() -> None:
         start="2026-03-27T00:00:00+01:00",
         end="2026-03-29T00:00:00+01:00",
         all_day=True,
-        recurrence={"rrule": ["RRULE:FREQ=YEARLY;COUNT=3"], "exdate": ["EXDATE;VALUE=DATE:20270327"]},
+        recurrence={
+            "rrule": ["RRULE:FREQ=YEARLY;COUNT=3"],
+            "exdate": ["EXDATE;VALUE=DATE:20270327"],
+        },
     )
     data = _ics(state)
     lines = _lines(data)
@@ -264,7 +272,10 @@ def test_floating_round_trip() -> None:
     assert not any("TZID" in line or "X-CALJOURNAL-TIMEZONE" in line for line in lines)
     [event] = from_ical(data)
     assert (event.all_day, event.floating) == (False, True)
-    assert (event.start, event.end) == (datetime(2026, 3, 27, 10, 15), datetime(2026, 3, 27, 11, 45))
+    assert (event.start, event.end) == (
+        datetime(2026, 3, 27, 10, 15),
+        datetime(2026, 3, 27, 11, 45),
+    )
 
 
 def test_floating_overrides_stay_floating() -> None:
@@ -286,7 +297,10 @@ def test_floating_overrides_stay_floating() -> None:
     )
     _, [moved] = _split(from_ical(_ics(state)))
     assert moved.floating
-    assert (moved.recurrence_id, moved.start) == (datetime(2026, 3, 28, 10), datetime(2026, 3, 28, 14))
+    assert (moved.recurrence_id, moved.start) == (
+        datetime(2026, 3, 28, 10),
+        datetime(2026, 3, 28, 14),
+    )
     starts = _starts(expand(state, *WIDE))
     assert [s.replace(tzinfo=None) for s in starts] == [
         datetime(2026, 3, 27, 10),
@@ -323,7 +337,13 @@ def _covered_years(data: bytes, tzid: str = "Europe/Berlin") -> tuple[int, int]:
     [vtz] = [
         tz for tz in icalendar.Calendar.from_ical(data).walk("VTIMEZONE") if tz["TZID"] == tzid
     ]
-    years = [sub["DTSTART"].dt.year for sub in vtz.subcomponents]
+    years = []
+    for sub in vtz.subcomponents:  # each onset is a DTSTART or an RDATE
+        onset: Any = sub["DTSTART"]
+        years.append(onset.dt.year)
+        rdates = sub.get("RDATE", [])
+        for rdate in rdates if isinstance(rdates, list) else [rdates]:
+            years += [period.dt.year for period in rdate.dts]
     return min(years), max(years)
 
 
@@ -367,6 +387,7 @@ def test_foreign_tzid_in_verbatim_lines_gets_its_own_vtimezone() -> None:
     "recurrence",
     [
         {"rrule": ["EXDATE:20260327T100000"]},
+        {"rrule": "RRULE:FREQ=DAILY"},
         {"exdate": ["EXDATE;TZID=Europe/Berlin:20260327T100000\r\nATTENDEE:mailto:x@y.z"]},
         {"rdate": ["no colon at all"]},
         {"overrides": [dict(MOVED, recurrence_id="DTSTART:20260403T100000")]},
@@ -548,8 +569,12 @@ def test_remote_recurring_object_survives_import_and_rewrite(
     again, overrides_again = _split(rewritten)
     assert (again.rrule, again.rdate, again.exdate) == (master.rrule, master.rdate, master.exdate)
     assert _shape(again) == _shape(master)
-    assert [_shape(event) for event in overrides_again] == [_shape(event) for event in overrides]
     assert again.description == master.description
+    assert again.status == (master.status or "CONFIRMED")  # a booked appointment says so
+    assert [_shape(event) for event in overrides_again] == [
+        _shape(event, master) for event in overrides
+    ]
+    assert [event.status for event in overrides_again] == [event.status for event in overrides]
     # The rewritten object expands to what the remote one does.
     remote = [
         component["DTSTART"].dt
@@ -634,7 +659,11 @@ def test_endless_rule_stops_at_the_limit() -> None:
 
 def test_single_appointment_expands_to_itself_when_it_overlaps() -> None:
     [only] = expand(_state(), *WIDE)
-    assert (only.start, only.end, only.recurrence_id) == (FRIDAYS[0], FRIDAYS[0] + timedelta(hours=1), None)
+    assert (only.start, only.end, only.recurrence_id) == (
+        FRIDAYS[0],
+        FRIDAYS[0] + timedelta(hours=1),
+        None,
+    )
     assert expand(_state(), FRIDAYS[1], FRIDAYS[2]) == []
 
 
