@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from caldav.elements import dav
+from caldav.lib.url import URL
 from caldav.lib import error as dav_error
 from lxml import etree
 
@@ -153,7 +154,9 @@ class CalendarReader:
         for start in range(0, len(wanted), MULTIGET_BATCH):
             batch = wanted[start : start + MULTIGET_BATCH]
             with translate("loading changed objects"):
-                objects = self.calendar.multiget(batch, raise_notfound=False)
+                objects = self.calendar.multiget(
+                    [URL.objectify(h) for h in batch], raise_notfound=False
+                )
             loaded.requests += 1
             for obj in objects:
                 data = obj.data

@@ -24,6 +24,7 @@ from caljournal.adapters.readmodel import (
     Window,
     create_statements,
     docs,
+    recurring_query,
     rows_for,
     upsert_statement,
     window_query,
@@ -60,8 +61,12 @@ class ReadModelQueries(OutboundQueries):
         raise NotImplementedError
 
     def select_window(self, window: Window) -> list[dict[str, Any]]:
-        """Return the appointments of an account overlapping a window."""
+        """Return the (non-recurring) appointments of an account overlapping a window."""
         return docs(self._fetch(*window_query(window, self.qualify, self.placeholder)))
+
+    def select_recurring(self, window: Window) -> list[dict[str, Any]]:
+        """Return the recurring appointments of an account that start before the window ends."""
+        return docs(self._fetch(*recurring_query(window, self.qualify, self.placeholder)))
 
     def select_token(self, token_hash: str) -> dict[str, Any] | None:
         """Return the token row with this hash, or None."""

@@ -15,6 +15,8 @@ from caljournal.adapters.readmodel import (
     LEASES,
     LINKS,
     OUTBOUND,
+    INBOUND,
+    QUARANTINE,
     SYNC_STATUS,
     WORKERS,
 )
@@ -236,3 +238,39 @@ class OutboundQueries:
             [account_id],
         )
         return dict(rows[0]) if rows else {}
+
+    # -- inbound ----------------------------------------------------------------
+
+    def inbound_state(self, account_id: str) -> dict[str, Any]:
+        """Return where the account's inbound poll stands (empty before the first poll)."""
+        rows = self._fetch(
+            f"SELECT * FROM {self.qualify}{INBOUND} WHERE account_id = {self.placeholder}",
+            [account_id],
+        )
+        return dict(rows[0]) if rows else {}
+
+    def update_inbound(self, account_id: str, **values: Any) -> None:
+        """Set some inbound fields outside a poll's own transaction (errors, progress)."""
+        names = ["account_id", *values]
+        self._execute(
+            [(self._upsert_sql(INBOUND, "account_id", names), [account_id, *values.values()])]
+        )
+
+    def quarantined(self, account_id: str) -> dict[str, dict[str, Any]]:
+        """Return the account's quarantined remote objects by href."""
+        rows = self._fetch(
+            f"SELECT * FROM {self.qualify}{QUARANTINE} WHERE account_id = {self.placeholder} "
+            "ORDER BY at_us",
+            [account_id],
+        )
+        return {r["href"]: dict(r) for r in rows}
+
+    def copies_by_href(self, account_id: str, calendar_url: str) -> dict[str, dict[str, Any]]:
+        """Return the account's calendar copies on ``calendar_url`` by href (present ones)."""
+        p = self.placeholder
+        rows = self._fetch(
+            f"SELECT * FROM {self.qualify}{OUTBOUND} WHERE account_id = {p} "
+            f"AND calendar_url = {p} AND present = 1",
+            [account_id, calendar_url],
+        )
+        return {r["href"]: dict(r) for r in rows}

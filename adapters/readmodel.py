@@ -29,6 +29,8 @@ OUTBOUND = "caljournal_outbound"
 LEASES = "caljournal_leases"
 SYNC_STATUS = "caljournal_sync_status"
 WORKERS = "caljournal_workers"
+INBOUND = "caljournal_inbound"
+QUARANTINE = "caljournal_quarantine"
 MAX_DURATION_US = int(MAX_DURATION.total_seconds() * 1_000_000)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -42,10 +44,17 @@ def to_us(value: datetime) -> int:
 
 @dataclass(frozen=True)
 class Row:
-    """One row of a query table, upserted when its version is newer."""
+    """One row of a query table, written in the same transaction as events.
+
+    Versioned rows (the default) replace only an older version of themselves;
+    others are plain upserts by ``key``; ``delete`` removes the row by ``key``.
+    """
 
     table: str
     values: dict[str, Any]
+    key: str = "id"
+    versioned: bool = True
+    delete: bool = False
 
 
 def rows_for(aggregate: object) -> list[Row]:
@@ -63,6 +72,7 @@ def rows_for(aggregate: object) -> list[Row]:
                     "version": aggregate.version,
                     "sequence": aggregate.sequence,
                     "modified_us": to_us(aggregate.modified_on),
+                    "recurring": 1 if aggregate.recurrence else 0,
                     "doc": json.dumps(aggregate.state(), separators=(",", ":")),
                 },
             )
@@ -119,6 +129,7 @@ def secret_row(link: CalendarLink, sealed: str) -> Row:
 
 def create_statements(qualify: str) -> list[str]:
     """Return the DDL of the query tables; ``qualify`` prefixes table names (a schema)."""
+    ib, qu = qualify + INBOUND, qualify + QUARANTINE
     a, c, t, lk, sc, ob, ls, ss, wk = (
         qualify + name
         for name in (
@@ -137,7 +148,8 @@ def create_statements(qualify: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {a} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
         "start_us BIGINT NOT NULL, end_us BIGINT NOT NULL, status TEXT NOT NULL, "
         "version INTEGER NOT NULL, sequence INTEGER NOT NULL, modified_us BIGINT NOT NULL, "
-        "doc TEXT NOT NULL)",
+        "recurring INTEGER NOT NULL, doc TEXT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {APPOINTMENTS}_recurring ON {a} (account_id, recurring)",
         f"CREATE INDEX IF NOT EXISTS {APPOINTMENTS}_window ON {a} (account_id, start_us)",
         f"CREATE INDEX IF NOT EXISTS {APPOINTMENTS}_modified ON {a} (account_id, modified_us)",
         f"CREATE TABLE IF NOT EXISTS {c} (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
@@ -162,19 +174,32 @@ def create_statements(qualify: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {ss} (account_id TEXT PRIMARY KEY, pushed_position BIGINT, "
         "last_success_us BIGINT, last_error TEXT, last_error_us BIGINT, worker TEXT)",
         f"CREATE TABLE IF NOT EXISTS {wk} (owner TEXT PRIMARY KEY, expires_us BIGINT NOT NULL)",
+        # Where each account's inbound poll stands; written with the events a poll
+        # produced, so a crash never loses or repeats a remote change.
+        f"CREATE TABLE IF NOT EXISTS {ib} (account_id TEXT PRIMARY KEY, calendar_url TEXT, "
+        "sync_token TEXT, ctag TEXT, last_poll_us BIGINT, last_requests INTEGER, "
+        "import_total INTEGER, import_done INTEGER, last_error TEXT, "
+        "confirm_deletes INTEGER NOT NULL DEFAULT 0, breaker TEXT)",
+        f"CREATE TABLE IF NOT EXISTS {qu} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
+        "href TEXT NOT NULL, etag TEXT, reason TEXT NOT NULL, at_us BIGINT NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {QUARANTINE}_account ON {qu} (account_id)",
     ]
 
 
 def upsert_statement(row: Row, qualify: str, placeholder: str) -> tuple[str, list[Any]]:
-    """Return SQL that inserts ``row`` or replaces an older version of it."""
-    names = list(row.values)
+    """Return SQL that writes ``row`` (see :class:`Row`)."""
     table = qualify + row.table
+    if row.delete:
+        return f"DELETE FROM {table} WHERE {row.key} = {placeholder}", [row.values[row.key]]
+    names = list(row.values)
     marks = ", ".join(placeholder for _ in names)
-    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != "id")
+    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != row.key)
     sql = (
         f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks}) "
-        f"ON CONFLICT (id) DO UPDATE SET {updates} WHERE excluded.version > {table}.version"
+        f"ON CONFLICT ({row.key}) DO UPDATE SET {updates}"
     )
+    if row.versioned:
+        sql += f" WHERE excluded.version > {table}.version"
     return sql, [row.values[n] for n in names]
 
 
@@ -204,9 +229,24 @@ def window_query(window: Window, qualify: str, placeholder: str) -> tuple[str, l
     params: list[Any] = [window.account_id, hi, lo - MAX_DURATION_US - 1, lo]
     if not window.include_cancelled:
         sql += " AND status = 'booked'"
-    sql += f" ORDER BY start_us, id LIMIT {p}"
+    sql += f" AND recurring = 0 ORDER BY start_us, id LIMIT {p}"
     params.append(window.limit)
     return sql, params
+
+
+def recurring_query(window: Window, qualify: str, placeholder: str) -> tuple[str, list[Any]]:
+    """Return SQL that lists an account's recurring appointments starting before the window end.
+
+    Their occurrences are expanded in Python (recurring-ical-events).
+    """
+    p = placeholder
+    sql = (
+        f"SELECT doc FROM {qualify}{APPOINTMENTS} WHERE account_id = {p} AND recurring = 1 "
+        f"AND start_us < {p}"
+    )
+    if not window.include_cancelled:
+        sql += " AND status = 'booked'"
+    return sql + " ORDER BY start_us, id", [window.account_id, to_us(window.end)]
 
 
 def docs(rows: Sequence[Any]) -> list[dict[str, Any]]:

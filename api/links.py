@@ -174,10 +174,39 @@ async def pause(
 
 @router.post("/resume", responses=_ERRORS)
 async def resume(
+    container: ContainerDep,
+    cause: CauseDep,
+    account_id: TargetAccountDep,
+    confirm_deletes: bool = False,
+) -> dict[str, Any]:
+    """Resume syncing; ``confirm_deletes=true`` lets a paused mass deletion through."""
+    return await run_in_threadpool(container.links.resume, account_id, cause, confirm_deletes)
+
+
+class IntervalIn(BaseModel):
+    """How often to poll the calendar for remote changes."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"seconds": 60}]})
+
+    seconds: int = Field(ge=5, le=86_400)
+
+
+@router.post("/poll", status_code=status.HTTP_202_ACCEPTED, responses=_ERRORS)
+async def poll_now(
     container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
 ) -> dict[str, Any]:
-    """Resume syncing."""
-    return await run_in_threadpool(container.links.resume, account_id, cause)
+    """Ask the worker to poll the calendar now (it answers in the status)."""
+    return await run_in_threadpool(container.links.request_poll, account_id, cause)
+
+
+@router.put("/poll-interval", responses=_ERRORS)
+async def poll_interval(
+    body: IntervalIn, container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
+) -> dict[str, Any]:
+    """Set how often the calendar is polled (default 60 s)."""
+    return await run_in_threadpool(
+        container.links.set_poll_interval, account_id, body.seconds, cause
+    )
 
 
 @router.delete("", responses=_ERRORS)

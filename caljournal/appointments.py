@@ -13,6 +13,7 @@ from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
+from caljournal.adapters.ical_expand import expand
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.readmodel import Window
 from caljournal.domain.appointment import Appointment
@@ -258,7 +259,23 @@ class AppointmentService:
     ) -> list[dict[str, Any]]:
         """Return the account's appointments overlapping [start, end), earliest first."""
         window = Window(str(account_id), start, end, include_cancelled, limit)
-        return self.journal.journal_recorder.select_window(window)
+        recorder = self.journal.journal_recorder
+        found = recorder.select_window(window)
+        for state in recorder.select_recurring(window):
+            for occurrence in expand(state, start, end, limit):
+                if occurrence.status and occurrence.status.upper() == "CANCELLED":
+                    continue
+                found.append(
+                    {
+                        **state,
+                        "start": occurrence.start.isoformat(),
+                        "end": occurrence.end.isoformat(),
+                        "occurrence": occurrence.recurrence_id,
+                        "title": occurrence.title or state["title"],
+                    }
+                )
+        found.sort(key=lambda s: (datetime.fromisoformat(s["start"]), s["id"]))
+        return found[:limit]
 
     def history(self, scope: UUID | None, appointment_id: UUID) -> list[dict[str, Any]]:
         """Return every recorded change: position, time, type, origin, actor, old → new.

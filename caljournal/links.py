@@ -194,11 +194,38 @@ class LinkService:
             self.journal.save(link)
         return link.state()
 
-    def resume(self, account_id: UUID, cause: Cause) -> dict[str, Any]:
-        """Resume syncing for the account."""
+    def resume(
+        self, account_id: UUID, cause: Cause, confirm_deletes: bool = False
+    ) -> dict[str, Any]:
+        """Resume syncing; ``confirm_deletes`` lets the next poll cancel in bulk.
+
+        The mass-delete breaker pauses a link when one poll would cancel too much;
+        resuming with ``confirm_deletes`` says the deletions were meant.
+        """
         link = self._get(account_id)
+        if confirm_deletes:
+            self.journal.journal_recorder.update_inbound(
+                str(account_id), confirm_deletes=1, breaker=None
+            )
         if link.resume(cause=cause):
             self.journal.save(link)
+        return link.state()
+
+    def set_poll_interval(self, account_id: UUID, seconds: int, cause: Cause) -> dict[str, Any]:
+        """Poll the account's calendar every ``seconds``.
+
+        :raises LinkStateError: when the interval is out of range.
+        """
+        link = self._get(account_id)
+        if link.set_poll_interval(seconds=seconds, cause=cause):
+            self.journal.save(link)
+        return link.state()
+
+    def request_poll(self, account_id: UUID, cause: Cause) -> dict[str, Any]:
+        """Ask the worker serving the account to poll its calendar now."""
+        link = self._get(account_id)
+        link.request_poll(cause=cause)
+        self.journal.save(link)
         return link.state()
 
     def unlink(self, account_id: UUID, cause: Cause) -> dict[str, Any]:

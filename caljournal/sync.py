@@ -72,6 +72,27 @@ class SyncService:
             "last_error": sync.get("last_error"),
             "last_error_at": _iso(sync.get("last_error_us")),
             "worker": lease["owner"] if lease and lease["expires_us"] > now_us else None,
+            "inbound": self._inbound(account),
+        }
+
+    def _inbound(self, account: str) -> dict[str, Any]:
+        state = self.recorder.inbound_state(account)
+        quarantined = self.recorder.quarantined(account)
+        return {
+            "last_poll": _iso(state.get("last_poll_us")),
+            "last_poll_requests": state.get("last_requests"),
+            "sync_token": bool(state.get("sync_token")),
+            "initial_import": (
+                {"done": state.get("import_done"), "total": state.get("import_total")}
+                if state.get("import_total") is not None
+                else None
+            ),
+            "last_error": state.get("last_error"),
+            "mass_delete_breaker": state.get("breaker"),
+            "quarantined": [
+                {"href": q["href"], "reason": q["reason"], "at": _iso(q["at_us"])}
+                for q in quarantined.values()
+            ],
         }
 
     def retry_failed(self, account_id: UUID, cause: Cause) -> int:

@@ -8,6 +8,7 @@ no I/O and no clock.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
@@ -105,6 +106,42 @@ def check_details(details: dict[str, str | None]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class RemoteFields:
+    """An appointment's fields as a calendar object states them."""
+
+    title: str
+    start: datetime
+    end: datetime
+    timezone: str
+    location: str | None = None
+    description: str | None = None
+    customer_name: str | None = None
+    customer_email: str | None = None
+    calendar_uid: str | None = None
+    all_day: bool = False
+    floating: bool = False
+    recurrence: dict[str, Any] | None = None
+    cancelled: bool = False
+
+    def check(self) -> None:
+        """Refuse what the journal cannot hold.
+
+        :raises InvalidAppointmentError: naming the field.
+        """
+        zone_for(self.timezone)
+        if self.start != self.end:  # calendars may hold zero-length events
+            _check_period(self.start, self.end)
+        for name, limit in (
+            ("title", MAX_TITLE),
+            ("location", MAX_LOCATION),
+            ("description", MAX_DESCRIPTION),
+            ("customer_name", MAX_CUSTOMER_NAME),
+            ("customer_email", MAX_EMAIL),
+        ):
+            _check_text(name, getattr(self, name), limit)
+
+
 class Appointment(Aggregate):
     """An appointment of one account, from ``start`` up to (excluding) ``end``."""
 
@@ -161,6 +198,10 @@ class Appointment(Aggregate):
             description=description,
             customer_name=customer_name,
             customer_email=customer_email,
+            calendar_uid=None,
+            all_day=False,
+            floating=False,
+            recurrence=None,
             origin=cause.origin.value,
             actor=cause.actor,
             correlation_id=cause.correlation_id,
@@ -183,9 +224,17 @@ class Appointment(Aggregate):
         origin: str,
         actor: str,
         correlation_id: str,
+        calendar_uid: str | None = None,
+        all_day: bool = False,
+        floating: bool = False,
+        recurrence: dict[str, Any] | None = None,
     ) -> None:
         self.account_id = account_id
         self.timezone = timezone
+        self.calendar_uid = calendar_uid
+        self.all_day = all_day
+        self.floating = floating
+        self.recurrence = recurrence
         self.title = title
         self._set_period(start, end)
         self.location = location
@@ -223,6 +272,9 @@ class Appointment(Aggregate):
         self._moved(
             start=start.astimezone(zone),
             end=end.astimezone(zone),
+            timezone=None,
+            all_day=None,
+            floating=None,
             origin=cause.origin.value,
             actor=cause.actor,
             correlation_id=cause.correlation_id,
@@ -231,8 +283,23 @@ class Appointment(Aggregate):
 
     @event("Moved", topic="caljournal:Appointment.Moved")
     def _moved(
-        self, *, start: datetime, end: datetime, origin: str, actor: str, correlation_id: str
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        origin: str,
+        actor: str,
+        correlation_id: str,
+        timezone: str | None = None,
+        all_day: bool | None = None,
+        floating: bool | None = None,
     ) -> None:
+        if timezone is not None:
+            self.timezone = timezone
+        if all_day is not None:
+            self.all_day = all_day
+        if floating is not None:
+            self.floating = floating
         self._set_period(start, end)
         self.sequence += 1
 
@@ -288,6 +355,95 @@ class Appointment(Aggregate):
     ) -> None:
         self.cancelled = True
         self.cancel_reason = reason
+        self.sequence += 1
+
+    # -- changes that come from the customer's calendar --------------------------
+
+    @classmethod
+    def import_from_calendar(
+        cls, *, appointment_id: UUID, account_id: UUID, remote: RemoteFields, cause: Cause
+    ) -> Appointment:
+        """Create an appointment for an event someone else put in the calendar.
+
+        Remote data is kept as the calendar has it (an empty title, a floating
+        time, an all-day date, a recurrence rule); only what would break the
+        journal is refused.
+
+        :raises InvalidAppointmentError: when the period or a text is unusable.
+        """
+        remote.check()
+        return cls(
+            id=appointment_id,
+            account_id=account_id,
+            title=remote.title,
+            start=remote.start,
+            end=remote.end,
+            timezone=remote.timezone,
+            location=remote.location,
+            description=remote.description,
+            customer_name=remote.customer_name,
+            customer_email=remote.customer_email,
+            calendar_uid=remote.calendar_uid,
+            all_day=remote.all_day,
+            floating=remote.floating,
+            recurrence=remote.recurrence,
+            **_cause(cause),
+        )
+
+    def apply_calendar_change(self, *, remote: RemoteFields, cause: Cause) -> list[str]:
+        """Record what changed in the calendar copy; return the event types recorded.
+
+        :raises InvalidAppointmentError: when the remote data is unusable.
+        """
+        remote.check()
+        recorded: list[str] = []
+        if remote.cancelled:
+            if self.cancel(cause=cause, reason="deleted or cancelled in the calendar"):
+                recorded.append("Cancelled")
+            return recorded
+        if self.cancelled:
+            return recorded
+        kind_changed = (remote.timezone, remote.all_day, remote.floating) != (
+            self.timezone,
+            self.all_day,
+            self.floating,
+        )
+        if kind_changed or remote.start != self.start or remote.end != self.end:
+            self._moved(
+                start=remote.start,
+                end=remote.end,
+                timezone=remote.timezone if kind_changed else None,
+                all_day=remote.all_day if kind_changed else None,
+                floating=remote.floating if kind_changed else None,
+                **_cause(cause),
+            )
+            recorded.append("Moved")
+        details = {
+            "title": remote.title,
+            "location": remote.location,
+            "description": remote.description,
+            "customer_name": remote.customer_name,
+            "customer_email": remote.customer_email,
+        }
+        changes = {k: v for k, v in details.items() if getattr(self, k) != v}
+        if changes:
+            self._details_changed(changes=changes, **_cause(cause))
+            recorded.append("DetailsChanged")
+        if remote.recurrence != self.recurrence:
+            self._recurrence_changed(recurrence=remote.recurrence, **_cause(cause))
+            recorded.append("RecurrenceChanged")
+        return recorded
+
+    @event("RecurrenceChanged", topic="caljournal:Appointment.RecurrenceChanged")
+    def _recurrence_changed(
+        self,
+        *,
+        recurrence: dict[str, Any] | None,
+        origin: str,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        self.recurrence = recurrence
         self.sequence += 1
 
     # -- calendar sync bookkeeping (recorded so auditors see it in the history) --
@@ -363,6 +519,10 @@ class Appointment(Aggregate):
             "cancel_reason": self.cancel_reason,
             "sequence": self.sequence,
             "push_failure": self.push_failure,
+            "calendar_uid": self.calendar_uid,
+            "all_day": self.all_day,
+            "floating": self.floating,
+            "recurrence": self.recurrence,
             "created_on": self.created_on.isoformat(),
             "modified_on": self.modified_on.isoformat(),
         }

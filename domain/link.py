@@ -15,6 +15,9 @@ from caljournal.domain.errors import DomainError
 from eventsourcing.domain import Aggregate, event
 
 LINK_NAMESPACE = uuid5(NAMESPACE_URL, "https://caljournal.invalid/calendar-link")
+DEFAULT_POLL_INTERVAL = 60
+MIN_POLL_INTERVAL = 5
+MAX_POLL_INTERVAL = 86_400
 
 
 class LinkStateError(DomainError):
@@ -96,6 +99,9 @@ class CalendarLink(Aggregate):
         self.paused = False
         self.pause_reason: str | None = None
         self.unlinked = False
+        self.credentials_serial = getattr(self, "credentials_serial", 0) + 1
+        self.poll_interval = getattr(self, "poll_interval", DEFAULT_POLL_INTERVAL)
+        self.poll_requests = getattr(self, "poll_requests", 0)
 
     def relink(
         self,
@@ -188,6 +194,41 @@ class CalendarLink(Aggregate):
         self, *, username: str | None, origin: str, actor: str, correlation_id: str
     ) -> None:
         self.username = username
+        self.credentials_serial += 1
+
+    def set_poll_interval(self, *, seconds: int, cause: Cause) -> bool:
+        """Poll the calendar every ``seconds``; return False when unchanged.
+
+        :raises LinkStateError: when unlinked, or the interval is outside 5 s .. 1 day.
+        """
+        self._check_linked("set the poll interval")
+        if not MIN_POLL_INTERVAL <= seconds <= MAX_POLL_INTERVAL:
+            raise LinkStateError(
+                f"the poll interval must be {MIN_POLL_INTERVAL} to {MAX_POLL_INTERVAL} seconds",
+                field="seconds",
+            )
+        if seconds == self.poll_interval:
+            return False
+        self._poll_interval_changed(seconds=seconds, **_cause(cause))
+        return True
+
+    @event("PollIntervalChanged", topic="caljournal:CalendarLink.PollIntervalChanged")
+    def _poll_interval_changed(
+        self, *, seconds: int, origin: str, actor: str, correlation_id: str
+    ) -> None:
+        self.poll_interval = seconds
+
+    def request_poll(self, *, cause: Cause) -> None:
+        """Ask the worker to poll the calendar now.
+
+        :raises LinkStateError: when the link is unlinked.
+        """
+        self._check_linked("poll")
+        self._poll_requested(**_cause(cause))
+
+    @event("PollRequested", topic="caljournal:CalendarLink.PollRequested")
+    def _poll_requested(self, *, origin: str, actor: str, correlation_id: str) -> None:
+        self.poll_requests += 1
 
     def pause(self, *, reason: str, cause: Cause) -> bool:
         """Pause syncing; return False when paused already.
@@ -265,6 +306,9 @@ class CalendarLink(Aggregate):
             ),
             "sync_tokens": self.sync_tokens,
             "pause_reason": self.pause_reason,
+            "poll_interval": self.poll_interval,
+            "poll_requests": self.poll_requests,
+            "credentials_serial": self.credentials_serial,
             "modified_on": self.modified_on.isoformat(),
         }
 

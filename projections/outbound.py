@@ -32,12 +32,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from caljournal.adapters.caldav_client import CalDAVError
+from caljournal.adapters.calendar_reader import CalendarReader
 from caljournal.adapters.calendar_writer import CalendarWriter, RetryPolicy
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import get_profile
 from caljournal.adapters.readmodel import to_us
 from caljournal.domain.cause import Cause, Origin
 from caljournal.links import LinkFailedError, LinkService
+from caljournal.projections.inbound import Poller, PollReport
 from caljournal.projections.push import Pusher, TransientPushError, plan
 
 log = logging.getLogger("caljournal.outbound")
@@ -93,6 +96,43 @@ class AccountPusher(threading.Thread):
         self.watermark_us = self.baseline_us
         self._pusher: Pusher | None = None
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
+        self._reader: CalendarReader | None = None
+        self.next_poll = 0.0  # poll at once when the account is taken
+        self.poll_requests_seen = int(link.get("poll_requests", 0))
+        self.last_poll: PollReport | None = None
+
+    def update_link(self, link: dict[str, Any]) -> None:
+        """Take a newer state of the same link (interval, poll requests) and wake up."""
+        self.link = link
+        if int(link.get("poll_requests", 0)) > self.poll_requests_seen:
+            self.poll_requests_seen = int(link.get("poll_requests", 0))
+            self.next_poll = 0.0
+        self.wakeup.set()
+
+    def run_poll(self) -> PollReport | None:
+        """Poll the calendar for remote changes (see ``projections.inbound``)."""
+        if not self.leased():
+            return None
+        if self._reader is None:
+            stored = self.worker.links._get(uuid.UUID(self.account_id))  # noqa: SLF001
+            self._reader = CalendarReader(
+                self.worker.links.access(stored), self.link["calendar_url"]
+            )
+        poller = Poller(
+            self.worker.journal, self._reader, self.account_id, self.link, self.worker.cause
+        )
+        interval = float(self.link.get("poll_interval") or 60)
+        try:
+            report = poller.poll()
+        except CalDAVError as exc:
+            self.worker.recorder.update_inbound(self.account_id, last_error=exc.message)
+            self.next_poll = time.monotonic() + (
+                min(interval, self.worker.config.max_backoff) if exc.transient else interval
+            )
+            raise TransientPushError(exc) from None
+        self.next_poll = time.monotonic() + interval
+        self.last_poll = report
+        return report
 
     def wake(self, position: int = 0) -> None:
         """Note a journal position with news for this account and wake up."""
@@ -113,9 +153,12 @@ class AccountPusher(threading.Thread):
         try:
             while not self.stopping.is_set():
                 try:
+                    if time.monotonic() >= self.next_poll:
+                        self.run_poll()
                     self.run_pass()
                     backoff = 0.0
-                    self.wakeup.wait(self.worker.config.catch_up)
+                    until_poll = max(self.next_poll - time.monotonic(), 0.0)
+                    self.wakeup.wait(min(self.worker.config.catch_up, until_poll))
                 except TransientPushError as exc:
                     backoff = min(max(backoff * 2, 0.5), self.worker.config.max_backoff)
                     if exc.error.retry_after is not None:
@@ -132,6 +175,8 @@ class AccountPusher(threading.Thread):
                     self.stopping.wait(backoff)
         finally:
             self._renderer.shutdown(wait=False, cancel_futures=True)
+            if self._reader is not None:
+                self._reader.close()
             if self._pusher is not None:
                 self._pusher.writer.close()
 
@@ -369,6 +414,8 @@ class OutboundWorker:
             pusher = self.pushers.get(account_id)
             if held and pusher is not None and _same_target(pusher.link, link):
                 pusher.lease_deadline = asked + self.config.lease_ttl - 1.0
+                if pusher.link.get("version") != link.get("version"):
+                    pusher.update_link(link)
                 return
             if pusher is not None:
                 pusher.stop()
@@ -397,5 +444,5 @@ class OutboundWorker:
 
 
 def _same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    keys = ("calendar_url", "server_url", "version")
+    keys = ("calendar_url", "server_url", "username", "auth", "credentials_serial", "status")
     return all(a.get(k) == b.get(k) for k in keys)

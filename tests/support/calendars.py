@@ -47,7 +47,9 @@ def journal_appointments(container: Container, account_id: UUID) -> list[dict[st
     )
 
 
-def differences(container: Container, account_id: UUID, calendar: caldav.Calendar) -> list[str]:
+def differences(
+    container: Container, account_id: UUID, calendar: caldav.Calendar, check_sequence: bool = True
+) -> list[str]:
     """Return how the calendar differs from the journal (empty when equal).
 
     Every booked appointment must be on the calendar exactly once with its
@@ -57,7 +59,7 @@ def differences(container: Container, account_id: UUID, calendar: caldav.Calenda
     problems = []
     expected_uids = set()
     for state in journal_appointments(container, account_id):
-        uid = f"{state['id']}@caljournal"
+        uid = state.get("calendar_uid") or f"{state['id']}@caljournal"
         copies = remote.get(uid, [])
         if state["status"] == "cancelled":
             if copies:
@@ -76,9 +78,9 @@ def differences(container: Container, account_id: UUID, calendar: caldav.Calenda
             state["end"]
         ):
             problems.append(f"{uid}: period {start}–{end} != {state['start']}–{state['end']}")
-        if int(event.get("SEQUENCE", 0)) != state["sequence"]:
+        if check_sequence and int(event.get("SEQUENCE", 0)) != state["sequence"]:
             problems.append(f"{uid}: SEQUENCE {event.get('SEQUENCE')} != {state['sequence']}")
     for uid in set(remote) - expected_uids:
-        if uid.endswith("@caljournal"):
+        if uid.endswith("@caljournal") or check_sequence is False:
             problems.append(f"{uid}: on the calendar but not a booked appointment")
     return problems
