@@ -62,20 +62,44 @@ class Loaded:
 class CalendarReader:
     """Ask one calendar collection what changed."""
 
-    def __init__(self, access: ServerAccess, calendar_url: str) -> None:
+    def __init__(
+        self, access: ServerAccess, calendar_url: str, full_timeout: float = 300.0
+    ) -> None:
         self.calendar_url = calendar_url if calendar_url.endswith("/") else calendar_url + "/"
-        self.client = open_client(access.at(self.calendar_url))
+        self.access = access.at(self.calendar_url)
+        self.client = open_client(self.access)
         self.calendar = self.client.calendar(url=self.calendar_url)
+        self.full_timeout = full_timeout
+        self._full_client: Any = None
+
+    def _full(self) -> Any:
+        # A first sync or a full listing of a large calendar can take a server
+        # far longer than a delta; it gets its own, patient connection.
+        if self._full_client is None:
+            patient = ServerAccess(
+                self.access.url,
+                self.access.credentials,
+                self.access.auth,
+                self.access.verify_tls,
+                self.access.allow_private,
+                max(self.full_timeout, self.access.timeout),
+                self.access.caldav_hints,
+            )
+            self._full_client = open_client(patient)
+        return self._full_client
 
     def changes_since(self, token: str | None) -> Delta:
         """Return the changes since ``token`` (all objects when None) by sync-collection.
 
         :raises SyncTokenInvalidError: when the server refuses the token.
         """
+        calendar = (
+            self.calendar if token is not None else self._full().calendar(url=self.calendar_url)
+        )
         try:
             with translate("asking the calendar what changed"):
                 try:
-                    result = self.calendar.get_objects_by_sync_token(
+                    result = calendar.get_objects_by_sync_token(
                         sync_token=token, load_objects=False, disable_fallback=True
                     )
                 except dav_error.DAVError as exc:
@@ -105,7 +129,7 @@ class CalendarReader:
             encoding="utf-8",
         )
         response = request(
-            self.client,
+            self._full(),
             self.calendar_url,
             "PROPFIND",
             "listing the calendar's objects",
@@ -168,8 +192,10 @@ class CalendarReader:
         return loaded
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connections."""
         self.client.session.close()
+        if self._full_client is not None:
+            self._full_client.session.close()
 
 
 def _etag(value: Any) -> str | None:

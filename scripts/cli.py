@@ -37,7 +37,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
     no_worker: Annotated[bool, typer.Option(help="run the API without the worker")] = False,
 ) -> None:
-    """Run the HTTP API and the outbound worker (on the embedded SQLite journal unless configured otherwise)."""
+    """Run the HTTP API and the sync worker (embedded SQLite journal unless configured)."""
     import uvicorn
 
     from caljournal.api.app import create_app
@@ -95,8 +95,13 @@ def status(
     if json:
         out.print_json(data=report)
         return
-    rows = [[k, v] for k, v in report.items() if k != "failed"]
+    rows = [[k, v] for k, v in report.items() if k not in ("failed", "inbound")]
+    inbound = report["inbound"]
+    rows += [[f"inbound {k}", v] for k, v in inbound.items() if k != "quarantined"]
     table(f"sync status of {account}", ["field", "value"], rows)
+    if inbound["quarantined"]:
+        quarantined = [[q["href"], q["at"], q["reason"]] for q in inbound["quarantined"]]
+        table("quarantined calendar objects", ["href", "at", "reason"], quarantined)
     if report["failed"]:
         failed = [[f["appointment_id"], f["at"], f["error"]] for f in report["failed"]]
         table("failed pushes", ["appointment", "at", "error"], failed)

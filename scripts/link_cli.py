@@ -168,11 +168,75 @@ def pause(
 
 
 @link_app.command("resume")
-def resume(account: AccountArg) -> None:
+def resume(
+    account: AccountArg,
+    confirm_deletes: Annotated[
+        bool,
+        typer.Option(
+            "--confirm-deletes", help="the mass deletion that paused the link was meant: apply it"
+        ),
+    ] = False,
+) -> None:
     """Resume syncing for the account."""
     with container() as built:
-        built.links.resume(built.accounts.find_account(account).id, operator_cause())
+        built.links.resume(
+            built.accounts.find_account(account).id, operator_cause(), confirm_deletes
+        )
         err.print(f"syncing of {account!r} resumed")
+
+
+@link_app.command("poll")
+def poll(
+    account: AccountArg,
+    wait: Annotated[bool, typer.Option(help="wait for the poll and show its progress")] = False,
+    timeout: Annotated[float, typer.Option(help="seconds to wait at most")] = 600.0,
+) -> None:
+    """Ask the worker to poll the account's calendar now."""
+    import time
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    with container() as built:
+        account_id = built.accounts.find_account(account).id
+        recorder = built.journal.journal_recorder
+        before = recorder.inbound_state(str(account_id)).get("last_poll_us") or 0
+        built.links.request_poll(account_id, operator_cause())
+        err.print(f"poll of {account!r} requested")
+        if not wait:
+            return
+        deadline = time.monotonic() + timeout
+        columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*Progress.get_default_columns()[:1], *columns, console=err) as progress:
+            task = progress.add_task("polling", total=None)
+            while time.monotonic() < deadline:
+                state = recorder.inbound_state(str(account_id))
+                if state.get("import_total"):
+                    progress.update(
+                        task, total=state["import_total"], completed=state.get("import_done") or 0
+                    )
+                if (state.get("last_poll_us") or 0) > before and state.get("calendar_url"):
+                    break
+                time.sleep(0.2)
+            else:
+                err.print(
+                    "[red]error:[/red] no worker polled in time; is 'caljournal worker' running?"
+                )
+                raise typer.Exit(1)
+        report = built.sync.status(account_id)["inbound"]
+        out.print_json(data=report)
+
+
+@link_app.command("poll-interval")
+def poll_interval(
+    account: AccountArg,
+    seconds: Annotated[int, typer.Argument(help="5 to 86400 seconds (default 60)")],
+) -> None:
+    """Set how often the account's calendar is polled."""
+    with container() as built:
+        built.links.set_poll_interval(
+            built.accounts.find_account(account).id, seconds, operator_cause()
+        )
+        err.print(f"{account!r} is polled every {seconds} s")
 
 
 @link_app.command("remove")

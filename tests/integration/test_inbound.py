@@ -450,3 +450,95 @@ def test_duplicate_uids_are_quarantined(linked: Linked) -> None:
     reader.close()
     assert [d.kind for d in decisions] == ["import", "quarantine"]
     assert "duplicate UID" in (decisions[1].reason or "")
+
+
+def test_a_stream_of_api_changes_through_the_worker_produces_no_inbound_events(
+    container: Container, linked: Linked, client: Any
+) -> None:
+    worker = container.outbound_worker(FAST).start()
+    try:
+        wait_until(lambda: linked.account in worker.served_accounts(), timeout=10)
+        made = [linked.book(f"Stream {i}", 6 + i % 20, 8 + i % 8) for i in range(12)]
+        for i, appointment in enumerate(made):
+            path = f"/appointments/{appointment['id']}"
+            client.patch(
+                path, json={"title": f"Stream {i} (edited)"}, headers=linked.tenant.headers
+            )
+            if i % 3 == 0:
+                client.post(f"{path}/cancel", headers=linked.tenant.headers)
+        wait_until(
+            lambda: not differences(container, linked.tenant.account_id, linked.calendar),
+            timeout=30,
+        )
+        recorder = container.journal.journal_recorder
+        for _ in range(2):
+            before = recorder.inbound_state(linked.account).get("last_poll_us") or 0
+            container.links.request_poll(linked.tenant.account_id, operator())
+            wait_until(
+                lambda b=before: (
+                    (recorder.inbound_state(linked.account).get("last_poll_us") or 0) > b
+                ),
+                timeout=10,
+            )
+        assert linked.caldav_events() == 0
+        status = client.get("/link/status", headers=linked.tenant.headers).json()
+        assert status["pending"] == 0 and status["inbound"]["quarantined"] == []
+    finally:
+        worker.stop()
+
+
+def test_poll_at_the_command_line_waits_and_reports(
+    tmp_path: Any, radicale: RadicaleProcess
+) -> None:
+    from tests.integration.test_cli import run
+    from tests.integration.test_link import run_stdin
+
+    env = {"CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true"}
+    cal_id = f"cli-{uuid.uuid4().hex[:6]}"
+    calendar = radicale.make_calendar("alice", "secret", cal_id, cal_id=cal_id)
+    for i in range(3):
+        calendar.save_event(
+            dtstart=datetime(2026, 4, 10 + i, 9, tzinfo=BERLIN),
+            dtend=datetime(2026, 4, 10 + i, 10, tzinfo=BERLIN),
+            summary=f"Existing {i}",
+        )
+    assert run(["account", "create", "acme"], tmp_path, **env).returncode == 0
+    added = run_stdin(
+        [
+            "link",
+            "add",
+            "acme",
+            f"{radicale.url}alice/{cal_id}/",
+            "--username",
+            "alice",
+            "--password-stdin",
+        ],
+        tmp_path,
+        "secret\n",
+        **env,
+    )
+    assert added.returncode == 0, added.stderr
+    no_worker = run(["link", "poll", "acme", "--wait", "--timeout", "2"], tmp_path, **env)
+    assert no_worker.returncode == 1 and "is 'caljournal worker' running" in no_worker.stderr
+    import subprocess
+    import sys
+
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "caljournal", "worker"],
+        cwd=tmp_path,
+        env={
+            **{
+                k: v for k, v in __import__("os").environ.items() if not k.startswith("CALJOURNAL_")
+            },
+            **env,
+        },
+    )
+    try:
+        polled = run(["link", "poll", "acme", "--wait", "--timeout", "30"], tmp_path, **env)
+        assert polled.returncode == 0, polled.stderr
+        assert '"done": 3' in polled.stdout and '"total": 3' in polled.stdout
+        status = run(["status", "acme"], tmp_path, **env)
+        assert "inbound last_poll" in status.stdout
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
