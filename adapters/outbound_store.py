@@ -265,12 +265,26 @@ class OutboundQueries:
         )
         return {r["href"]: dict(r) for r in rows}
 
-    def copies_by_href(self, account_id: str, calendar_url: str) -> dict[str, dict[str, Any]]:
-        """Return the account's calendar copies on ``calendar_url`` by href (present ones)."""
+    def copies_by_href(
+        self, account_id: str, calendar_url: str, hrefs: set[str] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Return the account's present calendar copies on ``calendar_url`` by href.
+
+        With ``hrefs``, only those (one indexed query per 500 hrefs).
+        """
         p = self.placeholder
-        rows = self._fetch(
+        sql = (
             f"SELECT * FROM {self.qualify}{OUTBOUND} WHERE account_id = {p} "
-            f"AND calendar_url = {p} AND present = 1",
-            [account_id, calendar_url],
+            f"AND calendar_url = {p} AND present = 1"
         )
-        return {r["href"]: dict(r) for r in rows}
+        if hrefs is None:
+            rows = self._fetch(sql, [account_id, calendar_url])
+            return {r["href"]: dict(r) for r in rows}
+        found: dict[str, dict[str, Any]] = {}
+        wanted = sorted(hrefs)
+        for start in range(0, len(wanted), 500):
+            chunk = wanted[start : start + 500]
+            marks = ", ".join(p for _ in chunk)
+            rows = self._fetch(sql + f" AND href IN ({marks})", [account_id, calendar_url, *chunk])
+            found.update({r["href"]: dict(r) for r in rows})
+        return found

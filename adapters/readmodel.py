@@ -169,6 +169,7 @@ def create_statements(qualify: str) -> list[str]:
         "pushed_sequence INTEGER NOT NULL, content_hash TEXT, present INTEGER NOT NULL, "
         "failed_sequence INTEGER, failure TEXT, updated_us BIGINT NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS {OUTBOUND}_account ON {ob} (account_id)",
+        f"CREATE INDEX IF NOT EXISTS {OUTBOUND}_href ON {ob} (account_id, href)",
         f"CREATE TABLE IF NOT EXISTS {ls} (account_id TEXT PRIMARY KEY, owner TEXT NOT NULL, "
         "expires_us BIGINT NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {ss} (account_id TEXT PRIMARY KEY, pushed_position BIGINT, "

@@ -232,7 +232,19 @@ class Poller:
             delta = self.reader.listing()
             report.requests += 1
         report.full = delta.complete
-        copies = self.recorder.copies_by_href(self.account_id, self.calendar_url)
+        if not delta.complete and not delta.changed and not delta.deleted:
+            # Nothing changed: record the poll (and the server's new token) only.
+            self.recorder.update_inbound(
+                self.account_id,
+                last_poll_us=int(time.time() * 1e6),
+                last_requests=report.requests,
+                sync_token=delta.token or token,
+                last_error=None,
+            )
+            report.idle = True
+            return report
+        wanted_hrefs = None if delta.complete else set(delta.changed) | set(delta.deleted)
+        copies = self.recorder.copies_by_href(self.account_id, self.calendar_url, wanted_hrefs)
         quarantine = self.recorder.quarantined(self.account_id)
         wanted = {
             href: etag
@@ -252,7 +264,7 @@ class Poller:
         gone |= loaded.missing & (set(copies) | set(quarantine))
         decisions = self._decide(loaded.objects, gone, copies)
         cancels = sum(1 for d in decisions if d.kind == "cancel")
-        live = sum(1 for c in copies.values() if c["present"])
+        live = self.recorder.count_copies(self.account_id)
         if (
             cancels >= self.breaker.minimum
             and cancels > self.breaker.share * max(live, 1)

@@ -135,6 +135,14 @@ def run_backend(
                 "ms": round(seconds * 1000, 1),
                 "events": sum(report.counts.values()),
             }
+            token = container.journal.journal_recorder.inbound_state(str(account_id))["sync_token"]
+            proxy.clear_log()
+            _, seconds = timed(lambda: reader.changes_since(token))
+            results["server's empty sync delta alone (comparison)"] = {
+                "requests": len(proxy.requests()),
+                "ms": round(seconds * 1000, 1),
+                "events": 0,
+            }
             proxy.clear_log()
             listing, seconds = timed(reader.listing)
             results["full ETag listing (comparison)"] = {
