@@ -132,7 +132,8 @@ class ReadModelQueries(OutboundQueries):
     def clear_read_model(self) -> None:
         """Delete every query-table row (before a rebuild)."""
         self._execute(
-            (f"DELETE FROM {self.qualify}{t}", []) for t in (APPOINTMENTS, ACCOUNTS, TOKENS)
+            (f"DELETE FROM {self.qualify}{t}", [])
+            for t in (APPOINTMENTS, ACCOUNTS, TOKENS, LINKS)
         )
 
 

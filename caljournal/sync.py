@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
+from caljournal.adapters.caldav_client import ServerAccess
 from caljournal.adapters.journal import Journal
+from caljournal.adapters.providers import ProviderProfile, get_profile
 from caljournal.adapters.readmodel import to_us
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause
-from caljournal.links import LinkService
+from caljournal.domain.link import CalendarLink
+from caljournal.links import LinkFailedError, LinkService
+from caljournal.projections.resync import MassDeleteRefusedError, Resync, Summary
 
 
 def _iso(us: int | None) -> str | None:
@@ -95,6 +100,138 @@ class SyncService:
             ],
         }
 
+    def backfill(
+        self,
+        account_id: UUID,
+        cause: Cause,
+        *,
+        dry_run: bool = False,
+        concurrency: int = 1,
+        rate: float | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Summary:
+        """Push every live appointment missing from (or differing in) the linked calendar.
+
+        :raises LinkFailedError: when the account has no active calendar.
+        """
+        link, access, profile = self._target(account_id)
+        run = Resync(
+            self.journal,
+            str(account_id),
+            access,
+            profile,
+            link.calendar_url,
+            delete=False,
+            record=True,
+            dry_run=dry_run,
+            concurrency=concurrency,
+            rate=rate,
+            progress=progress,
+        )
+        steps, summary = run.plan()
+        summary = run.run(steps, summary)
+        if not dry_run:
+            self._record_run(account_id, "backfill", summary, cause)
+        return summary
+
+    def replay(
+        self,
+        account_id: UUID,
+        cause: Cause,
+        *,
+        to_calendar: str | None = None,
+        as_of: datetime | None = None,
+        dry_run: bool = False,
+        confirm: Callable[[Summary], bool] = lambda summary: False,
+        allow_mass_delete: bool = False,
+        concurrency: int = 1,
+        rate: float | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> Summary:
+        """Make a calendar equal to the journal (now, or at ``as_of``).
+
+        ``to_calendar`` writes into another calendar of the same server and switches
+        the link to it when done (not with ``as_of``). Deletions need ``confirm``;
+        more than half of the account's objects (and at least 10) also need
+        ``allow_mass_delete``.
+
+        :raises LinkFailedError: when the target cannot be used.
+        :raises MassDeleteRefusedError: when the deletions exceed the limit.
+        """
+        link, access, profile = self._target(account_id, allow_paused=True)
+        target = to_calendar or link.calendar_url
+        if as_of is not None and to_calendar is None and link.status != "paused":
+            raise LinkFailedError(
+                "pause the link first (caljournal link pause), or the worker would bring the "
+                "calendar back to the present; or replay into another calendar with --to-calendar"
+            )
+        switching = to_calendar is not None and to_calendar.rstrip("/") != link.calendar_url.rstrip(
+            "/"
+        )
+        run = Resync(
+            self.journal,
+            str(account_id),
+            access,
+            profile,
+            target,
+            delete=True,
+            record=as_of is None and (not switching),
+            as_of=as_of,
+            dry_run=dry_run,
+            concurrency=concurrency,
+            rate=rate,
+            progress=progress,
+        )
+        steps, summary = run.plan()
+        deletes = sum(1 for s in steps if s.kind == "delete")
+        on_calendar = sum(1 for s in steps if s.kind in ("present", "update", "delete"))
+        if not dry_run and deletes:
+            if deletes >= 10 and deletes > 0.5 * max(on_calendar, 1) and not allow_mass_delete:
+                raise MassDeleteRefusedError(
+                    f"the replay would delete {deletes} of {on_calendar} objects; "
+                    "add --allow-mass-delete if that is meant"
+                )
+            preview = run.run(steps, Summary(dry_run=True))
+            if not confirm(preview):
+                raise LinkFailedError(
+                    "the replay deletes objects and was not confirmed; nothing written"
+                )
+        summary = run.run(steps, summary)
+        if dry_run:
+            return summary
+        if switching and as_of is None:
+            run.record = True
+            run._record(  # noqa: SLF001 - record the whole new calendar in one go
+                [s for s in steps if s.kind in ("present", "create", "update")], present=True
+            )
+            self.links.choose(account_id, target, cause)
+        self._record_run(account_id, "replay", summary, cause)
+        return summary
+
+    def _target(
+        self, account_id: UUID, allow_paused: bool = False
+    ) -> tuple[CalendarLink, ServerAccess, ProviderProfile]:
+        link = self.links._get(account_id)  # noqa: SLF001
+        usable = ("active", "paused") if allow_paused else ("active",)
+        if link.status not in usable or not link.calendar_url:
+            raise LinkFailedError(
+                f"the account's calendar link is {link.status}; link a calendar first"
+            )
+        return link, self.links.access(link), get_profile(link.provider)
+
+    def _record_run(self, account_id: UUID, kind: str, summary: Summary, cause: Cause) -> None:
+        counts = summary.as_dict()
+        counts["failed"] = len(summary.failed)
+        counts.pop("sample", None)
+        for _ in range(20):
+            link = self.links._get(account_id)  # noqa: SLF001
+            link.record_resync(kind=kind, summary=counts, cause=cause)
+            try:
+                self.journal.save(link)
+                return
+            except IntegrityError:
+                continue
+
     def retry_failed(self, account_id: UUID, cause: Cause) -> int:
         """Clear the account's failed pushes so the worker tries them again; return how many."""
         failed = self.recorder.failed_copies(str(account_id))
@@ -112,3 +249,6 @@ class SyncService:
                 except IntegrityError:
                     continue
         return len(failed)
+
+
+__all__ = ["MassDeleteRefusedError", "SyncService"]

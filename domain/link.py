@@ -8,11 +8,13 @@ Secrets never enter these events: only the fact that credentials were set.
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid5
+
+from eventsourcing.domain import Aggregate, event
 
 from caljournal.domain.cause import Cause
 from caljournal.domain.errors import DomainError
-from eventsourcing.domain import Aggregate, event
 
 LINK_NAMESPACE = uuid5(NAMESPACE_URL, "https://caljournal.invalid/calendar-link")
 DEFAULT_POLL_INTERVAL = 60
@@ -102,6 +104,7 @@ class CalendarLink(Aggregate):
         self.credentials_serial = getattr(self, "credentials_serial", 0) + 1
         self.poll_interval = getattr(self, "poll_interval", DEFAULT_POLL_INTERVAL)
         self.poll_requests = getattr(self, "poll_requests", 0)
+        self.last_resync: dict[str, Any] | None = getattr(self, "last_resync", None)
 
     def relink(
         self,
@@ -230,6 +233,16 @@ class CalendarLink(Aggregate):
     def _poll_requested(self, *, origin: str, actor: str, correlation_id: str) -> None:
         self.poll_requests += 1
 
+    def record_resync(self, *, kind: str, summary: dict[str, Any], cause: Cause) -> None:
+        """Record that a backfill or replay ran against the calendar, with its outcome."""
+        self._resync_ran(kind=kind, summary=summary, **_cause(cause))
+
+    @event("ResyncRan", topic="caljournal:CalendarLink.ResyncRan")
+    def _resync_ran(
+        self, *, kind: str, summary: dict[str, Any], origin: str, actor: str, correlation_id: str
+    ) -> None:
+        self.last_resync = {"kind": kind, **summary}
+
     def pause(self, *, reason: str, cause: Cause) -> bool:
         """Pause syncing; return False when paused already.
 
@@ -309,6 +322,7 @@ class CalendarLink(Aggregate):
             "poll_interval": self.poll_interval,
             "poll_requests": self.poll_requests,
             "credentials_serial": self.credentials_serial,
+            "last_resync": self.last_resync,
             "modified_on": self.modified_on.isoformat(),
         }
 

@@ -464,18 +464,19 @@ class SyncMachine(RuleBasedStateMachine):
     def move(self, pick: int, start: int, minutes: int) -> None:
         booked = self._booked()
         appointment = self.appointments[booked[pick % len(booked)]]
-        appointment.move(start=slot(start), end=slot(start) + timedelta(minutes=minutes), cause=API)
+        end = slot(start) + timedelta(minutes=minutes)
+        if appointment.move(start=slot(start), end=end, cause=API):
+            self.expected[str(appointment.id)] = expected_of(appointment)
         self._save(appointment)
-        self.expected[str(appointment.id)] = expected_of(appointment)
 
     @precondition(lambda self: self._booked())
     @rule(pick=PICK, title=TITLES)
     def retitle(self, pick: int, title: str) -> None:
         booked = self._booked()
         appointment = self.appointments[booked[pick % len(booked)]]
-        appointment.change_details(changes={"title": title}, cause=API)
+        if appointment.change_details(changes={"title": title}, cause=API):
+            self.expected[str(appointment.id)] = expected_of(appointment)
         self._save(appointment)
-        self.expected[str(appointment.id)] = expected_of(appointment)
 
     @precondition(lambda self: self._booked())
     @rule(pick=PICK)

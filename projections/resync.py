@@ -1,0 +1,364 @@
+"""Backfill and replay: make a calendar equal to the journal, at server speed.
+
+Both first read the calendar once (an ETag listing, then calendar-multiget in
+batches, keeping only UID, href, ETag and a content hash per object), then
+compare every appointment of the account with it by UID — so objects written
+earlier, by caljournal or by a product before it, are matched instead of
+duplicated — and write only what differs, with the same rendering and the same
+conditional writes as the outbound worker. Both are idempotent (a second run
+writes nothing) and resumable (an interrupted run is simply run again).
+
+* **backfill** pushes the live appointments that are missing or differ;
+* **replay** also deletes caljournal's own objects of cancelled appointments,
+  can render the journal's state at an earlier moment (``as_of``), and can
+  target another calendar. Foreign objects are always left alone.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from caljournal.adapters.caldav_client import CalDAVError, PreconditionFailedError, ServerAccess
+from caljournal.adapters.calendar_reader import CalendarReader
+from caljournal.adapters.calendar_writer import CalendarWriter, RetryPolicy
+from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
+from caljournal.adapters.journal import Journal
+from caljournal.adapters.providers import ProviderProfile
+from caljournal.adapters.readmodel import APPOINTMENTS
+from caljournal.projections.push import href_for, render
+
+SCAN_BATCH = 100
+PAGE = 500
+
+
+@dataclass(frozen=True)
+class RemoteCopy:
+    """What the calendar holds under one UID (only what a comparison needs)."""
+
+    href: str
+    etag: str | None
+    digest: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One planned write."""
+
+    kind: str  # create | update | delete | present
+    appointment_id: str
+    href: str
+    etag: str | None = None
+    data: bytes | None = None
+    digest: str | None = None
+    sequence: int = 0
+    title: str = ""
+
+
+@dataclass
+class Summary:
+    """What a run did (or, dry, would do)."""
+
+    created: int = 0
+    already_present: int = 0
+    updated: int = 0
+    deleted: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    foreign_left_alone: int = 0
+    dry_run: bool = False
+    sample: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the summary as plain values."""
+        return {
+            "created": self.created,
+            "already_present": self.already_present,
+            "updated": self.updated,
+            "deleted": self.deleted,
+            "failed": [{"appointment_id": a, "reason": r} for a, r in self.failed],
+            "foreign_left_alone": self.foreign_left_alone,
+            "dry_run": self.dry_run,
+            "sample": self.sample,
+            "seconds": round(self.seconds, 2),
+        }
+
+
+class MassDeleteRefusedError(Exception):
+    """A replay would delete more than the limit allows."""
+
+
+class RateLimiter:
+    """Space request starts at least ``1 / rate`` seconds apart (shared by threads)."""
+
+    def __init__(self, rate: float | None) -> None:
+        self.interval = 1.0 / rate if rate else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        """Block until the next request may start."""
+        if not self.interval:
+            return
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next)
+            self._next = start + self.interval
+        time.sleep(max(start - now, 0.0))
+
+
+def scan(
+    reader: CalendarReader, progress: Callable[[int, int], None] | None = None
+) -> tuple[dict[str, RemoteCopy], set[str]]:
+    """Read the calendar once; return its objects by UID, and UIDs seen more than once."""
+    listing = reader.listing()
+    hrefs = sorted(listing.changed)
+    found: dict[str, RemoteCopy] = {}
+    duplicates: set[str] = set()
+    for start in range(0, len(hrefs), SCAN_BATCH):
+        loaded = reader.load(hrefs[start : start + SCAN_BATCH])
+        for href, (data, etag) in loaded.objects.items():
+            try:
+                events = from_ical(data)
+            except ICalendarError:
+                continue
+            uid = events[0].uid
+            if uid in found:
+                duplicates.add(uid)
+                continue
+            found[uid] = RemoteCopy(href, etag or listing.changed.get(href), content_hash(data))
+        if progress:
+            progress(min(start + SCAN_BATCH, len(hrefs)), len(hrefs))
+    return found, duplicates
+
+
+def appointment_states(
+    journal: Journal, account_id: str, as_of: datetime | None
+) -> Iterator[dict[str, Any]]:
+    """Yield every appointment of the account (at ``as_of`` when given), page by page."""
+    recorder = journal.journal_recorder
+    last = ""
+    p = recorder.placeholder
+    while True:
+        rows = recorder._fetch(  # noqa: SLF001 - a paged scan of the query table
+            f"SELECT id, doc FROM {recorder.qualify}{APPOINTMENTS} WHERE account_id = {p} "
+            f"AND id > {p} ORDER BY id LIMIT {PAGE}",
+            [account_id, last],
+        )
+        if not rows:
+            return
+        for row in rows:
+            last = row["id"]
+            if as_of is None:
+                import json
+
+                yield json.loads(row["doc"])
+                continue
+            state: Any = None
+            for event in journal.events.get(uuid.UUID(row["id"])):
+                if event.timestamp > as_of:
+                    break
+                state = event.mutate(state)
+            if state is not None:
+                yield state.state()
+
+
+def plan_steps(
+    states: Iterator[dict[str, Any]],
+    remote: dict[str, RemoteCopy],
+    calendar_url: str,
+    delete: bool,
+) -> Iterator[Step]:
+    """Yield what to write so the calendar shows ``states`` (pure but for rendering)."""
+    for state in states:
+        uid = state.get("calendar_uid") or f"{state['id']}@caljournal"
+        copy = remote.get(uid)
+        if state["status"] != "booked":
+            if delete and copy is not None:
+                yield Step("delete", state["id"], copy.href, copy.etag, title=state["title"])
+            continue
+        data, _ = render(state)
+        digest = content_hash(data)
+        if copy is None:
+            href = href_for(calendar_url, state["id"])
+            yield Step(
+                "create", state["id"], href, None, data, digest, state["sequence"], state["title"]
+            )
+        elif copy.digest == digest:
+            yield Step(
+                "present",
+                state["id"],
+                copy.href,
+                copy.etag,
+                None,
+                digest,
+                state["sequence"],
+                state["title"],
+            )
+        else:
+            yield Step(
+                "update",
+                state["id"],
+                copy.href,
+                copy.etag,
+                data,
+                digest,
+                state["sequence"],
+                state["title"],
+            )
+
+
+class Resync:
+    """One backfill or replay run for one account and one calendar."""
+
+    def __init__(
+        self,
+        journal: Journal,
+        account_id: str,
+        access: ServerAccess,
+        profile: ProviderProfile,
+        calendar_url: str,
+        *,
+        delete: bool,
+        record: bool,
+        as_of: datetime | None = None,
+        dry_run: bool = False,
+        concurrency: int = 1,
+        rate: float | None = None,
+        progress: Callable[[str, int, int], None] | None = None,
+    ) -> None:
+        self.journal = journal
+        self.account_id = account_id
+        self.access = access.at(calendar_url)
+        self.profile = profile
+        self.calendar_url = calendar_url if calendar_url.endswith("/") else calendar_url + "/"
+        self.delete = delete
+        self.record = record
+        self.as_of = as_of
+        self.dry_run = dry_run
+        self.concurrency = max(1, concurrency)
+        self.limiter = RateLimiter(rate)
+        self.progress = progress or (lambda phase, done, total: None)
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def plan(self) -> tuple[list[Step], Summary]:
+        """Read the calendar and return the writes to make (nothing is written)."""
+        reader = CalendarReader(self.access, self.calendar_url)
+        try:
+            remote, _ = scan(reader, lambda d, t: self.progress("reading the calendar", d, t))
+        finally:
+            reader.close()
+        states = appointment_states(self.journal, self.account_id, self.as_of)
+        steps = list(plan_steps(states, remote, self.calendar_url, self.delete))
+        ours = {s.href for s in steps}
+        summary = Summary(dry_run=self.dry_run)
+        summary.foreign_left_alone = sum(1 for c in remote.values() if c.href not in ours)
+        summary.already_present = sum(1 for s in steps if s.kind == "present")
+        return steps, summary
+
+    def run(self, steps: list[Step], summary: Summary) -> Summary:
+        """Make the writes (or only count them on a dry run)."""
+        began = time.monotonic()
+        writes = [s for s in steps if s.kind != "present"]
+        for step in writes[:10]:
+            summary.sample.append(f"{step.kind} {step.title!r} ({step.appointment_id})")
+        if self.dry_run:
+            for step in writes:
+                self._count(summary, step.kind)
+            summary.seconds = time.monotonic() - began
+            return summary
+        if self.record:
+            self._record([s for s in steps if s.kind == "present"], present=True)
+        done = 0
+        total = len(writes)
+        self.progress("writing", 0, total)
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            for step, error in pool.map(self._execute, writes):
+                done += 1
+                if error is None:
+                    self._count(summary, step.kind)
+                else:
+                    summary.failed.append((step.appointment_id, error))
+                self.progress("writing", done, total)
+        summary.seconds = time.monotonic() - began
+        return summary
+
+    @staticmethod
+    def _count(summary: Summary, kind: str) -> None:
+        if kind == "create":
+            summary.created += 1
+        elif kind == "update":
+            summary.updated += 1
+        elif kind == "delete":
+            summary.deleted += 1
+
+    def _writer(self) -> CalendarWriter:
+        writer = getattr(self._local, "writer", None)
+        if writer is None:
+            writer = CalendarWriter(self.access, self.profile, RetryPolicy(attempts=5))
+            self._local.writer = writer
+        return writer
+
+    def _execute(self, step: Step) -> tuple[Step, str | None]:
+        writer = self._writer()
+        try:
+            self.limiter.wait()
+            if step.kind == "delete":
+                try:
+                    writer.delete(step.href, step.etag)
+                except PreconditionFailedError:
+                    writer.delete(step.href, None)
+                self._record([step], present=False)
+                return step, None
+            assert step.data is not None
+            try:
+                if step.kind == "create":
+                    written = writer.create(step.href, step.data)
+                else:
+                    written = writer.update(step.href, step.data, step.etag)
+            except PreconditionFailedError:
+                # Written meanwhile (by the worker, or a run before a crash): look again.
+                found = writer.fetch(step.href)
+                if found is not None and content_hash(found[0]) == step.digest:
+                    written_etag = found[1]
+                else:
+                    self.limiter.wait()
+                    written_etag = writer.update(
+                        step.href, step.data, found[1] if found else None
+                    ).etag
+                self._record([step], present=True, etag=written_etag)
+                return step, None
+            self._record([step], present=True, etag=written.etag)
+            return step, None
+        except CalDAVError as exc:
+            return step, exc.message
+
+    def _record(self, steps: list[Step], *, present: bool, etag: str | None = None) -> None:
+        if not self.record or not steps:
+            return
+        now = int(time.time() * 1e6)
+        records = [
+            {
+                "appointment_id": s.appointment_id,
+                "account_id": self.account_id,
+                "calendar_url": self.calendar_url,
+                "href": s.href,
+                "etag": etag if etag is not None else s.etag,
+                "pushed_sequence": s.sequence,
+                "content_hash": s.digest,
+                "present": 1 if present else 0,
+                "failed_sequence": None,
+                "failure": None,
+                "updated_us": now,
+            }
+            for s in steps
+        ]
+        with self._lock:
+            self.journal.journal_recorder.record_copies(records)
