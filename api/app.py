@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 
-from caljournal.api.appointments import router as appointments_router
-from caljournal.api.deps import ContainerDep
-from caljournal.api.errors import install_error_handlers
-from caljournal.api.links import router as links_router
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caljournal import __version__
+from caljournal.api.appointments import router as appointments_router
+from caljournal.api.deps import ContainerDep
+from caljournal.api.errors import install_error_handlers
+from caljournal.api.links import router as links_router
 from caljournal.bootstrap import Container
 
 

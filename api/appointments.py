@@ -6,6 +6,10 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+from fastapi import APIRouter, Body, Header, Query, Response, status
+from fastapi.responses import JSONResponse
+from pydantic import AwareDatetime
+
 from caljournal.api.deps import (
     CauseDep,
     ContainerDep,
@@ -23,10 +27,6 @@ from caljournal.api.schemas import (
     History,
     MoveIn,
 )
-from fastapi import APIRouter, Body, Header, Query, Response, status
-from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
-
 from caljournal.appointments import Booking
 from caljournal.errors import ApplicationError
 

@@ -7,13 +7,13 @@ import uuid
 from typing import Annotated
 from uuid import UUID
 
-from caljournal.domain.cause import Cause, Origin
 from fastapi import Depends, Header, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from caljournal.accounts import Principal
 from caljournal.bootstrap import Container
+from caljournal.domain.cause import Cause, Origin
 from caljournal.errors import (
     AuthenticationError,
     NotFoundError,

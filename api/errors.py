@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import logging
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
 from caljournal.adapters.secrets import SecretKeyError
 from caljournal.domain.errors import (
     AppointmentCancelledError,
     DomainError,
     TokenRevokedError,
 )
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-
 from caljournal.errors import (
     ApplicationError,
     AuthenticationError,

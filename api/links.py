@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from typing import Any
+
+from fastapi import APIRouter, Response, status
+from fastapi.concurrency import run_in_threadpool
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from caljournal.adapters.secrets import Credentials
 from caljournal.api.deps import CauseDep, ContainerDep, TargetAccountDep
 from caljournal.api.schemas import ErrorOut
-from fastapi import APIRouter, Response, status
-from fastapi.concurrency import run_in_threadpool
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 router = APIRouter(prefix="/link", tags=["calendar link"])
 
@@ -49,6 +52,11 @@ class LinkIn(BaseModel):
     )
     provider: str | None = Field(
         default=None, max_length=40, description="provider profile key; guessed from the URL"
+    )
+    backfill: bool = Field(
+        default=False,
+        description="also push the account's existing appointments (in the background; the "
+        "outcome shows as ResyncRan in /link/history)",
     )
 
 
@@ -98,7 +106,34 @@ async def link(
     result = await run_in_threadpool(
         container.links.link, account_id, body.url, _credentials(body), cause, body.provider
     )
-    return result.as_dict()
+    answer = result.as_dict()
+    answer["backfill"] = "not requested"
+    if body.backfill:
+        answer["backfill"] = _start_backfill(container, account_id, cause, result.state)
+    return answer
+
+
+@router.post("/backfill", status_code=status.HTTP_202_ACCEPTED, responses=_ERRORS)
+async def backfill(
+    container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
+) -> dict[str, Any]:
+    """Push the account's existing appointments to the calendar (in the background)."""
+    state = await run_in_threadpool(container.links.get, account_id)
+    return {"backfill": _start_backfill(container, account_id, cause, state)}
+
+
+def _start_backfill(container: Any, account_id: Any, cause: Any, state: dict[str, Any]) -> str:
+    if state["status"] != "active":
+        return "not started: choose a calendar first (PUT /link/calendar), then POST /link/backfill"
+
+    def run() -> None:
+        try:
+            container.sync.backfill(account_id, cause)
+        except Exception:  # recorded for operators; the request has long been answered
+            logging.getLogger("caljournal.api").exception("backfill of %s failed", account_id)
+
+    threading.Thread(target=run, name=f"backfill-{account_id}", daemon=True).start()
+    return "started"
 
 
 @router.get("", responses=_ERRORS)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
 from caljournal.domain.appointment import (
     MAX_CUSTOMER_NAME,
     MAX_DESCRIPTION,
@@ -12,7 +14,6 @@ from caljournal.domain.appointment import (
     MAX_LOCATION,
     MAX_TITLE,
 )
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=False)
 

@@ -191,7 +191,7 @@ class SyncService:
                     f"the replay would delete {deletes} of {on_calendar} objects; "
                     "add --allow-mass-delete if that is meant"
                 )
-            preview = run.run(steps, Summary(dry_run=True))
+            preview = run.run(steps, Summary(dry_run=True), write=False)
             if not confirm(preview):
                 raise LinkFailedError(
                     "the replay deletes objects and was not confirmed; nothing written"

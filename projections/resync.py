@@ -263,13 +263,13 @@ class Resync:
         summary.already_present = sum(1 for s in steps if s.kind == "present")
         return steps, summary
 
-    def run(self, steps: list[Step], summary: Summary) -> Summary:
-        """Make the writes (or only count them on a dry run)."""
+    def run(self, steps: list[Step], summary: Summary, write: bool = True) -> Summary:
+        """Make the writes (or only count them on a dry run, or when ``write`` is False)."""
         began = time.monotonic()
         writes = [s for s in steps if s.kind != "present"]
         for step in writes[:10]:
             summary.sample.append(f"{step.kind} {step.title!r} ({step.appointment_id})")
-        if self.dry_run:
+        if self.dry_run or not write:
             for step in writes:
                 self._count(summary, step.kind)
             summary.seconds = time.monotonic() - began

@@ -78,6 +78,13 @@ def add(
     provider: Annotated[
         str | None, typer.Option(help="provider profile (see 'link providers')")
     ] = None,
+    backfill: Annotated[
+        bool | None,
+        typer.Option(
+            "--backfill/--no-backfill",
+            help="push the account's existing appointments now (asked when not given)",
+        ),
+    ] = None,
     json: JsonOption = False,
 ) -> None:
     """Discover the server behind URL, link the account, and list its calendars."""
@@ -89,6 +96,17 @@ def add(
         account_id = built.accounts.find_account(account).id
         result = built.links.link(account_id, url, credentials, operator_cause(), provider)
         _print_result(result.as_dict(), json)
+        if result.state["status"] != "active":
+            return
+        existing = built.journal.journal_recorder.count_appointments(str(account_id))
+        if existing and backfill is None and sys.stdin.isatty():
+            backfill = typer.confirm(f"push the account's {existing} existing appointments now?")
+        if existing and backfill:
+            summary = built.sync.backfill(account_id, operator_cause())
+            err.print(
+                f"backfill: {summary.created} created, {summary.already_present} already "
+                f"present, {summary.updated} updated, {len(summary.failed)} failed"
+            )
 
 
 @link_app.command("show")

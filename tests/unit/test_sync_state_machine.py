@@ -118,6 +118,7 @@ class SyncMachine(RuleBasedStateMachine):
         self.copies: dict[str, dict[str, Any]] = {}
         self.quarantine: dict[str, dict[str, Any]] = {}
         self.expected: dict[str, Expected] = {}
+        self.undo_stack: dict[str, list[tuple[str, datetime, datetime]]] = {}
         self.counter = 0
 
     # -- the journal ------------------------------------------------------------------
@@ -459,24 +460,50 @@ class SyncMachine(RuleBasedStateMachine):
         self._save(appointment)
         self.expected[str(appointment.id)] = expected_of(appointment)
 
+    def _change_locally(
+        self, appointment: Appointment, title: str, start: datetime, end: datetime
+    ) -> bool:
+        """Retitle and move an appointment; return whether anything changed."""
+        changed = appointment.change_details(changes={"title": title}, cause=API)
+        changed = appointment.move(start=start, end=end, cause=API) or changed
+        self._save(appointment)
+        if changed:
+            self.expected[str(appointment.id)] = expected_of(appointment)
+        return changed
+
+    def _remember(self, appointment: Appointment) -> tuple[str, datetime, datetime]:
+        return appointment.title, appointment.start, appointment.end
+
     @precondition(lambda self: self._booked())
     @rule(pick=PICK, start=SLOTS, minutes=MINUTES)
     def move(self, pick: int, start: int, minutes: int) -> None:
         booked = self._booked()
         appointment = self.appointments[booked[pick % len(booked)]]
+        before = self._remember(appointment)
         end = slot(start) + timedelta(minutes=minutes)
-        if appointment.move(start=slot(start), end=end, cause=API):
-            self.expected[str(appointment.id)] = expected_of(appointment)
-        self._save(appointment)
+        if self._change_locally(appointment, appointment.title, slot(start), end):
+            self.undo_stack.setdefault(str(appointment.id), []).append(before)
 
     @precondition(lambda self: self._booked())
     @rule(pick=PICK, title=TITLES)
     def retitle(self, pick: int, title: str) -> None:
         booked = self._booked()
         appointment = self.appointments[booked[pick % len(booked)]]
-        if appointment.change_details(changes={"title": title}, cause=API):
-            self.expected[str(appointment.id)] = expected_of(appointment)
-        self._save(appointment)
+        before = self._remember(appointment)
+        if self._change_locally(appointment, title, appointment.start, appointment.end):
+            self.undo_stack.setdefault(str(appointment.id), []).append(before)
+
+    def _undoable(self) -> list[str]:
+        return [a for a in self._booked() if self.undo_stack.get(a)]
+
+    @precondition(lambda self: self._undoable())
+    @rule(pick=PICK)
+    def undo(self, pick: int) -> None:
+        """A user takes back the last local change (retitle or move) of an appointment."""
+        undoable = self._undoable()
+        appointment = self.appointments[undoable[pick % len(undoable)]]
+        title, start, end = self.undo_stack[str(appointment.id)].pop()
+        self._change_locally(appointment, title, start, end)
 
     @precondition(lambda self: self._booked())
     @rule(pick=PICK)
