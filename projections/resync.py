@@ -55,7 +55,6 @@ class Step:
     appointment_id: str
     href: str
     etag: str | None = None
-    data: bytes | None = None
     digest: str | None = None
     sequence: int = 0
     title: str = ""
@@ -169,6 +168,17 @@ def appointment_states(
                 yield state.state()
 
 
+def one_state(journal: Journal, appointment_id: str, as_of: datetime | None) -> dict[str, Any]:
+    """Return one appointment's state (at ``as_of`` when given)."""
+    state: Any = None
+    for event in journal.events.get(uuid.UUID(appointment_id)):
+        if as_of is not None and event.timestamp > as_of:
+            break
+        state = event.mutate(state)
+    assert state is not None
+    return dict(state.state())
+
+
 def plan_steps(
     states: Iterator[dict[str, Any]],
     remote: dict[str, RemoteCopy],
@@ -183,35 +193,17 @@ def plan_steps(
             if delete and copy is not None:
                 yield Step("delete", state["id"], copy.href, copy.etag, title=state["title"])
             continue
-        data, _ = render(state)
-        digest = content_hash(data)
+        # Steps keep no rendered data (it is rendered again when written), so a
+        # run over 50,000 appointments holds only a small record per appointment.
+        digest = content_hash(render(state)[0])
+        sequence, title = state["sequence"], state["title"]
         if copy is None:
             href = href_for(calendar_url, state["id"])
-            yield Step(
-                "create", state["id"], href, None, data, digest, state["sequence"], state["title"]
-            )
+            yield Step("create", state["id"], href, None, digest, sequence, title)
         elif copy.digest == digest:
-            yield Step(
-                "present",
-                state["id"],
-                copy.href,
-                copy.etag,
-                None,
-                digest,
-                state["sequence"],
-                state["title"],
-            )
+            yield Step("present", state["id"], copy.href, copy.etag, digest, sequence, title)
         else:
-            yield Step(
-                "update",
-                state["id"],
-                copy.href,
-                copy.etag,
-                data,
-                digest,
-                state["sequence"],
-                state["title"],
-            )
+            yield Step("update", state["id"], copy.href, copy.etag, digest, sequence, title)
 
 
 class Resync:
@@ -317,12 +309,12 @@ class Resync:
                     writer.delete(step.href, None)
                 self._record([step], present=False)
                 return step, None
-            assert step.data is not None
+            data = self._render(step.appointment_id)
             try:
                 if step.kind == "create":
-                    written = writer.create(step.href, step.data)
+                    written = writer.create(step.href, data)
                 else:
-                    written = writer.update(step.href, step.data, step.etag)
+                    written = writer.update(step.href, data, step.etag)
             except PreconditionFailedError:
                 # Written meanwhile (by the worker, or a run before a crash): look again.
                 found = writer.fetch(step.href)
@@ -330,15 +322,17 @@ class Resync:
                     written_etag = found[1]
                 else:
                     self.limiter.wait()
-                    written_etag = writer.update(
-                        step.href, step.data, found[1] if found else None
-                    ).etag
+                    written_etag = writer.update(step.href, data, found[1] if found else None).etag
                 self._record([step], present=True, etag=written_etag)
                 return step, None
             self._record([step], present=True, etag=written.etag)
             return step, None
         except CalDAVError as exc:
             return step, exc.message
+
+    def _render(self, appointment_id: str) -> bytes:
+        state = one_state(self.journal, appointment_id, self.as_of)
+        return render(state)[0]
 
     def _record(self, steps: list[Step], *, present: bool, etag: str | None = None) -> None:
         if not self.record or not steps:
