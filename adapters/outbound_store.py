@@ -153,6 +153,18 @@ class OutboundQueries:
             [appointment_id],
         )
 
+    def appointment_docs(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Return the states of the given appointments (one query per 500 ids)."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ", ".join(self.placeholder for _ in chunk)
+            rows = self._fetch(
+                f"SELECT doc FROM {self.qualify}{APPOINTMENTS} WHERE id IN ({marks})", chunk
+            )
+            found.extend(json.loads(r["doc"]) for r in rows)
+        return found
+
     def accounts_of(self, appointment_ids: Sequence[str]) -> dict[str, str]:
         """Return the account id of each given appointment id."""
         result: dict[str, str] = {}

@@ -175,7 +175,9 @@ class SyncService:
             profile,
             target,
             delete=True,
-            record=as_of is None and (not switching),
+            # Copies are recorded for the target calendar; an as-of run records
+            # nothing, so the worker later brings the calendar back to the present.
+            record=as_of is None,
             as_of=as_of,
             dry_run=dry_run,
             concurrency=concurrency,
@@ -200,10 +202,6 @@ class SyncService:
         if dry_run:
             return summary
         if switching and as_of is None:
-            run.record = True
-            run._record(  # noqa: SLF001 - record the whole new calendar in one go
-                [s for s in steps if s.kind in ("present", "create", "update")], present=True
-            )
             self.links.choose(account_id, target, cause)
         self._record_run(account_id, "replay", summary, cause)
         return summary

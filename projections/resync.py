@@ -36,6 +36,7 @@ from caljournal.projections.push import href_for, render
 
 SCAN_BATCH = 100
 PAGE = 500
+CHUNK = 50
 
 
 @dataclass(frozen=True)
@@ -193,14 +194,15 @@ def plan_steps(
             if delete and copy is not None:
                 yield Step("delete", state["id"], copy.href, copy.etag, title=state["title"])
             continue
-        # Steps keep no rendered data (it is rendered again when written), so a
-        # run over 50,000 appointments holds only a small record per appointment.
-        digest = content_hash(render(state)[0])
+        # Steps keep no rendered data (it is rendered when written), so a run
+        # over 50,000 appointments holds only a small record per appointment.
         sequence, title = state["sequence"], state["title"]
         if copy is None:
             href = href_for(calendar_url, state["id"])
-            yield Step("create", state["id"], href, None, digest, sequence, title)
-        elif copy.digest == digest:
+            yield Step("create", state["id"], href, None, None, sequence, title)
+            continue
+        digest = content_hash(render(state)[0])
+        if copy.digest == digest:
             yield Step("present", state["id"], copy.href, copy.etag, digest, sequence, title)
         else:
             yield Step("update", state["id"], copy.href, copy.etag, digest, sequence, title)
@@ -239,6 +241,7 @@ class Resync:
         self.progress = progress or (lambda phase, done, total: None)
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._unrecorded: list[dict[str, Any]] = []
 
     def plan(self) -> tuple[list[Step], Summary]:
         """Read the calendar and return the writes to make (nothing is written)."""
@@ -268,19 +271,41 @@ class Resync:
             return summary
         if self.record:
             self._record([s for s in steps if s.kind == "present"], present=True)
+            self._flush()
         done = 0
         total = len(writes)
         self.progress("writing", 0, total)
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            for step, error in pool.map(self._execute, writes):
-                done += 1
-                if error is None:
-                    self._count(summary, step.kind)
-                else:
-                    summary.failed.append((step.appointment_id, error))
-                self.progress("writing", done, total)
+        chunks = [writes[i : i + CHUNK] for i in range(0, len(writes), CHUNK)]
+        # Render the next chunk while the server answers this one's writes.
+        with (
+            ThreadPoolExecutor(max_workers=1) as renderer,
+            ThreadPoolExecutor(max_workers=self.concurrency) as pool,
+        ):
+            rendered = renderer.map(self._render_chunk, chunks)
+            for chunk, bodies in zip(chunks, rendered, strict=True):
+                jobs = [(step, bodies.get(step.appointment_id)) for step in chunk]
+                for step, error in pool.map(lambda job: self._execute(*job), jobs):
+                    done += 1
+                    if error is None:
+                        self._count(summary, step.kind)
+                    else:
+                        summary.failed.append((step.appointment_id, error))
+                    self.progress("writing", done, total)
+                self._flush()
         summary.seconds = time.monotonic() - began
         return summary
+
+    def _render_chunk(self, chunk: list[Step]) -> dict[str, tuple[bytes, str]]:
+        ids = [s.appointment_id for s in chunk if s.kind in ("create", "update")]
+        if self.as_of is not None:
+            states = [one_state(self.journal, i, self.as_of) for i in ids]
+        else:
+            states = self.journal.journal_recorder.appointment_docs(ids)
+        bodies = {}
+        for state in states:
+            data, _ = render(state)
+            bodies[state["id"]] = (data, content_hash(data))
+        return bodies
 
     @staticmethod
     def _count(summary: Summary, kind: str) -> None:
@@ -298,7 +323,7 @@ class Resync:
             self._local.writer = writer
         return writer
 
-    def _execute(self, step: Step) -> tuple[Step, str | None]:
+    def _execute(self, step: Step, body: tuple[bytes, str] | None) -> tuple[Step, str | None]:
         writer = self._writer()
         try:
             self.limiter.wait()
@@ -309,7 +334,17 @@ class Resync:
                     writer.delete(step.href, None)
                 self._record([step], present=False)
                 return step, None
-            data = self._render(step.appointment_id)
+            assert body is not None
+            data, digest = body
+            step = Step(
+                step.kind,
+                step.appointment_id,
+                step.href,
+                step.etag,
+                digest,
+                step.sequence,
+                step.title,
+            )
             try:
                 if step.kind == "create":
                     written = writer.create(step.href, data)
@@ -318,7 +353,7 @@ class Resync:
             except PreconditionFailedError:
                 # Written meanwhile (by the worker, or a run before a crash): look again.
                 found = writer.fetch(step.href)
-                if found is not None and content_hash(found[0]) == step.digest:
+                if found is not None and content_hash(found[0]) == digest:
                     written_etag = found[1]
                 else:
                     self.limiter.wait()
@@ -329,10 +364,6 @@ class Resync:
             return step, None
         except CalDAVError as exc:
             return step, exc.message
-
-    def _render(self, appointment_id: str) -> bytes:
-        state = one_state(self.journal, appointment_id, self.as_of)
-        return render(state)[0]
 
     def _record(self, steps: list[Step], *, present: bool, etag: str | None = None) -> None:
         if not self.record or not steps:
@@ -355,4 +386,14 @@ class Resync:
             for s in steps
         ]
         with self._lock:
-            self.journal.journal_recorder.record_copies(records)
+            self._unrecorded.extend(records)
+            full = len(self._unrecorded) >= CHUNK
+        if full:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Record confirmed writes (batched: a crash only repeats unrecorded ones)."""
+        with self._lock:
+            batch, self._unrecorded = self._unrecorded, []
+        if batch:
+            self.journal.journal_recorder.record_copies(batch)
