@@ -271,3 +271,76 @@ def test_rebuild_read_models_gives_back_the_same_answers(
     assert container.accounts.list_tokens("acme") == tokens
     assert container.accounts.authenticate(acme.token).account_id == acme.account_id
     assert href_for("http://x/cal/", made[0]["id"]).endswith(".ics")
+
+
+def test_linking_with_backfill_through_the_api_pushes_existing_appointments(
+    container: Container, client: Any, acme: Tenant, radicale: RadicaleProcess
+) -> None:
+    book_many(container, acme, 5)
+    calendar, cal_id = new_calendar(radicale)
+    response = client.post(
+        "/link",
+        json={
+            "url": f"{radicale.url}alice/{cal_id}/",
+            "username": "alice",
+            "password": "secret",
+            "backfill": True,
+        },
+        headers=acme.headers,
+    )
+    assert response.status_code == 201 and response.json()["backfill"] == "started"
+    wait_until(lambda: len(remote_events(calendar)) == 5, timeout=20)
+    wait_until(
+        lambda: any(e["type"] == "ResyncRan" for e in container.links.history(acme.account_id)),
+        timeout=10,
+    )
+    assert differences(container, acme.account_id, calendar) == []
+
+
+def test_link_add_with_backfill_and_the_backfill_command_at_the_command_line(
+    tmp_path: Path, radicale: RadicaleProcess
+) -> None:
+    from caljournal.bootstrap import bootstrap
+    from caljournal.settings import load_settings
+    from tests.integration.test_cli import run
+    from tests.integration.test_link import run_stdin
+
+    env = {"CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true"}
+    assert run(["account", "create", "acme"], tmp_path, **env).returncode == 0
+    container = bootstrap(
+        load_settings(
+            database_url=f"sqlite:///{tmp_path / 'caljournal.sqlite'}",
+            secret_key_file=tmp_path / "caljournal.key",
+            allow_private_addresses=True,
+        )
+    )
+    try:
+        tenant = Tenant("acme", container.accounts.find_account("acme").id, "")
+        book_many(container, tenant, 4)
+    finally:
+        container.close()
+    calendar, cal_id = new_calendar(radicale)
+    added = run_stdin(
+        [
+            "link",
+            "add",
+            "acme",
+            f"{radicale.url}alice/{cal_id}/",
+            "--username",
+            "alice",
+            "--password-stdin",
+            "--backfill",
+        ],
+        tmp_path,
+        "secret\n",
+        **env,
+    )
+    assert added.returncode == 0, added.stderr
+    assert "backfill: 4 created, 0 already present" in added.stderr
+    assert len(remote_events(calendar)) == 4
+    dry = run(["backfill", "--account", "acme", "--dry-run"], tmp_path, **env)
+    assert dry.returncode == 0 and "dry run: nothing written" in dry.stdout
+    again = run(["backfill", "--account", "acme"], tmp_path, **env)
+    assert again.returncode == 0 and "already present" in again.stdout
+    rebuilt = run(["rebuild-read-models"], tmp_path, **env)
+    assert rebuilt.returncode == 0 and "events/s" in rebuilt.stderr
