@@ -13,6 +13,16 @@ from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 from uuid import UUID
 
+import psycopg
+from eventsourcing.application import Application
+from eventsourcing.domain import CanMutateAggregate
+from eventsourcing.persistence import StoredEvent
+from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
+from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
+from eventsourcing.utils import get_topic
+from psycopg.rows import DictRow
+from psycopg.sql import SQL, Identifier
+
 from caljournal.adapters.outbound_store import OutboundQueries
 from caljournal.adapters.readmodel import (
     ACCOUNTS,
@@ -29,16 +39,6 @@ from caljournal.adapters.readmodel import (
     upsert_statement,
     window_query,
 )
-from eventsourcing.application import Application
-from eventsourcing.domain import CanMutateAggregate
-from eventsourcing.persistence import StoredEvent
-from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
-from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from eventsourcing.utils import get_topic
-import psycopg
-from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
-
 from caljournal.settings import Settings, database_config
 
 APPLICATION_NAME = "caljournal"
@@ -46,19 +46,10 @@ _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 class ReadModelQueries(OutboundQueries):
-    """Queries over the query tables, shared by both recorders."""
+    """Queries over the query tables, shared by both recorders.
 
-    qualify: str
-    placeholder: str
-
-    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        raise NotImplementedError
-
-    def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
-        raise NotImplementedError
-
-    def _update(self, sql: str, params: Sequence[Any]) -> int:
-        raise NotImplementedError
+    The recorders supply ``_fetch``/``_execute``/``_update`` (see ``OutboundQueries``).
+    """
 
     def select_window(self, window: Window) -> list[dict[str, Any]]:
         """Return the (non-recurring) appointments of an account overlapping a window."""
