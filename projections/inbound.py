@@ -50,13 +50,14 @@ class BreakerPolicy:
 class Decision:
     """What one remote object (or its deletion) means for the journal."""
 
-    kind: str  # import | apply | echo | conflict | cancel | forget | quarantine
+    kind: str  # import | apply | adopt | echo | conflict | cancel | forget | quarantine
     href: str
     appointment_id: str | None = None
     fields: RemoteFields | None = None
     etag: str | None = None
     digest: str | None = None
     reason: str | None = None
+    sequence: int | None = None
 
 
 @dataclass
@@ -178,6 +179,11 @@ def decide(
         return Decision("apply", href, copy["appointment_id"], fields, etag, digest)
     ours = next((e.appointment_id for e in events if e.appointment_id), None)
     if ours is not None and appointment is not None and appointment["id"] == ours:
+        remote_sequence = max(e.sequence or 0 for e in events)
+        if remote_sequence <= appointment["sequence"]:
+            # Our own write whose record was lost (a crash between the server's
+            # answer and the record): adopt it; the push brings it up to date.
+            return Decision("adopt", href, ours, fields, etag, digest, sequence=remote_sequence)
         return Decision("apply", href, ours, fields, etag, digest)
     return Decision("import", href, new_id(fields.calendar_uid or href), fields, etag, digest)
 
@@ -406,6 +412,9 @@ class Poller:
             return None, rows
         if kind == "echo":
             rows.append(self._copy_row(decision, None, present=True, keep_sequence=True))
+            return None, rows
+        if kind == "adopt":
+            rows.append(self._copy_row(decision, decision.sequence, present=True))
             return None, rows
         appointment = self._load_or_none(decision.appointment_id)
         if kind == "import" and appointment is None:

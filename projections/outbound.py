@@ -153,9 +153,12 @@ class AccountPusher(threading.Thread):
         try:
             while not self.stopping.is_set():
                 try:
+                    # Push first: a poll then finds the calendar holding our latest
+                    # writes (and their records), not older copies of them.
+                    self.run_pass()
                     if time.monotonic() >= self.next_poll:
                         self.run_poll()
-                    self.run_pass()
+                        self.run_pass()
                     backoff = 0.0
                     until_poll = max(self.next_poll - time.monotonic(), 0.0)
                     self.wakeup.wait(min(self.worker.config.catch_up, until_poll))
