@@ -23,10 +23,11 @@ from urllib.parse import urljoin, urlsplit
 import caldav
 from caldav.lib import error as dav_error
 from caldav.requests import HTTPBearerAuth
+from niquests import exceptions as http_errors
+
 from caljournal.adapters.calendar_url import redact_url
 from caljournal.adapters.netguard import ForbiddenAddressError, HostLookupError, check_host
 from caljournal.adapters.secrets import Credentials
-from niquests import exceptions as http_errors
 
 USER_AGENT = "caljournal/0.1"
 

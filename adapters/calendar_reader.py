@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from caldav.elements import dav
-from caldav.lib.url import URL
 from caldav.lib import error as dav_error
+from caldav.lib.url import URL
 from lxml import etree
 
 from caljournal.adapters.caldav_client import (
@@ -110,9 +110,7 @@ class CalendarReader:
                     raise
         except CalDAVError:
             raise
-        changed = {
-            str(obj.url): _etag(obj.props.get(dav.GetEtag.tag)) for obj in result.objects
-        }
+        changed = {str(obj.url): _etag(obj.props.get(dav.GetEtag.tag)) for obj in result.objects}
         deleted = frozenset(str(self.calendar.url.join(u)) for u in result.deleted_urls)
         return Delta(
             changed={h: e for h, e in changed.items() if h not in deleted},

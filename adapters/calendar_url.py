@@ -94,8 +94,9 @@ def normalise(raw: str, profile: ProviderProfile | None = None) -> NormalisedInp
         return _from_email(text, email.group("domain"), profile)
     scheme_added = False
     scheme_match = _SCHEME.match(text)
-    if scheme_match and (text[scheme_match.end():].startswith("//")
-                         or not text[scheme_match.end():][:1].isdigit()):
+    if scheme_match and (
+        text[scheme_match.end() :].startswith("//") or not text[scheme_match.end() :][:1].isdigit()
+    ):
         _check_scheme(scheme_match.group(1).lower())
     else:
         text, scheme_added = "https://" + text, True
@@ -146,9 +147,7 @@ def _clean(raw: str) -> str:
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in text):
         raise CalendarURLError("The calendar address contains a control character.")
     if len(text) > MAX_URL_LENGTH:
-        raise CalendarURLError(
-            f"The calendar address is longer than {MAX_URL_LENGTH} characters."
-        )
+        raise CalendarURLError(f"The calendar address is longer than {MAX_URL_LENGTH} characters.")
     return text
 
 
@@ -190,8 +189,9 @@ def _split(text: str) -> tuple[SplitResult, Credentials | None]:
     host = _ascii_host(host)
     credentials = None
     if username or password:
-        credentials = Credentials(unquote(username or ""), None if password is None
-                                  else unquote(password))
+        credentials = Credentials(
+            unquote(username or ""), None if password is None else unquote(password)
+        )
     netloc = _netloc(host, port)
     return parts._replace(scheme=parts.scheme.lower(), netloc=netloc), credentials
 
@@ -230,14 +230,23 @@ def _from_email(text: str, domain: str, profile: ProviderProfile | None) -> Norm
     found: list[Candidate] = []
     base = render_base_url(profile, base=origin, email=text)
     if base and profile is not GENERIC:
-        found.append(Candidate(base, (
-            f"used the usual {profile.display_name} CalDAV path on the e-mail domain"
-            if profile.needs_user_host
-            else f"used {profile.display_name}'s CalDAV address for this e-mail address")))
+        found.append(
+            Candidate(
+                base,
+                (
+                    f"used the usual {profile.display_name} CalDAV path on the e-mail domain"
+                    if profile.needs_user_host
+                    else f"used {profile.display_name}'s CalDAV address for this e-mail address"
+                ),
+            )
+        )
     if profile.well_known:
-        found.append(Candidate(
-            f"{origin}/.well-known/caldav",
-            "asked the e-mail domain's /.well-known/caldav discovery address"))
+        found.append(
+            Candidate(
+                f"{origin}/.well-known/caldav",
+                "asked the e-mail domain's /.well-known/caldav discovery address",
+            )
+        )
     return NormalisedInput(tuple(_dedupe(found)), None, profile)
 
 
@@ -260,16 +269,28 @@ def _candidates(
         found.extend(_from_path(url, origin, segments, insecure, scheme_added))
     base = render_base_url(profile, base=origin)
     if base:
-        reason = (f"used the usual {profile.display_name} CalDAV path on this host"
-                  if profile.needs_user_host else f"used {profile.display_name}'s CalDAV address")
+        reason = (
+            f"used the usual {profile.display_name} CalDAV path on this host"
+            if profile.needs_user_host
+            else f"used {profile.display_name}'s CalDAV address"
+        )
         found.append(Candidate(base, reason, base.startswith("http:")))
     if profile.well_known:
-        found.append(Candidate(f"{origin}/.well-known/caldav",
-                               "asked the host's /.well-known/caldav discovery address", insecure))
+        found.append(
+            Candidate(
+                f"{origin}/.well-known/caldav",
+                "asked the host's /.well-known/caldav discovery address",
+                insecure,
+            )
+        )
     if is_root and (profile is GENERIC or profile.needs_user_host):
-        found.append(Candidate(f"{origin}/",
-                               "tried the site root, where some servers answer CalDAV directly",
-                               insecure))
+        found.append(
+            Candidate(
+                f"{origin}/",
+                "tried the site root, where some servers answer CalDAV directly",
+                insecure,
+            )
+        )
     return found
 
 
@@ -280,8 +301,11 @@ def _from_path(
     last = segments[-1]
     parent = origin + "/" + "".join(s + "/" for s in segments[:-1])
     if last.lower().endswith(".ics"):
-        return [Candidate(parent, f"dropped the object name {last!r} to get its calendar "
-                                  "collection", insecure)]
+        return [
+            Candidate(
+                parent, f"dropped the object name {last!r} to get its calendar collection", insecure
+            )
+        ]
     if scheme_added:
         reason = "added the missing https:// and kept the rest of the address as given"
     elif insecure:
@@ -290,8 +314,14 @@ def _from_path(
         reason = "kept the calendar URL as given"
     found = [Candidate(url, reason, insecure)]
     if _NUMERIC_SEGMENT.fullmatch(last) and len(segments) > 1:
-        found.append(Candidate(parent, f"dropped the trailing '/{last}/' segment, which some "
-                                       "hosting panels add to the calendar address", insecure))
+        found.append(
+            Candidate(
+                parent,
+                f"dropped the trailing '/{last}/' segment, which some "
+                "hosting panels add to the calendar address",
+                insecure,
+            )
+        )
     return found
 
 

@@ -16,6 +16,8 @@ from urllib.parse import urljoin, urlsplit
 
 from caldav.discovery import discover_caldav
 from caldav.elements import cdav, dav, ical
+from lxml import etree
+
 from caljournal.adapters.caldav_client import (
     AuthenticationFailedError,
     CalDAVError,
@@ -26,7 +28,6 @@ from caljournal.adapters.caldav_client import (
 )
 from caljournal.adapters.calendar_url import Candidate, normalise, redact_url
 from caljournal.adapters.providers import ProviderProfile, is_partition_host
-from lxml import etree
 
 NS = {"d": "DAV:", "c": "urn:ietf:params:xml:ns:caldav", "a": "http://apple.com/ns/ical/"}
 _PROPS = [

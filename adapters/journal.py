@@ -123,8 +123,7 @@ class ReadModelQueries(OutboundQueries):
     def clear_read_model(self) -> None:
         """Delete every query-table row (before a rebuild)."""
         self._execute(
-            (f"DELETE FROM {self.qualify}{t}", [])
-            for t in (APPOINTMENTS, ACCOUNTS, TOKENS, LINKS)
+            (f"DELETE FROM {self.qualify}{t}", []) for t in (APPOINTMENTS, ACCOUNTS, TOKENS, LINKS)
         )
 
 

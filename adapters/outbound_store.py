@@ -12,10 +12,10 @@ from typing import Any
 
 from caljournal.adapters.readmodel import (
     APPOINTMENTS,
+    INBOUND,
     LEASES,
     LINKS,
     OUTBOUND,
-    INBOUND,
     QUARANTINE,
     SYNC_STATUS,
     WORKERS,

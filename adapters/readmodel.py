@@ -155,7 +155,8 @@ def create_statements(qualify: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {c} (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
         "created_us BIGINT NOT NULL, version INTEGER NOT NULL)",
         f"CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, account_id TEXT, "
-        "account_name TEXT, name TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, revoked INTEGER NOT NULL, "
+        "account_name TEXT, name TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, "
+        "revoked INTEGER NOT NULL, "
         "created_us BIGINT NOT NULL, version INTEGER NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS {TOKENS}_account ON {t} (account_id)",
         f"CREATE TABLE IF NOT EXISTS {lk} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "

@@ -10,9 +10,9 @@ from caljournal.adapters.journal import Journal, open_journal
 from caljournal.adapters.secrets import SecretBox, load_keys
 from caljournal.appointments import AppointmentService
 from caljournal.links import LinkPolicy, LinkService
-from caljournal.sync import SyncService
 from caljournal.projections.outbound import OutboundWorker, WorkerConfig
 from caljournal.settings import Settings, load_settings
+from caljournal.sync import SyncService
 
 
 @dataclass

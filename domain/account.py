@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from uuid import NAMESPACE_URL, UUID, uuid5
 
+from eventsourcing.domain import Aggregate, event
+
 from caljournal.domain.cause import Cause
 from caljournal.domain.errors import InvalidAccountError, TokenRevokedError
-from eventsourcing.domain import Aggregate, event
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 ACCOUNT_NAMESPACE = uuid5(NAMESPACE_URL, "https://caljournal.invalid/account")

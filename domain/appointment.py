@@ -15,9 +15,10 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
+from eventsourcing.domain import Aggregate, event
+
 from caljournal.domain.cause import Cause
 from caljournal.domain.errors import AppointmentCancelledError, InvalidAppointmentError
-from eventsourcing.domain import Aggregate, event
 
 MAX_TITLE = 200
 MAX_LOCATION = 500
@@ -529,4 +530,8 @@ class Appointment(Aggregate):
 
 
 def _cause(cause: Cause) -> dict[str, str]:
-    return {"origin": cause.origin.value, "actor": cause.actor, "correlation_id": cause.correlation_id}
+    return {
+        "origin": cause.origin.value,
+        "actor": cause.actor,
+        "correlation_id": cause.correlation_id,
+    }

@@ -227,9 +227,7 @@ def test_secret_key_rotation_reseals_without_relinking(
 
     def build(keys: str) -> Container:
         return bootstrap(
-            load_settings(
-                database_url=database_url, secret_keys=keys, allow_private_addresses=True
-            )
+            load_settings(database_url=database_url, secret_keys=keys, allow_private_addresses=True)
         )
 
     first = build(old)
@@ -270,10 +268,14 @@ def test_no_secret_in_logs_journal_or_any_response(
         client.put("/link/calendar", json={"calendar_url": calendar}, headers=acme.headers),
         client.post("/link/test", headers=acme.headers),
         client.put(
-            "/link/credentials", json={"username": "alice", "password": "nope"}, headers=acme.headers
+            "/link/credentials",
+            json={"username": "alice", "password": "nope"},
+            headers=acme.headers,
         ),
         client.put(
-            "/link/credentials", json={"username": "alice", "password": password}, headers=acme.headers
+            "/link/credentials",
+            json={"username": "alice", "password": password},
+            headers=acme.headers,
         ),
         client.get("/link/history", headers=acme.headers),
         client.post("/link/pause", headers=acme.headers),

@@ -111,9 +111,9 @@ def test_backfill_pushes_what_was_booked_before_the_link_once(
 def test_a_backfill_killed_halfway_finishes_on_the_next_run_without_duplicates(
     database_url: str, tmp_path: Path, radicale: RadicaleProcess
 ) -> None:
-    from tests.integration.test_worker_processes import worker_env
     from caljournal.bootstrap import bootstrap
     from caljournal.settings import load_settings
+    from tests.integration.test_worker_processes import worker_env
 
     key = tmp_path / "k.key"
     container = bootstrap(

@@ -149,7 +149,7 @@ def test_a_worker_killed_mid_stream_resumes_without_duplicates(
                     worker.kill()
                     killed_after = len(worker.pushes())
         assert changes == 500
-        assert 0 < killed_after
+        assert killed_after > 0
         restarted = WorkerProcess(env, tmp_path / "worker-2.log").start()
         try:
             wait_until(
@@ -176,7 +176,8 @@ def test_two_workers_share_twenty_accounts_and_take_over_from_a_killed_one(
 
         def owners() -> dict[str, str]:
             now = time.time() * 1e6
-            return {a: l["owner"] for a, l in recorder.leases().items() if l["expires_us"] > now}
+            leases = recorder.leases().items()
+            return {a: lease["owner"] for a, lease in leases if lease["expires_us"] > now}
 
         def balanced() -> dict[str, str] | None:
             held = owners()
@@ -197,7 +198,9 @@ def test_two_workers_share_twenty_accounts_and_take_over_from_a_killed_one(
         book_round(0)
         for account_id, calendar in accounts:
             wait_until(
-                lambda: not differences(container, account_id, calendar), timeout=30, interval=0.2
+                lambda a=account_id, c=calendar: not differences(container, a, c),
+                timeout=30,
+                interval=0.2,
             )
 
         first.kill()
@@ -209,7 +212,9 @@ def test_two_workers_share_twenty_accounts_and_take_over_from_a_killed_one(
         )
         for account_id, calendar in accounts:
             wait_until(
-                lambda: not differences(container, account_id, calendar), timeout=60, interval=0.2
+                lambda a=account_id, c=calendar: not differences(container, a, c),
+                timeout=60,
+                interval=0.2,
             )
         assert len(set(survivor.values())) == 1
     finally:
@@ -225,5 +230,5 @@ def test_two_workers_share_twenty_accounts_and_take_over_from_a_killed_one(
     assert len(by_account) == 20
     for account, pushes in by_account.items():
         pushes.sort()
-        switches = sum(1 for a, b in zip(pushes, pushes[1:]) if a[1] != b[1])
+        switches = sum(1 for a, b in zip(pushes, pushes[1:], strict=False) if a[1] != b[1])
         assert switches <= 1, (account, pushes)

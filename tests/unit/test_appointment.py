@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -156,18 +156,18 @@ def test_local_wall_time_survives_replay_and_weekly_moves_in_any_zone(
     tz = ZoneInfo(zone)
     start = datetime(day.year, day.month, day.day, hour, tzinfo=tz)
     # Skip wall times that do not exist or repeat (DST gaps and folds).
-    round_trip = start.astimezone(timezone.utc).astimezone(tz)
+    round_trip = start.astimezone(UTC).astimezone(tz)
     if round_trip.replace(tzinfo=None) != start.replace(tzinfo=None):
         return
     appointment = book(start=start, end=start + timedelta(minutes=45), timezone=zone)
     target = appointment.start + timedelta(weeks=weeks)
-    target_utc = target.astimezone(timezone.utc).astimezone(tz)
+    target_utc = target.astimezone(UTC).astimezone(tz)
     if target_utc.replace(tzinfo=None) != target.replace(tzinfo=None):
         return
     # The client sends the new time as UTC; the journal must give back local time.
     appointment.move(
-        start=target.astimezone(timezone.utc),
-        end=(target + timedelta(minutes=45)).astimezone(timezone.utc),
+        start=target.astimezone(UTC),
+        end=(target + timedelta(minutes=45)).astimezone(UTC),
         cause=CAUSE,
     )
     stored = replayed(appointment)
@@ -183,7 +183,7 @@ def test_local_wall_time_survives_replay_and_weekly_moves_in_any_zone(
     instant=st.datetimes(
         min_value=datetime(1990, 1, 1),
         max_value=datetime(2040, 1, 1),
-        timezones=st.just(timezone.utc),
+        timezones=st.just(UTC),
     ),
 )
 def test_the_instant_is_kept_whatever_offset_the_client_used(zone: str, instant: datetime) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from caljournal.adapters.calendar_url import (
     CalendarURLError,
     Candidate,
@@ -14,38 +17,84 @@ from caljournal.adapters.calendar_url import (
     redact_url,
 )
 from caljournal.adapters.providers import PROFILES_BY_KEY, get_profile
-from hypothesis import given
-from hypothesis import strategies as st
 
 # (what the user typed, profile key given or None to detect, detected key, first URL)
 PROVIDER_ROWS: list[tuple[str, str | None, str, str]] = [
-    ("https://p42-caldav.icloud.com/123456789/calendars/home/", None, "icloud",
-     "https://p42-caldav.icloud.com/123456789/calendars/home/"),
-    ("https://calendar.google.com/calendar/ical/alice%40gmail.com/private-0123abcd/basic.ics",
-     None, "google", "https://apidata.googleusercontent.com/caldav/v2/alice%40gmail.com/events"),
-    ("https://mail.example.com/dav/alice@example.com/Calendar/", None, "zimbra",
-     "https://mail.example.com/dav/alice@example.com/Calendar/"),
-    ("cloud.example.com/remote.php/dav/calendars/alice/personal/", None, "nextcloud",
-     "https://cloud.example.com/remote.php/dav/calendars/alice/personal/"),
+    (
+        "https://p42-caldav.icloud.com/123456789/calendars/home/",
+        None,
+        "icloud",
+        "https://p42-caldav.icloud.com/123456789/calendars/home/",
+    ),
+    (
+        "https://calendar.google.com/calendar/ical/alice%40gmail.com/private-0123abcd/basic.ics",
+        None,
+        "google",
+        "https://apidata.googleusercontent.com/caldav/v2/alice%40gmail.com/events",
+    ),
+    (
+        "https://mail.example.com/dav/alice@example.com/Calendar/",
+        None,
+        "zimbra",
+        "https://mail.example.com/dav/alice@example.com/Calendar/",
+    ),
+    (
+        "cloud.example.com/remote.php/dav/calendars/alice/personal/",
+        None,
+        "nextcloud",
+        "https://cloud.example.com/remote.php/dav/calendars/alice/personal/",
+    ),
     ("alice@fastmail.com", None, "fastmail", "https://caldav.fastmail.com/dav/"),
     ("alice@mailbox.org", None, "mailbox_org", "https://dav.mailbox.org/caldav/"),
     ("posteo.de", None, "posteo", "https://posteo.de:8443/"),
-    ("https://daylite.example.com/caldav/alice/", "daylite", "daylite",
-     "https://daylite.example.com/caldav/alice/"),
-    ("https://w0123456.kasserver.com/calendars/alice/1/", None, "all_inkl",
-     "https://w0123456.kasserver.com/calendars/alice/"),
-    ("radicale.example.com:5232/alice/8c1f0e6a/", None, "radicale",
-     "https://radicale.example.com:5232/alice/8c1f0e6a/"),
-    ("https://dav.example.com/alice/calendars/calendar/", "xandikos", "xandikos",
-     "https://dav.example.com/alice/calendars/calendar/"),
-    ("https://dav.example.com/dav.php/calendars/alice/default/", None, "baikal",
-     "https://dav.example.com/dav.php/calendars/alice/default/"),
-    ("https://cal.example.com/caldav.php/alice/calendar/", None, "davical",
-     "https://cal.example.com/caldav.php/alice/calendar/"),
-    ("https://nas.synology.me:5001/caldav/alice/home/", None, "synology",
-     "https://nas.synology.me:5001/caldav/alice/home/"),
-    ("https://mail.example.com/SOGo/dav/alice/Calendar/personal/", None, "sogo",
-     "https://mail.example.com/SOGo/dav/alice/Calendar/personal/"),
+    (
+        "https://daylite.example.com/caldav/alice/",
+        "daylite",
+        "daylite",
+        "https://daylite.example.com/caldav/alice/",
+    ),
+    (
+        "https://w0123456.kasserver.com/calendars/alice/1/",
+        None,
+        "all_inkl",
+        "https://w0123456.kasserver.com/calendars/alice/",
+    ),
+    (
+        "radicale.example.com:5232/alice/8c1f0e6a/",
+        None,
+        "radicale",
+        "https://radicale.example.com:5232/alice/8c1f0e6a/",
+    ),
+    (
+        "https://dav.example.com/alice/calendars/calendar/",
+        "xandikos",
+        "xandikos",
+        "https://dav.example.com/alice/calendars/calendar/",
+    ),
+    (
+        "https://dav.example.com/dav.php/calendars/alice/default/",
+        None,
+        "baikal",
+        "https://dav.example.com/dav.php/calendars/alice/default/",
+    ),
+    (
+        "https://cal.example.com/caldav.php/alice/calendar/",
+        None,
+        "davical",
+        "https://cal.example.com/caldav.php/alice/calendar/",
+    ),
+    (
+        "https://nas.synology.me:5001/caldav/alice/home/",
+        None,
+        "synology",
+        "https://nas.synology.me:5001/caldav/alice/home/",
+    ),
+    (
+        "https://mail.example.com/SOGo/dav/alice/Calendar/personal/",
+        None,
+        "sogo",
+        "https://mail.example.com/SOGo/dav/alice/Calendar/personal/",
+    ),
     ("calendar.example.org", None, "generic", "https://calendar.example.org/.well-known/caldav"),
 ]
 
@@ -54,8 +103,9 @@ def test_the_provider_table_covers_every_profile() -> None:
     assert {row[2] for row in PROVIDER_ROWS} == set(PROFILES_BY_KEY)
 
 
-@pytest.mark.parametrize(("raw", "given", "key", "first"), PROVIDER_ROWS,
-                         ids=[row[2] for row in PROVIDER_ROWS])
+@pytest.mark.parametrize(
+    ("raw", "given", "key", "first"), PROVIDER_ROWS, ids=[row[2] for row in PROVIDER_ROWS]
+)
 def test_first_candidate_per_provider(raw: str, given: str | None, key: str, first: str) -> None:
     result = normalise(raw, get_profile(given) if given else None)
     assert result.profile.key == key
@@ -65,7 +115,9 @@ def test_first_candidate_per_provider(raw: str, given: str | None, key: str, fir
 
 
 def test_full_calendar_url_is_kept_first_with_discovery_fallbacks() -> None:
-    urls = [c.url for c in candidate_urls("https://cloud.example.com/remote.php/dav/calendars/a/b/")]
+    urls = [
+        c.url for c in candidate_urls("https://cloud.example.com/remote.php/dav/calendars/a/b/")
+    ]
     assert urls == [
         "https://cloud.example.com/remote.php/dav/calendars/a/b/",
         "https://cloud.example.com/remote.php/dav/",
@@ -121,7 +173,8 @@ def test_bare_domain_with_profile_tries_the_profile_path_first() -> None:
 
 def test_email_of_known_provider_and_of_unknown_domain() -> None:
     assert [c.url for c in candidate_urls("alice@me.com")] == [
-        "https://caldav.icloud.com/", "https://me.com/.well-known/caldav",
+        "https://caldav.icloud.com/",
+        "https://me.com/.well-known/caldav",
     ]
     assert [c.url for c in candidate_urls("alice@gmail.com")] == [
         "https://apidata.googleusercontent.com/caldav/v2/alice@gmail.com/events",
@@ -172,7 +225,9 @@ def test_fragment_dropped_host_lowered_idna_encoded() -> None:
 
 
 def test_surrounding_whitespace_is_ignored() -> None:
-    assert candidate_urls("  https://cal.example.org/dav/\n")[0].url == "https://cal.example.org/dav/"
+    assert (
+        candidate_urls("  https://cal.example.org/dav/\n")[0].url == "https://cal.example.org/dav/"
+    )
 
 
 def test_ipv6_literal_and_port() -> None:
@@ -191,29 +246,45 @@ def test_duplicates_are_removed() -> None:
     [
         ("", "The calendar address is empty."),
         ("   \t", "The calendar address is empty."),
-        ("https://cal.example.org/my calendar/",
-         "The calendar address contains a space; paste the address without spaces."),
+        (
+            "https://cal.example.org/my calendar/",
+            "The calendar address contains a space; paste the address without spaces.",
+        ),
         ("https://cal.example.org/\x00", "The calendar address contains a control character."),
-        ("ftp://cal.example.org/",
-         "Only http and https calendar addresses are supported, not ftp: addresses."),
-        ("file:///etc/passwd",
-         "Only http and https calendar addresses are supported, not file: addresses."),
-        ("javascript:alert(1)",
-         "Only http and https calendar addresses are supported, not javascript: addresses."),
-        ("webcal://cal.example.org/feed.ics",
-         "A webcal: address is a read-only subscription; "
-         "give the CalDAV address of the calendar instead."),
+        (
+            "ftp://cal.example.org/",
+            "Only http and https calendar addresses are supported, not ftp: addresses.",
+        ),
+        (
+            "file:///etc/passwd",
+            "Only http and https calendar addresses are supported, not file: addresses.",
+        ),
+        (
+            "javascript:alert(1)",
+            "Only http and https calendar addresses are supported, not javascript: addresses.",
+        ),
+        (
+            "webcal://cal.example.org/feed.ics",
+            "A webcal: address is a read-only subscription; "
+            "give the CalDAV address of the calendar instead.",
+        ),
         ("https://", "The calendar address has no host name."),
         ("http:/cal.example.org", "The calendar address has no host name."),
-        ("https://cal.example.org:99999/",
-         "The port in the calendar address must be a number from 1 to 65535."),
-        ("https://cal.example.org:0/",
-         "The port in the calendar address must be a number from 1 to 65535."),
+        (
+            "https://cal.example.org:99999/",
+            "The port in the calendar address must be a number from 1 to 65535.",
+        ),
+        (
+            "https://cal.example.org:0/",
+            "The port in the calendar address must be a number from 1 to 65535.",
+        ),
         ("https://-cal.example.org/", "The host name '-cal.example.org' is not valid."),
         ("https://cal..example.org/", "The host name 'cal..example.org' is not valid."),
         ("https://[not-ipv6]/", "The host in the calendar address is not valid."),
-        ("https://cal.example.org/" + "a" * 2100,
-         "The calendar address is longer than 2048 characters."),
+        (
+            "https://cal.example.org/" + "a" * 2100,
+            "The calendar address is longer than 2048 characters.",
+        ),
     ],
 )
 def test_invalid_input_is_refused_with_one_clear_sentence(raw: str, message: str) -> None:

@@ -7,6 +7,7 @@ import socket
 from typing import Any
 
 import pytest
+
 from caljournal.adapters import netguard
 from caljournal.adapters.netguard import (
     LINK_LOCAL,
@@ -127,7 +128,9 @@ def test_one_bad_address_refuses_the_host(monkeypatch: pytest.MonkeyPatch) -> No
         check_host("rebind.example.org")
     error = caught.value
     assert (error.host, error.address, error.reason) == (
-        "rebind.example.org", "127.0.0.1", LOOPBACK
+        "rebind.example.org",
+        "127.0.0.1",
+        LOOPBACK,
     )
     assert str(error) == (
         "refusing to connect to 'rebind.example.org': 127.0.0.1 is a loopback address"

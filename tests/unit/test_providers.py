@@ -10,6 +10,7 @@ import pytest
 from caldav import compatibility_hints
 from caldav.compatibility_hints import FeatureSet
 from caldav.config import resolve_features
+
 from caljournal.adapters.providers import (
     CAPABILITY_FLAGS,
     GENERIC,
@@ -25,8 +26,22 @@ from caljournal.adapters.providers import (
 )
 
 EXPECTED_KEYS = {
-    "icloud", "google", "zimbra", "nextcloud", "fastmail", "mailbox_org", "posteo", "daylite",
-    "all_inkl", "radicale", "xandikos", "baikal", "davical", "synology", "sogo", "generic",
+    "icloud",
+    "google",
+    "zimbra",
+    "nextcloud",
+    "fastmail",
+    "mailbox_org",
+    "posteo",
+    "daylite",
+    "all_inkl",
+    "radicale",
+    "xandikos",
+    "baikal",
+    "davical",
+    "synology",
+    "sogo",
+    "generic",
 }
 HINTED = [p for p in PROFILES if p.caldav_hints is not None]
 
@@ -77,27 +92,32 @@ def _declared(profile: ProviderProfile, feature: str) -> str | None:
 # For each flag: the hint feature it follows and the flag value per support level.
 HINT_RULES: dict[str, tuple[str, dict[str, Any]]] = {
     "supports_if_none_match": (
-        "save.if-none-match", {"full": True, "unsupported": False},
+        "save.if-none-match",
+        {"full": True, "unsupported": False},
     ),
     "supports_wildcard_preconditions": (
-        "save-load.mutable.if-match-wildcard", {"unsupported": False, "broken": False},
+        "save-load.mutable.if-match-wildcard",
+        {"unsupported": False, "broken": False},
     ),
     "overwrite_requires_if_match": (
-        "save-load.mutable.if-match-optional", {"unsupported": True, "full": False},
+        "save-load.mutable.if-match-optional",
+        {"unsupported": True, "full": False},
     ),
     "sync_tokens": (
         "sync-token",
         {"full": "reliable", "fragile": "fragile", "ungraceful": "none", "unsupported": "none"},
     ),
     "detects_invalid_sync_token": (
-        "sync-token.invalid-token", {"broken": False, "full": True, "quirk": True,
-                                     "ungraceful": True},
+        "sync-token.invalid-token",
+        {"broken": False, "full": True, "quirk": True, "ungraceful": True},
     ),
     "requires_dtend": (
-        "save-load.event.no-dtend", {"ungraceful": True, "unsupported": True, "full": False},
+        "save-load.event.no-dtend",
+        {"ungraceful": True, "unsupported": True, "full": False},
     ),
     "allows_duplicate_uids": (
-        "save.no-uid-conflict", {"unsupported": True, "full": False, "ungraceful": False},
+        "save.no-uid-conflict",
+        {"unsupported": True, "full": False, "ungraceful": False},
     ),
 }
 
@@ -251,19 +271,28 @@ def test_get_profile_unknown_key_lists_the_known_keys() -> None:
     ("key", "base", "email", "expected"),
     [
         ("icloud", None, None, "https://caldav.icloud.com/"),
-        ("google", None, "alice@gmail.com",
-         "https://apidata.googleusercontent.com/caldav/v2/alice@gmail.com/events"),
+        (
+            "google",
+            None,
+            "alice@gmail.com",
+            "https://apidata.googleusercontent.com/caldav/v2/alice@gmail.com/events",
+        ),
         ("google", None, None, None),
-        ("nextcloud", "https://cloud.example.com/", None,
-         "https://cloud.example.com/remote.php/dav/"),
+        (
+            "nextcloud",
+            "https://cloud.example.com/",
+            None,
+            "https://cloud.example.com/remote.php/dav/",
+        ),
         ("nextcloud", None, None, None),
         ("zimbra", "https://mail.example.com:8443", None, "https://mail.example.com:8443/dav/"),
         ("posteo", None, None, "https://posteo.de:8443/"),
         ("generic", "https://x.example", None, None),
     ],
 )
-def test_render_base_url(key: str, base: str | None, email: str | None,
-                         expected: str | None) -> None:
+def test_render_base_url(
+    key: str, base: str | None, email: str | None, expected: str | None
+) -> None:
     assert render_base_url(get_profile(key), base=base, email=email) == expected
 
 

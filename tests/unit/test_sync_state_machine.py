@@ -645,16 +645,13 @@ class SyncMachine(RuleBasedStateMachine):
 
     # -- rules: the sync worker -------------------------------------------------------------
 
-    @rule()
-    def push(self) -> None:
-        self._push()
-
-    @rule()
-    def poll(self) -> None:
-        self._poll()
-
-    @rule()
-    def push_then_poll(self) -> None:
+    @rule(poll_first=st.booleans())
+    def sync(self, poll_first: bool) -> None:
+        """One round of the worker: a push and a poll, in either order."""
+        if poll_first:
+            self._poll()
+            self._push()
+            return
         written, _ = self._push()
         decisions, events = self._poll()
         echoed = [e for e in events if str(e.originator_id) in written]
@@ -662,10 +659,6 @@ class SyncMachine(RuleBasedStateMachine):
             f"the poll right after a push recorded {echoed} for what it wrote; "
             f"decisions: {decisions}"
         )
-
-    @rule()
-    def settle(self) -> None:
-        self._settle_and_check()
 
     def teardown(self) -> None:
         self._settle_and_check()
