@@ -181,7 +181,7 @@ def create_statements(qualify: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {ib} (account_id TEXT PRIMARY KEY, calendar_url TEXT, "
         "sync_token TEXT, ctag TEXT, last_poll_us BIGINT, last_requests INTEGER, "
         "import_total INTEGER, import_done INTEGER, last_error TEXT, "
-        "confirm_deletes INTEGER NOT NULL DEFAULT 0, breaker TEXT)",
+        "confirm_deletes INTEGER NOT NULL DEFAULT 0, breaker TEXT, last_full_us BIGINT)",
         f"CREATE TABLE IF NOT EXISTS {qu} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
         "href TEXT NOT NULL, etag TEXT, reason TEXT NOT NULL, at_us BIGINT NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS {QUARANTINE}_account ON {qu} (account_id)",

@@ -26,6 +26,7 @@ from caljournal.adapters.calendar_reader import CalendarReader, SyncTokenInvalid
 from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
 from caljournal.adapters.ical_parse import RemoteEvent
 from caljournal.adapters.journal import Journal
+from caljournal.adapters.providers import get_profile
 from caljournal.adapters.readmodel import INBOUND, OUTBOUND, QUARANTINE, Row
 from caljournal.domain.appointment import Appointment, RemoteFields
 from caljournal.domain.cause import Cause
@@ -35,6 +36,7 @@ from caljournal.domain.link import CalendarLink
 log = logging.getLogger("caljournal.inbound")
 IMPORT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://caljournal.invalid/imported")
 BATCH = 200
+FULL_COMPARE_EVERY_US = 6 * 3600 * 1_000_000
 MAX_OBJECT_BYTES = 5_000_000
 
 
@@ -219,7 +221,16 @@ class Poller:
         same_calendar = state.get("calendar_url") == self.calendar_url
         token = state.get("sync_token") if same_calendar else None
         ctag = None
-        if self.link.get("sync_tokens"):
+        now_us = int(time.time() * 1e6)
+        blind = not get_profile(self.link.get("provider") or "generic").detects_invalid_sync_token
+        due = now_us - (state.get("last_full_us") or 0) > FULL_COMPARE_EVERY_US
+        if self.link.get("sync_tokens") and token and blind and due:
+            # Servers that answer an expired token with an empty 207 (DAViCal, SOGo,
+            # OX, Zimbra…) cannot tell us it expired: compare everything now and then.
+            log.info("account %s: periodic full compare (server hides bad tokens)", self.account_id)
+            delta = self.reader.changes_since(None)
+            report.requests += 1
+        elif self.link.get("sync_tokens"):
             try:
                 delta = self.reader.changes_since(token)
                 report.requests += 1
@@ -513,6 +524,8 @@ class Poller:
                 confirm_deletes=0,
                 breaker=None,
             )
+            if report.full:
+                values["last_full_us"] = int(time.time() * 1e6)
         return Row(INBOUND, values, key="account_id", versioned=False)
 
     def _finish(

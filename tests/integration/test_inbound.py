@@ -542,3 +542,36 @@ def test_poll_at_the_command_line_waits_and_reports(
     finally:
         worker.terminate()
         worker.wait(timeout=30)
+
+
+def test_servers_that_hide_bad_tokens_get_a_periodic_full_compare(linked: Linked) -> None:
+    """DAViCal-like servers answer a stale token with an empty 207: compare now and then."""
+    kept, gone = linked.book("Kept", 6), linked.book("Gone", 7)
+    linked.poll()
+    linked.push()
+    linked.poll()
+    recorder = linked.container.journal.journal_recorder
+    # Pretend the server is one that hides expired tokens and the token silently died:
+    # Radicale's answer to a token from before the deletion still lists it, so simulate
+    # the blind server by handing the poller a profile without detection.
+    link = {**linked.link_state(), "provider": "davical"}
+    linked.calendar.get_object_by_uid(f"{gone['id']}@caljournal").delete()
+    recorder.update_inbound(linked.account, last_full_us=0)
+    stored = linked.container.journal.repository.get(CalendarLink.id_for(linked.tenant.account_id))
+    reader = CalendarReader(linked.container.links.access(stored), linked.url)
+    try:
+        poller = Poller(
+            linked.container.journal,
+            reader,
+            linked.account,
+            link,
+            lambda: Cause(Origin.CALDAV, "worker:test", "full"),
+        )
+        report = poller.poll()
+        assert report.full and report.counts == {"cancel": 1}
+        again = poller.poll()  # not due again for hours: a plain delta
+        assert not again.full and again.requests == 1
+    finally:
+        reader.close()
+    assert linked.state(gone["id"])["status"] == "cancelled"
+    assert linked.state(kept["id"])["status"] == "booked"
