@@ -37,6 +37,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    initialize,
     invariant,
     precondition,
     rule,
@@ -69,9 +70,6 @@ ZONES = st.sampled_from(["Europe/Berlin", "UTC", "America/New_York"])
 # Which appointment or object a step is about, counted from the most recently
 # changed one: people tend to go on with what they just touched.
 PICK = st.integers(min_value=0, max_value=3)
-# Few appointments at a time, so that steps often meet on the same one.
-MAX_BOOKED = 3
-MAX_OBJECTS = 4
 
 
 def slot(number: int) -> datetime:
@@ -128,6 +126,10 @@ def replace(event: icalendar.Event, name: str, value: Any) -> None:
 
 class SyncMachine(RuleBasedStateMachine):
     """Journal, calendar copy records and a calendar, driven by both sides."""
+
+    # Few appointments at a time, so that steps often meet on the same one.
+    max_booked = 3
+    max_objects = 4
 
     def __init__(self) -> None:
         super().__init__()
@@ -503,7 +505,16 @@ class SyncMachine(RuleBasedStateMachine):
 
     # -- rules: the booking system ---------------------------------------------------------
 
-    @precondition(lambda self: len(self._booked()) < MAX_BOOKED)
+    @initialize(
+        booked=st.lists(st.tuples(SLOTS, MINUTES, TITLES, ZONES), min_size=1, max_size=2)
+    )
+    def linked(self, booked: list[tuple[int, int, str, str]]) -> None:
+        """Start from an account whose appointments are on its calendar already."""
+        for start, minutes, title, zone in booked:
+            self.book(start, minutes, title, zone)
+        self._push()
+
+    @precondition(lambda self: len(self._booked()) < self.max_booked)
     @rule(start=SLOTS, minutes=MINUTES, title=TITLES, zone=ZONES)
     def book(self, start: int, minutes: int, title: str, zone: str) -> None:
         self.counter += 1
@@ -539,12 +550,11 @@ class SyncMachine(RuleBasedStateMachine):
         change=st.one_of(
             st.tuples(st.just("move"), SLOTS, MINUTES),
             st.tuples(st.just("retitle"), TITLES),
-            st.just(("undo",)),
             st.just(("cancel",)),
         ),
     )
     def change(self, pick: int, change: tuple[Any, ...]) -> None:
-        """Move, retitle or cancel a booked appointment, or take back its last move/retitle."""
+        """Move, retitle or cancel a booked appointment."""
         booked = self._booked()
         appointment = self.appointments[booked[pick % len(booked)]]
         if change[0] == "cancel":
@@ -552,12 +562,7 @@ class SyncMachine(RuleBasedStateMachine):
             self._save(appointment)
             self.expected[str(appointment.id)] = expected_of(appointment)
             return
-        undo = self.undo_stack.setdefault(str(appointment.id), [])
         before = self._remember(appointment)
-        if change[0] == "undo":
-            if undo:
-                self._change_locally(appointment, *undo.pop())
-            return
         if change[0] == "move":
             title = appointment.title
             start = slot(change[1])
@@ -565,7 +570,18 @@ class SyncMachine(RuleBasedStateMachine):
         else:
             title, start, end = change[1], appointment.start, appointment.end
         if self._change_locally(appointment, title, start, end):
-            undo.append(before)
+            self.undo_stack.setdefault(str(appointment.id), []).append(before)
+
+    def _undoable(self) -> list[str]:
+        return [a for a in self._booked() if self.undo_stack.get(a)]
+
+    @precondition(lambda self: self._undoable())
+    @rule(pick=PICK)
+    def undo(self, pick: int) -> None:
+        """A user takes back the last move or retitle of an appointment."""
+        undoable = self._undoable()
+        appointment = self.appointments[undoable[pick % len(undoable)]]
+        self._change_locally(appointment, *self.undo_stack[str(appointment.id)].pop())
 
     # -- rules: another calendar client --------------------------------------------------
 
@@ -620,7 +636,7 @@ class SyncMachine(RuleBasedStateMachine):
         self.calendar.remove(href)
         self._changed_remotely(self._owner(href, uid), Expected("gone"))
 
-    @precondition(lambda self: len(self.calendar.objects) < MAX_OBJECTS)
+    @precondition(lambda self: len(self.calendar.objects) < self.max_objects)
     @rule(title=TITLES, start=SLOTS, minutes=MINUTES, zone=ZONES, vtimezone=st.booleans())
     def remote_create(self, title: str, start: int, minutes: int, zone: str, vtimezone: bool) -> None:
         self.counter += 1
