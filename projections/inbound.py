@@ -450,14 +450,12 @@ class Poller:
             appointment.record_conflict(
                 local=local, remote=remote, winner="booking system", cause=cause
             )
-            # The push that follows overwrites (or re-creates) the calendar copy.
+            # The push that follows overwrites (or re-creates) the calendar copy. The
+            # record takes the remote ETag and the remote content's hash, so that push
+            # happens even when the journal's content equals what was pushed before.
             rows.append(
                 self._copy_row(
-                    decision,
-                    None,
-                    present=decision.fields is not None,
-                    keep_sequence=True,
-                    keep_hash=True,
+                    decision, None, present=decision.fields is not None, keep_sequence=True
                 )
             )
             return appointment, rows
