@@ -8,7 +8,6 @@ calendars found and says, in sentences, which URL was used and why.
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -191,12 +190,15 @@ def discover(
     steps: list[str] = []
     if dns_discovery and "://" not in raw and "/" not in raw.strip():
         # RFC 6764: SRV/TXT records (then well-known) for a bare domain or e-mail.
-        with contextlib.suppress(Exception):
+        try:
             info = discover_caldav(raw.strip(), timeout=int(access.timeout))
-            if info is not None:
-                candidates.insert(
-                    0, Candidate(info.url, f"found by RFC 6764 discovery ({info.source})")
-                )
+        except Exception as exc:  # DNS or HTTP trouble: the other candidates remain
+            steps.append(f"RFC 6764 discovery for {raw.strip()!r} failed: {type(exc).__name__}")
+            info = None
+        if info is not None:
+            candidates.insert(
+                0, Candidate(info.url, f"found by RFC 6764 discovery ({info.source})")
+            )
     failures: list[CalDAVError] = []
     for candidate in candidates:
         try:

@@ -388,7 +388,7 @@ class Appointment(Aggregate):
             all_day=remote.all_day,
             floating=remote.floating,
             recurrence=remote.recurrence,
-            **_cause(cause),
+            **cause.fields(),
         )
 
     def apply_calendar_change(self, *, remote: RemoteFields, cause: Cause) -> list[str]:
@@ -416,7 +416,7 @@ class Appointment(Aggregate):
                 timezone=remote.timezone if kind_changed else None,
                 all_day=remote.all_day if kind_changed else None,
                 floating=remote.floating if kind_changed else None,
-                **_cause(cause),
+                **cause.fields(),
             )
             recorded.append("Moved")
         details = {
@@ -428,10 +428,10 @@ class Appointment(Aggregate):
         }
         changes = {k: v for k, v in details.items() if getattr(self, k) != v}
         if changes:
-            self._details_changed(changes=changes, **_cause(cause))
+            self._details_changed(changes=changes, **cause.fields())
             recorded.append("DetailsChanged")
         if remote.recurrence != self.recurrence:
-            self._recurrence_changed(recurrence=remote.recurrence, **_cause(cause))
+            self._recurrence_changed(recurrence=remote.recurrence, **cause.fields())
             recorded.append("RecurrenceChanged")
         return recorded
 
@@ -451,7 +451,7 @@ class Appointment(Aggregate):
 
     def record_push_failure(self, *, sequence: int, error: str, cause: Cause) -> None:
         """Record that pushing change ``sequence`` to the calendar failed for good."""
-        self._push_failed(sequence=sequence, error=error[:1000], **_cause(cause))
+        self._push_failed(sequence=sequence, error=error[:1000], **cause.fields())
 
     @event("PushFailed", topic="caljournal:Appointment.PushFailed")
     def _push_failed(
@@ -463,7 +463,7 @@ class Appointment(Aggregate):
         """Record that an operator asked to push again; return False if nothing failed."""
         if self.push_failure is None:
             return False
-        self._push_retried(**_cause(cause))
+        self._push_retried(**cause.fields())
         return True
 
     @event("PushRetried", topic="caljournal:Appointment.PushRetried")
@@ -474,7 +474,7 @@ class Appointment(Aggregate):
         self, *, local: dict[str, Any], remote: dict[str, Any], winner: str, cause: Cause
     ) -> None:
         """Record that the calendar copy had been changed and how it was resolved."""
-        self._conflict_resolved(local=local, remote=remote, winner=winner, **_cause(cause))
+        self._conflict_resolved(local=local, remote=remote, winner=winner, **cause.fields())
 
     @event("ConflictResolved", topic="caljournal:Appointment.ConflictResolved")
     def _conflict_resolved(
@@ -527,11 +527,3 @@ class Appointment(Aggregate):
             "created_on": self.created_on.isoformat(),
             "modified_on": self.modified_on.isoformat(),
         }
-
-
-def _cause(cause: Cause) -> dict[str, str]:
-    return {
-        "origin": cause.origin.value,
-        "actor": cause.actor,
-        "correlation_id": cause.correlation_id,
-    }

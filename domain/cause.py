@@ -54,3 +54,11 @@ class Cause:
                 f"correlation id must be 1 to {MAX_CORRELATION_LENGTH} characters",
                 field="correlation_id",
             )
+
+    def fields(self) -> dict[str, str]:
+        """Return the origin, actor and correlation id as event fields."""
+        return {
+            "origin": self.origin.value,
+            "actor": self.actor,
+            "correlation_id": self.correlation_id,
+        }

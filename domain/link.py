@@ -65,7 +65,7 @@ class CalendarLink(Aggregate):
             auth=auth,
             provider=provider,
             resolution=resolution,
-            **_cause(cause),
+            **cause.fields(),
         )
 
     @event("Linked", topic="caljournal:CalendarLink.Linked")
@@ -123,7 +123,7 @@ class CalendarLink(Aggregate):
             auth=auth,
             provider=provider,
             resolution=resolution,
-            **_cause(cause),
+            **cause.fields(),
         )
 
     @event("Relinked", topic="caljournal:CalendarLink.Relinked")
@@ -162,7 +162,7 @@ class CalendarLink(Aggregate):
             name=name,
             sync_tokens=sync_tokens,
             chosen_at=chosen_at,
-            **_cause(cause),
+            **cause.fields(),
         )
         return True
 
@@ -190,7 +190,7 @@ class CalendarLink(Aggregate):
         :raises LinkStateError: when the link is unlinked.
         """
         self._check_linked("rotate credentials")
-        self._credentials_rotated(username=username, **_cause(cause))
+        self._credentials_rotated(username=username, **cause.fields())
 
     @event("CredentialsRotated", topic="caljournal:CalendarLink.CredentialsRotated")
     def _credentials_rotated(
@@ -212,7 +212,7 @@ class CalendarLink(Aggregate):
             )
         if seconds == self.poll_interval:
             return False
-        self._poll_interval_changed(seconds=seconds, **_cause(cause))
+        self._poll_interval_changed(seconds=seconds, **cause.fields())
         return True
 
     @event("PollIntervalChanged", topic="caljournal:CalendarLink.PollIntervalChanged")
@@ -227,7 +227,7 @@ class CalendarLink(Aggregate):
         :raises LinkStateError: when the link is unlinked.
         """
         self._check_linked("poll")
-        self._poll_requested(**_cause(cause))
+        self._poll_requested(**cause.fields())
 
     @event("PollRequested", topic="caljournal:CalendarLink.PollRequested")
     def _poll_requested(self, *, origin: str, actor: str, correlation_id: str) -> None:
@@ -235,7 +235,7 @@ class CalendarLink(Aggregate):
 
     def record_resync(self, *, kind: str, summary: dict[str, Any], cause: Cause) -> None:
         """Record that a backfill or replay ran against the calendar, with its outcome."""
-        self._resync_ran(kind=kind, summary=summary, **_cause(cause))
+        self._resync_ran(kind=kind, summary=summary, **cause.fields())
 
     @event("ResyncRan", topic="caljournal:CalendarLink.ResyncRan")
     def _resync_ran(
@@ -251,7 +251,7 @@ class CalendarLink(Aggregate):
         self._check_linked("pause")
         if self.paused:
             return False
-        self._paused(reason=reason, **_cause(cause))
+        self._paused(reason=reason, **cause.fields())
         return True
 
     @event("Paused", topic="caljournal:CalendarLink.Paused")
@@ -267,7 +267,7 @@ class CalendarLink(Aggregate):
         self._check_linked("resume")
         if not self.paused:
             return False
-        self._resumed(**_cause(cause))
+        self._resumed(**cause.fields())
         return True
 
     @event("Resumed", topic="caljournal:CalendarLink.Resumed")
@@ -279,7 +279,7 @@ class CalendarLink(Aggregate):
         """Unlink; return False when unlinked already."""
         if self.unlinked:
             return False
-        self._unlinked(**_cause(cause))
+        self._unlinked(**cause.fields())
         return True
 
     @event("Unlinked", topic="caljournal:CalendarLink.Unlinked")
@@ -325,11 +325,3 @@ class CalendarLink(Aggregate):
             "last_resync": self.last_resync,
             "modified_on": self.modified_on.isoformat(),
         }
-
-
-def _cause(cause: Cause) -> dict[str, str]:
-    return {
-        "origin": cause.origin.value,
-        "actor": cause.actor,
-        "correlation_id": cause.correlation_id,
-    }

@@ -22,6 +22,8 @@ from datetime import time as dtime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from eventsourcing.application import AggregateNotFoundError
+
 from caljournal.adapters.calendar_reader import CalendarReader, SyncTokenInvalidError
 from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
 from caljournal.adapters.ical_parse import RemoteEvent
@@ -359,7 +361,7 @@ class Poller:
         for appointment_id in ids:
             try:
                 appointment = self.journal.repository.get(uuid.UUID(appointment_id))
-            except Exception:  # noqa: BLE001 - not in the journal: treated as unknown
+            except AggregateNotFoundError:  # not in the journal: unknown here
                 continue
             if (
                 isinstance(appointment, Appointment)
@@ -551,7 +553,7 @@ class Poller:
             return None
         try:
             found = self.journal.repository.get(uuid.UUID(appointment_id))
-        except Exception:  # noqa: BLE001 - absent
+        except AggregateNotFoundError:
             return None
         return found if isinstance(found, Appointment) else None
 
