@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import uvicorn
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -99,3 +100,23 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(appointments_router)
     app.include_router(links_router)
     return app
+
+
+def server_config(
+    app: FastAPI, host: str, port: int, *, access_log: bool = True, log_level: str = "info"
+) -> uvicorn.Config:
+    """Return how uvicorn serves ``app``: httptools and uvloop where installed.
+
+    uvicorn's own defaults pick them too (``auto``); naming them makes a missing
+    install visible at start-up instead of silently costing a third of the
+    request rate (pure-Python h11 parsing and the stock asyncio loop).
+    """
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http="httptools",
+        loop="uvloop",
+        access_log=access_log,
+        log_level=log_level,
+    )

@@ -10,13 +10,7 @@ from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 
-from caljournal.api.deps import (
-    CauseDep,
-    ContainerDep,
-    ExpectedVersionDep,
-    ScopeDep,
-    TargetAccountDep,
-)
+from caljournal.api.deps import AccountQuery, CallerDep, IfMatchHeader, expected_version
 from caljournal.api.schemas import (
     AppointmentList,
     AppointmentOut,
@@ -62,9 +56,8 @@ def _with_etag(response: Response, state: dict[str, Any], status_code: int = 200
 def book(
     body: BookIn,
     response: Response,
-    container: ContainerDep,
-    cause: CauseDep,
-    account_id: TargetAccountDep,
+    caller: CallerDep,
+    account: AccountQuery = None,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -75,8 +68,11 @@ def book(
     ] = None,
 ) -> Response:
     """Book an appointment. With ``Idempotency-Key`` a retried request books nothing new."""
-    booked = container.appointments.book(
-        account_id, Booking(**body.model_dump()), cause, idempotency_key
+    booked = caller.container.appointments.book(
+        caller.target_account(account),
+        Booking(**body.model_dump()),
+        caller.cause(),
+        idempotency_key,
     )
     response.headers["Location"] = f"/appointments/{booked.state['id']}"
     if not booked.created:
@@ -86,17 +82,20 @@ def book(
 
 @router.get("", response_model=AppointmentList, responses=_ERRORS, summary="List a time window")
 def list_window(
-    container: ContainerDep,
-    account_id: TargetAccountDep,
+    caller: CallerDep,
     start: Annotated[AwareDatetime, Query(description="window start (inclusive)")],
     end: Annotated[AwareDatetime, Query(description="window end (exclusive)")],
     include_cancelled: bool = False,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
+    account: AccountQuery = None,
 ) -> dict[str, Any]:
     """List the appointments that overlap [start, end), earliest first."""
     if end <= start:
         raise ApplicationError("end must be after start", field="end")
-    items = container.appointments.list_window(account_id, start, end, include_cancelled, limit)
+    account_id = caller.target_account(account)
+    items = caller.container.appointments.list_window(
+        account_id, start, end, include_cancelled, limit
+    )
     return {"items": items, "count": len(items)}
 
 
@@ -104,14 +103,13 @@ def list_window(
 def get(
     appointment_id: UUID,
     response: Response,
-    container: ContainerDep,
-    scope: ScopeDep,
+    caller: CallerDep,
     as_of: Annotated[
         AwareDatetime | None, Query(description="return the state as it was at this moment")
     ] = None,
 ) -> Response:
     """Return an appointment, now or as it was at ``as_of``."""
-    state = container.appointments.get(scope, appointment_id, as_of)
+    state = caller.container.appointments.get(caller.scope(), appointment_id, as_of)
     return _with_etag(response, state)
 
 
@@ -120,14 +118,17 @@ def move(
     appointment_id: UUID,
     body: MoveIn,
     response: Response,
-    container: ContainerDep,
-    scope: ScopeDep,
-    cause: CauseDep,
-    expected_version: ExpectedVersionDep,
+    caller: CallerDep,
+    if_match: IfMatchHeader = None,
 ) -> Response:
     """Move an appointment to a new period."""
-    state = container.appointments.move(
-        scope, appointment_id, body.start, body.end, cause, expected_version
+    state = caller.container.appointments.move(
+        caller.scope(),
+        appointment_id,
+        body.start,
+        body.end,
+        caller.cause(),
+        expected_version(if_match),
     )
     return _with_etag(response, state)
 
@@ -137,17 +138,15 @@ def change_details(
     appointment_id: UUID,
     body: DetailsIn,
     response: Response,
-    container: ContainerDep,
-    scope: ScopeDep,
-    cause: CauseDep,
-    expected_version: ExpectedVersionDep,
+    caller: CallerDep,
+    if_match: IfMatchHeader = None,
 ) -> Response:
     """Change title, location, description or customer fields."""
     changes = {name: getattr(body, name) for name in body.model_fields_set}
     if "title" in changes and changes["title"] is None:
         raise ApplicationError("title cannot be cleared", field="title")
-    state = container.appointments.change_details(
-        scope, appointment_id, changes, cause, expected_version
+    state = caller.container.appointments.change_details(
+        caller.scope(), appointment_id, changes, caller.cause(), expected_version(if_match)
     )
     return _with_etag(response, state)
 
@@ -156,22 +155,22 @@ def change_details(
 def cancel(
     appointment_id: UUID,
     response: Response,
-    container: ContainerDep,
-    scope: ScopeDep,
-    cause: CauseDep,
-    expected_version: ExpectedVersionDep,
+    caller: CallerDep,
+    if_match: IfMatchHeader = None,
     body: Annotated[CancelIn | None, Body()] = None,
 ) -> Response:
     """Cancel an appointment (cancelling twice changes nothing)."""
     reason = body.reason if body else None
-    state = container.appointments.cancel(scope, appointment_id, cause, reason, expected_version)
+    state = caller.container.appointments.cancel(
+        caller.scope(), appointment_id, caller.cause(), reason, expected_version(if_match)
+    )
     return _with_etag(response, state)
 
 
 @router.get("/{appointment_id}/history", response_model=History, responses=_ERRORS)
-def history(appointment_id: UUID, container: ContainerDep, scope: ScopeDep) -> dict[str, Any]:
+def history(appointment_id: UUID, caller: CallerDep) -> dict[str, Any]:
     """Every recorded change: journal position, time, type, origin, actor, old → new."""
-    entries = container.appointments.history(scope, appointment_id)
+    entries = caller.container.appointments.history(caller.scope(), appointment_id)
     return {"appointment_id": str(appointment_id), "entries": entries}
 
 

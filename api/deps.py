@@ -1,9 +1,19 @@
-"""Request-scoped dependencies: the container, the caller and the change's cause."""
+"""Request-scoped dependencies: the container, the caller and the change's cause.
+
+Each request is described by one ``Caller``: the bearer secret, the
+correlation id and the container, read from the request without I/O. The
+token is looked up the first time the caller is asked who it is, in the
+thread that runs the endpoint, so a request costs one hop to a worker
+thread rather than one for authentication and another for the command (each
+dependency and each hop is a measurable share of a write's cost; see
+``scripts/bench_api.py``).
+"""
 
 from __future__ import annotations
 
 import re
 import uuid
+from dataclasses import dataclass, field
 from typing import Annotated
 from uuid import UUID
 
@@ -25,6 +35,47 @@ _ETAG = re.compile(r'^(?:W/)?"?(\d{1,12})"?$')
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
+@dataclass
+class Caller:
+    """Who sent the request, resolved on first use."""
+
+    container: Container
+    secret: str
+    correlation_id: str
+    _principal: Principal | None = field(default=None, repr=False)
+
+    def principal(self) -> Principal:
+        """Return the caller's principal (looked up once per request).
+
+        :raises AuthenticationError: when the token is unknown or revoked.
+        """
+        if self._principal is None:
+            self._principal = self.container.accounts.authenticate(self.secret)
+        return self._principal
+
+    def cause(self) -> Cause:
+        """Return the cause recorded with changes made by this request."""
+        return Cause(Origin.API, self.principal().actor, self.correlation_id)
+
+    def scope(self) -> UUID | None:
+        """Return the account the caller may see, or None for an operator."""
+        return self.principal().account_id
+
+    def target_account(self, name: str | None) -> UUID:
+        """Return the account a create or list acts on.
+
+        :raises NotFoundError: for another account's name, or an unknown one.
+        """
+        principal = self.principal()
+        if principal.account_id is not None:
+            if name is not None and name.casefold() != (principal.account_name or "").casefold():
+                raise NotFoundError(f"no account named {name!r}")
+            return principal.account_id
+        if name is None:
+            raise NotFoundError("operator tokens must name the account: add ?account=NAME")
+        return self.container.accounts.find_account(name).id
+
+
 async def get_container(request: Request) -> Container:
     """Return the application's container."""
     container: Container = request.app.state.container
@@ -34,79 +85,65 @@ async def get_container(request: Request) -> Container:
 ContainerDep = Annotated[Container, Depends(get_container)]
 
 
-async def get_principal(
-    container: ContainerDep,
+async def get_caller(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> Principal:
-    """Return the caller.
+    x_request_id: Annotated[str | None, Header(description="correlation id to record")] = None,
+) -> Caller:
+    """Return the caller; the token is checked when the endpoint first asks.
 
-    :raises AuthenticationError: without a valid bearer token.
+    :raises AuthenticationError: without a bearer token.
     """
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise AuthenticationError("send an 'Authorization: Bearer cj_…' header")
-    return await run_in_threadpool(container.accounts.authenticate, credentials.credentials)
-
-
-PrincipalDep = Annotated[Principal, Depends(get_principal)]
-
-
-async def get_correlation_id(
-    request: Request,
-    x_request_id: Annotated[str | None, Header(description="correlation id to record")] = None,
-) -> str:
-    """Return the caller's X-Request-ID when usable, else a new one."""
     value = x_request_id if x_request_id and _REQUEST_ID.match(x_request_id) else None
     correlation_id = value or str(uuid.uuid4())
     request.state.correlation_id = correlation_id
-    return correlation_id
+    return Caller(request.app.state.container, credentials.credentials, correlation_id)
 
 
-async def get_cause(
-    principal: PrincipalDep, correlation_id: Annotated[str, Depends(get_correlation_id)]
-) -> Cause:
+CallerDep = Annotated[Caller, Depends(get_caller)]
+"""For synchronous endpoints: they run in a worker thread, which also checks the token."""
+
+
+async def get_authenticated(caller: CallerDep) -> Caller:
+    """Return the caller with the token checked (for endpoints on the event loop).
+
+    :raises AuthenticationError: when the token is unknown or revoked.
+    """
+    await run_in_threadpool(caller.principal)
+    return caller
+
+
+AuthenticatedDep = Annotated[Caller, Depends(get_authenticated)]
+
+
+async def get_cause(caller: AuthenticatedDep) -> Cause:
     """Return the cause recorded with changes made by this request."""
-    return Cause(Origin.API, principal.actor, correlation_id)
+    return caller.cause()
 
 
 CauseDep = Annotated[Cause, Depends(get_cause)]
 
-
-async def get_scope(principal: PrincipalDep) -> UUID | None:
-    """Return the account the caller may see, or None for an operator."""
-    return principal.account_id
-
-
-ScopeDep = Annotated[UUID | None, Depends(get_scope)]
+AccountQuery = Annotated[
+    str | None,
+    Query(description="account name; required for operator tokens, optional otherwise"),
+]
 
 
-async def get_target_account(
-    principal: PrincipalDep,
-    container: ContainerDep,
-    account: Annotated[
-        str | None,
-        Query(description="account name; required for operator tokens, optional otherwise"),
-    ] = None,
-) -> UUID:
-    """Return the account a create or list acts on.
-
-    :raises NotFoundError: for another account's name, or an unknown one.
-    """
-    if principal.account_id is not None:
-        if account is not None and account.casefold() != (principal.account_name or "").casefold():
-            raise NotFoundError(f"no account named {account!r}")
-        return principal.account_id
-    if account is None:
-        raise NotFoundError("operator tokens must name the account: add ?account=NAME")
-    found = await run_in_threadpool(container.accounts.find_account, account)
-    return found.id
+async def get_target_account(caller: AuthenticatedDep, account: AccountQuery = None) -> UUID:
+    """Return the account a call acts on (see ``Caller.target_account``)."""
+    if caller.scope() is not None:  # an account token: no lookup needed
+        return caller.target_account(account)
+    return await run_in_threadpool(caller.target_account, account)
 
 
 TargetAccountDep = Annotated[UUID, Depends(get_target_account)]
 
+IfMatchHeader = Annotated[str | None, Header(description='the ETag you read, e.g. "3"')]
 
-async def get_expected_version(
-    if_match: Annotated[str | None, Header(description='the ETag you read, e.g. "3"')] = None,
-) -> int | None:
+
+def expected_version(if_match: str | None) -> int | None:
     """Return the version named by If-Match, None when absent or ``*``.
 
     :raises PreconditionFailedError: when the header names no version of ours.
@@ -117,6 +154,3 @@ async def get_expected_version(
     if not match:
         raise PreconditionFailedError(f"If-Match {if_match!r} is not an ETag of this API")
     return int(match.group(1))
-
-
-ExpectedVersionDep = Annotated[int | None, Depends(get_expected_version)]
