@@ -41,7 +41,7 @@ def serve(
     """Run the HTTP API and the sync worker (embedded SQLite journal unless configured)."""
     import uvicorn
 
-    from caljournal.api.app import create_app
+    from caljournal.api.app import create_app, server_config
 
     with container() as built:
         bind_host = host or built.settings.host
@@ -53,7 +53,7 @@ def serve(
             highlight=False,
         )
         try:
-            uvicorn.run(create_app(built), host=bind_host, port=bind_port, log_level="info")
+            uvicorn.Server(server_config(create_app(built), bind_host, bind_port)).run()
         finally:
             if worker is not None:
                 worker.stop()
