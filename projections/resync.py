@@ -301,11 +301,7 @@ class Resync:
             states = [one_state(self.journal, i, self.as_of) for i in ids]
         else:
             states = self.journal.journal_recorder.appointment_docs(ids)
-        bodies = {}
-        for state in states:
-            data, _ = render(state)
-            bodies[state["id"]] = (data, content_hash(data))
-        return bodies
+        return {state["id"]: render(state) for state in states}
 
     @staticmethod
     def _count(summary: Summary, kind: str) -> None:
