@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 from caldav.elements import dav
 from caldav.lib import error as dav_error
@@ -170,11 +171,16 @@ class CalendarReader:
         return None
 
     def load(self, hrefs: Iterable[str]) -> Loaded:
-        """Load objects with calendar-multiget, in batches (never one GET each)."""
+        """Load objects with calendar-multiget, in batches (never one GET each).
+
+        Objects are keyed by the href asked for: a server may spell an href
+        differently in its answer (``%40`` in a listing, ``@`` in a multiget).
+        """
         wanted = list(hrefs)
         loaded = Loaded()
         for start in range(0, len(wanted), MULTIGET_BATCH):
             batch = wanted[start : start + MULTIGET_BATCH]
+            asked = {unquote(h): h for h in batch}
             with translate("loading changed objects"):
                 objects = self.calendar.multiget(
                     [URL.objectify(h) for h in batch], raise_notfound=False
@@ -182,7 +188,8 @@ class CalendarReader:
             loaded.requests += 1
             for obj in objects:
                 data = obj.data
-                loaded.objects[str(obj.url)] = (
+                href = asked.get(unquote(str(obj.url)), str(obj.url))
+                loaded.objects[href] = (
                     data.encode() if isinstance(data, str) else bytes(data),
                     _etag((obj.props or {}).get(dav.GetEtag.tag)),
                 )

@@ -278,6 +278,30 @@ def test_a_bogus_sync_token_falls_back_to_a_full_compare_that_finds_deletions(
     assert linked.poll().counts == {}  # and the new token works
 
 
+def test_a_foreign_event_whose_href_needs_escaping_is_tracked_by_one_spelling(
+    linked: Linked,
+) -> None:
+    """Radicale lists ``phone-1%40example.org.ics`` but answers a multiget with ``@``."""
+    linked.poll()
+    linked.calendar.save_event(
+        dtstart=datetime(2026, 4, 23, 9, tzinfo=BERLIN),
+        dtend=datetime(2026, 4, 23, 10, tzinfo=BERLIN),
+        summary="Booked by phone",
+        uid="phone-1@example.org",
+    )
+    assert linked.poll().counts == {"import": 1}
+    (copy,) = linked.container.journal.journal_recorder.copies(linked.account)
+    assert copy["href"].endswith("/phone-1%40example.org.ics")
+    linked.container.journal.journal_recorder.update_inbound(
+        linked.account, sync_token="http://radicale.org/ns/sync/bogus"
+    )
+    full = linked.poll()
+    assert full.full and full.counts == {}  # still there: neither cancelled nor re-imported
+    linked.calendar.get_object_by_uid("phone-1@example.org").delete()
+    assert linked.poll().counts == {"cancel": 1}
+    assert linked.state(copy["appointment_id"])["status"] == "cancelled"
+
+
 def test_a_crash_between_fetching_and_committing_imports_nothing_twice(
     linked: Linked, monkeypatch: pytest.MonkeyPatch
 ) -> None:
