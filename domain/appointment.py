@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from eventsourcing.domain import Aggregate, event
 
-from caljournal.domain.cause import Cause
+from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.errors import AppointmentCancelledError, InvalidAppointmentError
 
 MAX_TITLE = 200
@@ -244,6 +244,8 @@ class Appointment(Aggregate):
         self.customer_email = customer_email
         self.cancelled = False
         self.cancel_reason: str | None = None
+        # Where the cancellation came from: a calendar may take back only its own.
+        self.cancel_origin: str | None = None
         # Counts changes of what a calendar shows; sync bookkeeping events below
         # do not count, so they never make a calendar copy look outdated.
         self.sequence = 0
@@ -356,6 +358,7 @@ class Appointment(Aggregate):
     ) -> None:
         self.cancelled = True
         self.cancel_reason = reason
+        self.cancel_origin = origin
         self.sequence += 1
 
     # -- changes that come from the customer's calendar --------------------------
@@ -404,11 +407,7 @@ class Appointment(Aggregate):
             return recorded
         if self.cancelled:
             return recorded
-        kind_changed = (remote.timezone, remote.all_day, remote.floating) != (
-            self.timezone,
-            self.all_day,
-            self.floating,
-        )
+        kind_changed = self._kind_changed(remote)
         if kind_changed or remote.start != self.start or remote.end != self.end:
             self._moved(
                 start=remote.start,
@@ -419,14 +418,7 @@ class Appointment(Aggregate):
                 **cause.fields(),
             )
             recorded.append("Moved")
-        details = {
-            "title": remote.title,
-            "location": remote.location,
-            "description": remote.description,
-            "customer_name": remote.customer_name,
-            "customer_email": remote.customer_email,
-        }
-        changes = {k: v for k, v in details.items() if getattr(self, k) != v}
+        changes = self._changed_details(remote)
         if changes:
             self._details_changed(changes=changes, **cause.fields())
             recorded.append("DetailsChanged")
@@ -434,6 +426,71 @@ class Appointment(Aggregate):
             self._recurrence_changed(recurrence=remote.recurrence, **cause.fields())
             recorded.append("RecurrenceChanged")
         return recorded
+
+    def reinstate_from_calendar(self, *, remote: RemoteFields, cause: Cause) -> bool:
+        """Take back a cancellation the calendar caused, now that it holds the appointment again.
+
+        Another client restored the deleted calendar object (an undo, a trash
+        bin). The appointment is booked again with the fields the restored object
+        states. Return False when the appointment is not cancelled.
+
+        :raises AppointmentCancelledError: when the cancellation was not the
+            calendar's own (the booking system's cancellation wins).
+        :raises InvalidAppointmentError: when the remote data is unusable or
+            itself cancelled.
+        """
+        remote.check()
+        if not self.cancelled:
+            return False
+        if self.cancel_origin != Origin.CALDAV.value:
+            raise AppointmentCancelledError(
+                f"appointment {self.id} was cancelled in the booking system "
+                f"({self.cancel_origin}); the calendar cannot take that back"
+            )
+        if remote.cancelled:
+            raise InvalidAppointmentError("the calendar object is cancelled itself", field="status")
+        kind_changed = self._kind_changed(remote)
+        changes: dict[str, Any] = self._changed_details(remote)
+        if remote.recurrence != self.recurrence:
+            changes["recurrence"] = remote.recurrence
+        self._reinstated_from_calendar(
+            start=remote.start,
+            end=remote.end,
+            timezone=remote.timezone if kind_changed else None,
+            all_day=remote.all_day if kind_changed else None,
+            floating=remote.floating if kind_changed else None,
+            changes=changes,
+            **cause.fields(),
+        )
+        return True
+
+    @event("ReinstatedFromCalendar", topic="caljournal:Appointment.ReinstatedFromCalendar")
+    def _reinstated_from_calendar(
+        self,
+        *,
+        start: datetime,
+        end: datetime,
+        changes: dict[str, Any],
+        origin: str,
+        actor: str,
+        correlation_id: str,
+        timezone: str | None = None,
+        all_day: bool | None = None,
+        floating: bool | None = None,
+    ) -> None:
+        if timezone is not None:
+            self.timezone = timezone
+        if all_day is not None:
+            self.all_day = all_day
+        if floating is not None:
+            self.floating = floating
+        self._set_period(start, end)
+        for name, value in changes.items():
+            setattr(self, name, value)
+        self.cancelled = False
+        self.cancel_reason = None
+        self.cancel_origin = None
+        self.sequence += 1
 
     @event("RecurrenceChanged", topic="caljournal:Appointment.RecurrenceChanged")
     def _recurrence_changed(
@@ -489,6 +546,17 @@ class Appointment(Aggregate):
     ) -> None:
         self.last_conflict = {"local": local, "remote": remote, "winner": winner}
 
+    def _kind_changed(self, remote: RemoteFields) -> bool:
+        return (remote.timezone, remote.all_day, remote.floating) != (
+            self.timezone,
+            self.all_day,
+            self.floating,
+        )
+
+    def _changed_details(self, remote: RemoteFields) -> dict[str, Any]:
+        stated = {name: getattr(remote, name) for name in DETAIL_FIELDS}
+        return {k: v for k, v in stated.items() if getattr(self, k) != v}
+
     def _check_not_cancelled(self, verb: str) -> None:
         if self.cancelled:
             raise AppointmentCancelledError(
@@ -518,6 +586,7 @@ class Appointment(Aggregate):
             "customer_name": self.customer_name,
             "customer_email": self.customer_email,
             "cancel_reason": self.cancel_reason,
+            "cancel_origin": self.cancel_origin,
             "sequence": self.sequence,
             "push_failure": self.push_failure,
             "calendar_uid": self.calendar_uid,

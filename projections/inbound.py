@@ -1,13 +1,14 @@
 """Inbound sync: turn a calendar's changes into journal events, cheaply and without echo.
 
-``decide`` is pure: for one remote object (or its deletion) and what caljournal
-knows of it, it says what to do. ``Poller.poll`` asks the server the cheapest
-question it can (a sync-collection delta, or a CTag check and an ETag listing),
-loads only objects whose ETag differs from caljournal's own href → ETag map
-(so our own writes are never read back as changes), and commits the events
-together with the map and the new sync token, in one transaction per batch:
-the token moves only with the last batch, so a crash repeats the poll and the
-map makes the repeat import nothing twice.
+``decide`` (``projections.inbound_decide``) is pure: for one remote object (or
+its deletion) and what caljournal knows of it, it says what to do.
+``Poller.poll`` asks the server the cheapest question it can (a sync-collection
+delta, or a CTag check and an ETag listing), loads only objects whose ETag
+differs from caljournal's own href → ETag map (so our own writes are never read
+back as changes), and commits the events together with the map and the new
+sync token, in one transaction per batch: the token moves only with the last
+batch, so a crash repeats the poll and the map makes the repeat import nothing
+twice.
 """
 
 from __future__ import annotations
@@ -15,31 +16,31 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
-from datetime import time as dtime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from eventsourcing.application import AggregateNotFoundError
 
 from caljournal.adapters.calendar_reader import CalendarReader, SyncTokenInvalidError
-from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
-from caljournal.adapters.ical_parse import RemoteEvent
+from caljournal.adapters.ical import ICalendarError, from_ical
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import get_profile
 from caljournal.adapters.readmodel import INBOUND, OUTBOUND, QUARANTINE, Row
 from caljournal.domain.appointment import Appointment, RemoteFields
 from caljournal.domain.cause import Cause
-from caljournal.domain.errors import DomainError
 from caljournal.domain.link import CalendarLink
+from caljournal.projections.inbound_decide import (
+    MAX_OBJECT_BYTES,
+    Decision,
+    decide,
+    imported_id,
+    remote_fields,
+)
 
 log = logging.getLogger("caljournal.inbound")
-IMPORT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://caljournal.invalid/imported")
 BATCH = 200
 FULL_COMPARE_EVERY_US = 6 * 3600 * 1_000_000
-MAX_OBJECT_BYTES = 5_000_000
 
 
 @dataclass(frozen=True)
@@ -48,20 +49,6 @@ class BreakerPolicy:
 
     share: float = 0.5
     minimum: int = 10
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What one remote object (or its deletion) means for the journal."""
-
-    kind: str  # import | apply | adopt | echo | conflict | cancel | forget | quarantine
-    href: str
-    appointment_id: str | None = None
-    fields: RemoteFields | None = None
-    etag: str | None = None
-    digest: str | None = None
-    reason: str | None = None
-    sequence: int | None = None
 
 
 @dataclass
@@ -77,119 +64,6 @@ class PollReport:
     def count(self, kind: str) -> None:
         """Count one decision of ``kind``."""
         self.counts[kind] = self.counts.get(kind, 0) + 1
-
-
-def imported_id(account_id: str, calendar_url: str, uid: str) -> str:
-    """Return the appointment id of a foreign calendar object (the same on every import)."""
-    return str(uuid.uuid5(IMPORT_NAMESPACE, f"{account_id}|{calendar_url.rstrip('/')}|{uid}"))
-
-
-def _moment(value: date | datetime, zone: str, floating: bool) -> datetime:
-    if isinstance(value, datetime):
-        if floating or value.tzinfo is None:
-            return value.replace(tzinfo=ZoneInfo("UTC"))
-        return value.astimezone(ZoneInfo(zone))
-    return datetime.combine(value, dtime(0), tzinfo=ZoneInfo(zone))
-
-
-def remote_fields(events: Sequence[RemoteEvent]) -> RemoteFields:
-    """Return the appointment fields a calendar object states (master plus overrides).
-
-    :raises ICalendarError: when the object has no master event.
-    """
-    masters = [e for e in events if e.recurrence_id is None]
-    if len(masters) != 1:
-        raise ICalendarError("the object has no single master event (only overrides?)")
-    master = masters[0]
-    floating = master.floating
-    zone = "UTC" if floating else (master.timezone or "UTC")
-    overrides = [
-        {
-            "recurrence_id": e.recurrence_id_line,
-            "start": _moment(e.start, zone, floating).isoformat(),
-            "end": _moment(e.end, zone, floating).isoformat(),
-            "title": e.title,
-            "location": e.location,
-            "description": e.description,
-            "status": e.status,
-        }
-        for e in events
-        if e.recurrence_id is not None
-    ]
-    recurrence = None
-    if master.rrule or master.rdate or overrides:
-        recurrence = {
-            "rrule": list(master.rrule),
-            "rdate": list(master.rdate),
-            "exdate": list(master.exdate),
-            "overrides": overrides,
-        }
-    return RemoteFields(
-        title=master.title or "",
-        start=_moment(master.start, zone, floating),
-        end=_moment(master.end, zone, floating),
-        timezone=zone,
-        location=master.location,
-        description=master.description,
-        customer_name=master.customer_name,
-        customer_email=master.customer_email,
-        calendar_uid=master.uid,
-        all_day=master.all_day,
-        floating=floating,
-        recurrence=recurrence,
-        cancelled=(master.status or "").upper() == "CANCELLED",
-    )
-
-
-def decide(
-    href: str,
-    etag: str | None,
-    data: bytes | None,
-    copy: dict[str, Any] | None,
-    appointment: dict[str, Any] | None,
-    new_id: Callable[[str], str],
-) -> Decision:
-    """Decide what a remote object (``data``; None when deleted) means (pure).
-
-    ``copy`` is caljournal's record of that href, ``appointment`` the state of
-    the appointment it belongs to, ``new_id`` maps a foreign UID to an id.
-    """
-    local_newer = (
-        copy is not None
-        and appointment is not None
-        and appointment["sequence"] > copy["pushed_sequence"]
-    )
-    if data is None:
-        if copy is None or appointment is None or appointment["status"] == "cancelled":
-            return Decision("forget", href, copy and copy["appointment_id"])
-        if local_newer:
-            return Decision("conflict", href, appointment["id"], reason="deleted in the calendar")
-        return Decision("cancel", href, appointment["id"])
-    if len(data) > MAX_OBJECT_BYTES:
-        return Decision("quarantine", href, etag=etag, reason="object larger than 5 MB")
-    try:
-        events = from_ical(data)
-        fields = remote_fields(events)
-        fields.check()
-    except (ICalendarError, DomainError) as exc:
-        reason = getattr(exc, "message", None) or str(exc)
-        return Decision("quarantine", href, etag=etag, reason=reason[:500])
-    digest = content_hash(data)
-    if copy is not None:
-        if digest == copy["content_hash"]:
-            return Decision("echo", href, copy["appointment_id"], etag=etag, digest=digest)
-        if local_newer:
-            return Decision("conflict", href, copy["appointment_id"], fields, etag, digest)
-        return Decision("apply", href, copy["appointment_id"], fields, etag, digest)
-    ours = next((e.appointment_id for e in events if e.appointment_id), None)
-    if ours is not None and appointment is not None and appointment["id"] == ours:
-        remote_sequence = max(e.sequence or 0 for e in events)
-        if remote_sequence <= appointment["sequence"]:
-            # Our own write whose record was lost (a crash between the server's
-            # answer and the record): adopt it; the push brings it up to date.
-            return Decision("adopt", href, ours, fields, etag, digest, sequence=remote_sequence)
-        return Decision("apply", href, ours, fields, etag, digest)
-    return Decision("import", href, new_id(fields.calendar_uid or href), fields, etag, digest)
 
 
 class Poller:
@@ -212,6 +86,8 @@ class Poller:
         self.cause = cause
         self.breaker = breaker or BreakerPolicy()
         self.recorder = journal.journal_recorder
+        # Appointment ids one poll found unknown here, so an import looks once.
+        self._unknown: set[str] = set()
 
     def poll(self) -> PollReport:
         """Poll once; return what was done.
@@ -219,6 +95,7 @@ class Poller:
         :raises CalDAVError: when the server cannot be asked (nothing is recorded).
         """
         report = PollReport()
+        self._unknown = set()
         state = self.recorder.inbound_state(self.account_id)
         same_calendar = state.get("calendar_url") == self.calendar_url
         token = state.get("sync_token") if same_calendar else None
@@ -314,16 +191,19 @@ class Poller:
         for href in sorted(objects):
             data, etag = objects[href]
             copy = copies.get(href)
+            appointment = states.get(copy["appointment_id"]) if copy else None
+            if copy is None:
+                copy, appointment = self._owner(data, states)
             decision = decide(
                 href,
                 etag,
                 data,
                 copy,
-                states.get(copy["appointment_id"]) if copy else self._ours(data, states),
+                appointment,
                 lambda uid: imported_id(self.account_id, self.calendar_url, uid),
             )
             uid = decision.fields.calendar_uid if decision.fields else None
-            if uid and decision.kind in ("import", "apply"):
+            if uid and decision.kind in ("import", "apply", "reinstate"):
                 if uid in seen_uids:
                     decision = Decision(
                         "quarantine",
@@ -344,29 +224,40 @@ class Poller:
             )
         return decisions
 
-    def _ours(self, data: bytes, states: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    def _owner(
+        self, data: bytes, states: dict[str, dict[str, Any]]
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Return the absent-copy record and the state of the appointment an object names.
+
+        For an object at an href without a present copy: ours (by its appointment
+        id) or an imported one (by its UID). The record is returned only when it
+        says this calendar holds no copy (the object was deleted and is back).
+        """
         try:
             events = from_ical(data)
         except ICalendarError:
-            return None
-        ours = next((e.appointment_id for e in events if e.appointment_id), None)
-        if ours is None:
-            return None
-        if ours not in states:
-            states.update(self._states({ours}))
-        return states.get(ours)
+            return None, None
+        owner = next((e.appointment_id for e in events if e.appointment_id), None)
+        if owner is None:
+            master = next((e for e in events if e.recurrence_id is None), None)
+            if master is None or not master.uid:
+                return None, None
+            owner = imported_id(self.account_id, self.calendar_url, master.uid)
+        if owner not in states:
+            states.update(self._states({owner}))
+        state = states.get(owner)
+        if state is None:
+            return None, None
+        record = self.recorder.copy_of(owner)
+        if record and record["calendar_url"] == self.calendar_url and not record["present"]:
+            return record, state
+        return None, state
 
     def _states(self, ids: set[str]) -> dict[str, dict[str, Any]]:
         found = {}
         for appointment_id in ids:
-            try:
-                appointment = self.journal.repository.get(uuid.UUID(appointment_id))
-            except AggregateNotFoundError:  # not in the journal: unknown here
-                continue
-            if (
-                isinstance(appointment, Appointment)
-                and str(appointment.account_id) == self.account_id
-            ):
+            appointment = self._load_or_none(appointment_id)
+            if appointment is not None:
                 found[appointment_id] = appointment.state()
         return found
 
@@ -442,22 +333,33 @@ class Poller:
             return appointment, rows
         if appointment is None:
             return None, rows
+        if kind == "reinstate":
+            assert decision.fields is not None
+            appointment.reinstate_from_calendar(remote=decision.fields, cause=cause)
+            rows.append(self._copy_row(decision, appointment.sequence, present=True))
+            return appointment, rows
         if kind == "conflict":
             local = {"title": appointment.title, "start": appointment.start.isoformat()}
-            remote = (
+            remote: dict[str, Any] = (
                 {"title": decision.fields.title, "start": decision.fields.start.isoformat()}
                 if decision.fields
                 else {"deleted": True}
             )
+            if decision.fields and decision.reason:
+                remote["note"] = decision.reason
             appointment.record_conflict(
                 local=local, remote=remote, winner="booking system", cause=cause
             )
-            # The push that follows overwrites (or re-creates) the calendar copy. The
-            # record takes the remote ETag and the remote content's hash, so that push
-            # happens even when the journal's content equals what was pushed before.
+            # The push that follows overwrites, re-creates or deletes the calendar
+            # copy. The record takes the remote ETag and the remote content's hash,
+            # so that push happens even when the journal's content equals what was
+            # pushed before; a restored copy is recorded behind the journal.
             rows.append(
                 self._copy_row(
-                    decision, None, present=decision.fields is not None, keep_sequence=True
+                    decision,
+                    decision.sequence,
+                    present=decision.fields is not None,
+                    keep_sequence=decision.sequence is None,
                 )
             )
             return appointment, rows
@@ -549,13 +451,17 @@ class Poller:
             self.journal.save(link)
 
     def _load_or_none(self, appointment_id: str | None) -> Appointment | None:
-        if appointment_id is None:
+        """Return this account's appointment, or None when it is unknown here."""
+        if appointment_id is None or appointment_id in self._unknown:
             return None
         try:
             found = self.journal.repository.get(uuid.UUID(appointment_id))
-        except AggregateNotFoundError:
-            return None
-        return found if isinstance(found, Appointment) else None
+        except AggregateNotFoundError:  # not in the journal
+            found = None
+        if isinstance(found, Appointment) and str(found.account_id) == self.account_id:
+            return found
+        self._unknown.add(appointment_id)
+        return None
 
     def _qid(self, href: str) -> str:
         return f"{self.account_id}|{href}"
@@ -575,4 +481,13 @@ def _cancelled(appointment: Appointment) -> RemoteFields:
     )
 
 
-__all__ = ["BreakerPolicy", "Decision", "PollReport", "Poller", "decide", "remote_fields", "UTC"]
+__all__ = [
+    "MAX_OBJECT_BYTES",
+    "BreakerPolicy",
+    "Decision",
+    "PollReport",
+    "Poller",
+    "decide",
+    "imported_id",
+    "remote_fields",
+]

@@ -599,3 +599,80 @@ def test_servers_that_hide_bad_tokens_get_a_periodic_full_compare(linked: Linked
         reader.close()
     assert linked.state(gone["id"])["status"] == "cancelled"
     assert linked.state(kept["id"])["status"] == "booked"
+
+
+def take_out(calendar: caldav.Calendar, uid: str) -> tuple[str, bytes]:
+    """Delete an object as a calendar app with a trash bin does; return its href and data."""
+    obj = calendar.get_object_by_uid(uid)
+    href, data = str(obj.url), obj.data.encode()
+    obj.delete()
+    return href, data
+
+
+def put_back(calendar: caldav.Calendar, href: str, data: bytes, *, raise_sequence: bool) -> None:
+    """Restore a deleted object at its href, as an undo or a trash bin does."""
+    restored = caldav.Event(client=calendar.client, url=href, data=data, parent=calendar)
+    restored.save(increase_seqno=raise_sequence)
+
+
+def test_a_deletion_undone_in_the_calendar_reinstates_the_appointment(linked: Linked) -> None:
+    ours = linked.book("Ours, deleted by mistake", 9)
+    linked.poll()
+    linked.calendar.save_event(
+        dtstart=datetime(2026, 4, 22, 9, tzinfo=BERLIN),
+        dtend=datetime(2026, 4, 22, 10, tzinfo=BERLIN),
+        summary="Foreign, deleted by mistake",
+        uid="undo-1@example.org",
+    )
+    linked.push()
+    assert linked.poll().counts == {"import": 1}
+    foreign = linked.container.appointments.list_window(
+        linked.tenant.account_id,
+        datetime(2026, 4, 22, tzinfo=BERLIN),
+        datetime(2026, 4, 23, tzinfo=BERLIN),
+    )[0]
+    trash = [
+        take_out(linked.calendar, f"{ours['id']}@caljournal"),
+        take_out(linked.calendar, "undo-1@example.org"),
+    ]
+    assert linked.poll().counts == {"cancel": 2}
+    for appointment in (ours, foreign):
+        assert linked.state(appointment["id"])["status"] == "cancelled"
+        assert linked.history(appointment["id"])[-1]["origin"] == "caldav"
+
+    put_back(linked.calendar, *trash[0], raise_sequence=True)
+    put_back(linked.calendar, *trash[1], raise_sequence=False)
+    assert linked.poll().counts == {"reinstate": 2}
+    for appointment in (ours, foreign):
+        state = linked.state(appointment["id"])
+        assert state["status"] == "booked" and state["title"] == appointment["title"]
+        last = linked.history(appointment["id"])[-1]
+        assert (last["type"], last["origin"]) == ("ReinstatedFromCalendar", "caldav")
+        assert last["changes"]["status"] == {"old": "cancelled", "new": "booked"}
+    assert linked.push() == 0
+    assert linked.poll().counts == {}
+    assert differences(linked.container, linked.tenant.account_id, linked.calendar, False) == []
+
+
+def test_a_copy_restored_after_a_booking_system_cancellation_is_deleted_again(
+    linked: Linked,
+) -> None:
+    appointment = linked.book("Cancelled by the customer", 9)
+    uid = f"{appointment['id']}@caljournal"
+    linked.poll()
+    linked.push()
+    linked.poll()
+    obj = linked.calendar.get_object_by_uid(uid)
+    href, data = str(obj.url), obj.data.encode()
+    linked.container.appointments.cancel(None, UUID(appointment["id"]), API, "customer cancelled")
+    assert linked.push() == 1
+    assert uid not in remote_events(linked.calendar)
+
+    put_back(linked.calendar, href, data, raise_sequence=True)
+    assert linked.poll().counts == {"conflict": 1}
+    assert linked.state(appointment["id"])["status"] == "cancelled"
+    assert linked.history(appointment["id"])[-1]["type"] == "ConflictResolved"
+    assert linked.push() == 1
+    assert uid not in remote_events(linked.calendar)
+    assert linked.poll().counts == {}
+    assert differences(linked.container, linked.tenant.account_id, linked.calendar) == []

@@ -11,7 +11,7 @@ from eventsourcing.application import Application
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caljournal.domain.appointment import Appointment
+from caljournal.domain.appointment import Appointment, RemoteFields
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.errors import (
     AppointmentCancelledError,
@@ -20,6 +20,7 @@ from caljournal.domain.errors import (
 )
 
 CAUSE = Cause(Origin.API, "token:acme/default", "req-1")
+CALENDAR = Cause(Origin.CALDAV, "sync:account", "poll-1")
 BERLIN = ZoneInfo("Europe/Berlin")
 ZONES = sorted(
     z for z in available_timezones() if "/" in z and not z.startswith(("Etc/", "SystemV/"))
@@ -100,6 +101,42 @@ def test_cancelled_appointment_cannot_be_moved_or_changed() -> None:
     with pytest.raises(AppointmentCancelledError):
         appointment.change_details(changes={"title": "x"}, cause=CAUSE)
     assert appointment.cancel(cause=CAUSE) is False
+    assert appointment.version == 2
+
+
+def test_a_calendar_restore_reinstates_a_cancellation_the_calendar_caused() -> None:
+    appointment = book(location="Salon")
+    appointment.cancel(cause=CALENDAR, reason="deleted or cancelled in the calendar")
+    restored = RemoteFields(
+        title="Haircut",
+        start=datetime(2026, 3, 27, 10, tzinfo=BERLIN),
+        end=datetime(2026, 3, 27, 12, tzinfo=BERLIN),
+        timezone="Europe/Berlin",
+        location="Salon",
+        description="restored from the trash",
+    )
+    assert appointment.reinstate_from_calendar(remote=restored, cause=CALENDAR)
+    event = appointment.pending_events[-1]
+    assert type(event).__name__ == "ReinstatedFromCalendar"
+    assert (event.origin, event.actor, event.correlation_id) == ("caldav", "sync:account", "poll-1")
+    assert event.changes == {"description": "restored from the trash"}
+    stored = replayed(appointment)
+    assert stored.status == "booked" and stored.cancel_reason is None
+    assert stored.end == restored.end and stored.end.tzinfo.key == "Europe/Berlin"  # type: ignore[union-attr]
+    assert stored.description == "restored from the trash"
+    assert stored.sequence == 2
+    assert appointment.reinstate_from_calendar(remote=restored, cause=CALENDAR) is False
+
+
+def test_a_calendar_restore_cannot_take_back_a_cancellation_made_in_the_booking_system() -> None:
+    appointment = book()
+    appointment.cancel(cause=CAUSE, reason="customer cancelled")
+    restored = RemoteFields(
+        title="Haircut", start=appointment.start, end=appointment.end, timezone="Europe/Berlin"
+    )
+    with pytest.raises(AppointmentCancelledError):
+        appointment.reinstate_from_calendar(remote=restored, cause=CALENDAR)
+    assert appointment.state()["cancel_origin"] == "api"
     assert appointment.version == 2
 
 

@@ -7,13 +7,20 @@ from typing import Any
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
-from caljournal.adapters.ical import content_hash
+from caljournal.adapters.ical import content_hash, from_ical
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause, Origin
-from caljournal.projections.inbound import decide
-from caljournal.projections.push import render
+from caljournal.projections.inbound import decide, remote_fields
+from caljournal.projections.push import plan, render
 
 CAUSE = Cause(Origin.API, "token:acme/default", "req")
+CALENDAR = Cause(Origin.CALDAV, "sync:account", "poll")
+URL = "https://dav.example.org/calendars/alice/work/"
+FOREIGN = (
+    b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:f@x\r\n"
+    b"DTSTAMP:20260101T000000Z\r\nDTSTART:20260410T100000Z\r\nDTEND:20260410T110000Z\r\n"
+    b"SUMMARY:Dentist\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+)
 BERLIN = ZoneInfo("Europe/Berlin")
 
 
@@ -77,12 +84,106 @@ def test_a_remote_edit_without_local_changes_is_applied_and_a_deletion_cancels()
 
 
 def test_foreign_objects_are_imported_under_a_stable_id_and_garbage_is_quarantined() -> None:
-    foreign = (
-        b"BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VEVENT\r\nUID:f@x\r\n"
-        b"DTSTAMP:20260101T000000Z\r\nDTSTART:20260410T100000Z\r\nDTEND:20260410T110000Z\r\n"
-        b"SUMMARY:Dentist\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
-    )
-    decision = decide("h", '"1"', foreign, None, None, lambda uid: f"id-for-{uid}")
+    decision = decide("h", '"1"', FOREIGN, None, None, lambda uid: f"id-for-{uid}")
     assert decision.kind == "import" and decision.appointment_id == "id-for-f@x"
     assert decide("h", '"1"', b"not ical", None, None, str).kind == "quarantine"
     assert decide("h", '"1"', b"x" * 5_000_001, None, None, str).reason == "object larger than 5 MB"
+
+
+# -- an object deleted in the calendar and restored there (undo, trash bin) -------------
+
+
+def absent(state: dict[str, Any], sequence: int) -> dict[str, Any]:
+    """Return the record of a calendar copy whose deletion was recorded."""
+    return {
+        "appointment_id": state["id"],
+        "href": "h",
+        "etag": None,
+        "pushed_sequence": sequence,
+        "content_hash": None,
+        "present": 0,
+    }
+
+
+def with_sequence(data: bytes, sequence: int) -> bytes:
+    """Return ``data`` as another client stores it again: with a raised SEQUENCE."""
+    return data.replace(b"SEQUENCE:0", f"SEQUENCE:{sequence}".encode())
+
+
+def pending_push(state: dict[str, Any], decision: Any) -> dict[str, Any]:
+    """Return the pending-push item the record written for ``decision`` gives."""
+    return {
+        "appointment": state,
+        "href": decision.href,
+        "etag": decision.etag,
+        "pushed_sequence": decision.sequence,
+        "content_hash": decision.digest,
+        "present": 1,
+    }
+
+
+def imported() -> Appointment:
+    return Appointment.import_from_calendar(
+        appointment_id=uuid4(),
+        account_id=uuid4(),
+        remote=remote_fields(from_ical(FOREIGN)),
+        cause=CALENDAR,
+    )
+
+
+def test_a_restored_foreign_event_whose_deletion_cancelled_it_is_reinstated() -> None:
+    a = imported()
+    a.cancel(cause=CALENDAR, reason="deleted or cancelled in the calendar")
+    decision = decide("h", '"7"', FOREIGN, absent(a.state(), 1), a.state(), str)
+    assert decision.kind == "reinstate" and decision.appointment_id == str(a.id)
+    assert decision.fields and decision.fields.title == "Dentist"
+
+
+def test_a_restored_foreign_event_cancelled_in_the_booking_system_is_deleted_again() -> None:
+    a = imported()
+    a.cancel(cause=CAUSE, reason="customer cancelled")  # and the push deleted it
+    decision = decide("h", '"7"', FOREIGN, absent(a.state(), 1), a.state(), str)
+    assert decision.kind == "conflict" and decision.sequence == 0
+    assert plan(pending_push(a.state(), decision), URL).kind == "delete"
+
+
+def test_a_restored_copy_of_ours_with_a_raised_sequence_is_not_adopted_when_cancelled() -> None:
+    a = appointment()
+    pushed = render(a.state())[0]
+    a.cancel(cause=CAUSE, reason="customer cancelled")  # and the push deleted it
+    restored = with_sequence(pushed, a.sequence)  # as high as the journal's: looks current
+    decision = decide("h", '"7"', restored, absent(a.state(), 1), a.state(), str)
+    assert decision.kind == "conflict" and decision.sequence == 0
+    assert plan(pending_push(a.state(), decision), URL).kind == "delete"
+
+
+def test_a_restored_copy_of_ours_the_customer_deleted_is_reinstated() -> None:
+    a = appointment()
+    pushed = render(a.state())[0]
+    a.cancel(cause=CALENDAR, reason="deleted or cancelled in the calendar")
+    restored = with_sequence(pushed, 5)
+    decision = decide("h", '"7"', restored, absent(a.state(), 1), a.state(), str)
+    assert decision.kind == "reinstate"
+
+
+def test_a_restore_never_marks_a_local_change_waiting_for_its_push_as_pushed() -> None:
+    a = appointment()
+    pushed = render(a.state())[0]
+    a.change_details(changes={"title": "Local"}, cause=CAUSE)  # not pushed yet
+    # The deletion was recorded as a conflict (the push re-creates the copy)...
+    record = absent(a.state(), 0)
+    # ...but another client restored the old copy, SEQUENCE as high as the journal's.
+    restored = with_sequence(pushed, a.sequence)
+    decision = decide("h", '"7"', restored, record, a.state(), str)
+    assert decision.kind == "conflict" and decision.sequence == 0
+    action = plan(pending_push(a.state(), decision), URL)
+    assert action.kind == "update" and action.etag == '"7"'
+
+
+def test_an_event_no_longer_cancelled_in_the_calendar_is_reinstated() -> None:
+    a = appointment()
+    confirmed = render(a.state())[0]
+    cancelled = confirmed.replace(b"STATUS:CONFIRMED", b"STATUS:CANCELLED")
+    a.cancel(cause=CALENDAR, reason="deleted or cancelled in the calendar")
+    copy = copy_of(a.state(), cancelled, 1)
+    assert decide("h", '"8"', confirmed, copy, a.state(), str).kind == "reinstate"

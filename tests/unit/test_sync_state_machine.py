@@ -7,7 +7,8 @@ that does with the calendar and the records what ``Pusher.push`` does; polling
 compares the calendar's ETags with the records like ``Poller.poll`` does for a
 full listing, asks the real ``decide`` and executes its decisions like
 ``Poller._execute``. Local commands and another calendar client's edits,
-deletions and new events are interleaved with pushes and polls in any order.
+deletions, restores (an undo or a trash bin bringing a deleted object back) and
+new events are interleaved with pushes and polls in any order.
 
 Checked after every step: no UID is on the calendar twice, and no record claims
 a newer push than its appointment has. Checked whenever a push is followed by a
@@ -32,6 +33,7 @@ both sides often change the same appointment between two syncs.
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -150,6 +152,10 @@ class SyncMachine(RuleBasedStateMachine):
         # The last calendar change neither polled nor overwritten by a push, with
         # ``synced`` before the first such change.
         self.contested: dict[str, tuple[Expected, Expected]] = {}
+        # The last content of each deleted object, as a trash bin keeps it.
+        self.trash: dict[str, bytes] = {}
+        # Where each cancellation came from ("api" or "caldav"), per appointment.
+        self.cancelled_by: dict[str, str] = {}
         self.counter = 0
 
     # -- the journal ------------------------------------------------------------------
@@ -269,6 +275,7 @@ class SyncMachine(RuleBasedStateMachine):
         return self.calendar.update(action.href, action.data, etag)
 
     def _delete(self, action: Action, state: dict[str, Any], events: list[Any]) -> None:
+        before = self.calendar.fetch(action.href)
         try:
             self.calendar.delete(action.href, action.etag)
         except PreconditionFailed:
@@ -277,6 +284,9 @@ class SyncMachine(RuleBasedStateMachine):
                 return
             events.extend(self._push_conflict(state, remote[0]))
             self.calendar.delete(action.href, remote[1])
+            before = remote
+        if before is not None:
+            self.trash[action.href] = before[0]
 
     def _push_conflict(self, state: dict[str, Any], remote: bytes | None) -> list[Any]:
         appointment = self.appointments[state["id"]]
@@ -340,9 +350,20 @@ class SyncMachine(RuleBasedStateMachine):
         appointment = self.appointments.get(appointment_id) if appointment_id else None
         return appointment.state() if appointment is not None else None
 
-    def _ours(self, data: bytes) -> dict[str, Any] | None:
-        ours = next((e.appointment_id for e in from_ical(data) if e.appointment_id), None)
-        return self._state(ours)
+    def _named(self, data: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Return the absent-copy record and the state of the appointment an object names."""
+        events = from_ical(data)
+        owner = next((e.appointment_id for e in events if e.appointment_id), None)
+        if owner is None:
+            master = next(e for e in events if e.recurrence_id is None)
+            owner = imported_id(ACCOUNT, URL, master.uid)
+        state = self._state(owner)
+        if state is None:
+            return None, None
+        record = self.copies.get(owner)
+        if record and record["calendar_url"] == URL and not record["present"]:
+            return dict(record), state
+        return None, state
 
     def _decide(
         self,
@@ -357,16 +378,19 @@ class SyncMachine(RuleBasedStateMachine):
         for href in sorted(objects):
             data, etag = objects[href]
             copy = copies.get(href)
+            appointment = states.get(copy["appointment_id"]) if copy else None
+            if copy is None:
+                copy, appointment = self._named(data)
             decision = decide(
                 href,
                 etag,
                 data,
                 copy,
-                states.get(copy["appointment_id"]) if copy else self._ours(data),
+                appointment,
                 lambda uid: imported_id(ACCOUNT, URL, uid),
             )
             uid = decision.fields.calendar_uid if decision.fields else None
-            if uid and decision.kind in ("import", "apply"):
+            if uid and decision.kind in ("import", "apply", "reinstate"):
                 if uid in seen_uids:
                     decision = Decision(
                         "quarantine", href, etag=etag, reason=f"duplicate UID {seen_uids[uid]}"
@@ -398,6 +422,9 @@ class SyncMachine(RuleBasedStateMachine):
         if kind == "echo":
             self._copy_row(decision, current, None, present=True, keep_sequence=True)
             return []
+        if kind == "adopt":
+            self._copy_row(decision, current, decision.sequence, present=True)
+            return []
         appointment = self.appointments.get(str(decision.appointment_id))
         if kind == "import" and appointment is None:
             assert decision.fields is not None
@@ -412,26 +439,36 @@ class SyncMachine(RuleBasedStateMachine):
             return self._save(appointment)
         if appointment is None:
             return []
+        if kind == "reinstate":
+            assert decision.fields is not None
+            appointment.reinstate_from_calendar(remote=decision.fields, cause=SYNC)
+            self.cancelled_by.pop(str(appointment.id), None)
+            self._copy_row(decision, current, appointment.sequence, present=True)
+            self._absorbed(appointment)
+            return self._save(appointment)
         if kind == "conflict":
             local = {"title": appointment.title, "start": appointment.start.isoformat()}
-            remote = (
+            remote: dict[str, Any] = (
                 {"title": decision.fields.title, "start": decision.fields.start.isoformat()}
                 if decision.fields
                 else {"deleted": True}
             )
+            if decision.fields and decision.reason:
+                remote["note"] = decision.reason
             appointment.record_conflict(
                 local=local, remote=remote, winner="booking system", cause=SYNC
             )
             self._copy_row(
                 decision,
                 current,
-                None,
+                decision.sequence,
                 present=decision.fields is not None,
-                keep_sequence=True,
+                keep_sequence=decision.sequence is None,
             )
             return self._save(appointment)
         if kind == "cancel":
             appointment.apply_calendar_change(remote=_cancelled(appointment), cause=SYNC)
+            self.cancelled_by[str(appointment.id)] = "caldav"
             self._copy_row(decision, current, appointment.sequence, present=False)
             self._absorbed(appointment)
             return self._save(appointment)
@@ -485,7 +522,16 @@ class SyncMachine(RuleBasedStateMachine):
         way it may also stand when, by the time a poll takes it in, the journal's
         content is back where the record says the calendar was (a change and its
         undo): then the booking system has nothing to push that could win.
+
+        An object of a cancelled appointment is on the calendar only when it was
+        restored after its deletion: the calendar may take back only a
+        cancellation it caused itself, one from the booking system wins.
         """
+        appointment = self.appointments.get(owner)
+        if appointment is not None and appointment.cancelled and remote.status == "booked":
+            if self.cancelled_by.get(owner) == "caldav" and not self._pending_locally(owner):
+                self.expected[owner] = remote
+            return
         if not self._pending_locally(owner):
             self.expected[owner] = remote
         if owner in self.synced:
@@ -560,6 +606,7 @@ class SyncMachine(RuleBasedStateMachine):
         appointment = self.appointments[booked[pick % len(booked)]]
         if change[0] == "cancel":
             appointment.cancel(cause=API, reason="customer cancelled")
+            self.cancelled_by[str(appointment.id)] = "api"
             self._save(appointment)
             self.expected[str(appointment.id)] = expected_of(appointment)
             return
@@ -633,9 +680,42 @@ class SyncMachine(RuleBasedStateMachine):
     @rule(pick=PICK)
     def remote_delete(self, pick: int) -> None:
         href = self._href(pick)
-        uid = shown(self.calendar.objects[href][0])[0]
+        data = self.calendar.objects[href][0]
+        uid = shown(data)[0]
         self.calendar.remove(href)
+        self.trash[href] = data
         self._changed_remotely(self._owner(href, uid), Expected("gone"))
+
+    def _restorable(self) -> list[str]:
+        on_calendar = {shown(data)[0] for data, _ in self.calendar.objects.values()}
+        return sorted(
+            href
+            for href, data in self.trash.items()
+            if href not in self.calendar.objects and shown(data)[0] not in on_calendar
+        )
+
+    @precondition(lambda self: self._restorable())
+    @rule(pick=PICK, bump=st.booleans())
+    def remote_restore(self, pick: int, bump: bool) -> None:
+        """Another client restores a deleted object (undo, trash bin).
+
+        The object comes back at the same href with the same UID and its last
+        content, possibly with a raised SEQUENCE as a client storing it anew
+        would write. A cancellation the calendar caused (the deletion, polled)
+        is undone by the restore; one made in the booking system wins.
+        """
+        restorable = self._restorable()
+        href = restorable[pick % len(restorable)]
+        data = self.trash.pop(href)
+        if bump:
+            calendar = icalendar.Calendar.from_ical(data)
+            event = master_event(calendar)
+            replace(event, "SEQUENCE", int(event.get("SEQUENCE", 0)) + 1)
+            replace(event, "LAST-MODIFIED", datetime.now(UTC).replace(microsecond=0))
+            data = calendar.to_ical()
+        self.calendar.put(href, data)
+        uid, title, start, end = shown(data)
+        self._changed_remotely(self._owner(href, uid), Expected("booked", title, start, end))
 
     @precondition(lambda self: len(self.calendar.objects) < MAX_OBJECTS)
     @rule(title=TITLES, start=SLOTS, minutes=MINUTES, zone=ZONES, vtimezone=st.booleans())
@@ -745,7 +825,8 @@ class SyncMachine(RuleBasedStateMachine):
 
 
 SyncMachine.TestCase.settings = settings(
-    max_examples=1500,
+    # Raise for a longer search, e.g. SYNC_MACHINE_EXAMPLES=20000.
+    max_examples=int(os.environ.get("SYNC_MACHINE_EXAMPLES", "1500")),
     stateful_step_count=20,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
@@ -768,4 +849,31 @@ def test_change_taken_back_while_the_calendar_copy_was_edited_reaches_the_calend
     machine.remote_edit(pick=0, change=("time", 2, 30))
     machine.undo(pick=0)
     machine.sync(poll_first=True)
+    machine.teardown()
+
+
+def test_a_deletion_polled_and_then_undone_in_the_calendar_reinstates_the_appointment() -> None:
+    """A deletion polled as a cancellation, then undone in the calendar: booked again.
+
+    The customer restores the object from the trash, with a raised SEQUENCE.
+    """
+    machine = SyncMachine()
+    machine.linked(booked=[(0, 30, "Haircut", "Europe/Berlin")])
+    machine.remote_delete(pick=0)
+    machine.sync(poll_first=False)
+    machine.remote_restore(pick=0, bump=True)
+    machine.sync(poll_first=False)
+    (appointment,) = machine.appointments.values()
+    assert appointment.status == "booked"
+    machine.teardown()
+
+
+def test_a_copy_restored_after_a_cancellation_in_the_booking_system_is_deleted_again() -> None:
+    machine = SyncMachine()
+    machine.linked(booked=[(0, 30, "Haircut", "Europe/Berlin")])
+    machine.change(pick=0, change=("cancel",))
+    machine.sync(poll_first=False)
+    machine.remote_restore(pick=0, bump=True)
+    machine.sync(poll_first=True)
+    assert not machine.calendar.objects
     machine.teardown()

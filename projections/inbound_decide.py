@@ -1,0 +1,214 @@
+"""What one remote calendar object (or its deletion) means for the journal (pure).
+
+``decide`` takes the object, caljournal's record of its calendar copy and the
+state of the appointment it belongs to, and returns a :class:`Decision`;
+``Poller`` (``projections.inbound``) performs it. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from datetime import time as dtime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
+from caljournal.adapters.ical_parse import RemoteEvent
+from caljournal.domain.appointment import RemoteFields
+from caljournal.domain.cause import Origin
+from caljournal.domain.errors import DomainError
+
+IMPORT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://caljournal.invalid/imported")
+MAX_OBJECT_BYTES = 5_000_000
+RESTORED = "restored in the calendar"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What one remote object (or its deletion) means for the journal.
+
+    ``sequence`` is the appointment sequence the calendar copy is recorded at,
+    when the decision fixes one (``adopt``, and ``conflict`` on a restored object).
+    """
+
+    kind: str  # import | apply | adopt | reinstate | echo | conflict | cancel | forget | quarantine
+    href: str
+    appointment_id: str | None = None
+    fields: RemoteFields | None = None
+    etag: str | None = None
+    digest: str | None = None
+    reason: str | None = None
+    sequence: int | None = None
+
+
+def imported_id(account_id: str, calendar_url: str, uid: str) -> str:
+    """Return the appointment id of a foreign calendar object (the same on every import)."""
+    return str(uuid.uuid5(IMPORT_NAMESPACE, f"{account_id}|{calendar_url.rstrip('/')}|{uid}"))
+
+
+def _moment(value: date | datetime, zone: str, floating: bool) -> datetime:
+    if isinstance(value, datetime):
+        if floating or value.tzinfo is None:
+            return value.replace(tzinfo=ZoneInfo("UTC"))
+        return value.astimezone(ZoneInfo(zone))
+    return datetime.combine(value, dtime(0), tzinfo=ZoneInfo(zone))
+
+
+def remote_fields(events: Sequence[RemoteEvent]) -> RemoteFields:
+    """Return the appointment fields a calendar object states (master plus overrides).
+
+    :raises ICalendarError: when the object has no master event.
+    """
+    masters = [e for e in events if e.recurrence_id is None]
+    if len(masters) != 1:
+        raise ICalendarError("the object has no single master event (only overrides?)")
+    master = masters[0]
+    floating = master.floating
+    zone = "UTC" if floating else (master.timezone or "UTC")
+    overrides = [
+        {
+            "recurrence_id": e.recurrence_id_line,
+            "start": _moment(e.start, zone, floating).isoformat(),
+            "end": _moment(e.end, zone, floating).isoformat(),
+            "title": e.title,
+            "location": e.location,
+            "description": e.description,
+            "status": e.status,
+        }
+        for e in events
+        if e.recurrence_id is not None
+    ]
+    recurrence = None
+    if master.rrule or master.rdate or overrides:
+        recurrence = {
+            "rrule": list(master.rrule),
+            "rdate": list(master.rdate),
+            "exdate": list(master.exdate),
+            "overrides": overrides,
+        }
+    return RemoteFields(
+        title=master.title or "",
+        start=_moment(master.start, zone, floating),
+        end=_moment(master.end, zone, floating),
+        timezone=zone,
+        location=master.location,
+        description=master.description,
+        customer_name=master.customer_name,
+        customer_email=master.customer_email,
+        calendar_uid=master.uid,
+        all_day=master.all_day,
+        floating=floating,
+        recurrence=recurrence,
+        cancelled=(master.status or "").upper() == "CANCELLED",
+    )
+
+
+def decide(
+    href: str,
+    etag: str | None,
+    data: bytes | None,
+    copy: dict[str, Any] | None,
+    appointment: dict[str, Any] | None,
+    new_id: Callable[[str], str],
+) -> Decision:
+    """Decide what a remote object (``data``; None when deleted) means (pure).
+
+    ``copy`` is caljournal's record of the calendar copy: the record of ``href``
+    when it says the calendar holds that object, otherwise the record of the
+    appointment the object belongs to when that record says the calendar holds
+    no copy (the object was deleted and has been restored). ``appointment`` is
+    the state of the appointment the object belongs to, ``new_id`` maps a
+    foreign UID to an id.
+    """
+    local_newer = (
+        copy is not None
+        and appointment is not None
+        and appointment["sequence"] > copy["pushed_sequence"]
+    )
+    restored = copy is not None and not copy["present"]
+    if data is None:
+        if restored or copy is None or appointment is None or appointment["status"] == "cancelled":
+            return Decision("forget", href, copy and copy["appointment_id"])
+        if local_newer:
+            return Decision("conflict", href, appointment["id"], reason="deleted in the calendar")
+        return Decision("cancel", href, appointment["id"])
+    if len(data) > MAX_OBJECT_BYTES:
+        return Decision("quarantine", href, etag=etag, reason="object larger than 5 MB")
+    try:
+        events = from_ical(data)
+        fields = remote_fields(events)
+        fields.check()
+    except (ICalendarError, DomainError) as exc:
+        reason = getattr(exc, "message", None) or str(exc)
+        return Decision("quarantine", href, etag=etag, reason=reason[:500])
+    digest = content_hash(data)
+    if copy is not None and not restored and digest == copy["content_hash"]:
+        return Decision("echo", href, copy["appointment_id"], etag=etag, digest=digest)
+    if copy is not None and appointment is not None:
+        uncancelled = appointment["status"] == "cancelled" and not fields.cancelled
+        if restored or uncancelled:
+            return _back(href, etag, fields, digest, copy, appointment)
+    if copy is not None:
+        if local_newer:
+            return Decision("conflict", href, copy["appointment_id"], fields, etag, digest)
+        return Decision("apply", href, copy["appointment_id"], fields, etag, digest)
+    ours = next((e.appointment_id for e in events if e.appointment_id), None)
+    if ours is not None and appointment is not None and appointment["id"] == ours:
+        remote_sequence = max(e.sequence or 0 for e in events)
+        if remote_sequence <= appointment["sequence"]:
+            # Our own write whose record was lost (a crash between the server's
+            # answer and the record): adopt it; the push brings it up to date.
+            return Decision("adopt", href, ours, fields, etag, digest, sequence=remote_sequence)
+        return Decision("apply", href, ours, fields, etag, digest)
+    return Decision("import", href, new_id(fields.calendar_uid or href), fields, etag, digest)
+
+
+def _back(
+    href: str,
+    etag: str | None,
+    fields: RemoteFields,
+    digest: str,
+    copy: dict[str, Any],
+    appointment: dict[str, Any],
+) -> Decision:
+    """Decide on an object the calendar shows again (restored, or no longer cancelled).
+
+    A cancellation the calendar caused (a deletion or a STATUS:CANCELLED, polled)
+    is the calendar's to take back, as long as nothing happened in the booking
+    system since. A cancellation made in the booking system, or a local change
+    not pushed yet, wins: the copy is recorded as present but behind, so the
+    next push deletes or overwrites it. Never adopted: a restored object's
+    SEQUENCE says nothing about whether it holds the journal's latest change
+    (other clients raise it too).
+    """
+    appointment_id = appointment["id"]
+    pushed = copy["pushed_sequence"]
+    local_newer = appointment["sequence"] > pushed
+    if appointment["status"] == "cancelled":
+        calendars_own = appointment.get("cancel_origin") == Origin.CALDAV.value
+        if calendars_own and not local_newer:
+            if fields.cancelled:  # back, but cancelled: the calendar agrees with the journal
+                return Decision("apply", href, appointment_id, fields, etag, digest)
+            return Decision("reinstate", href, appointment_id, fields, etag, digest)
+        behind = min(pushed, appointment["sequence"] - 1)
+        return Decision(
+            "conflict", href, appointment_id, fields, etag, digest, RESTORED, sequence=behind
+        )
+    if local_newer:
+        return Decision(
+            "conflict", href, appointment_id, fields, etag, digest, RESTORED, sequence=pushed
+        )
+    return Decision("apply", href, appointment_id, fields, etag, digest)
+
+
+__all__ = [
+    "IMPORT_NAMESPACE",
+    "MAX_OBJECT_BYTES",
+    "Decision",
+    "decide",
+    "imported_id",
+    "remote_fields",
+]
