@@ -276,15 +276,23 @@ class Resync:
         total = len(writes)
         self.progress("writing", 0, total)
         chunks = [writes[i : i + CHUNK] for i in range(0, len(writes), CHUNK)]
-        # Render the next chunk while the server answers this one's writes.
+        # Render the next chunk while the server answers this one's writes; one
+        # chunk ahead at most, so a large run holds two chunks' bodies, not all.
         with (
             ThreadPoolExecutor(max_workers=1) as renderer,
             ThreadPoolExecutor(max_workers=self.concurrency) as pool,
         ):
-            rendered = renderer.map(self._render_chunk, chunks)
-            for chunk, bodies in zip(chunks, rendered, strict=True):
+            ahead = renderer.submit(self._render_chunk, chunks[0]) if chunks else None
+            for number, chunk in enumerate(chunks):
+                assert ahead is not None
+                bodies = ahead.result()
+                if number + 1 < len(chunks):
+                    ahead = renderer.submit(self._render_chunk, chunks[number + 1])
                 jobs = [(step, bodies.get(step.appointment_id)) for step in chunk]
-                for step, error in pool.map(lambda job: self._execute(*job), jobs):
+                # One request at a time runs here: a pool thread would only add a
+                # GIL hand-over per object between it and this loop.
+                run_all = map if self.concurrency == 1 else pool.map
+                for step, error in run_all(lambda job: self._execute(*job), jobs):
                     done += 1
                     if error is None:
                         self._count(summary, step.kind)
