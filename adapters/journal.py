@@ -161,9 +161,15 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
         return {r["v"]: r["n"] for r in self._fetch(sql, [originator_id.hex])}
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        with self.datastore.transaction(commit=False) as c:
-            c.execute(sql, list(params))
-            return list(c.fetchall())
+        # The library's connections are in autocommit mode: a lone SELECT is its
+        # own snapshot, without the BEGIN … ROLLBACK of a library transaction.
+        with self.datastore.get_connection(commit=False) as conn:
+            cursor = conn.cursor()
+            try:
+                cursor.execute(sql, list(params))
+                return list(cursor.fetchall())
+            finally:
+                cursor.sqlite_cursor.close()
 
     def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         with self.datastore.transaction(commit=True) as c:
