@@ -98,7 +98,9 @@ def run_backend(
     )
     results: dict[str, Any] = {}
     try:
-        with FaultProxy(radicale.url) as proxy:
+        # Radicale builds its item cache for all objects on the first full report,
+        # which can take longer than the proxy's default 30 s upstream timeout.
+        with FaultProxy(radicale.url, upstream_timeout=600.0) as proxy:
             name = f"bench{uuid.uuid4().hex[:6]}"
             container.accounts.open_account(name, OPERATOR)
             account_id = container.accounts.find_account(name).id
