@@ -297,6 +297,18 @@ class Appointment(Aggregate):
         all_day: bool | None = None,
         floating: bool | None = None,
     ) -> None:
+        self._set_kind_and_period(start, end, timezone, all_day, floating)
+        self.sequence += 1
+
+    def _set_kind_and_period(
+        self,
+        start: datetime,
+        end: datetime,
+        timezone: str | None,
+        all_day: bool | None,
+        floating: bool | None,
+    ) -> None:
+        # Shared by event bodies: assigns state only (it runs again on every replay).
         if timezone is not None:
             self.timezone = timezone
         if all_day is not None:
@@ -304,7 +316,6 @@ class Appointment(Aggregate):
         if floating is not None:
             self.floating = floating
         self._set_period(start, end)
-        self.sequence += 1
 
     def change_details(self, *, changes: dict[str, str | None], cause: Cause) -> bool:
         """Change descriptive fields; return False when nothing changes.
@@ -478,13 +489,7 @@ class Appointment(Aggregate):
         all_day: bool | None = None,
         floating: bool | None = None,
     ) -> None:
-        if timezone is not None:
-            self.timezone = timezone
-        if all_day is not None:
-            self.all_day = all_day
-        if floating is not None:
-            self.floating = floating
-        self._set_period(start, end)
+        self._set_kind_and_period(start, end, timezone, all_day, floating)
         for name, value in changes.items():
             setattr(self, name, value)
         self.cancelled = False
