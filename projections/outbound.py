@@ -414,6 +414,9 @@ class OutboundWorker:
         asked = time.monotonic()
         held = self.recorder.claim_lease(account_id, self.owner, int(time.time() * 1e6), ttl_us)
         with self._lock:
+            # Checked under the lock: stop() collects the pushers under it, so a
+            # pusher started after that would outlive the worker and its journal.
+            stopping = self._stopping.is_set()
             pusher = self.pushers.get(account_id)
             if held and pusher is not None and _same_target(pusher.link, link):
                 pusher.lease_deadline = asked + self.config.lease_ttl - 1.0
@@ -423,13 +426,15 @@ class OutboundWorker:
             if pusher is not None:
                 pusher.stop()
                 del self.pushers[account_id]
-            if held:
+            if held and not stopping:
                 pusher = AccountPusher(self, account_id, link)
                 pusher.lease_deadline = asked + self.config.lease_ttl - 1.0
                 pusher.routed_position = self.position
                 self.pushers[account_id] = pusher
                 pusher.start()
                 log.info("serving account %s", account_id)
+        if held and stopping:
+            self.recorder.release_lease(account_id, self.owner)
 
     def _drop(self, account_id: str) -> None:
         with self._lock:

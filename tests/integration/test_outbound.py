@@ -308,3 +308,28 @@ def test_one_accounts_failing_server_does_not_delay_another(
         assert any(r.status == 503 for r in proxy_a.requests())
         proxy_a.clear_rules()
         wait_until(lambda: len(remote_events(cal_a)) == 5, timeout=30)
+
+
+def test_a_lease_won_while_the_worker_stops_starts_no_pusher(
+    container: Container, radicale: RadicaleProcess, acme: Tenant
+) -> None:
+    """The lease keeper can win a lease just after stop() collected the pushers.
+
+    A pusher started then would outlive the worker and write to a closed journal.
+    """
+    _, path = new_calendar(radicale)
+    with FaultProxy(radicale.url) as proxy:
+        link_through(container, acme, proxy, path)
+        worker = container.outbound_worker(FAST)
+        worker.stop()
+        (link,) = [
+            row
+            for row in container.journal.journal_recorder.select_links("active")
+            if row["account_id"] == str(acme.account_id)
+        ]
+
+        worker._hold(str(acme.account_id), link, int(FAST.lease_ttl * 1e6))
+
+        assert worker.served_accounts() == set()
+        leases = container.journal.journal_recorder.leases()
+        assert leases.get(str(acme.account_id), {}).get("owner") != worker.owner
