@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from caljournal.domain.account import Account, ApiToken
-from caljournal.domain.appointment import MAX_DURATION, Appointment
+from caljournal.domain.appointment import Appointment
 from caljournal.domain.link import CalendarLink
+from caljournal.domain.values import MAX_DURATION
 
 APPOINTMENTS = "caljournal_appointments"
 ACCOUNTS = "caljournal_accounts"

@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from caljournal.domain.appointment import (
+from caljournal.domain.values import (
     MAX_CUSTOMER_NAME,
     MAX_DESCRIPTION,
     MAX_EMAIL,

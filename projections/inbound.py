@@ -27,9 +27,10 @@ from caljournal.adapters.ical import ICalendarError, from_ical
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import get_profile
 from caljournal.adapters.readmodel import INBOUND, OUTBOUND, QUARANTINE, Row
-from caljournal.domain.appointment import Appointment, RemoteFields
+from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause
 from caljournal.domain.link import CalendarLink
+from caljournal.domain.values import RemoteFields
 from caljournal.projections.inbound_decide import (
     MAX_OBJECT_BYTES,
     Decision,

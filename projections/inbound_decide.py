@@ -17,9 +17,9 @@ from zoneinfo import ZoneInfo
 
 from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
 from caljournal.adapters.ical_parse import RemoteEvent
-from caljournal.domain.appointment import RemoteFields
 from caljournal.domain.cause import Origin
 from caljournal.domain.errors import DomainError
+from caljournal.domain.values import RemoteFields
 
 IMPORT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://caljournal.invalid/imported")
 MAX_OBJECT_BYTES = 5_000_000

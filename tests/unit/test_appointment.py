@@ -11,13 +11,14 @@ from eventsourcing.application import Application
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from caljournal.domain.appointment import Appointment, RemoteFields
+from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.errors import (
     AppointmentCancelledError,
     InvalidAppointmentError,
     InvalidCauseError,
 )
+from caljournal.domain.values import RemoteFields
 
 CAUSE = Cause(Origin.API, "token:acme/default", "req-1")
 CALENDAR = Cause(Origin.CALDAV, "sync:account", "poll-1")
