@@ -163,13 +163,9 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
         # The library's connections are in autocommit mode: a lone SELECT is its
         # own snapshot, without the BEGIN … ROLLBACK of a library transaction.
-        with self.datastore.get_connection(commit=False) as conn:
-            cursor = conn.cursor()
-            try:
-                cursor.execute(sql, list(params))
-                return list(cursor.fetchall())
-            finally:
-                cursor.sqlite_cursor.close()
+        with self.datastore.get_connection(commit=False) as conn, conn.cursor() as curs:
+            curs.execute(sql, list(params))
+            return list(curs.fetchall())
 
     def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         with self.datastore.transaction(commit=True) as c:
