@@ -38,12 +38,18 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def _with_etag(response: Response, state: dict[str, Any], status_code: int = 200) -> Response:
+def _with_etag(
+    state: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
     # The service already returns JSON-ready values in the documented shape;
     # answering with them directly skips a second validation pass per request.
-    headers = dict(response.headers)
-    headers["ETag"] = f'"{state["version"]}"'
-    return JSONResponse(state, status_code=status_code, headers=headers)
+    return JSONResponse(
+        state, status_code=status_code, headers={**(headers or {}), "ETag": f'"{state["version"]}"'}
+    )
+
+
+# The endpoints are coroutines that hand their journal work to ``Caller.run``,
+# which runs it inline on SQLite and in a worker thread on PostgreSQL.
 
 
 @router.post(
@@ -53,9 +59,8 @@ def _with_etag(response: Response, state: dict[str, Any], status_code: int = 200
     responses=_ERRORS,
     summary="Book an appointment",
 )
-def book(
+async def book(
     body: BookIn,
-    response: Response,
     caller: CallerDep,
     account: AccountQuery = None,
     idempotency_key: Annotated[
@@ -68,20 +73,22 @@ def book(
     ] = None,
 ) -> Response:
     """Book an appointment. With ``Idempotency-Key`` a retried request books nothing new."""
-    booked = caller.container.appointments.book(
-        caller.target_account(account),
-        Booking(**body.model_dump()),
-        caller.cause(),
-        idempotency_key,
+    booked = await caller.run(
+        lambda: caller.container.appointments.book(
+            caller.target_account(account),
+            Booking(**body.model_dump()),
+            caller.cause(),
+            idempotency_key,
+        )
     )
-    response.headers["Location"] = f"/appointments/{booked.state['id']}"
+    headers = {"Location": f"/appointments/{booked.state['id']}"}
     if not booked.created:
-        response.headers["Idempotent-Replayed"] = "true"
-    return _with_etag(response, booked.state, status.HTTP_201_CREATED)
+        headers["Idempotent-Replayed"] = "true"
+    return _with_etag(booked.state, status.HTTP_201_CREATED, headers)
 
 
 @router.get("", response_model=AppointmentList, responses=_ERRORS, summary="List a time window")
-def list_window(
+async def list_window(
     caller: CallerDep,
     start: Annotated[AwareDatetime, Query(description="window start (inclusive)")],
     end: Annotated[AwareDatetime, Query(description="window end (exclusive)")],
@@ -92,52 +99,50 @@ def list_window(
     """List the appointments that overlap [start, end), earliest first."""
     if end <= start:
         raise ApplicationError("end must be after start", field="end")
-    account_id = caller.target_account(account)
-    items = caller.container.appointments.list_window(
-        account_id, start, end, include_cancelled, limit
+    items = await caller.run(
+        lambda: caller.container.appointments.list_window(
+            caller.target_account(account), start, end, include_cancelled, limit
+        )
     )
     return {"items": items, "count": len(items)}
 
 
 @router.get("/{appointment_id}", response_model=AppointmentOut, responses=_ERRORS)
-def get(
+async def get(
     appointment_id: UUID,
-    response: Response,
     caller: CallerDep,
     as_of: Annotated[
         AwareDatetime | None, Query(description="return the state as it was at this moment")
     ] = None,
 ) -> Response:
     """Return an appointment, now or as it was at ``as_of``."""
-    state = caller.container.appointments.get(caller.scope(), appointment_id, as_of)
-    return _with_etag(response, state)
+    state = await caller.run(
+        lambda: caller.container.appointments.get(caller.scope(), appointment_id, as_of)
+    )
+    return _with_etag(state)
 
 
 @router.post("/{appointment_id}/move", response_model=AppointmentOut, responses=_WRITE_ERRORS)
-def move(
+async def move(
     appointment_id: UUID,
     body: MoveIn,
-    response: Response,
     caller: CallerDep,
     if_match: IfMatchHeader = None,
 ) -> Response:
     """Move an appointment to a new period."""
-    state = caller.container.appointments.move(
-        caller.scope(),
-        appointment_id,
-        body.start,
-        body.end,
-        caller.cause(),
-        expected_version(if_match),
+    version = expected_version(if_match)
+    state = await caller.run(
+        lambda: caller.container.appointments.move(
+            caller.scope(), appointment_id, body.start, body.end, caller.cause(), version
+        )
     )
-    return _with_etag(response, state)
+    return _with_etag(state)
 
 
 @router.patch("/{appointment_id}", response_model=AppointmentOut, responses=_WRITE_ERRORS)
-def change_details(
+async def change_details(
     appointment_id: UUID,
     body: DetailsIn,
-    response: Response,
     caller: CallerDep,
     if_match: IfMatchHeader = None,
 ) -> Response:
@@ -145,32 +150,39 @@ def change_details(
     changes = {name: getattr(body, name) for name in body.model_fields_set}
     if "title" in changes and changes["title"] is None:
         raise ApplicationError("title cannot be cleared", field="title")
-    state = caller.container.appointments.change_details(
-        caller.scope(), appointment_id, changes, caller.cause(), expected_version(if_match)
+    version = expected_version(if_match)
+    state = await caller.run(
+        lambda: caller.container.appointments.change_details(
+            caller.scope(), appointment_id, changes, caller.cause(), version
+        )
     )
-    return _with_etag(response, state)
+    return _with_etag(state)
 
 
 @router.post("/{appointment_id}/cancel", response_model=AppointmentOut, responses=_WRITE_ERRORS)
-def cancel(
+async def cancel(
     appointment_id: UUID,
-    response: Response,
     caller: CallerDep,
     if_match: IfMatchHeader = None,
     body: Annotated[CancelIn | None, Body()] = None,
 ) -> Response:
     """Cancel an appointment (cancelling twice changes nothing)."""
     reason = body.reason if body else None
-    state = caller.container.appointments.cancel(
-        caller.scope(), appointment_id, caller.cause(), reason, expected_version(if_match)
+    version = expected_version(if_match)
+    state = await caller.run(
+        lambda: caller.container.appointments.cancel(
+            caller.scope(), appointment_id, caller.cause(), reason, version
+        )
     )
-    return _with_etag(response, state)
+    return _with_etag(state)
 
 
 @router.get("/{appointment_id}/history", response_model=History, responses=_ERRORS)
-def history(appointment_id: UUID, caller: CallerDep) -> dict[str, Any]:
+async def history(appointment_id: UUID, caller: CallerDep) -> dict[str, Any]:
     """Every recorded change: journal position, time, type, origin, actor, old → new."""
-    entries = caller.container.appointments.history(caller.scope(), appointment_id)
+    entries = await caller.run(
+        lambda: caller.container.appointments.history(caller.scope(), appointment_id)
+    )
     return {"appointment_id": str(appointment_id), "entries": entries}
 
 

@@ -2,19 +2,19 @@
 
 Each request is described by one ``Caller``: the bearer secret, the
 correlation id and the container, read from the request without I/O. The
-token is looked up the first time the caller is asked who it is, in the
-thread that runs the endpoint, so a request costs one hop to a worker
-thread rather than one for authentication and another for the command (each
-dependency and each hop is a measurable share of a write's cost; see
-``scripts/bench_api.py``).
+token is looked up the first time the caller is asked who it is, inside
+``Caller.run`` together with the request's journal work, so a request costs
+at most one hop to a worker thread, and none on SQLite (each dependency and
+each hop is a measurable share of a write's cost; see ``scripts/bench_api.py``).
 """
 
 from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TypeVar
 from uuid import UUID
 
 from fastapi import Depends, Header, Query, Request
@@ -30,6 +30,8 @@ from caljournal.errors import (
     PreconditionFailedError,
 )
 
+T = TypeVar("T")
+
 _bearer = HTTPBearer(auto_error=False, description="an account or operator token (cj_…)")
 _ETAG = re.compile(r'^(?:W/)?"?(\d{1,12})"?$')
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -43,6 +45,16 @@ class Caller:
     secret: str
     correlation_id: str
     _principal: Principal | None = field(default=None, repr=False)
+
+    async def run(self, call: Callable[[], T]) -> T:
+        """Run ``call`` (journal work, token check included) where the container says.
+
+        Inline on the event loop for SQLite, in a worker thread for PostgreSQL
+        (see ``Container.inline_commands``): one hop at most per request.
+        """
+        if self.container.inline_commands:
+            return call()
+        return await run_in_threadpool(call)
 
     def principal(self) -> Principal:
         """Return the caller's principal (looked up once per request).
@@ -103,7 +115,7 @@ async def get_caller(
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]
-"""For synchronous endpoints: they run in a worker thread, which also checks the token."""
+"""The token is checked inside ``Caller.run``, with the request's journal work."""
 
 
 async def get_authenticated(caller: CallerDep) -> Caller:
@@ -111,7 +123,7 @@ async def get_authenticated(caller: CallerDep) -> Caller:
 
     :raises AuthenticationError: when the token is unknown or revoked.
     """
-    await run_in_threadpool(caller.principal)
+    await caller.run(caller.principal)
     return caller
 
 
@@ -135,7 +147,7 @@ async def get_target_account(caller: AuthenticatedDep, account: AccountQuery = N
     """Return the account a call acts on (see ``Caller.target_account``)."""
     if caller.scope() is not None:  # an account token: no lookup needed
         return caller.target_account(account)
-    return await run_in_threadpool(caller.target_account, account)
+    return await caller.run(lambda: caller.target_account(account))
 
 
 TargetAccountDep = Annotated[UUID, Depends(get_target_account)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -50,6 +51,11 @@ class Settings(BaseSettings):
     )
     worker_poll: float = Field(
         default=0.1, gt=0, le=10, description="seconds between journal polls on SQLite"
+    )
+    api_commands: Literal["auto", "inline", "threads"] = Field(
+        default="auto",
+        description="where the API runs journal calls: on the event loop (inline), in worker "
+        "threads, or auto (inline on SQLite, threads on PostgreSQL)",
     )
 
     @field_validator("database_url")

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import httpx
+import pytest
 
-from caljournal.bootstrap import Container
+from caljournal.bootstrap import Container, bootstrap
+from caljournal.settings import load_settings
 from tests.conftest import Tenant
 from tests.integration.test_api import BOOKING
 from tests.support.apiserver import serve_api
 
 MOVES = 50
+
+
+@pytest.fixture(params=["auto", "other"])
+def container(
+    request: pytest.FixtureRequest, database_url: str, tmp_path: Path
+) -> Iterator[Container]:
+    """Each journal with its default and its other way of running API calls.
+
+    On SQLite the default runs them on the event loop and "other" in worker
+    threads (where writers really race); on PostgreSQL the other way round.
+    """
+    mode = request.param
+    if mode == "other":
+        mode = "threads" if database_url.startswith("sqlite") else "inline"
+    built = bootstrap(
+        load_settings(
+            database_url=database_url,
+            secret_key_file=tmp_path / "caljournal.key",
+            api_commands=mode,
+        )
+    )
+    yield built
+    built.close()
 
 
 def _targets() -> list[tuple[str, str]]:

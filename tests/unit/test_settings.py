@@ -1,0 +1,45 @@
+"""Settings: where the API runs journal calls, and clear errors for bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from caljournal.bootstrap import Container
+from caljournal.settings import ConfigurationError, load_settings
+
+
+def _container(url: str, mode: str) -> Container:
+    container = object.__new__(Container)
+    container.settings = load_settings(database_url=url, api_commands=mode)
+    return container
+
+
+@pytest.mark.parametrize(
+    ("url", "mode", "inline"),
+    [
+        ("sqlite:///journal.sqlite", "auto", True),
+        ("postgresql://u@127.0.0.1/db", "auto", False),
+        ("sqlite:///journal.sqlite", "threads", False),
+        ("postgresql://u@127.0.0.1/db", "inline", True),
+    ],
+)
+def test_api_calls_run_inline_on_sqlite_and_in_threads_on_postgres_unless_set(
+    url: str, mode: str, inline: bool
+) -> None:
+    assert _container(url, mode).inline_commands is inline
+
+
+def test_an_unknown_api_commands_mode_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALJOURNAL_API_COMMANDS", "fibers")
+    with pytest.raises(ConfigurationError, match="CALJOURNAL_API_COMMANDS") as raised:
+        load_settings(database_url="sqlite:///journal.sqlite")
+    assert "'auto', 'inline' or 'threads'" in str(raised.value)
+
+
+def test_the_environment_selects_the_mode(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CALJOURNAL_API_COMMANDS", "threads")
+    assert (
+        load_settings(database_url=f"sqlite:///{tmp_path / 'j.sqlite'}").api_commands == "threads"
+    )
