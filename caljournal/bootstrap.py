@@ -70,16 +70,8 @@ class Container:
 
     @property
     def inline_commands(self) -> bool:
-        """Return whether the API runs journal calls on its event loop.
-
-        An SQLite call is local file work of a few hundred microseconds, less
-        than handing it to a worker thread and back costs (120-400 µs measured
-        on a 2-core VM; see ``scripts/bench_api.py``), and SQLite admits one
-        writer at a time anyway. PostgreSQL calls wait on the network, so they
-        run in worker threads and many requests overlap.
-        """
-        mode = self.settings.api_commands
-        return mode == "inline" or (mode == "auto" and self.backend == "sqlite")
+        """Return whether the API runs journal calls on its event loop (see settings)."""
+        return self.settings.inline_api_calls
 
     def close(self) -> None:
         """Release database connections."""

@@ -58,6 +58,19 @@ class Settings(BaseSettings):
         "threads, or auto (inline on SQLite, threads on PostgreSQL)",
     )
 
+    @property
+    def inline_api_calls(self) -> bool:
+        """Return whether the API runs journal calls on its event loop.
+
+        An SQLite call is local file work of a few hundred microseconds, less
+        than handing it to a worker thread and back costs (120-400 µs measured
+        on a 2-core VM; see ``scripts/bench_api.py``), and SQLite admits one
+        writer at a time anyway. PostgreSQL calls wait on the network, so they
+        run in worker threads and many requests overlap.
+        """
+        sqlite = self.database_url.startswith("sqlite")
+        return self.api_commands == "inline" or (self.api_commands == "auto" and sqlite)
+
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, value: str) -> str:

@@ -6,14 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from caljournal.bootstrap import Container
 from caljournal.settings import ConfigurationError, load_settings
-
-
-def _container(url: str, mode: str) -> Container:
-    container = object.__new__(Container)
-    container.settings = load_settings(database_url=url, api_commands=mode)
-    return container
 
 
 @pytest.mark.parametrize(
@@ -28,7 +21,7 @@ def _container(url: str, mode: str) -> Container:
 def test_api_calls_run_inline_on_sqlite_and_in_threads_on_postgres_unless_set(
     url: str, mode: str, inline: bool
 ) -> None:
-    assert _container(url, mode).inline_commands is inline
+    assert load_settings(database_url=url, api_commands=mode).inline_api_calls is inline
 
 
 def test_an_unknown_api_commands_mode_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
