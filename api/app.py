@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -99,7 +100,46 @@ def create_app(container: Container) -> FastAPI:
 
     app.include_router(appointments_router)
     app.include_router(links_router)
+    document_auth(app)
     return app
+
+
+def document_auth(app: FastAPI) -> None:
+    """Describe the bearer token and X-Request-ID of every call but /healthz in OpenAPI.
+
+    ``api.deps.get_caller`` reads both headers itself, so FastAPI does not
+    know them; this adds them to the generated schema.
+    """
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = generate()
+        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "an account or operator token (cj_…)",
+        }
+        for path, operations in schema["paths"].items():
+            if path == "/healthz":
+                continue
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}]
+                operation.setdefault("parameters", []).append(REQUEST_ID_PARAMETER)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+REQUEST_ID_PARAMETER = {
+    "name": "X-Request-ID",
+    "in": "header",
+    "required": False,
+    "description": "correlation id to record with the change (letters, digits, ._:-)",
+    "schema": {"type": "string", "maxLength": 128},
+}
 
 
 def server_config(

@@ -174,6 +174,16 @@ def test_missing_unknown_and_revoked_tokens_get_401(
     assert client.get("/appointments/00000000-0000-0000-0000-000000000000").status_code == 401
     bad = {"Authorization": "Bearer cj_nope"}
     assert client.post("/appointments", json=BOOKING, headers=bad).status_code == 401
+    secret = acme.token
+    for header in (f"Basic {secret}", "Bearer ", "Bearer", secret):
+        answer = client.post("/appointments", json=BOOKING, headers={"Authorization": header})
+        assert answer.status_code == 401, header
+        assert "Authorization: Bearer" in answer.json()["message"]
+    lower = client.get(
+        "/appointments/00000000-0000-0000-0000-000000000000",
+        headers={"Authorization": f"bearer {secret}"},
+    )
+    assert lower.status_code == 404  # the scheme is case-insensitive; the token was accepted
     (token,) = container.accounts.list_tokens("acme")
     from uuid import UUID
 
@@ -265,3 +275,9 @@ def test_healthz_and_openapi_with_examples(client: TestClient) -> None:
     book_schema = spec["components"]["schemas"]["BookIn"]
     assert book_schema["examples"][0]["timezone"] == "Europe/Berlin"
     assert "/appointments/{appointment_id}/history" in spec["paths"]
+    assert spec["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+    move = spec["paths"]["/appointments/{appointment_id}/move"]["post"]
+    assert move["security"] == [{"bearer": []}]
+    headers = {p["name"] for p in move["parameters"] if p["in"] == "header"}
+    assert headers == {"X-Request-ID", "if-match"}
+    assert "security" not in spec["paths"]["/healthz"]["get"]
