@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
@@ -61,11 +63,52 @@ class IssuedToken:
     secret: str
 
 
+class TokenCache:
+    """Principals of recently checked tokens, each kept for ``ttl`` seconds.
+
+    Every API request presents a token; looking it up is about a tenth of an
+    SQLite write's cost (see ``scripts/bench_api.py``). A revocation made
+    through this process clears the cache at once; one made by another
+    process (``caljournal token revoke``) takes effect within ``ttl``. Only
+    tokens that were found valid are kept, so unknown tokens cannot fill it.
+    """
+
+    MAX_ENTRIES = 10_000
+
+    def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[float, Principal]] = {}
+
+    def get(self, digest: str) -> Principal | None:
+        """Return the principal of a token checked less than ``ttl`` ago, or None."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        if self._clock() >= entry[0]:
+            self._entries.pop(digest, None)
+            return None
+        return entry[1]
+
+    def put(self, digest: str, principal: Principal) -> None:
+        """Keep a principal just read from the journal's token table."""
+        if self.ttl <= 0:
+            return
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[digest] = (self._clock() + self.ttl, principal)
+
+    def clear(self) -> None:
+        """Forget every principal (after a revocation)."""
+        self._entries.clear()
+
+
 class AccountService:
     """Open accounts, issue, list and revoke tokens, authenticate callers."""
 
-    def __init__(self, journal: Journal) -> None:
+    def __init__(self, journal: Journal, token_cache_seconds: float = 0.0) -> None:
         self.journal = journal
+        self.tokens = TokenCache(token_cache_seconds)
 
     def open_account(self, name: str, cause: Cause, token_name: str = "default") -> IssuedToken:
         """Open an account and issue its first token.
@@ -150,6 +193,7 @@ class AccountService:
             raise NotFoundError(f"no token {token_id}")
         token.revoke(cause=cause)
         self.journal.save(token)
+        self.tokens.clear()
 
     def authenticate(self, secret: str) -> Principal:
         """Return the principal of a bearer token.
@@ -159,13 +203,18 @@ class AccountService:
         if not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
             raise AuthenticationError("the bearer token is not a caljournal token")
         digest = hash_token(secret)
+        cached = self.tokens.get(digest)
+        if cached is not None:
+            return cached
         row = self.journal.journal_recorder.select_token(digest)
         if row is None or not hmac.compare_digest(row["token_hash"], digest):
             raise AuthenticationError("the bearer token is unknown")
         if row["revoked"]:
             raise AuthenticationError("the bearer token was revoked")
         account_id = UUID(row["account_id"]) if row["account_id"] else None
-        return Principal(UUID(row["id"]), row["name"], account_id, row["account_name"])
+        principal = Principal(UUID(row["id"]), row["name"], account_id, row["account_name"])
+        self.tokens.put(digest, principal)
+        return principal
 
     @staticmethod
     def _new_token(

@@ -27,7 +27,7 @@ class Container:
     sync: SyncService = field(init=False)
 
     def __post_init__(self) -> None:
-        self.accounts = AccountService(self.journal)
+        self.accounts = AccountService(self.journal, self.settings.token_cache_seconds)
         self.appointments = AppointmentService(self.journal)
         policy = LinkPolicy(
             allow_private=self.settings.allow_private_addresses,

@@ -52,6 +52,13 @@ class Settings(BaseSettings):
     worker_poll: float = Field(
         default=0.1, gt=0, le=10, description="seconds between journal polls on SQLite"
     )
+    token_cache_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="seconds the API trusts a checked token before looking it up again; a "
+        "revocation by another process takes effect within this time (0: every request)",
+    )
     api_commands: Literal["auto", "inline", "threads"] = Field(
         default="auto",
         description="where the API runs journal calls: on the event loop (inline), in worker "

@@ -339,7 +339,7 @@ def token_list(
 def token_revoke(
     token_id: Annotated[str, typer.Argument(help="the token's id (see token list)")],
 ) -> None:
-    """Revoke a token: it stops working at once."""
+    """Revoke a token: running APIs stop accepting it within CALJOURNAL_TOKEN_CACHE_SECONDS."""
     try:
         parsed = UUID(token_id)
     except ValueError:
@@ -347,7 +347,9 @@ def token_revoke(
         raise typer.Exit(1) from None
     with container() as built:
         built.accounts.revoke_token(parsed, operator_cause())
-        err.print(f"token {parsed} revoked")
+        wait = built.settings.token_cache_seconds
+        later = f"; running APIs refuse it within {wait:g} s" if wait > 0 else ""
+        err.print(f"token {parsed} revoked{later}", highlight=False)
 
 
 def _require_one(account: str | None, operator: bool) -> None:

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
-from caljournal.bootstrap import Container
-from tests.conftest import Tenant, operator
+from caljournal.api.app import create_app
+from caljournal.bootstrap import Container, bootstrap
+from caljournal.settings import load_settings
+from tests.conftest import Tenant, open_tenant, operator
 
 BOOKING = {
     "title": "Haircut with Anna",
@@ -187,9 +192,45 @@ def test_missing_unknown_and_revoked_tokens_get_401(
     (token,) = container.accounts.list_tokens("acme")
     from uuid import UUID
 
+    # The token is valid and now cached; a revocation in this process ends it at once.
+    assert client.post("/appointments", json=BOOKING, headers=acme.headers).status_code == 201
     container.accounts.revoke_token(UUID(token["id"]), operator())
     response = client.post("/appointments", json=BOOKING, headers=acme.headers)
     assert response.status_code == 401 and "revoked" in response.json()["message"]
+
+
+@pytest.mark.parametrize("ttl", [0.0, 0.5])
+def test_a_revocation_by_another_process_takes_effect_within_the_token_cache_time(
+    database_url: str, tmp_path: Path, ttl: float
+) -> None:
+    def build() -> Container:
+        return bootstrap(
+            load_settings(
+                database_url=database_url,
+                secret_key_file=tmp_path / "k",
+                token_cache_seconds=ttl,
+            )
+        )
+
+    api, cli = build(), build()  # two processes' containers on one journal
+    try:
+        tenant = open_tenant(cli, "acme")
+        path = "/appointments/00000000-0000-0000-0000-000000000000"
+        with TestClient(create_app(api)) as client:
+            assert client.get(path, headers=tenant.headers).status_code == 404
+            (token,) = cli.accounts.list_tokens("acme")
+            cli.accounts.revoke_token(uuid.UUID(token["id"]), operator())
+            revoked_at = time.monotonic()
+            while client.get(path, headers=tenant.headers).status_code != 401:
+                assert time.monotonic() - revoked_at < ttl + 0.5, "still accepted"
+                time.sleep(0.02)
+            took = time.monotonic() - revoked_at
+        assert took <= ttl + 0.5
+        if ttl == 0:
+            assert took < 0.2  # no cache: refused on the first request after the revocation
+    finally:
+        api.close()
+        cli.close()
 
 
 @pytest.mark.parametrize(
