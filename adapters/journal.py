@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -298,17 +298,23 @@ class Journal(Application[UUID]):
         assert isinstance(recorder, PostgresJournalRecorder)
         return PostgresListener(self._env, recorder.channel_name)
 
-    def save(self, *objs: Any, **kwargs: Any) -> Any:
+    def save(
+        self, *objs: Any, states: Mapping[Any, dict[str, Any]] | None = None, **kwargs: Any
+    ) -> Any:
         """Record the aggregates' new events and their query-table rows atomically.
+
+        ``states`` maps aggregate ids to their ``state()`` for callers that
+        have computed it already (to answer with it), so it is built once.
 
         :raises eventsourcing.persistence.IntegrityError: when another writer
             recorded the same version first (optimistic concurrency).
         """
+        known = states or {}
         rows = [
             row
             for obj in objs
             if obj is not None and not isinstance(obj, CanMutateAggregate)
-            for row in rows_for(obj)
+            for row in rows_for(obj, known.get(obj.id))
         ]
         rows.extend(kwargs.pop("extra_rows", ()))
         recordings = super().save(*objs, read_model=rows, **kwargs)

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from caljournal.domain.account import Account, ApiToken
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.link import CalendarLink
@@ -58,8 +60,21 @@ class Row:
     delete: bool = False
 
 
-def rows_for(aggregate: object) -> list[Row]:
-    """Return the query-table rows that describe an aggregate's current state."""
+def state_json(state: dict[str, Any]) -> str:
+    """Return a ``state()`` dict as the compact JSON stored in ``doc`` columns.
+
+    orjson writes the same compact, non-ASCII-escaped JSON as the API's
+    responses about ten times faster than the standard library, and the
+    appointment document is written on every change.
+    """
+    return orjson.dumps(state).decode()
+
+
+def rows_for(aggregate: object, state: dict[str, Any] | None = None) -> list[Row]:
+    """Return the query-table rows that describe an aggregate's current state.
+
+    ``state`` is the aggregate's ``state()`` when the caller has it already.
+    """
     if isinstance(aggregate, Appointment):
         return [
             Row(
@@ -74,7 +89,7 @@ def rows_for(aggregate: object) -> list[Row]:
                     "sequence": aggregate.sequence,
                     "modified_us": to_us(aggregate.modified_on),
                     "recurring": 1 if aggregate.recurrence else 0,
-                    "doc": json.dumps(aggregate.state(), separators=(",", ":")),
+                    "doc": state_json(state if state is not None else aggregate.state()),
                 },
             )
         ]
@@ -116,7 +131,7 @@ def rows_for(aggregate: object) -> list[Row]:
                     "status": aggregate.status,
                     "calendar_url": aggregate.calendar_url,
                     "version": aggregate.version,
-                    "doc": json.dumps(aggregate.state(), separators=(",", ":")),
+                    "doc": state_json(aggregate.state()),
                 },
             )
         ]

@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import Annotated, Any
 from uuid import UUID
 
+import orjson
 from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
@@ -38,12 +39,19 @@ _WRITE_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class _JSON(JSONResponse):
+    """A JSON response rendered by orjson: the same compact JSON, several times faster."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 def _with_etag(
     state: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
     # The service already returns JSON-ready values in the documented shape;
     # answering with them directly skips a second validation pass per request.
-    return JSONResponse(
+    return _JSON(
         state, status_code=status_code, headers={**(headers or {}), "ETag": f'"{state["version"]}"'}
     )
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -65,6 +65,18 @@ def _same_booking(first: Appointment, booking: Booking) -> bool:
     )
 
 
+def replay(aggregate: Any, events: Iterable[Any]) -> Any:
+    """Apply stored events in order: the library's default projector, minus a check.
+
+    The default also asserts every event against a runtime-checkable Protocol,
+    which costs about 35 µs per load on Python 3.11, and every write through
+    the API loads its appointment first.
+    """
+    for event in events:
+        aggregate = event.mutate(aggregate)
+    return aggregate
+
+
 class AppointmentService:
     """Book, move, change, cancel, read and explain appointments.
 
@@ -103,15 +115,16 @@ class AppointmentService:
             cause=cause,
             **booking.__dict__,
         )
+        state = appointment.state()
         try:
-            self.journal.save(appointment)
+            self.journal.save(appointment, states={appointment.id: state})
         except IntegrityError:
             # A concurrent request with the same key won the race.
             replay = self._replay_booking(appointment_id, booking)
             if replay is None:  # pragma: no cover - the row must exist after the conflict
                 raise
             return replay
-        return Booked(appointment.state(), created=True)
+        return Booked(state, created=True)
 
     def _replay_booking(self, appointment_id: UUID, booking: Booking) -> Booked | None:
         try:
@@ -201,8 +214,9 @@ class AppointmentService:
                 )
             if not command(appointment):
                 return appointment.state()
+            state = appointment.state()
             try:
-                self.journal.save(appointment)
+                self.journal.save(appointment, states={appointment.id: state})
             except IntegrityError:
                 if expected_version is not None:
                     raise PreconditionFailedError(
@@ -212,14 +226,14 @@ class AppointmentService:
                 # command again to the newer state rather than lose either change.
                 time.sleep(random.uniform(0, 0.002 * (attempt + 1)))
                 continue
-            return appointment.state()
+            return state
         raise ConflictError("appointment is changing too fast; try again")
 
     # -- queries ----------------------------------------------------------------
 
     def _load(self, scope: UUID | None, appointment_id: UUID) -> Appointment:
         try:
-            appointment = self.journal.repository.get(appointment_id)
+            appointment = self.journal.repository.get(appointment_id, projector_func=replay)
         except AggregateNotFoundError:
             raise NotFoundError(f"no appointment {appointment_id}") from None
         if not isinstance(appointment, Appointment) or (
