@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from caljournal.accounts import AccountService
@@ -73,8 +74,20 @@ class Container:
         """Return whether the API runs journal calls on its event loop (see settings)."""
         return self.settings.inline_api_calls
 
+    @functools.cached_property
+    def api_executor(self) -> ThreadPoolExecutor:
+        """Return the threads that run the API's journal calls (when not inline).
+
+        As many as the database pool has connections: more would only wait for one.
+        """
+        return ThreadPoolExecutor(
+            max_workers=self.settings.database_pool_size, thread_name_prefix="caljournal-api"
+        )
+
     def close(self) -> None:
-        """Release database connections."""
+        """Release the API's threads and the database connections."""
+        if "api_executor" in self.__dict__:
+            self.api_executor.shutdown(wait=True)
         self.journal.close()
 
 
