@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -322,3 +323,25 @@ def test_healthz_and_openapi_with_examples(client: TestClient) -> None:
     headers = {p["name"] for p in move["parameters"] if p["in"] == "header"}
     assert headers == {"X-Request-ID", "if-match"}
     assert "security" not in spec["paths"]["/healthz"]["get"]
+
+
+@pytest.mark.parametrize("mode", ["inline", "threads"])
+def test_api_calls_run_where_the_setting_says_and_close_stops_the_threads(
+    database_url: str, tmp_path: Path, mode: str
+) -> None:
+    built = bootstrap(
+        load_settings(database_url=database_url, secret_key_file=tmp_path / "k", api_commands=mode)
+    )
+
+    def names() -> set[str]:
+        return {t.name for t in threading.enumerate() if t.name.startswith("caljournal-api")}
+
+    try:
+        tenant = open_tenant(built, "acme")
+        with TestClient(create_app(built)) as client:
+            created = client.post("/appointments", json=BOOKING, headers=tenant.headers)
+            assert created.status_code == 201, created.text
+            assert (len(names()) > 0) is (mode == "threads")
+    finally:
+        built.close()
+    assert names() == set()
