@@ -78,10 +78,10 @@ class Container:
     def api_executor(self) -> ThreadPoolExecutor:
         """Return the threads that run the API's journal calls (when not inline).
 
-        As many as the database pool has connections: more would only wait for one.
+        See ``Settings.api_thread_count`` for how many.
         """
         return ThreadPoolExecutor(
-            max_workers=self.settings.database_pool_size, thread_name_prefix="caljournal-api"
+            max_workers=self.settings.api_thread_count, thread_name_prefix="caljournal-api"
         )
 
     def close(self) -> None:

@@ -36,3 +36,22 @@ def test_the_environment_selects_the_mode(monkeypatch: pytest.MonkeyPatch, tmp_p
     assert (
         load_settings(database_url=f"sqlite:///{tmp_path / 'j.sqlite'}").api_commands == "threads"
     )
+
+
+def test_api_threads_default_to_twice_the_cpus_within_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    assert load_settings(database_url="sqlite:///j.sqlite").api_thread_count == 4
+    small_pool = load_settings(database_url="sqlite:///j.sqlite", database_pool_size=3)
+    assert small_pool.api_thread_count == 3
+    monkeypatch.setattr("os.cpu_count", lambda: None)
+    assert load_settings(database_url="sqlite:///j.sqlite").api_thread_count == 2
+    chosen = load_settings(database_url="sqlite:///j.sqlite", api_threads=7)
+    assert chosen.api_thread_count == 7
+
+
+def test_a_bad_thread_count_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALJOURNAL_API_THREADS", "0")
+    with pytest.raises(ConfigurationError, match="CALJOURNAL_API_THREADS"):
+        load_settings(database_url="sqlite:///j.sqlite")
