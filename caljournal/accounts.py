@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID, uuid4
 
+from cachetools import TTLCache
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
@@ -71,36 +73,37 @@ class TokenCache:
     through this process clears the cache at once; one made by another
     process (``caljournal token revoke``) takes effect within ``ttl``. Only
     tokens that were found valid are kept, so unknown tokens cannot fill it.
+    cachetools' TTLCache keeps the entries; it is not thread-safe, hence the lock.
     """
 
     MAX_ENTRIES = 10_000
 
     def __init__(self, ttl: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
-        self._clock = clock
-        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._entries: TTLCache[str, Principal] = TTLCache(self.MAX_ENTRIES, ttl, timer=clock)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
 
     def get(self, digest: str) -> Principal | None:
         """Return the principal of a token checked less than ``ttl`` ago, or None."""
-        entry = self._entries.get(digest)
-        if entry is None:
-            return None
-        if self._clock() >= entry[0]:
-            self._entries.pop(digest, None)
-            return None
-        return entry[1]
+        with self._lock:
+            self._entries.expire()  # drop what has expired, so it cannot come back
+            return self._entries.get(digest)
 
     def put(self, digest: str, principal: Principal) -> None:
         """Keep a principal just read from the journal's token table."""
         if self.ttl <= 0:
             return
-        if len(self._entries) >= self.MAX_ENTRIES:
-            self._entries.clear()
-        self._entries[digest] = (self._clock() + self.ttl, principal)
+        with self._lock:
+            self._entries[digest] = principal
 
     def clear(self) -> None:
         """Forget every principal (after a revocation)."""
-        self._entries.clear()
+        with self._lock:
+            self._entries.clear()
 
 
 class AccountService:

@@ -52,6 +52,6 @@ def test_the_cache_stays_bounded() -> None:
     cache = TokenCache(60.0, Clock())
     for i in range(TokenCache.MAX_ENTRIES + 5):
         cache.put(f"d{i}", _principal())
-    assert len(cache._entries) <= TokenCache.MAX_ENTRIES
+    assert len(cache) <= TokenCache.MAX_ENTRIES
     last = f"d{TokenCache.MAX_ENTRIES + 4}"
     assert cache.get(last) is not None
