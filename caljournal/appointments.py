@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
@@ -53,16 +53,7 @@ class Booked:
 
 
 def _same_booking(first: Appointment, booking: Booking) -> bool:
-    return (
-        first.title == booking.title
-        and first.start == booking.start
-        and first.end == booking.end
-        and first.timezone == booking.timezone
-        and first.location == booking.location
-        and first.description == booking.description
-        and first.customer_name == booking.customer_name
-        and first.customer_email == booking.customer_email
-    )
+    return booking == Booking(**{f.name: getattr(first, f.name) for f in fields(Booking)})
 
 
 def replay(aggregate: Any, events: Iterable[Any]) -> Any:

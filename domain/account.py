@@ -60,9 +60,7 @@ class Account(Aggregate):
         return cls(
             id=cls.id_for(name),
             name=name,
-            origin=cause.origin.value,
-            actor=cause.actor,
-            correlation_id=cause.correlation_id,
+            **cause.fields(),
         )
 
     @event("Opened", topic="caljournal:Account.Opened")
@@ -113,9 +111,7 @@ class ApiToken(Aggregate):
             account_id=account_id,
             account_name=account_name,
             token_hash=token_hash,
-            origin=cause.origin.value,
-            actor=cause.actor,
-            correlation_id=cause.correlation_id,
+            **cause.fields(),
         )
 
     @event("Issued", topic="caljournal:ApiToken.Issued")
@@ -150,7 +146,7 @@ class ApiToken(Aggregate):
         if self.revoked:
             raise TokenRevokedError(f"token {self.name!r} is revoked already")
         self._revoked(
-            origin=cause.origin.value, actor=cause.actor, correlation_id=cause.correlation_id
+            **cause.fields(),
         )
 
     @event("Revoked", topic="caljournal:ApiToken.Revoked")

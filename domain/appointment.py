@@ -87,9 +87,7 @@ class Appointment(Aggregate):
             all_day=False,
             floating=False,
             recurrence=None,
-            origin=cause.origin.value,
-            actor=cause.actor,
-            correlation_id=cause.correlation_id,
+            **cause.fields(),
         )
 
     @event("Booked", topic="caljournal:Appointment.Booked")
@@ -162,9 +160,7 @@ class Appointment(Aggregate):
             timezone=None,
             all_day=None,
             floating=None,
-            origin=cause.origin.value,
-            actor=cause.actor,
-            correlation_id=cause.correlation_id,
+            **cause.fields(),
         )
         return True
 
@@ -217,9 +213,7 @@ class Appointment(Aggregate):
             return False
         self._details_changed(
             changes=effective,
-            origin=cause.origin.value,
-            actor=cause.actor,
-            correlation_id=cause.correlation_id,
+            **cause.fields(),
         )
         return True
 
@@ -241,9 +235,7 @@ class Appointment(Aggregate):
             return False
         self._cancelled(
             reason=reason,
-            origin=cause.origin.value,
-            actor=cause.actor,
-            correlation_id=cause.correlation_id,
+            **cause.fields(),
         )
         return True
 
