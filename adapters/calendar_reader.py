@@ -92,10 +92,13 @@ class CalendarReader:
         calendar = (
             self.calendar if token is not None else self._full().calendar(url=self.calendar_url)
         )
+        # A delta is small unless much changed: it gets the listing's cap, but
+        # only a first (full) sync gets the listing's patient deadline.
+        seconds = None if token is None else self.access.limits.request_seconds
         try:
             with (
                 translate("asking the calendar what changed"),
-                calendar.client.session.kind(LISTING),
+                calendar.client.session.kind(LISTING, seconds),
             ):
                 try:
                     result = calendar.get_objects_by_sync_token(

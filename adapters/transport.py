@@ -300,12 +300,12 @@ class GuardedSession(niquests.Session):
         self.hooks["response"].insert(0, self._read_redirect_body)
 
     @contextlib.contextmanager
-    def kind(self, kind: str) -> Iterator[None]:
-        """Apply ``kind``'s cap and deadline to the requests made inside."""
+    def kind(self, kind: str, seconds: float | None = None) -> Iterator[None]:
+        """Apply ``kind``'s cap and deadline (or ``seconds``) to the requests made inside."""
         if kind not in KINDS:
             raise ValueError(f"unknown kind of request {kind!r}")
         previous = getattr(self._kind, "value", None)
-        self._kind.value = kind
+        self._kind.value = (kind, seconds)
         try:
             yield
         finally:
@@ -313,7 +313,14 @@ class GuardedSession(niquests.Session):
 
     def current_kind(self) -> str:
         """Return the kind of request being made now."""
-        return getattr(self._kind, "value", None) or self.default_kind
+        chosen = getattr(self._kind, "value", None)
+        return chosen[0] if chosen else self.default_kind
+
+    def _seconds(self, kind: str) -> float:
+        chosen = getattr(self._kind, "value", None)
+        if chosen and chosen[1] is not None:
+            return float(chosen[1])
+        return self.limits.seconds(kind)
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
         """Send one request; return its response with the body read under the cap.
@@ -323,7 +330,7 @@ class GuardedSession(niquests.Session):
         :raises RefusedAddressError: when the host resolves to a refused address.
         """
         kind = self.current_kind()
-        seconds = self.limits.seconds(kind)
+        seconds = self._seconds(kind)
         now = time.monotonic()
         deadline = now + seconds
         if self.deadline is not None:

@@ -99,6 +99,7 @@ def child_env(database_url: str, key_file: Path, **extra: str) -> dict[str, str]
             "CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true",
             "CALJOURNAL_CALDAV_TIMEOUT": "3",
             "CALJOURNAL_CALDAV_REQUEST_DEADLINE": "6",
+            "CALJOURNAL_CALDAV_LISTING_DEADLINE": "12",
             "CALJOURNAL_CALDAV_LINK_DEADLINE": "20",
             "CALJOURNAL_WORKER_LEASE_TTL": "3",
             "CALJOURNAL_WORKER_POLL": "0.05",
@@ -448,7 +449,7 @@ def test_the_worker_polls_and_pushes_through_hostile_answers_with_flat_memory(
     try:
         container.links.link(
             tenant.account_id,
-            f"{hostile.url}alice/{cal_id}/",
+            f"{hostile.url}/alice/{cal_id}/",
             Credentials("alice", "secret"),
             operator(),
         )
