@@ -9,6 +9,7 @@ Peak memory is measured on real child processes (``VmHWM`` in /proc).
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import socket
 import subprocess
@@ -73,8 +74,13 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def reset_peak(pid: int) -> None:
-    """Reset the peak resident memory of ``pid`` to its current value (Linux >= 4.0)."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
+    """Reset the peak resident memory of ``pid`` to its current value (Linux >= 4.0).
+
+    Only for per-case figures: the asserts compare with the peak before the
+    first case, which holds whether or not the reset is permitted.
+    """
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
 
 
 def note(figure: str) -> None:
@@ -340,6 +346,7 @@ def test_post_link_to_hostile_servers_is_a_422_and_the_api_keeps_its_memory(
 ) -> None:
     url, container, child = api_process
     tenant = open_tenant(container, "acme")
+    baseline = highest = peak_rss_mb(child.pid)
     for mode, _error, words in CASES:
         with HostileServer(drip_seconds=1) as hostile:
             hostile.misbehave(mode)
@@ -363,7 +370,8 @@ def test_post_link_to_hostile_servers_is_a_422_and_the_api_keeps_its_memory(
         assert response.status_code == 422, response.text
         assert body["field"] == "url"
         assert words in body["message"]
-        assert peak - before < GROWTH_BOUND_MB
+        highest = max(highest, peak)
+        assert highest - baseline < GROWTH_BOUND_MB
         # The link deadline (20 s here) bounds discovery, however many candidates.
         assert elapsed < 20 + 30
     assert child.process.poll() is None
@@ -462,6 +470,7 @@ def test_the_worker_polls_and_pushes_through_hostile_answers_with_flat_memory(
             ("PUT", "endless", "sent more than"),
             ("PUT", "slow_headers", "did not finish answering within"),
         ]
+        baseline = highest = peak_rss_mb(worker.pid)
         for n, (method, mode, words) in enumerate(cases):
             hostile.misbehave(mode, methods={method})
             asked = len(hostile.hostile_requests)
@@ -485,7 +494,8 @@ def test_the_worker_polls_and_pushes_through_hostile_answers_with_flat_memory(
                 f"worker {method} {mode}: error in status after {elapsed:.1f} s, peak RSS "
                 f"{peak:.0f} MiB ({peak - before:+.0f}): {shown}"
             )
-            assert peak - before < GROWTH_BOUND_MB
+            highest = max(highest, peak)
+            assert highest - baseline < GROWTH_BOUND_MB
             hostile.misbehave(None)
             # Recovered: the next poll through the now honest server clears the error.
             container.links.request_poll(tenant.account_id, operator())
