@@ -3,8 +3,10 @@
 Everything that talks to a calendar server goes through :func:`open_client`,
 which adds what a multi-tenant service needs on top of the library:
 
-* every request's host is checked against loopback/link-local/private
-  addresses before it is sent (``adapters.netguard``);
+* every connection goes to an address checked against loopback/link-local/
+  private addresses in the same DNS lookup (``adapters.transport``);
+* every response body is read under a size cap and every request ends by a
+  deadline (``TransferLimits``), whatever the server sends;
 * a redirect to another host is refused, never followed silently;
 * the library's own rate-limit sleeping is off, so callers decide (tenacity);
 * every failure becomes one :class:`CalDAVError` with a one-sentence message
@@ -15,8 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 from urllib.parse import urljoin, urlsplit
 
@@ -24,10 +27,18 @@ import caldav
 from caldav.lib import error as dav_error
 from caldav.requests import HTTPBearerAuth
 from niquests import exceptions as http_errors
+from niquests.packages.urllib3.exceptions import ProtocolError
 
 from caljournal.adapters.calendar_url import redact_url
-from caljournal.adapters.netguard import ForbiddenAddressError, HostLookupError, check_host
 from caljournal.adapters.secrets import Credentials
+from caljournal.adapters.transport import (
+    OBJECT,
+    BodyTooLargeError,
+    DeadlinePassedError,
+    GuardedSession,
+    RefusedAddressError,
+    TransferLimits,
+)
 
 USER_AGENT = "caljournal/0.1"
 
@@ -94,6 +105,14 @@ class TimedOutError(CalDAVError):
     transient = True
 
 
+class DeadlineExceededError(TimedOutError):
+    """The server was still sending when the request's deadline passed."""
+
+
+class ResponseTooLargeError(CalDAVError):
+    """The server's answer exceeded the size cap for its kind of request."""
+
+
 class RateLimitedError(CalDAVError):
     """429, or 503 with Retry-After."""
 
@@ -112,7 +131,12 @@ class RequestRejectedError(CalDAVError):
 
 @dataclass(frozen=True)
 class ServerAccess:
-    """Everything needed to reach a server; secrets stay out of ``repr``."""
+    """Everything needed to reach a server; secrets stay out of ``repr``.
+
+    ``kind`` is the default kind of request of clients opened with it (it
+    picks the size cap and deadline, see ``TransferLimits``); ``deadline``
+    (``time.monotonic()``) ends every request of an operation at once.
+    """
 
     url: str
     credentials: Credentials = field(default_factory=Credentials)
@@ -121,41 +145,32 @@ class ServerAccess:
     allow_private: bool = False
     timeout: float = 15.0
     caldav_hints: str | None = None
+    limits: TransferLimits = field(default_factory=TransferLimits)
+    kind: str = OBJECT
+    deadline: float | None = None
 
     def at(self, url: str) -> ServerAccess:
         """Return the same access for another URL."""
-        return ServerAccess(
-            url,
-            self.credentials,
-            self.auth,
-            self.verify_tls,
-            self.allow_private,
-            self.timeout,
-            self.caldav_hints,
-        )
+        return replace(self, url=url)
+
+    def within(self, seconds: float | None = None, kind: str | None = None) -> ServerAccess:
+        """Return the same access for one operation that must end in ``seconds``.
+
+        ``None`` takes ``limits.operation_seconds``; an earlier deadline stays.
+        """
+        ends = time.monotonic() + (self.limits.operation_seconds if seconds is None else seconds)
+        if self.deadline is not None:
+            ends = min(ends, self.deadline)
+        return replace(self, deadline=ends, kind=kind or self.kind)
 
 
 def _guard_hooks(access: ServerAccess) -> dict[str, Any]:
-    checked: set[tuple[str, int | None]] = set()
-
     def before(request: Any, **_: Any) -> Any:
+        # The address itself is checked where the connection is made
+        # (``transport.CheckedResolver``), with the very DNS answer used.
         parts = urlsplit(str(request.url))
         if parts.scheme not in ("http", "https"):
             raise AddressRefusedError(f"refused a {parts.scheme!r} URL")
-        key = (parts.hostname or "", parts.port)
-        if key not in checked:
-            try:
-                check_host(parts.hostname or "", access.allow_private, parts.port)
-            except ForbiddenAddressError as exc:
-                raise AddressRefusedError(
-                    f"{parts.hostname} resolves to {exc.address} ({exc.reason}); caljournal does "
-                    "not contact such addresses unless the operator allows them"
-                ) from None
-            except HostLookupError:
-                raise UnreachableError(
-                    f"the host name {parts.hostname!r} does not resolve"
-                ) from None
-            checked.add(key)
         return request
 
     def after(response: Any, **_: Any) -> Any:
@@ -165,6 +180,7 @@ def _guard_hooks(access: ServerAccess) -> dict[str, Any]:
             if (target.hostname, target.port) != (source.hostname, source.port) or (
                 source.scheme == "https" and target.scheme != "https"
             ):
+                response.close()
                 raise RedirectRefusedError(
                     f"{source.hostname} redirected to {redact_url(target.geturl())}; "
                     "caljournal does not follow redirects to another host or to plain http - "
@@ -200,6 +216,10 @@ def open_client(access: ServerAccess) -> caldav.DAVClient:
             kwargs["auth_type"] = access.auth
     with translate(f"connecting to {redact_url(access.url)}"):
         client = caldav.DAVClient(**kwargs)
+    client.session.close()
+    client.session = GuardedSession(
+        access.limits, access.allow_private, access.kind, access.deadline
+    )
     for name, hook in _guard_hooks(access).items():
         client.session.hooks[name].append(hook)
     return client
@@ -212,6 +232,22 @@ def translate(what: str) -> Iterator[None]:
         yield
     except CalDAVError:
         raise
+    except BodyTooLargeError as exc:
+        raise ResponseTooLargeError(
+            f"the server sent more than {_size(exc.limit)} for one {exc.kind} answer while "
+            f"{what}; caljournal stops reading there (limit CALJOURNAL_CALDAV_MAX_"
+            f"{exc.kind.upper()}_BYTES)"
+        ) from None
+    except DeadlinePassedError as exc:
+        raise DeadlineExceededError(
+            f"the server did not finish answering within {exc.seconds:.0f} s while {what}; "
+            "caljournal gives up on a request that slow"
+        ) from None
+    except RefusedAddressError as exc:
+        raise AddressRefusedError(
+            f"{exc.host} is refused: caljournal does not contact loopback, private or "
+            "link-local addresses unless the operator allows them (link-local never)"
+        ) from None
     except dav_error.RateLimitError as exc:
         raise RateLimitedError(
             f"the server asked to slow down while {what}",
@@ -235,6 +271,13 @@ def translate(what: str) -> Iterator[None]:
     except (http_errors.Timeout, TimeoutError):
         raise TimedOutError(f"the server did not answer in time while {what}") from None
     except (http_errors.ConnectionError, ConnectionError, OSError) as exc:
+        if isinstance(exc.__context__, ProtocolError) or any(
+            isinstance(arg, ProtocolError) for arg in exc.args
+        ):
+            raise UnreachableError(
+                f"the server broke off its answer or sent invalid HTTP (e.g. endless headers) "
+                f"while {what}"
+            ) from None
         if isinstance(exc.__context__, ssl.SSLError) or "CERTIFICATE" in str(exc).upper():
             raise TLSFailedError(
                 f"the TLS connection failed (an untrusted certificate, or no https on that port) "
@@ -243,6 +286,12 @@ def translate(what: str) -> Iterator[None]:
         raise UnreachableError(f"could not connect while {what}") from None
     except http_errors.RequestException:
         raise UnreachableError(f"the HTTP request failed while {what}") from None
+
+
+def _size(count: int) -> str:
+    if count >= 1024 * 1024 and count % (1024 * 1024) == 0:
+        return f"{count // (1024 * 1024)} MiB"
+    return f"{count} bytes"
 
 
 def _status_of(exc: dav_error.DAVError) -> int | None:

@@ -9,7 +9,7 @@ hand and turns the library's answers into plain href → ETag maps.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote
 
@@ -20,11 +20,14 @@ from lxml import etree
 
 from caljournal.adapters.caldav_client import (
     CalDAVError,
+    NotCalDAVError,
+    ResponseTooLargeError,
     ServerAccess,
     open_client,
     request,
     translate,
 )
+from caljournal.adapters.transport import DISCOVERY, LISTING, MULTIGET
 
 VALID_SYNC_TOKEN = "{DAV:}valid-sync-token"
 MULTIGET_BATCH = 100
@@ -77,15 +80,7 @@ class CalendarReader:
         # A first sync or a full listing of a large calendar can take a server
         # far longer than a delta; it gets its own, patient connection.
         if self._full_client is None:
-            patient = ServerAccess(
-                self.access.url,
-                self.access.credentials,
-                self.access.auth,
-                self.access.verify_tls,
-                self.access.allow_private,
-                max(self.full_timeout, self.access.timeout),
-                self.access.caldav_hints,
-            )
+            patient = replace(self.access, timeout=max(self.full_timeout, self.access.timeout))
             self._full_client = open_client(patient)
         return self._full_client
 
@@ -97,8 +92,14 @@ class CalendarReader:
         calendar = (
             self.calendar if token is not None else self._full().calendar(url=self.calendar_url)
         )
+        # A delta is small unless much changed: it gets the listing's cap, but
+        # only a first (full) sync gets the listing's patient deadline.
+        seconds = None if token is None else self.access.limits.request_seconds
         try:
-            with translate("asking the calendar what changed"):
+            with (
+                translate("asking the calendar what changed"),
+                calendar.client.session.kind(LISTING, seconds),
+            ):
                 try:
                     result = calendar.get_objects_by_sync_token(
                         sync_token=token, load_objects=False, disable_fallback=True
@@ -127,16 +128,18 @@ class CalendarReader:
             xml_declaration=True,
             encoding="utf-8",
         )
-        response = request(
-            self._full(),
-            self.calendar_url,
-            "PROPFIND",
-            "listing the calendar's objects",
-            body=body,
-            headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
-            ok=(207,),
-        )
-        tree = etree.fromstring(_bytes(response.raw))
+        client = self._full()
+        with client.session.kind(LISTING):
+            response = request(
+                client,
+                self.calendar_url,
+                "PROPFIND",
+                "listing the calendar's objects",
+                body=body,
+                headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
+                ok=(207,),
+            )
+        tree = _xml(response.raw, "the calendar's listing")
         found: dict[str, str | None] = {}
         for node in tree.findall("d:response", NS):
             href = str(self.calendar.url.join(node.findtext("d:href", "", NS).strip()))
@@ -154,16 +157,17 @@ class CalendarReader:
             b'xmlns:cs="http://calendarserver.org/ns/"><d:prop><cs:getctag/><d:sync-token/>'
             b"</d:prop></d:propfind>"
         )
-        response = request(
-            self.client,
-            self.calendar_url,
-            "PROPFIND",
-            "asking whether the calendar changed",
-            body=body,
-            headers={"Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
-            ok=(207,),
-        )
-        tree = etree.fromstring(_bytes(response.raw))
+        with self.client.session.kind(DISCOVERY):
+            response = request(
+                self.client,
+                self.calendar_url,
+                "PROPFIND",
+                "asking whether the calendar changed",
+                body=body,
+                headers={"Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
+                ok=(207,),
+            )
+        tree = _xml(response.raw, "the calendar's state")
         for path in (".//cs:getctag", ".//d:sync-token"):
             value = tree.findtext(path, None, NS)
             if value:
@@ -178,13 +182,23 @@ class CalendarReader:
         """
         wanted = list(hrefs)
         loaded = Loaded()
-        for start in range(0, len(wanted), MULTIGET_BATCH):
-            batch = wanted[start : start + MULTIGET_BATCH]
+        batches = [wanted[i : i + MULTIGET_BATCH] for i in range(0, len(wanted), MULTIGET_BATCH)]
+        while batches:
+            batch = batches.pop(0)
             asked = {unquote(h): h for h in batch}
-            with translate("loading changed objects"):
-                objects = self.calendar.multiget(
-                    [URL.objectify(h) for h in batch], raise_notfound=False
-                )
+            try:
+                with translate("loading changed objects"), self.client.session.kind(MULTIGET):
+                    objects = self.calendar.multiget(
+                        [URL.objectify(h) for h in batch], raise_notfound=False
+                    )
+            except ResponseTooLargeError:
+                if len(batch) == 1:
+                    raise
+                # Large objects: ask for fewer at a time rather than read more.
+                half = len(batch) // 2
+                batches[:0] = [batch[:half], batch[half:]]
+                loaded.requests += 1
+                continue
             loaded.requests += 1
             for obj in objects:
                 data = obj.data
@@ -212,3 +226,10 @@ def _etag(value: Any) -> str | None:
 
 def _bytes(raw: Any) -> bytes:
     return raw.encode() if isinstance(raw, str) else bytes(raw)
+
+
+def _xml(raw: Any, what: str) -> Any:
+    try:
+        return etree.fromstring(_bytes(raw))
+    except (etree.XMLSyntaxError, ValueError):
+        raise NotCalDAVError(f"{what} the server sent was not WebDAV XML") from None

@@ -24,6 +24,7 @@ from tenacity import (
 
 from caljournal.adapters.caldav_client import (
     CalDAVError,
+    DeadlineExceededError,
     ObjectNotFoundError,
     ServerAccess,
     open_client,
@@ -46,7 +47,13 @@ class RetryPolicy:
 
 
 def _is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, CalDAVError) and exc.transient
+    # A request that ran into its deadline is not tried again at once: each
+    # attempt would hold the account for another whole deadline.
+    return (
+        isinstance(exc, CalDAVError)
+        and exc.transient
+        and not isinstance(exc, DeadlineExceededError)
+    )
 
 
 class _RetryAfterOrBackoff:

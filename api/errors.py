@@ -22,6 +22,7 @@ from caljournal.errors import (
     NotFoundError,
     PermissionDeniedError,
     PreconditionFailedError,
+    TooManyRequestsError,
 )
 from caljournal.links import LinkFailedError
 
@@ -36,6 +37,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (LinkFailedError, 422, "link_failed"),
     (SecretKeyError, 503, "secret_keys_unusable"),
     (ConflictError, 409, "conflict"),
+    (TooManyRequestsError, 429, "too_many_requests"),
     (AppointmentCancelledError, 409, "appointment_cancelled"),
     (TokenRevokedError, 409, "token_revoked"),
     (DomainError, 422, "invalid"),

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+from uuid import UUID
 
-from fastapi import APIRouter, Response, status
+import anyio
+import anyio.to_thread
+from fastapi import APIRouter, Depends, Request, Response, status
 from fastapi.concurrency import run_in_threadpool
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from caljournal.adapters.secrets import Credentials
 from caljournal.api.deps import CauseDep, ContainerDep, TargetAccountDep
 from caljournal.api.schemas import ErrorOut
+from caljournal.errors import TooManyRequestsError
+
+T = TypeVar("T")
 
 router = APIRouter(prefix="/link", tags=["calendar link"])
 
@@ -21,6 +28,70 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorOut, "description": "the account has no link"},
     422: {"model": ErrorOut, "description": "the server, URL or credentials did not work"},
 }
+_SERVER_ERRORS: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    429: {
+        "model": ErrorOut,
+        "description": "the account already has as many calendar-server operations running "
+        "as allowed",
+    },
+}
+
+
+class ServerCalls:
+    """Run the link operations that talk to a calendar server.
+
+    They run on threads of their own (not the pool every other endpoint
+    shares), and one account may have only ``per_account`` of them running:
+    a slow or hostile server of one account then ties up at most that many
+    threads and never delays another account's calls.
+    """
+
+    def __init__(self, per_account: int, threads: int) -> None:
+        self.per_account = per_account
+        self.threads = threads
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._running: dict[UUID, int] = {}
+
+    def running(self, account_id: UUID) -> int:
+        """Return how many operations of the account are running."""
+        return self._running.get(account_id, 0)
+
+    async def run(self, account_id: UUID, call: Callable[[], T]) -> T:
+        """Run ``call`` in a thread for the account.
+
+        :raises TooManyRequestsError: when the account is at its limit.
+        """
+        # Only the event loop's thread touches the counters: no lock needed.
+        if self.running(account_id) >= self.per_account:
+            raise TooManyRequestsError(
+                f"this account already has {self.per_account} calendar-server operations "
+                "running; wait for them to finish, then try again"
+            )
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.threads)
+        self._running[account_id] = self.running(account_id) + 1
+        try:
+            return await anyio.to_thread.run_sync(call, limiter=self._limiter)
+        finally:
+            left = self._running[account_id] - 1
+            if left:
+                self._running[account_id] = left
+            else:
+                del self._running[account_id]
+
+
+async def get_server_calls(request: Request) -> ServerCalls:
+    """Return the application's runner of calendar-server operations."""
+    calls: ServerCalls | None = getattr(request.app.state, "server_calls", None)
+    if calls is None:
+        settings = request.app.state.container.settings
+        calls = ServerCalls(settings.link_operations_per_account, settings.link_operation_threads)
+        request.app.state.server_calls = calls
+    return calls
+
+
+ServerCallsDep = Annotated[ServerCalls, Depends(get_server_calls)]
 
 
 class LinkIn(BaseModel):
@@ -94,17 +165,23 @@ def _credentials(body: LinkIn | CredentialsIn) -> Credentials:
     )
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, responses=_ERRORS)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=_SERVER_ERRORS)
 async def link(
-    body: LinkIn, container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
+    body: LinkIn,
+    container: ContainerDep,
+    cause: CauseDep,
+    account_id: TargetAccountDep,
+    calls: ServerCallsDep,
 ) -> dict[str, Any]:
     """Discover the server behind ``url`` and link the account to it.
 
     When ``url`` is a calendar it is chosen at once; otherwise choose one of the
     listed ``calendars`` with ``PUT /link/calendar``.
     """
-    result = await run_in_threadpool(
-        container.links.link, account_id, body.url, _credentials(body), cause, body.provider
+    credentials = _credentials(body)
+    result = await calls.run(
+        account_id,
+        lambda: container.links.link(account_id, body.url, credentials, cause, body.provider),
     )
     answer = result.as_dict()
     answer["backfill"] = "not requested"
@@ -164,34 +241,49 @@ async def retry_failed(
     return {"queued": count}
 
 
-@router.get("/calendars", responses=_ERRORS)
-async def calendars(container: ContainerDep, account_id: TargetAccountDep) -> dict[str, Any]:
+@router.get("/calendars", responses=_SERVER_ERRORS)
+async def calendars(
+    container: ContainerDep, account_id: TargetAccountDep, calls: ServerCallsDep
+) -> dict[str, Any]:
     """Ask the linked server for its calendars."""
-    result = await run_in_threadpool(container.links.calendars, account_id)
+    result = await calls.run(account_id, lambda: container.links.calendars(account_id))
     return result.as_dict()
 
 
-@router.put("/calendar", responses=_ERRORS)
+@router.put("/calendar", responses=_SERVER_ERRORS)
 async def choose(
-    body: ChooseIn, container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
+    body: ChooseIn,
+    container: ContainerDep,
+    cause: CauseDep,
+    account_id: TargetAccountDep,
+    calls: ServerCallsDep,
 ) -> dict[str, Any]:
     """Choose the calendar to sync with."""
-    return await run_in_threadpool(container.links.choose, account_id, body.calendar_url, cause)
+    return await calls.run(
+        account_id, lambda: container.links.choose(account_id, body.calendar_url, cause)
+    )
 
 
-@router.post("/test", responses=_ERRORS)
-async def test(container: ContainerDep, account_id: TargetAccountDep) -> dict[str, Any]:
+@router.post("/test", responses=_SERVER_ERRORS)
+async def test(
+    container: ContainerDep, account_id: TargetAccountDep, calls: ServerCallsDep
+) -> dict[str, Any]:
     """Prove caljournal can write: create and delete a probe event in the chosen calendar."""
-    return await run_in_threadpool(container.links.test, account_id)
+    return await calls.run(account_id, lambda: container.links.test(account_id))
 
 
-@router.put("/credentials", responses=_ERRORS)
+@router.put("/credentials", responses=_SERVER_ERRORS)
 async def rotate(
-    body: CredentialsIn, container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
+    body: CredentialsIn,
+    container: ContainerDep,
+    cause: CauseDep,
+    account_id: TargetAccountDep,
+    calls: ServerCallsDep,
 ) -> dict[str, Any]:
     """Replace the stored credentials after checking them against the server."""
-    return await run_in_threadpool(
-        container.links.rotate_credentials, account_id, _credentials(body), cause
+    credentials = _credentials(body)
+    return await calls.run(
+        account_id, lambda: container.links.rotate_credentials(account_id, credentials, cause)
     )
 
 

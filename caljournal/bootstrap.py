@@ -34,6 +34,7 @@ class Container:
             allow_private=self.settings.allow_private_addresses,
             verify_tls=self.settings.verify_tls,
             timeout=self.settings.caldav_timeout,
+            limits=self.settings.transfer_limits,
         )
         self.links = LinkService(self.journal, self.secret_box, policy)
         self.sync = SyncService(self.journal, self.links)

@@ -34,3 +34,7 @@ class AuthenticationError(ApplicationError):
 
 class PermissionDeniedError(ApplicationError):
     """The token may not do this."""
+
+
+class TooManyRequestsError(ApplicationError):
+    """The caller has too many operations of this kind running; retry later."""

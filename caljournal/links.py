@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -17,6 +17,7 @@ from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import ProviderProfile, get_profile
 from caljournal.adapters.readmodel import secret_row
 from caljournal.adapters.secrets import Credentials, SecretBox, SecretKeyError
+from caljournal.adapters.transport import DISCOVERY, TransferLimits
 from caljournal.domain.cause import Cause
 from caljournal.domain.link import CalendarLink
 from caljournal.errors import ApplicationError, ConflictError, NotFoundError
@@ -34,6 +35,7 @@ class LinkPolicy:
     allow_private: bool = False
     verify_tls: bool = True
     timeout: float = 15.0
+    limits: TransferLimits = field(default_factory=TransferLimits)
 
 
 @dataclass(frozen=True)
@@ -167,7 +169,7 @@ class LinkService:
         if link.calendar_url is None:
             return {"ok": False, "message": "no calendar is chosen yet"}
         try:
-            done = self._probe(self.access(link), link.calendar_url)
+            done = self._probe(self.access(link).within(), link.calendar_url)
         except CalDAVError as exc:
             return {"ok": False, "message": _sentence(exc.message)}
         return {"ok": True, "message": _sentence(done)}
@@ -326,11 +328,13 @@ class LinkService:
             allow_private=self.policy.allow_private,
             timeout=self.policy.timeout,
             caldav_hints=profile.caldav_hints,
+            limits=self.policy.limits,
         )
 
     def _run_discovery(self, url: str, access: ServerAccess, profile: ProviderProfile) -> Discovery:
         try:
-            return self._discover(url, access, profile)
+            # One deadline for the whole discovery, however many candidates.
+            return self._discover(url, access.within(kind=DISCOVERY), profile)
         except CalendarURLError as exc:
             raise LinkFailedError(str(exc), field="url") from None
         except CalDAVError as exc:

@@ -10,6 +10,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from caljournal.adapters.transport import TransferLimits
+
 
 class ConfigurationError(Exception):
     """The configuration cannot be used; the message says what to fix."""
@@ -46,7 +48,51 @@ class Settings(BaseSettings):
         description="allow calendar servers on loopback and private networks (never link-local)",
     )
     verify_tls: bool = True
-    caldav_timeout: float = Field(default=15.0, gt=0, le=300)
+    caldav_timeout: float = Field(
+        default=15.0, gt=0, le=300, description="seconds to connect, and between two reads"
+    )
+    caldav_request_deadline: float = Field(
+        default=60.0, gt=0, le=3600, description="seconds one calendar-server request may take"
+    )
+    caldav_listing_deadline: float = Field(
+        default=300.0,
+        gt=0,
+        le=3600,
+        description="seconds a full listing of a calendar (first sync) may take",
+    )
+    caldav_link_deadline: float = Field(
+        default=90.0,
+        gt=0,
+        le=3600,
+        description="seconds one link operation (discovery, connection test) may take in all",
+    )
+    caldav_max_discovery_bytes: int = Field(
+        default=4 * 1024 * 1024, ge=64 * 1024, description="largest discovery answer read"
+    )
+    caldav_max_listing_bytes: int = Field(
+        default=32 * 1024 * 1024, ge=64 * 1024, description="largest calendar listing read"
+    )
+    caldav_max_multiget_bytes: int = Field(
+        default=32 * 1024 * 1024,
+        ge=64 * 1024,
+        description="largest answer to one batch load of objects read",
+    )
+    caldav_max_object_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=64 * 1024, description="largest single object answer read"
+    )
+    link_operations_per_account: int = Field(
+        default=2,
+        ge=1,
+        le=50,
+        description="link operations that talk to a calendar server (link, calendars, test, "
+        "credentials) one account may run at once; more are answered 429",
+    )
+    link_operation_threads: int = Field(
+        default=16,
+        ge=1,
+        le=200,
+        description="threads of the API that run link operations, apart from all other calls",
+    )
     worker_lease_ttl: float = Field(
         default=10.0, ge=1.0, le=600, description="seconds a dead worker keeps its accounts"
     )
@@ -72,6 +118,19 @@ class Settings(BaseSettings):
         description="where the API runs journal calls: on the event loop (inline), in worker "
         "threads, or auto (inline on SQLite, threads on PostgreSQL)",
     )
+
+    @property
+    def transfer_limits(self) -> TransferLimits:
+        """Return the size caps and deadlines for calendar-server requests."""
+        return TransferLimits(
+            discovery_bytes=self.caldav_max_discovery_bytes,
+            listing_bytes=self.caldav_max_listing_bytes,
+            multiget_bytes=self.caldav_max_multiget_bytes,
+            object_bytes=self.caldav_max_object_bytes,
+            request_seconds=self.caldav_request_deadline,
+            listing_seconds=self.caldav_listing_deadline,
+            operation_seconds=self.caldav_link_deadline,
+        )
 
     @property
     def api_thread_count(self) -> int:

@@ -55,3 +55,21 @@ def test_a_bad_thread_count_names_the_variable(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("CALJOURNAL_API_THREADS", "0")
     with pytest.raises(ConfigurationError, match="CALJOURNAL_API_THREADS"):
         load_settings(database_url="sqlite:///j.sqlite")
+
+
+def test_calendar_server_limits_come_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CALJOURNAL_CALDAV_MAX_LISTING_BYTES", "1000000")
+    monkeypatch.setenv("CALJOURNAL_CALDAV_REQUEST_DEADLINE", "7.5")
+    limits = load_settings(database_url="sqlite:///journal.sqlite").transfer_limits
+    assert limits.max_bytes("listing") == 1_000_000
+    assert limits.seconds("object") == 7.5
+    assert limits.seconds("listing") == 300.0
+    assert limits.max_bytes("discovery") == 4 * 1024 * 1024
+
+
+def test_a_size_cap_too_small_to_work_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CALJOURNAL_CALDAV_MAX_OBJECT_BYTES", "10")
+    with pytest.raises(ConfigurationError, match="CALJOURNAL_CALDAV_MAX_OBJECT_BYTES"):
+        load_settings(database_url="sqlite:///journal.sqlite")
