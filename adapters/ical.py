@@ -505,6 +505,9 @@ def _add_times(
         for name, value in (("DTSTART", start), ("DTEND", end)):
             wall = _wall(view, zone, value).replace(microsecond=0)
             event.add(name, wall.date() if view.all_day else wall)
+        if view.all_day and view.timezone != "UTC":
+            # Dates carry no zone; the journal keeps whose midnights bound the day.
+            event.add(X_TIMEZONE, _Text(view.timezone))
         return False
     start = start.astimezone(zone).replace(microsecond=0)
     end = end.astimezone(zone).replace(microsecond=0)

@@ -301,7 +301,8 @@ def _period(
     if isinstance(start, datetime) != isinstance(end, datetime):
         raise ICalendarError(f"event {uid!r} mixes DATE and DATE-TIME in DTSTART and DTEND")
     if not isinstance(start, datetime) or not isinstance(end, datetime):
-        zone = hint
+        own = _text(event, X_TIMEZONE)
+        zone = (iana_name(own) if own else None) or hint
     elif (start.tzinfo is None) != (end.tzinfo is None):
         raise ICalendarError(f"event {uid!r} mixes floating and zoned times")
     elif start.tzinfo is None:

@@ -19,7 +19,7 @@ from caljournal.api.schemas import (
     DetailsIn,
     ErrorOut,
     History,
-    Instant,
+    Moment,
     MoveIn,
 )
 from caljournal.appointments import Booking
@@ -97,8 +97,8 @@ async def book(
 @router.get("", response_model=AppointmentList, responses=_ERRORS, summary="List a time window")
 async def list_window(
     caller: CallerDep,
-    start: Annotated[Instant, Query(description="window start (inclusive)")],
-    end: Annotated[Instant, Query(description="window end (exclusive)")],
+    start: Annotated[Moment, Query(description="window start (inclusive)")],
+    end: Annotated[Moment, Query(description="window end (exclusive)")],
     include_cancelled: bool = False,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
     account: AccountQuery = None,
@@ -117,7 +117,7 @@ async def get(
     appointment_id: UUID,
     caller: CallerDep,
     as_of: Annotated[
-        Instant | None, Query(description="return the state as it was at this moment")
+        Moment | None, Query(description="return the state as it was at this moment")
     ] = None,
 ) -> Response:
     """Return an appointment, now or as it was at ``as_of``."""

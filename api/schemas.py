@@ -36,26 +36,42 @@ _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _TIME_HELP = "an RFC 3339 date-time with a UTC offset, e.g. 2026-03-30T10:00:00+02:00"
 
 
-def parse_instant(value: Any) -> datetime:
-    """Return the aware datetime an RFC 3339 date-time string names.
+def parse_moment(value: Any) -> datetime:
+    """Return the aware datetime an RFC 3339 date-time string names (to the microsecond).
 
-    Numbers (Unix timestamps), times without offset and fractions of a second
-    other than zero are refused: iCalendar keeps whole seconds.
+    For query bounds. Numbers (Unix timestamps) and times without an offset are refused.
 
     :raises PydanticCustomError: naming what is wrong.
     """
+    return _parse(value, whole_seconds=False)
+
+
+def parse_instant(value: Any) -> datetime:
+    """Return the aware datetime an RFC 3339 date-time string names, in whole seconds.
+
+    As :func:`parse_moment`; fractions of a second other than zero are refused
+    too, since iCalendar keeps whole seconds.
+
+    :raises PydanticCustomError: naming what is wrong.
+    """
+    return _parse(value, whole_seconds=True)
+
+
+def _parse(value: Any, *, whole_seconds: bool) -> datetime:
     found = _DATE_TIME.fullmatch(value) if isinstance(value, str) else None
     if found is None:
         raise PydanticCustomError("rfc3339", f"must be {_TIME_HELP}")
     year, month, day, hour, minute, second = (int(found[i]) for i in range(1, 7))
-    if found[7] and found[7].strip("0"):
+    fraction = found[7] or ""
+    if whole_seconds and fraction.strip("0"):
         raise PydanticCustomError("whole_seconds", "must be in whole seconds")
+    micro = int((fraction + "000000")[:6])
     offset = timedelta(0)
     if not found[8]:
         offset = timedelta(hours=int(found[10]), minutes=int(found[11]))
         offset = -offset if found[9] == "-" else offset
     try:
-        return datetime(year, month, day, hour, minute, second, tzinfo=timezone(offset))
+        return datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(offset))
     except ValueError as exc:
         raise PydanticCustomError("rfc3339", f"is no valid date-time: {exc}") from None
 
@@ -76,6 +92,11 @@ def parse_when(value: Any) -> datetime | date:
 Instant = Annotated[
     datetime,
     PlainValidator(parse_instant),
+    WithJsonSchema({"type": "string", "format": "date-time", "description": _TIME_HELP}),
+]
+Moment = Annotated[
+    datetime,
+    PlainValidator(parse_moment),
     WithJsonSchema({"type": "string", "format": "date-time", "description": _TIME_HELP}),
 ]
 When = Annotated[

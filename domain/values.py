@@ -11,8 +11,9 @@ The rules each field follows, at the API's door and in the journal:
   ``UTC``: no ``localtime``, ``Factory``, POSIX-style (``EST5EDT``), country
   (``US/Eastern``) or ``Etc/`` names. Calendar objects may use any zone tzdata
   knows except machine-dependent names.
-- Texts: every line break (CRLF, CR, NEL, LS, PS) becomes LF and trailing spaces
-  and tabs of each line are dropped; an empty optional text is no text. Other
+- Texts: every line break (CRLF, CR, NEL, LS, PS) becomes LF, trailing spaces
+  and tabs of each line and any U+FEFF are dropped; an empty optional text is
+  no text. Other
   control characters (C0 but TAB and LF, DEL, C1), surrogates and U+FFFE/U+FFFF
   are refused: calendar servers speak XML, which cannot carry them.
 - The customer's e-mail is one address as ``email-validator`` accepts it (no
@@ -205,8 +206,12 @@ def check_period(start: datetime, end: datetime, *, bookable: bool = False) -> N
 
 
 def canonical_text(value: str) -> str:
-    """Return ``value`` in the journal's text form: LF line breaks, no trailing blanks per line."""
-    return _TRAILING.sub("", _LINE_BREAK.sub("\n", value))
+    """Return ``value`` in the journal's text form: LF line breaks, no trailing blanks per line.
+
+    U+FEFF (a byte-order mark, or the deprecated zero-width no-break space) is
+    dropped: iCalendar readers drop it at the start of a value.
+    """
+    return _TRAILING.sub("", _LINE_BREAK.sub("\n", value.replace("\ufeff", "")))
 
 
 def remote_text(value: str | None) -> str | None:
