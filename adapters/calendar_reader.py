@@ -201,10 +201,13 @@ class CalendarReader:
                 continue
             loaded.requests += 1
             for obj in objects:
-                data = obj.data
+                # The bytes the server sent, not ``data``: caldav's vcal.fix()
+                # strips trailing blanks and backslashes before quotes, which
+                # would read as changes of the appointment's text.
+                raw = obj.raw_data if obj.raw_data is not None else obj.data
                 href = asked.get(unquote(str(obj.url)), str(obj.url))
                 loaded.objects[href] = (
-                    data.encode() if isinstance(data, str) else bytes(data),
+                    _bytes(raw),
                     _etag((obj.props or {}).get(dav.GetEtag.tag)),
                 )
             loaded.missing.update(h for h in batch if h not in loaded.objects)

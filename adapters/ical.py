@@ -46,7 +46,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import icalendar
 from dateutil.rrule import rrulestr
 from icalendar.parser import Contentline, Parameters
-from icalendar.prop import vText
+from icalendar.prop import vDDDLists, vDDDTypes, vText
 
 from caljournal.adapters.ical_parse import (
     BLOCK_SEPARATOR,
@@ -402,8 +402,58 @@ def vtimezone(
     :raises ValueError: when icalendar cannot build the component for the zone.
     """
     last = date(last_year + 1, 1, 1) if last_year < 9999 else date(9999, 12, 30)
-    bounded = _Until(ZoneInfo(name), datetime.combine(last, time()) + timedelta(days=1))
-    return _VTimezone.from_tzinfo(bounded, tzid or name, date(first_year, 1, 1), last)
+    zone = ZoneInfo(name)
+    bounded = _Until(zone, datetime.combine(last, time()) + timedelta(days=1))
+    component = _VTimezone.from_tzinfo(bounded, tzid or name, date(first_year, 1, 1), last)
+    for observance in component.subcomponents:
+        _start_before_change(observance, zone)
+    return component
+
+
+def _start_before_change(observance: icalendar.Component, zone: ZoneInfo) -> None:
+    """Rewrite the onsets of a STANDARD/DAYLIGHT as the local time before each change.
+
+    RFC 5545 §3.6.5: DTSTART (and RDATE) of an observance is the wall time in
+    the offset *before* the change, TZOFFSETFROM. icalendar writes the first
+    wall time that has the new offset, which for a spring change is an hour
+    late (Europe/Berlin 2026: 03:00 instead of 02:00). The onset of the span
+    the component starts with (TZOFFSETFROM equals TZOFFSETTO) is no change
+    and stays.
+    """
+    before: timedelta = observance["TZOFFSETFROM"].td
+    after: timedelta = observance["TZOFFSETTO"].td
+    if before == after:
+        return
+    observance["DTSTART"] = vDDDTypes(_onset(zone, observance["DTSTART"].dt, before, after))
+    rdates = observance.get("RDATE")
+    if rdates is not None:
+        values = [
+            v.dt for item in (rdates if isinstance(rdates, list) else [rdates]) for v in item.dts
+        ]
+        observance["RDATE"] = vDDDLists([_onset(zone, v, before, after) for v in values])
+
+
+def _offset_at(zone: ZoneInfo, instant: datetime) -> timedelta | None:
+    """Return ``zone``'s offset at the naive UTC ``instant``."""
+    return instant.replace(tzinfo=UTC).astimezone(zone).utcoffset()
+
+
+def _onset(zone: ZoneInfo, written: datetime, before: timedelta, after: timedelta) -> datetime:
+    """Return the local time before the change from ``before`` to ``after`` near ``written``.
+
+    ``written`` is a naive wall time at the change in either offset; the change
+    happens at the UTC instant where the zone's offset turns from ``before``
+    to ``after``.
+    """
+    try:
+        for candidate in (written - before, written - after):
+            if _offset_at(zone, candidate - timedelta(seconds=1)) == before and (
+                _offset_at(zone, candidate) == after
+            ):
+                return candidate + before
+    except OverflowError:  # at the ends of the years datetime can hold
+        pass
+    return written
 
 
 def object_name(appointment_id: str | UUID) -> str:
@@ -455,6 +505,9 @@ def _add_times(
         for name, value in (("DTSTART", start), ("DTEND", end)):
             wall = _wall(view, zone, value).replace(microsecond=0)
             event.add(name, wall.date() if view.all_day else wall)
+        if view.all_day and view.timezone != "UTC":
+            # Dates carry no zone; the journal keeps whose midnights bound the day.
+            event.add(X_TIMEZONE, _Text(view.timezone))
         return False
     start = start.astimezone(zone).replace(microsecond=0)
     end = end.astimezone(zone).replace(microsecond=0)

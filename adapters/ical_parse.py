@@ -13,10 +13,12 @@ from datetime import UTC, date, datetime, timedelta, tzinfo
 from functools import lru_cache
 from typing import Any
 from uuid import UUID
-from zoneinfo import ZoneInfo, available_timezones
+from zoneinfo import ZoneInfo
 
 import icalendar
 from icalendar.prop import vText
+
+from caljournal.domain.values import known_zones
 
 try:  # CLDR's Windows → IANA table, shipped with icalendar ≥ 6
     from icalendar.timezone.windows_to_olson import WINDOWS_TO_OLSON
@@ -135,8 +137,12 @@ def _split_description(
 
 @lru_cache(maxsize=1)
 def _zones() -> dict[str, str]:
-    """Return the IANA zone names keyed by their lower-case form."""
-    return {name.lower(): name for name in available_timezones()}
+    """Return the IANA zone names keyed by their lower-case form.
+
+    Without ``localtime`` and the like: a calendar object's TZID must not mean
+    whatever zone this machine is set to.
+    """
+    return {name.lower(): name for name in known_zones()}
 
 
 def iana_name(tzid: str) -> str | None:
@@ -295,7 +301,8 @@ def _period(
     if isinstance(start, datetime) != isinstance(end, datetime):
         raise ICalendarError(f"event {uid!r} mixes DATE and DATE-TIME in DTSTART and DTEND")
     if not isinstance(start, datetime) or not isinstance(end, datetime):
-        zone = hint
+        own = _text(event, X_TIMEZONE)
+        zone = (iana_name(own) if own else None) or hint
     elif (start.tzinfo is None) != (end.tzinfo is None):
         raise ICalendarError(f"event {uid!r} mixes floating and zoned times")
     elif start.tzinfo is None:

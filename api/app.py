@@ -37,16 +37,26 @@ class BodyLimitAndRequestId:
             await self._refuse(send, f"request body over {self.limit} bytes")
             return
         received = 0
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.limit:
-                raise BodyTooLargeError
+                # A body without Content-Length (chunked) grew past the limit:
+                # answer now and tell the app the client is gone, so that
+                # whatever the app makes of the cut body is never sent.
+                refused = True
+                await self._refuse(send, f"request body over {self.limit} bytes")
+                return {"type": "http.disconnect"}
             return message
 
         async def tagging_send(message: Message) -> None:
+            if refused:
+                return
             if message["type"] == "http.response.start":
                 correlation_id = scope.get("state", {}).get("correlation_id")
                 if correlation_id:
@@ -55,10 +65,7 @@ class BodyLimitAndRequestId:
                     message = {**message, "headers": headers}
             await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tagging_send)
-        except BodyTooLargeError:
-            await self._refuse(send, f"request body over {self.limit} bytes")
+        await self.app(scope, limited_receive, tagging_send)
 
     @staticmethod
     async def _refuse(send: Send, message: str) -> None:
@@ -74,10 +81,6 @@ class BodyLimitAndRequestId:
             }
         )
         await send({"type": "http.response.body", "body": body})
-
-
-class BodyTooLargeError(Exception):
-    """A chunked request body grew past the limit."""
 
 
 def create_app(container: Container) -> FastAPI:

@@ -9,7 +9,6 @@ from uuid import UUID
 import orjson
 from fastapi import APIRouter, Body, Header, Query, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime
 
 from caljournal.api.deps import AccountQuery, CallerDep, IfMatchHeader, expected_version
 from caljournal.api.schemas import (
@@ -20,10 +19,10 @@ from caljournal.api.schemas import (
     DetailsIn,
     ErrorOut,
     History,
+    Moment,
     MoveIn,
 )
 from caljournal.appointments import Booking
-from caljournal.errors import ApplicationError
 
 router = APIRouter(prefix="/appointments", tags=["appointments"])
 
@@ -98,15 +97,13 @@ async def book(
 @router.get("", response_model=AppointmentList, responses=_ERRORS, summary="List a time window")
 async def list_window(
     caller: CallerDep,
-    start: Annotated[AwareDatetime, Query(description="window start (inclusive)")],
-    end: Annotated[AwareDatetime, Query(description="window end (exclusive)")],
+    start: Annotated[Moment, Query(description="window start (inclusive)")],
+    end: Annotated[Moment, Query(description="window end (exclusive)")],
     include_cancelled: bool = False,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
     account: AccountQuery = None,
 ) -> dict[str, Any]:
     """List the appointments that overlap [start, end), earliest first."""
-    if end <= start:
-        raise ApplicationError("end must be after start", field="end")
     items = await caller.run(
         lambda: caller.container.appointments.list_window(
             caller.target_account(account), start, end, include_cancelled, limit
@@ -120,7 +117,7 @@ async def get(
     appointment_id: UUID,
     caller: CallerDep,
     as_of: Annotated[
-        AwareDatetime | None, Query(description="return the state as it was at this moment")
+        Moment | None, Query(description="return the state as it was at this moment")
     ] = None,
 ) -> Response:
     """Return an appointment, now or as it was at ``as_of``."""
@@ -137,11 +134,15 @@ async def move(
     caller: CallerDep,
     if_match: IfMatchHeader = None,
 ) -> Response:
-    """Move an appointment to a new period."""
-    version = expected_version(if_match)
+    """Move an appointment to a new period (two dates make it all-day)."""
     state = await caller.run(
         lambda: caller.container.appointments.move(
-            caller.scope(), appointment_id, body.start, body.end, caller.cause(), version
+            caller.scope(),
+            appointment_id,
+            body.start,
+            body.end,
+            caller.cause(),
+            expected_version(if_match),
         )
     )
     return _with_etag(state)
@@ -156,12 +157,9 @@ async def change_details(
 ) -> Response:
     """Change title, location, description or customer fields."""
     changes = {name: getattr(body, name) for name in body.model_fields_set}
-    if "title" in changes and changes["title"] is None:
-        raise ApplicationError("title cannot be cleared", field="title")
-    version = expected_version(if_match)
     state = await caller.run(
         lambda: caller.container.appointments.change_details(
-            caller.scope(), appointment_id, changes, caller.cause(), version
+            caller.scope(), appointment_id, changes, caller.cause(), expected_version(if_match)
         )
     )
     return _with_etag(state)
@@ -176,10 +174,9 @@ async def cancel(
 ) -> Response:
     """Cancel an appointment (cancelling twice changes nothing)."""
     reason = body.reason if body else None
-    version = expected_version(if_match)
     state = await caller.run(
         lambda: caller.container.appointments.cancel(
-            caller.scope(), appointment_id, caller.cause(), reason, version
+            caller.scope(), appointment_id, caller.cause(), reason, expected_version(if_match)
         )
     )
     return _with_etag(state)

@@ -7,8 +7,10 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from caljournal.adapters.secrets import SecretKeyError
+from caljournal.api.deps import get_caller
 from caljournal.domain.errors import (
     AppointmentCancelledError,
     DomainError,
@@ -19,6 +21,7 @@ from caljournal.errors import (
     AuthenticationError,
     ConflictError,
     IdempotencyKeyReusedError,
+    InvalidInputError,
     NotFoundError,
     PermissionDeniedError,
     PreconditionFailedError,
@@ -34,6 +37,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
     (NotFoundError, 404, "not_found"),
     (PreconditionFailedError, 412, "precondition_failed"),
     (IdempotencyKeyReusedError, 422, "idempotency_key_reused"),
+    (InvalidInputError, 422, "invalid"),
     (LinkFailedError, 422, "link_failed"),
     (SecretKeyError, 503, "secret_keys_unusable"),
     (ConflictError, 409, "conflict"),
@@ -45,8 +49,33 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
 ]
 
 
+# Paths that answer without a token; every other one checks it before the body.
+PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/redoc", "/openapi.json"})
+_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
 def _body(code: str, message: str, field: str | None) -> dict[str, str | None]:
     return {"error": code, "message": message, "field": field}
+
+
+async def _unauthenticated(request: Request) -> JSONResponse | None:
+    """Return the 401 answer when the request's token is missing or not valid, else None.
+
+    Called before a body or query error is answered: a request with a bad token
+    learns nothing about its input.
+    """
+    if request.url.path in PUBLIC_PATHS:
+        return None
+    try:
+        caller = await get_caller(request)
+        await caller.run(caller.principal)
+    except AuthenticationError as exc:
+        return JSONResponse(
+            _body("unauthenticated", exc.message, None),
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -68,8 +97,15 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
+        refused = await _unauthenticated(request)
+        if refused is not None:
+            return refused
         errors = exc.errors()
         first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":  # malformed syntax, not a bad value
+            where = first.get("ctx", {}).get("error", "")
+            message = f"the body is not valid JSON{f' ({where})' if where else ''}"
+            return JSONResponse(_body("malformed", message, None), status_code=400)
         loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "header", "path")]
         field = ".".join(loc) or None
         message = f"{field}: {first['msg']}" if field else str(first["msg"])
@@ -81,3 +117,15 @@ def install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(body, status_code=422)
 
     app.add_exception_handler(RequestValidationError, invalid_request)
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)
+        code = _HTTP_CODES.get(
+            exc.status_code, "bad_request" if exc.status_code == 400 else "error"
+        )
+        message = exc.detail if isinstance(exc.detail, str) else "the request was refused"
+        return JSONResponse(
+            _body(code, message, None), status_code=exc.status_code, headers=exc.headers
+        )
+
+    app.add_exception_handler(HTTPException, http_error)

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
+import re
+from datetime import date, datetime, timedelta, timezone
+from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    WithJsonSchema,
+    field_validator,
+)
+from pydantic_core import PydanticCustomError
 
 from caljournal.domain.values import (
     MAX_CUSTOMER_NAME,
@@ -13,7 +23,99 @@ from caljournal.domain.values import (
     MAX_EMAIL,
     MAX_LOCATION,
     MAX_TITLE,
+    canonical_text,
+    door_text,
 )
+
+# RFC 3339 §5.6 date-time (``T`` or a space, as the RFC's note allows) and full-date.
+_DATE_TIME = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d+))?"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_TIME_HELP = "an RFC 3339 date-time with a UTC offset, e.g. 2026-03-30T10:00:00+02:00"
+
+
+def parse_moment(value: Any) -> datetime:
+    """Return the aware datetime an RFC 3339 date-time string names (to the microsecond).
+
+    For query bounds. Numbers (Unix timestamps) and times without an offset are refused.
+
+    :raises PydanticCustomError: naming what is wrong.
+    """
+    return _parse(value, whole_seconds=False)
+
+
+def parse_instant(value: Any) -> datetime:
+    """Return the aware datetime an RFC 3339 date-time string names, in whole seconds.
+
+    As :func:`parse_moment`; fractions of a second other than zero are refused
+    too, since iCalendar keeps whole seconds.
+
+    :raises PydanticCustomError: naming what is wrong.
+    """
+    return _parse(value, whole_seconds=True)
+
+
+def _parse(value: Any, *, whole_seconds: bool) -> datetime:
+    found = _DATE_TIME.fullmatch(value) if isinstance(value, str) else None
+    if found is None:
+        raise PydanticCustomError("rfc3339", f"must be {_TIME_HELP}")
+    year, month, day, hour, minute, second = (int(found[i]) for i in range(1, 7))
+    fraction = found[7] or ""
+    if whole_seconds and fraction.strip("0"):
+        raise PydanticCustomError("whole_seconds", "must be in whole seconds")
+    micro = int((fraction + "000000")[:6])
+    offset = timedelta(0)
+    if not found[8]:
+        offset = timedelta(hours=int(found[10]), minutes=int(found[11]))
+        offset = -offset if found[9] == "-" else offset
+    try:
+        return datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(offset))
+    except ValueError as exc:
+        raise PydanticCustomError("rfc3339", f"is no valid date-time: {exc}") from None
+
+
+def parse_when(value: Any) -> datetime | date:
+    """Return a date for an RFC 3339 full-date (all-day), else as :func:`parse_instant`.
+
+    :raises PydanticCustomError: naming what is wrong.
+    """
+    if isinstance(value, str) and _DATE.fullmatch(value):
+        try:
+            return date.fromisoformat(value)
+        except ValueError as exc:
+            raise PydanticCustomError("rfc3339", f"is no valid date: {exc}") from None
+    return parse_instant(value)
+
+
+Instant = Annotated[
+    datetime,
+    PlainValidator(parse_instant),
+    WithJsonSchema({"type": "string", "format": "date-time", "description": _TIME_HELP}),
+]
+Moment = Annotated[
+    datetime,
+    PlainValidator(parse_moment),
+    WithJsonSchema({"type": "string", "format": "date-time", "description": _TIME_HELP}),
+]
+When = Annotated[
+    datetime | date,
+    PlainValidator(parse_when),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "format": "date-time"},
+                {"type": "string", "format": "date"},
+            ],
+            "description": f"{_TIME_HELP}; two dates (end exclusive) book a whole day",
+        }
+    ),
+]
+# Text is taken in its canonical form: LF line breaks, no trailing blanks per
+# line, an empty optional text is none (see ``domain.values``).
+Title = Annotated[str, AfterValidator(canonical_text)]
+Text = Annotated[str | None, AfterValidator(door_text)]
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
@@ -29,19 +131,32 @@ BOOK_EXAMPLE = {
 }
 
 
+ALL_DAY_EXAMPLE = {
+    "title": "Team offsite",
+    "start": "2026-04-13",
+    "end": "2026-04-15",
+    "timezone": "Europe/Berlin",
+}
+
+
 class BookIn(BaseModel):
-    """A new appointment. Times must carry a UTC offset; ``timezone`` is an IANA name."""
+    """A new appointment. Times carry a UTC offset; ``timezone`` is an IANA region zone.
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [BOOK_EXAMPLE]})
+    Two dates instead of date-times book an all-day appointment (``end`` exclusive).
+    """
 
-    title: str = Field(min_length=1, max_length=MAX_TITLE)
-    start: AwareDatetime
-    end: AwareDatetime
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [BOOK_EXAMPLE, ALL_DAY_EXAMPLE]}
+    )
+
+    title: Title = Field(min_length=1, max_length=MAX_TITLE)
+    start: When
+    end: When
     timezone: str = Field(min_length=1, max_length=64, examples=["Europe/Berlin"])
-    location: str | None = Field(default=None, max_length=MAX_LOCATION)
-    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
-    customer_name: str | None = Field(default=None, max_length=MAX_CUSTOMER_NAME)
-    customer_email: str | None = Field(default=None, max_length=MAX_EMAIL)
+    location: Text = Field(default=None, max_length=MAX_LOCATION)
+    description: Text = Field(default=None, max_length=MAX_DESCRIPTION)
+    customer_name: Text = Field(default=None, max_length=MAX_CUSTOMER_NAME)
+    customer_email: Text = Field(default=None, max_length=MAX_EMAIL)
 
 
 class MoveIn(BaseModel):
@@ -54,8 +169,8 @@ class MoveIn(BaseModel):
         },
     )
 
-    start: AwareDatetime
-    end: AwareDatetime
+    start: When
+    end: When
 
 
 class DetailsIn(BaseModel):
@@ -66,11 +181,19 @@ class DetailsIn(BaseModel):
         json_schema_extra={"examples": [{"title": "Haircut and colour", "location": None}]},
     )
 
-    title: str | None = Field(default=None, min_length=1, max_length=MAX_TITLE)
-    location: str | None = Field(default=None, max_length=MAX_LOCATION)
-    description: str | None = Field(default=None, max_length=MAX_DESCRIPTION)
-    customer_name: str | None = Field(default=None, max_length=MAX_CUSTOMER_NAME)
-    customer_email: str | None = Field(default=None, max_length=MAX_EMAIL)
+    title: Title | None = Field(default=None, min_length=1, max_length=MAX_TITLE)
+    location: Text = Field(default=None, max_length=MAX_LOCATION)
+    description: Text = Field(default=None, max_length=MAX_DESCRIPTION)
+    customer_name: Text = Field(default=None, max_length=MAX_CUSTOMER_NAME)
+    customer_email: Text = Field(default=None, max_length=MAX_EMAIL)
+
+    @field_validator("title", mode="before")
+    @classmethod
+    def _title_stays(cls, value: Any) -> Any:
+        """Refuse ``"title": null``: the title can be changed, not cleared."""
+        if value is None:
+            raise PydanticCustomError("title_required", "cannot be cleared")
+        return value
 
 
 class CancelIn(BaseModel):
@@ -78,7 +201,7 @@ class CancelIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"reason": "ill"}]})
 
-    reason: str | None = Field(default=None, max_length=MAX_LOCATION)
+    reason: Text = Field(default=None, max_length=MAX_LOCATION)
 
 
 class AppointmentOut(BaseModel):

@@ -5,10 +5,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, fields
-from datetime import datetime
+from dataclasses import dataclass, fields, replace
+from datetime import date, datetime
 from typing import Any
 from uuid import NAMESPACE_URL, UUID, uuid4, uuid5
+from zoneinfo import ZoneInfo
 
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
@@ -18,9 +19,11 @@ from caljournal.adapters.journal import Journal
 from caljournal.adapters.readmodel import Window
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause
+from caljournal.domain.values import clamp, period_in, rfc3339
 from caljournal.errors import (
     ConflictError,
     IdempotencyKeyReusedError,
+    InvalidInputError,
     NotFoundError,
     PreconditionFailedError,
 )
@@ -32,11 +35,11 @@ MAX_WRITE_ATTEMPTS = 30
 
 @dataclass(frozen=True)
 class Booking:
-    """What a caller asks to book."""
+    """What a caller asks to book; two dates (``end`` exclusive) book a whole day."""
 
     title: str
-    start: datetime
-    end: datetime
+    start: datetime | date
+    end: datetime | date
     timezone: str
     location: str | None = None
     description: str | None = None
@@ -53,7 +56,13 @@ class Booked:
 
 
 def _same_booking(first: Appointment, booking: Booking) -> bool:
-    return booking == Booking(**{f.name: getattr(first, f.name) for f in fields(Booking)})
+    if booking.timezone != first.timezone:
+        return False
+    # An all-day booking names dates; the appointment keeps the midnights.
+    start, end, all_day = period_in(ZoneInfo(first.timezone), booking.start, booking.end)
+    stated = replace(booking, start=start, end=end)
+    kept = Booking(**{f.name: getattr(first, f.name) for f in fields(Booking)})
+    return all_day == first.all_day and stated == kept
 
 
 def replay(aggregate: Any, events: Iterable[Any]) -> Any:
@@ -243,6 +252,7 @@ class AppointmentService:
         appointment = self._load(scope, appointment_id)
         if as_of is None:
             return appointment.state()
+        as_of = clamp(as_of)
         state: Appointment | None = None
         for event in self.journal.events.get(appointment_id):
             if event.timestamp > as_of:
@@ -262,7 +272,17 @@ class AppointmentService:
         include_cancelled: bool = False,
         limit: int = 500,
     ) -> list[dict[str, Any]]:
-        """Return the account's appointments overlapping [start, end), earliest first."""
+        """Return the account's appointments overlapping [start, end), earliest first.
+
+        Bounds outside the journal's years (2–9998) mean its first or last moment.
+
+        :raises InvalidInputError: when ``end`` is not after ``start``.
+        """
+        if end <= start:
+            raise InvalidInputError("end must be after start", field="end")
+        start, end = clamp(start), clamp(end)
+        if end <= start:  # the whole window lies outside the journal's years
+            return []
         window = Window(str(account_id), start, end, include_cancelled, limit)
         recorder = self.journal.journal_recorder
         found = recorder.select_window(window)
@@ -273,8 +293,8 @@ class AppointmentService:
                 found.append(
                     {
                         **state,
-                        "start": occurrence.start.isoformat(),
-                        "end": occurrence.end.isoformat(),
+                        "start": rfc3339(occurrence.start),
+                        "end": rfc3339(occurrence.end),
                         "occurrence": occurrence.recurrence_id,
                         "title": occurrence.title or state["title"],
                     }

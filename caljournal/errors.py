@@ -12,6 +12,10 @@ class ApplicationError(Exception):
         self.field = field
 
 
+class InvalidInputError(ApplicationError):
+    """A request's value is unusable; ``field`` names it."""
+
+
 class NotFoundError(ApplicationError):
     """No such thing, or not visible to the caller."""
 

@@ -7,7 +7,7 @@ no I/O and no clock.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -23,6 +23,9 @@ from caljournal.domain.values import (
     check_details,
     check_period,
     check_text,
+    period_in,
+    remote_text,
+    rfc3339,
     zone_for,
 )
 
@@ -48,8 +51,8 @@ class Appointment(Aggregate):
         appointment_id: UUID,
         account_id: UUID,
         title: str,
-        start: datetime,
-        end: datetime,
+        start: datetime | date,
+        end: datetime | date,
         timezone: str,
         cause: Cause,
         location: str | None = None,
@@ -57,12 +60,13 @@ class Appointment(Aggregate):
         customer_name: str | None = None,
         customer_email: str | None = None,
     ) -> Appointment:
-        """Book a new appointment.
+        """Book a new appointment; two dates book it all-day (``end`` exclusive).
 
         :raises InvalidAppointmentError: when the period, zone or a text field is unusable.
         """
-        zone = zone_for(timezone)
-        check_period(start, end)
+        zone = zone_for(timezone, bookable=True)
+        start, end, all_day = period_in(zone, start, end)
+        check_period(start, end, bookable=True)
         check_details(
             {
                 "title": title,
@@ -84,7 +88,7 @@ class Appointment(Aggregate):
             customer_name=customer_name,
             customer_email=customer_email,
             calendar_uid=None,
-            all_day=False,
+            all_day=all_day,
             floating=False,
             recurrence=None,
             **cause.fields(),
@@ -143,23 +147,27 @@ class Appointment(Aggregate):
 
     # -- commands ---------------------------------------------------------------
 
-    def move(self, *, start: datetime, end: datetime, cause: Cause) -> bool:
+    def move(self, *, start: datetime | date, end: datetime | date, cause: Cause) -> bool:
         """Move the appointment to a new period; return False when nothing changes.
+
+        Two dates make it all-day (``end`` exclusive); two date-times make it timed.
 
         :raises AppointmentCancelledError: when the appointment is cancelled.
         :raises InvalidAppointmentError: when the period is unusable.
         """
         self._check_not_cancelled("moved")
-        check_period(start, end)
-        if start == self.start and end == self.end:
-            return False
         zone = ZoneInfo(self.timezone)
+        start, end, all_day = period_in(zone, start, end)
+        check_period(start, end, bookable=True)
+        kind_changed = all_day != self.all_day
+        if not kind_changed and _same_instant(start, self.start) and _same_instant(end, self.end):
+            return False
         self._moved(
             start=start.astimezone(zone),
             end=end.astimezone(zone),
             timezone=None,
-            all_day=None,
-            floating=None,
+            all_day=all_day if kind_changed else None,
+            floating=False if kind_changed and self.floating else None,
             **cause.fields(),
         )
         return True
@@ -207,7 +215,7 @@ class Appointment(Aggregate):
         :raises InvalidAppointmentError: naming the first unusable field.
         """
         self._check_not_cancelled("changed")
-        check_details(changes)
+        check_details(changes, door=True)
         effective = {k: v for k, v in changes.items() if getattr(self, k) != v}
         if not effective:
             return False
@@ -230,7 +238,7 @@ class Appointment(Aggregate):
 
         :raises InvalidAppointmentError: when the reason is too long.
         """
-        check_text("reason", reason, MAX_LOCATION)
+        check_text("reason", reason, MAX_LOCATION, door=True)
         if self.cancelled:
             return False
         self._cancelled(
@@ -295,7 +303,8 @@ class Appointment(Aggregate):
         if self.cancelled:
             return recorded
         kind_changed = self._kind_changed(remote)
-        if kind_changed or remote.start != self.start or remote.end != self.end:
+        same = _same_instant(remote.start, self.start) and _same_instant(remote.end, self.end)
+        if kind_changed or not same:
             self._moved(
                 start=remote.start,
                 end=remote.end,
@@ -436,7 +445,9 @@ class Appointment(Aggregate):
 
     def _changed_details(self, remote: RemoteFields) -> dict[str, Any]:
         stated = {name: getattr(remote, name) for name in DETAIL_FIELDS}
-        return {k: v for k, v in stated.items() if getattr(self, k) != v}
+        # Compared in the canonical text form, which remote text is read into:
+        # older journal entries may hold CRLF or trailing blanks.
+        return {k: v for k, v in stated.items() if _canonical(k, getattr(self, k)) != v}
 
     def _check_not_cancelled(self, verb: str) -> None:
         if self.cancelled:
@@ -459,8 +470,8 @@ class Appointment(Aggregate):
             "version": self.version,
             "status": self.status,
             "title": self.title,
-            "start": self.start.isoformat(),
-            "end": self.end.isoformat(),
+            "start": rfc3339(self.start),
+            "end": rfc3339(self.end),
             "timezone": self.timezone,
             "location": self.location,
             "description": self.description,
@@ -477,3 +488,23 @@ class Appointment(Aggregate):
             "created_on": self.created_on.isoformat(),
             "modified_on": self.modified_on.isoformat(),
         }
+
+
+def _same_instant(first: datetime, second: datetime) -> bool:
+    """Tell whether two aware times are the same instant, also in a repeated DST hour.
+
+    Aware datetimes in one zone compare by wall time and ignore ``fold``.
+    """
+    return _utc_wall(first) == _utc_wall(second)
+
+
+def _utc_wall(value: datetime) -> datetime:
+    offset = value.utcoffset()
+    assert offset is not None  # the journal holds aware times only
+    return value.replace(tzinfo=None) - offset
+
+
+def _canonical(name: str, value: str | None) -> str | None:
+    if name == "title":
+        return remote_text(value) or ""
+    return remote_text(value)

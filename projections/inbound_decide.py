@@ -19,7 +19,7 @@ from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
 from caljournal.adapters.ical_parse import RemoteEvent
 from caljournal.domain.cause import Origin
 from caljournal.domain.errors import DomainError
-from caljournal.domain.values import RemoteFields
+from caljournal.domain.values import RemoteFields, remote_text, rfc3339
 
 IMPORT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://caljournal.invalid/imported")
 MAX_OBJECT_BYTES = 5_000_000
@@ -71,11 +71,11 @@ def remote_fields(events: Sequence[RemoteEvent]) -> RemoteFields:
     overrides = [
         {
             "recurrence_id": e.recurrence_id_line,
-            "start": _moment(e.start, zone, floating).isoformat(),
-            "end": _moment(e.end, zone, floating).isoformat(),
-            "title": e.title,
-            "location": e.location,
-            "description": e.description,
+            "start": rfc3339(_moment(e.start, zone, floating)),
+            "end": rfc3339(_moment(e.end, zone, floating)),
+            "title": remote_text(e.title),
+            "location": remote_text(e.location),
+            "description": remote_text(e.description),
             "status": e.status,
         }
         for e in events
@@ -89,15 +89,18 @@ def remote_fields(events: Sequence[RemoteEvent]) -> RemoteFields:
             "exdate": list(master.exdate),
             "overrides": overrides,
         }
+    # Texts in the journal's canonical form, as the API takes them: a server or
+    # another client that turned CRLF into LF or dropped trailing blanks changed
+    # nothing the journal holds.
     return RemoteFields(
-        title=master.title or "",
+        title=remote_text(master.title) or "",
         start=_moment(master.start, zone, floating),
         end=_moment(master.end, zone, floating),
         timezone=zone,
-        location=master.location,
-        description=master.description,
-        customer_name=master.customer_name,
-        customer_email=master.customer_email,
+        location=remote_text(master.location),
+        description=remote_text(master.description),
+        customer_name=remote_text(master.customer_name),
+        customer_email=remote_text(master.customer_email),
         calendar_uid=master.uid,
         all_day=master.all_day,
         floating=floating,
