@@ -147,10 +147,7 @@ def _guard_hooks(access: ServerAccess) -> dict[str, Any]:
             try:
                 check_host(parts.hostname or "", access.allow_private, parts.port)
             except ForbiddenAddressError as exc:
-                raise AddressRefusedError(
-                    f"{parts.hostname} resolves to {exc.address} ({exc.reason}); caljournal does "
-                    "not contact such addresses unless the operator allows them"
-                ) from None
+                raise AddressRefusedError(str(exc)) from None
             except HostLookupError:
                 raise UnreachableError(
                     f"the host name {parts.hostname!r} does not resolve"
@@ -162,7 +159,10 @@ def _guard_hooks(access: ServerAccess) -> dict[str, Any]:
         if getattr(response, "is_redirect", False):
             source = urlsplit(str(response.url))
             target = urlsplit(urljoin(str(response.url), response.headers.get("Location", "")))
-            if (target.hostname, target.port) != (source.hostname, source.port) or (
+            # Another port of the same host is followed: reverse proxies often
+            # fail to rewrite their backend's port. The new address is checked
+            # by ``before`` like any other.
+            if target.hostname != source.hostname or (
                 source.scheme == "https" and target.scheme != "https"
             ):
                 raise RedirectRefusedError(
@@ -173,6 +173,24 @@ def _guard_hooks(access: ServerAccess) -> dict[str, Any]:
         return response
 
     return {"pre_request": before, "response": after}
+
+
+def _secret_query_hook(access: ServerAccess) -> Any:
+    """Return a hook putting the link's sealed query string back into each request.
+
+    The query is sent only to the origin it was given with, and only on
+    requests that carry no query of their own.
+    """
+    query = access.credentials.url_query
+    origin = urlsplit(access.url)[:2]
+
+    def add_query(request: Any, **_: Any) -> Any:
+        parts = urlsplit(str(request.url))
+        if query and not parts.query and parts[:2] == origin:
+            request.url = parts._replace(query=query).geturl()
+        return request
+
+    return add_query
 
 
 def open_client(access: ServerAccess) -> caldav.DAVClient:
@@ -193,7 +211,7 @@ def open_client(access: ServerAccess) -> caldav.DAVClient:
     creds = access.credentials
     if access.auth == "oauth2_bearer":
         kwargs["auth"] = HTTPBearerAuth(creds.bearer_token or "")
-    else:
+    elif access.auth != "none":
         kwargs["username"] = creds.username
         kwargs["password"] = creds.password
         if access.auth in ("basic", "digest"):
@@ -202,6 +220,8 @@ def open_client(access: ServerAccess) -> caldav.DAVClient:
         client = caldav.DAVClient(**kwargs)
     for name, hook in _guard_hooks(access).items():
         client.session.hooks[name].append(hook)
+    if access.credentials.url_query:
+        client.session.hooks["pre_request"].append(_secret_query_hook(access))
     return client
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Response, status
 from fastapi.concurrency import run_in_threadpool
@@ -52,6 +52,11 @@ class LinkIn(BaseModel):
     )
     provider: str | None = Field(
         default=None, max_length=40, description="provider profile key; guessed from the URL"
+    )
+    auth: Literal["basic", "digest", "oauth2_bearer", "none"] | None = Field(
+        default=None,
+        description="how to log in (default: the provider's way); `none` links a calendar "
+        "without authentication, and then no username or password may be given",
     )
     backfill: bool = Field(
         default=False,
@@ -104,7 +109,13 @@ async def link(
     listed ``calendars`` with ``PUT /link/calendar``.
     """
     result = await run_in_threadpool(
-        container.links.link, account_id, body.url, _credentials(body), cause, body.provider
+        container.links.link,
+        account_id,
+        body.url,
+        _credentials(body),
+        cause,
+        body.provider,
+        body.auth,
     )
     answer = result.as_dict()
     answer["backfill"] = "not requested"
