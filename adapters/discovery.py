@@ -212,8 +212,13 @@ def discover(
     candidates = list(normalised.candidates)
     steps: list[str] = []
     bare = "://" not in raw and "/" not in raw.strip()
+    resolving = []
     for candidate in candidates:
-        _check_address(candidate.url, access, unresolvable_ok=bare and dns_discovery)
+        if _check_address(candidate.url, access, unresolvable_ok=bare):
+            resolving.append(candidate)
+        else:
+            steps.append(f"{redact_url(candidate.url)}: the host name does not resolve")
+    candidates = resolving
     if dns_discovery and bare:
         domain = raw.strip().rsplit("@", 1)[-1]
         candidates[:0] = _rfc6764_candidates(domain, access, steps)
@@ -233,7 +238,11 @@ def discover(
             if isinstance(exc, UnreachableError | TimedOutError):
                 unreachable.add(origin)  # retried already; its other paths would be too
     if not failures:
-        raise NotCalDAVError("there was no address to try")
+        raise NotCalDAVError(
+            f"no calendar found at {redact_url(raw)}: " + "; ".join(steps)
+            if steps
+            else "there was no address to try"
+        )
     # Prefer the most specific failure over "not found" on fallback addresses.
     ranked = sorted(failures, key=lambda e: isinstance(e, NotCalDAVError) or e.status == 404)
     best = ranked[0]
@@ -243,15 +252,16 @@ def discover(
     )
 
 
-def _check_address(url: str, access: ServerAccess, unresolvable_ok: bool = False) -> None:
+def _check_address(url: str, access: ServerAccess, unresolvable_ok: bool = False) -> bool:
     """Refuse ``url`` before anything connects when its host is not allowed.
 
     Refusing up front (rather than on connect) also keeps response times from
-    telling which local ports are open.
+    telling which local ports are open. Return False when the host name does
+    not resolve and ``unresolvable_ok`` (a bare domain may exist only as SRV
+    records), True when it may be connected to.
 
     :raises AddressRefusedError: when the host is not a public address.
-    :raises UnreachableError: when the host name does not resolve (unless
-        ``unresolvable_ok``: a bare domain may exist only as SRV records).
+    :raises UnreachableError: when the host name does not resolve.
     """
     parts = urlsplit(url)
     try:
@@ -259,8 +269,10 @@ def _check_address(url: str, access: ServerAccess, unresolvable_ok: bool = False
     except ForbiddenAddressError as exc:
         raise AddressRefusedError(str(exc)) from None
     except HostLookupError:
-        if not unresolvable_ok:
-            raise UnreachableError(f"the host name {parts.hostname!r} does not resolve") from None
+        if unresolvable_ok:
+            return False
+        raise UnreachableError(f"the host name {parts.hostname!r} does not resolve") from None
+    return True
 
 
 def _rfc6764_candidates(domain: str, access: ServerAccess, steps: list[str]) -> list[Candidate]:
