@@ -175,6 +175,12 @@ def _guard_hooks(access: ServerAccess) -> dict[str, Any]:
     return {"pre_request": before, "response": after}
 
 
+def _strip_auth_on_redirect(old_url: str, new_url: str) -> bool:
+    """Tell whether a redirect from ``old_url`` to ``new_url`` must drop the credentials."""
+    old, new = urlsplit(old_url), urlsplit(new_url)
+    return old.hostname != new.hostname or (old.scheme == "https" and new.scheme != "https")
+
+
 def _secret_query_hook(access: ServerAccess) -> Any:
     """Return a hook putting the link's sealed query string back into each request.
 
@@ -222,6 +228,9 @@ def open_client(access: ServerAccess) -> caldav.DAVClient:
         client.session.hooks[name].append(hook)
     if access.credentials.url_query:
         client.session.hooks["pre_request"].append(_secret_query_hook(access))
+    # A redirect the guard lets through (same host, maybe another port) keeps
+    # the credentials: behind a reverse proxy the backend's port shows through.
+    client.session.should_strip_auth = _strip_auth_on_redirect  # type: ignore[method-assign]
     return client
 
 

@@ -66,14 +66,17 @@ def retry_transient(
     call: Callable[[], T],
     policy: RetryPolicy,
     sleep: Callable[[float], None] = time.sleep,
+    retry_on: Callable[[BaseException], bool] = _is_transient,
 ) -> T:
     """Return ``call()``, retrying transient :class:`CalDAVError` (Retry-After honoured).
+
+    ``retry_on`` narrows which failures are retried.
 
     :raises CalDAVError: the last failure once ``policy`` is used up, or at
         once when it is not transient.
     """
     retrying = Retrying(
-        retry=retry_if_exception(_is_transient),
+        retry=retry_if_exception(retry_on),
         wait=_RetryAfterOrBackoff(policy),
         stop=stop_after_attempt(policy.attempts),
         sleep=sleep,

@@ -9,8 +9,9 @@ calendars found and says, in sentences, which URL was used and why.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
 import dns.exception
@@ -41,6 +42,18 @@ from caljournal.adapters.providers import ProviderProfile, is_partition_host
 #: push, because one link makes a handful of requests that must all succeed.
 DISCOVERY_RETRY = RetryPolicy(attempts=8, initial=0.2, maximum=2.0)
 
+
+def _worth_retrying(exc: BaseException) -> bool:
+    # A timeout already cost a whole timeout: retrying it would keep a user
+    # waiting minutes for a server that does not answer.
+    return isinstance(exc, CalDAVError) and exc.transient and not isinstance(exc, TimedOutError)
+
+
+def _retry(call: Callable[[], T], policy: RetryPolicy) -> T:
+    return retry_transient(call, policy, retry_on=_worth_retrying)
+
+
+T = TypeVar("T")
 NS = {"d": "DAV:", "c": "urn:ietf:params:xml:ns:caldav", "a": "http://apple.com/ns/ical/"}
 _PROPS = [
     dav.ResourceType(),
@@ -118,11 +131,24 @@ class _Resource:
         return urljoin(self.base, href) if href else None
 
 
+def _props_for(access: ServerAccess) -> list[Any]:
+    # Without a login there is no current user: Radicale answers a question
+    # for its principal with 401, which would read as a wrong password.
+    if access.auth == "none":
+        return [p for p in _PROPS if not isinstance(p, dav.CurrentUserPrincipal)]
+    return _PROPS
+
+
 def _propfind(
-    client: Any, url: str, depth: int, what: str, retry: RetryPolicy = DISCOVERY_RETRY
+    client: Any,
+    url: str,
+    depth: int,
+    what: str,
+    retry: RetryPolicy = DISCOVERY_RETRY,
+    props: list[Any] = _PROPS,
 ) -> list[_Resource]:
-    body = (dav.Propfind() + [dav.Prop() + list(_PROPS)]).xmlelement()
-    response = retry_transient(
+    body = (dav.Propfind() + [dav.Prop() + list(props)]).xmlelement()
+    response = _retry(
         lambda: request(
             client,
             url,
@@ -338,12 +364,14 @@ def _try_candidate(
 ) -> Discovery:
     client = open_client(access.at(candidate.url))
     what = f"asking {redact_url(candidate.url)} what it is"
-    (here,) = _propfind(client, candidate.url, 0, what, retry)[:1]
+    props = _props_for(access)
+    (here,) = _propfind(client, candidate.url, 0, what, retry, props)[:1]
     selected = _calendar_info(here) if here.has_type("c:calendar") else None
     principal = here.href_of("d:current-user-principal")
     home = here.href_of("c:calendar-home-set")
     if principal and not home:
-        found = _propfind(client, principal, 0, "reading the principal's calendar home", retry)
+        what = "reading the principal's calendar home"
+        found = _propfind(client, principal, 0, what, retry, props)
         home = found[0].href_of("c:calendar-home-set") if found else None
     if home:
         if not same_site(home, here.base) and not is_partition_host(
@@ -367,7 +395,7 @@ def _try_candidate(
                 home_client = open_client(access.at(home))
             else:
                 home_client = client
-            listing = _propfind(home_client, home, 1, "listing the calendars", retry)
+            listing = _propfind(home_client, home, 1, "listing the calendars", retry, props)
         except CalDAVError as exc:
             if selected is None:
                 raise
@@ -409,7 +437,8 @@ def probe_write(
         calendar, TLS, not CalDAV, unreachable).
     """
     client = open_client(access.at(calendar_url))
-    (here,) = _propfind(client, calendar_url, 0, "opening the calendar", retry)[:1]
+    what = "opening the calendar"
+    (here,) = _propfind(client, calendar_url, 0, what, retry, _props_for(access))[:1]
     if not here.has_type("c:calendar"):
         raise NotCalDAVError(f"{redact_url(calendar_url)} is not a calendar collection")
     uid = f"caljournal-probe-{uuid.uuid4()}"
@@ -435,7 +464,7 @@ def probe_write(
             return None  # an earlier attempt created it; its answer was lost
         return (response.headers or {}).get("ETag")
 
-    etag = retry_transient(create, retry)
+    etag = _retry(create, retry)
 
     def delete() -> None:
         try:
@@ -450,5 +479,5 @@ def probe_write(
         except ObjectNotFoundError:
             return  # an earlier attempt deleted it; its answer was lost
 
-    retry_transient(delete, retry)
+    _retry(delete, retry)
     return f"created and deleted a test event in {redact_url(calendar_url)}"

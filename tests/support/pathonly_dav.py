@@ -61,11 +61,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
+    def _well_known(self) -> bool:
+        if self.path.rstrip("/") != "/.well-known/caldav":
+            return False
+        origin = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._reply(301, b"", {"Location": f"{origin}{ROOT}"})
+        return True
+
     def do_GET(self) -> None:  # noqa: N802
         self._body()
-        if self.path.rstrip("/") == "/.well-known/caldav":
-            origin = f"http://127.0.0.1:{self.server.server_address[1]}"
-            self._reply(301, b"", {"Location": f"{origin}{ROOT}"})
+        if self._well_known():
             return
         if not self._authorised():
             return
@@ -77,8 +82,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PROPFIND(self) -> None:  # noqa: N802
         self._body()
-        if self.path.rstrip("/") == "/.well-known/caldav":
-            self.do_GET()
+        if self._well_known():
             return
         if not self._authorised():
             return
