@@ -215,3 +215,35 @@ def test_missing_username_or_password_is_a_422_naming_the_field(
         assert response.status_code == 422, (body, response.text)
         assert response.json()["field"] == field
     assert client.post("/link/test", headers=acme.headers).json()["ok"] is True
+
+
+def test_an_open_and_a_closed_local_port_get_the_same_answer(
+    strict: Container, strict_client: TestClient, connects: list[Any]
+) -> None:
+    tenant = open_tenant(strict, "acme")
+    listener = Listener("127.0.0.1")
+    closed = Listener("127.0.0.1")
+    closed.close()
+    try:
+        answers = [
+            _link(strict_client, tenant, f"127.0.0.1:{port}").json()["message"]
+            for port in (listener.port, closed.port)
+        ]
+    finally:
+        listener.close()
+    assert listener.accepted == 0
+    assert [a for a in connects if _is_refused_target(a)] == []
+    assert answers[0].replace(str(listener.port), "PORT") == answers[1].replace(
+        str(closed.port), "PORT"
+    )
+
+
+def test_a_secret_in_the_url_never_shows_in_an_error(
+    strict: Container, strict_client: TestClient
+) -> None:
+    tenant = open_tenant(strict, "acme")
+    secret = f"tok-{uuid.uuid4().hex}"
+    for url in (f"http://127.0.0.1:1/cal/?token={secret}", f"https://nowhere.invalid/?k={secret}"):
+        response = _link(strict_client, tenant, url)
+        assert response.status_code == 422
+        assert secret not in response.text
