@@ -37,6 +37,8 @@ from caljournal.adapters.calendar_writer import RetryPolicy, retry_transient
 from caljournal.adapters.netguard import ForbiddenAddressError, HostLookupError, check_host
 from caljournal.adapters.providers import ProviderProfile, is_partition_host
 
+T = TypeVar("T")
+
 #: Discovery and the connection test ride out transient faults (429/503 with
 #: Retry-After, 5xx, resets) like the worker; more attempts than a single
 #: push, because one link makes a handful of requests that must all succeed.
@@ -53,7 +55,6 @@ def _retry(call: Callable[[], T], policy: RetryPolicy) -> T:
     return retry_transient(call, policy, retry_on=_worth_retrying)
 
 
-T = TypeVar("T")
 NS = {"d": "DAV:", "c": "urn:ietf:params:xml:ns:caldav", "a": "http://apple.com/ns/ical/"}
 _PROPS = [
     dav.ResourceType(),
@@ -160,8 +161,10 @@ def _propfind(
         ),
         retry,
     )
-    # After a followed redirect the hrefs are relative to where it led.
-    base = str(getattr(response, "url", None) or url)
+    # Path-only hrefs (DAViCal) are resolved against the URL that was asked,
+    # also after a followed redirect: behind a reverse proxy that is the
+    # address that works from here, whatever port the backend let slip.
+    base = url
     try:
         tree = etree.fromstring(
             response.raw.encode() if isinstance(response.raw, str) else response.raw

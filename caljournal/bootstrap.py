@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -73,7 +74,7 @@ class Container:
                     self.settings.secret_key_file,
                 )
                 self._box = SecretBox(keys)
-                self._box_stamp = None if configured else _file_stamp(self.settings.secret_key_file)
+                self._box_stamp = stamp
             return self._box
 
     @property
@@ -104,13 +105,13 @@ class Container:
 
 
 def _file_stamp(path: Path) -> bytes | None:
-    """Return the key file's content, or None when it is absent.
+    """Return a digest of the key file's content, or None when it is absent.
 
-    The content itself, not the modification time: two writes within the
-    file system's timestamp granularity would look alike.
+    The content, not the modification time: two writes within the file
+    system's timestamp granularity would look alike.
     """
     try:
-        return path.read_bytes()
+        return hashlib.sha256(path.read_bytes()).digest()
     except FileNotFoundError:
         return None
 
