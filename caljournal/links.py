@@ -198,8 +198,13 @@ class LinkService:
                 field="auth",
             )
         _check_credentials(credentials, link.auth, profile.display_name)
-        # The sealed query string belongs to the URL, not to the login: keep it.
-        credentials = replace(credentials, url_query=self._unseal(link).url_query)
+        # The sealed query string belongs to the URL, not to the login: keep it
+        # (new credentials can replace ones that no configured key opens).
+        try:
+            query = self._unseal(link).url_query
+        except LinkFailedError:
+            query = link.legacy_url_query
+        credentials = replace(credentials, url_query=query)
         access = self._access(link.server_url, credentials, profile, link.auth)
         self._run_discovery(link.server_url, access, profile)
         link.rotate_credentials(username=credentials.username, cause=cause)

@@ -283,3 +283,27 @@ def test_a_running_process_picks_up_a_rotated_key_ring(
 def test_credentials_sealed_before_url_queries_existed_still_open() -> None:
     old_format = b'{"username": "a", "password": "p", "bearer_token": null}'
     assert Credentials.from_json(old_format) == Credentials("a", "p", None, None)
+
+
+def test_the_worker_pushes_through_a_link_without_login_with_a_url_secret(
+    client: TestClient, container: Container, acme: Tenant, open_radicale: RadicaleProcess
+) -> None:
+    from tests.integration.test_outbound import FAST, book
+    from tests.support.calendars import wait_until
+
+    token = f"tok-{uuid.uuid4().hex}"
+    cal_id = f"push-{uuid.uuid4().hex[:6]}"
+    calendar = open_radicale.make_calendar("anyone", "", "Push", cal_id=cal_id)
+    worker = container.outbound_worker(FAST).start()
+    try:
+        with FaultProxy(open_radicale.url) as proxy:
+            url = f"{proxy.url}anyone/{cal_id}/"
+            linked = _link(client, acme, f"{url}?token={token}", auth="none")
+            assert linked.status_code == 201, linked.text
+            booked = book(client, acme, "Sealed", day=3)
+            wait_until(lambda: len(calendar.events()) == 1, timeout=30)
+            puts = [r for r in proxy.requests("PUT") if booked["id"] in r.path]
+    finally:
+        worker.stop()
+    assert "Sealed" in calendar.events()[0].data
+    assert puts and all(r.path.endswith(f"?token={token}") for r in puts)
