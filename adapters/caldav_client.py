@@ -177,7 +177,10 @@ def _guard_hooks(access: ServerAccess) -> dict[str, Any]:
         if getattr(response, "is_redirect", False):
             source = urlsplit(str(response.url))
             target = urlsplit(urljoin(str(response.url), response.headers.get("Location", "")))
-            if (target.hostname, target.port) != (source.hostname, source.port) or (
+            # Another port of the same host is followed: reverse proxies often
+            # fail to rewrite their backend's port. The new address is checked
+            # by ``before`` like any other.
+            if target.hostname != source.hostname or (
                 source.scheme == "https" and target.scheme != "https"
             ):
                 response.close()
@@ -189,6 +192,30 @@ def _guard_hooks(access: ServerAccess) -> dict[str, Any]:
         return response
 
     return {"pre_request": before, "response": after}
+
+
+def _strip_auth_on_redirect(old_url: str, new_url: str) -> bool:
+    """Tell whether a redirect from ``old_url`` to ``new_url`` must drop the credentials."""
+    old, new = urlsplit(old_url), urlsplit(new_url)
+    return old.hostname != new.hostname or (old.scheme == "https" and new.scheme != "https")
+
+
+def _secret_query_hook(access: ServerAccess) -> Any:
+    """Return a hook putting the link's sealed query string back into each request.
+
+    The query is sent only to the origin it was given with, and only on
+    requests that carry no query of their own.
+    """
+    query = access.credentials.url_query
+    origin = urlsplit(access.url)[:2]
+
+    def add_query(request: Any, **_: Any) -> Any:
+        parts = urlsplit(str(request.url))
+        if query and not parts.query and parts[:2] == origin:
+            request.url = parts._replace(query=query).geturl()
+        return request
+
+    return add_query
 
 
 def open_client(access: ServerAccess) -> caldav.DAVClient:
@@ -209,7 +236,7 @@ def open_client(access: ServerAccess) -> caldav.DAVClient:
     creds = access.credentials
     if access.auth == "oauth2_bearer":
         kwargs["auth"] = HTTPBearerAuth(creds.bearer_token or "")
-    else:
+    elif access.auth != "none":
         kwargs["username"] = creds.username
         kwargs["password"] = creds.password
         if access.auth in ("basic", "digest"):
@@ -222,6 +249,11 @@ def open_client(access: ServerAccess) -> caldav.DAVClient:
     )
     for name, hook in _guard_hooks(access).items():
         client.session.hooks[name].append(hook)
+    if access.credentials.url_query:
+        client.session.hooks["pre_request"].append(_secret_query_hook(access))
+    # A redirect the guard lets through (same host, maybe another port) keeps
+    # the credentials: behind a reverse proxy the backend's port shows through.
+    client.session.should_strip_auth = _strip_auth_on_redirect  # type: ignore[method-assign]
     return client
 
 

@@ -9,10 +9,14 @@ a candidate's host before connecting to it.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
+from publicsuffixlist import PublicSuffixList
+
+from caljournal.adapters.netguard import is_ip_literal
 from caljournal.adapters.providers import (
     GENERIC,
     ProviderProfile,
@@ -108,6 +112,46 @@ def normalise(raw: str, profile: ProviderProfile | None = None) -> NormalisedInp
         credentials=credentials,
         profile=profile,
     )
+
+
+def split_secret_query(raw: str) -> tuple[str, str | None]:
+    """Return ``raw`` without its query string, and the query string.
+
+    The rule for secrets in a link URL: the *whole* query string is a secret.
+    CalDAV needs no query parameters, so any a user pastes are there to
+    authenticate (``?token=``, ``?key=``, ``?auth=``, signed-URL parameters,
+    or names nobody can list in advance); judging them by name would miss some.
+    The query is sealed with the password and added back only to requests sent
+    to the origin it came with; the fragment is dropped.
+    """
+    text = raw.strip().split("#", 1)[0]
+    base, mark, query = text.partition("?")
+    return (base, query) if mark and query else (base, None)
+
+
+@functools.cache
+def _suffix_list() -> PublicSuffixList:
+    return PublicSuffixList()
+
+
+def same_site(a: str, b: str) -> bool:
+    """Tell whether URLs ``a`` and ``b`` are on one site.
+
+    One site is one registrable domain by the Public Suffix List
+    (``p12-caldav.icloud.com`` and ``caldav.icloud.com`` are; ``a.github.io``
+    and ``b.github.io`` are not); an IP address or a name without a
+    registrable domain (``localhost``) is only the same site as itself.
+    """
+    ha = (urlsplit(a).hostname or "").rstrip(".").lower()
+    hb = (urlsplit(b).hostname or "").rstrip(".").lower()
+    if not ha or not hb:
+        return False
+    if ha == hb:
+        return True
+    if is_ip_literal(ha) or is_ip_literal(hb):
+        return False
+    site = _suffix_list().privatesuffix(ha)
+    return site is not None and site == _suffix_list().privatesuffix(hb)
 
 
 def redact_url(url: str) -> str:

@@ -69,6 +69,29 @@ class _RetryAfterOrBackoff:
         return float(self.fallback(state))
 
 
+def retry_transient(
+    call: Callable[[], T],
+    policy: RetryPolicy,
+    sleep: Callable[[float], None] = time.sleep,
+    retry_on: Callable[[BaseException], bool] = _is_transient,
+) -> T:
+    """Return ``call()``, retrying transient :class:`CalDAVError` (Retry-After honoured).
+
+    ``retry_on`` narrows which failures are retried.
+
+    :raises CalDAVError: the last failure once ``policy`` is used up, or at
+        once when it is not transient.
+    """
+    retrying = Retrying(
+        retry=retry_if_exception(retry_on),
+        wait=_RetryAfterOrBackoff(policy),
+        stop=stop_after_attempt(policy.attempts),
+        sleep=sleep,
+        reraise=True,
+    )
+    return retrying(call)
+
+
 @dataclass(frozen=True)
 class Written:
     """The outcome of a write: the object's new ETag (None when the server sent none)."""
@@ -93,14 +116,7 @@ class CalendarWriter:
         self._client = open_client(access)
 
     def _retry(self, call: Callable[[], T]) -> T:
-        retrying = Retrying(
-            retry=retry_if_exception(_is_transient),
-            wait=_RetryAfterOrBackoff(self.policy),
-            stop=stop_after_attempt(self.policy.attempts),
-            sleep=self._sleep,
-            reraise=True,
-        )
-        return retrying(call)
+        return retry_transient(call, self.policy, self._sleep)
 
     def create(self, href: str, data: bytes) -> Written:
         """Create an object that must not exist yet (``If-None-Match: *`` where supported).

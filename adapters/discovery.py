@@ -9,24 +9,51 @@ calendars found and says, in sentences, which URL was used and why.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urljoin, urlsplit
 
-from caldav.discovery import discover_caldav
+import dns.exception
+import dns.resolver
 from caldav.elements import cdav, dav, ical
 from lxml import etree
 
 from caljournal.adapters.caldav_client import (
+    AddressRefusedError,
     AuthenticationFailedError,
     CalDAVError,
     NotCalDAVError,
+    ObjectNotFoundError,
+    PreconditionFailedError,
     ServerAccess,
+    TimedOutError,
+    UnreachableError,
     open_client,
     request,
 )
-from caljournal.adapters.calendar_url import Candidate, normalise, redact_url
+from caljournal.adapters.calendar_url import Candidate, normalise, redact_url, same_site
+from caljournal.adapters.calendar_writer import RetryPolicy, retry_transient
+from caljournal.adapters.netguard import ForbiddenAddressError, HostLookupError, check_host
 from caljournal.adapters.providers import ProviderProfile, is_partition_host
+
+T = TypeVar("T")
+
+#: Discovery and the connection test ride out transient faults (429/503 with
+#: Retry-After, 5xx, resets) like the worker; more attempts than a single
+#: push, because one link makes a handful of requests that must all succeed.
+DISCOVERY_RETRY = RetryPolicy(attempts=8, initial=0.2, maximum=2.0)
+
+
+def _worth_retrying(exc: BaseException) -> bool:
+    # A timeout already cost a whole timeout: retrying it would keep a user
+    # waiting minutes for a server that does not answer.
+    return isinstance(exc, CalDAVError) and exc.transient and not isinstance(exc, TimedOutError)
+
+
+def _retry(call: Callable[[], T], policy: RetryPolicy) -> T:
+    return retry_transient(call, policy, retry_on=_worth_retrying)
+
 
 NS = {"d": "DAV:", "c": "urn:ietf:params:xml:ns:caldav", "a": "http://apple.com/ns/ical/"}
 _PROPS = [
@@ -88,6 +115,7 @@ class Discovery:
 class _Resource:
     href: str
     props: Any  # the <d:prop> element of the 200 propstat
+    base: str  # the URL that answered: hrefs in ``props`` are relative to it
 
     def has_type(self, tag: str) -> bool:
         return self.props is not None and self.props.find(f"d:resourcetype/{tag}", NS) is not None
@@ -99,20 +127,44 @@ class _Resource:
         return node.text.strip() if node is not None and node.text else None
 
     def href_of(self, path: str) -> str | None:
-        return self.text(f"{path}/d:href")
+        """Return the absolute URL of an href property (servers send path-only ones)."""
+        href = self.text(f"{path}/d:href")
+        return urljoin(self.base, href) if href else None
 
 
-def _propfind(client: Any, url: str, depth: int, what: str) -> list[_Resource]:
-    body = (dav.Propfind() + [dav.Prop() + list(_PROPS)]).xmlelement()
-    response = request(
-        client,
-        url,
-        "PROPFIND",
-        what,
-        body=etree.tostring(body, xml_declaration=True, encoding="utf-8"),
-        headers={"Depth": str(depth), "Content-Type": "application/xml; charset=utf-8"},
-        ok=(207,),
+def _props_for(access: ServerAccess) -> list[Any]:
+    # Without a login there is no current user: Radicale answers a question
+    # for its principal with 401, which would read as a wrong password.
+    if access.auth == "none":
+        return [p for p in _PROPS if not isinstance(p, dav.CurrentUserPrincipal)]
+    return _PROPS
+
+
+def _propfind(
+    client: Any,
+    url: str,
+    depth: int,
+    what: str,
+    retry: RetryPolicy = DISCOVERY_RETRY,
+    props: list[Any] = _PROPS,
+) -> list[_Resource]:
+    body = (dav.Propfind() + [dav.Prop() + list(props)]).xmlelement()
+    response = _retry(
+        lambda: request(
+            client,
+            url,
+            "PROPFIND",
+            what,
+            body=etree.tostring(body, xml_declaration=True, encoding="utf-8"),
+            headers={"Depth": str(depth), "Content-Type": "application/xml; charset=utf-8"},
+            ok=(207,),
+        ),
+        retry,
     )
+    # Path-only hrefs (DAViCal) are resolved against the URL that was asked,
+    # also after a followed redirect: behind a reverse proxy that is the
+    # address that works from here, whatever port the backend let slip.
+    base = url
     try:
         tree = etree.fromstring(
             response.raw.encode() if isinstance(response.raw, str) else response.raw
@@ -129,7 +181,7 @@ def _propfind(client: Any, url: str, depth: int, what: str) -> list[_Resource]:
             status = propstat.findtext("d:status", default="", namespaces=NS)
             if " 200 " in status + " ":
                 props = propstat.find("d:prop", NS)
-        resources.append(_Resource(urljoin(url, href), props))
+        resources.append(_Resource(urljoin(base, href), props, base))
     return resources
 
 
@@ -167,20 +219,20 @@ def _calendar_info(resource: _Resource) -> CalendarInfo:
     )
 
 
-def _same_site(a: str, b: str) -> bool:
-    ha, hb = urlsplit(a).hostname or "", urlsplit(b).hostname or ""
-    return ha == hb or ha.split(".")[-2:] == hb.split(".")[-2:]
-
-
 def discover(
     raw: str,
     access: ServerAccess,
     profile: ProviderProfile | None = None,
     dns_discovery: bool = True,
+    retry: RetryPolicy = DISCOVERY_RETRY,
 ) -> Discovery:
     """Resolve ``raw`` to a server and list its calendars.
 
+    Every host is checked against the address guard before anything connects
+    to it: the typed host, SRV targets, and a calendar home on another host.
+
     :raises CalendarURLError: when ``raw`` is not a usable address.
+    :raises AddressRefusedError: when the typed host is not a public address.
     :raises AuthenticationFailedError: when the server refuses the credentials.
     :raises CalDAVError: with the most telling failure when no candidate works.
     """
@@ -188,28 +240,38 @@ def discover(
     profile = normalised.profile
     candidates = list(normalised.candidates)
     steps: list[str] = []
-    if dns_discovery and "://" not in raw and "/" not in raw.strip():
-        # RFC 6764: SRV/TXT records (then well-known) for a bare domain or e-mail.
-        try:
-            info = discover_caldav(raw.strip(), timeout=int(access.timeout))
-        except Exception as exc:  # DNS or HTTP trouble: the other candidates remain
-            steps.append(f"RFC 6764 discovery for {raw.strip()!r} failed: {type(exc).__name__}")
-            info = None
-        if info is not None:
-            candidates.insert(
-                0, Candidate(info.url, f"found by RFC 6764 discovery ({info.source})")
-            )
-    failures: list[CalDAVError] = []
+    bare = "://" not in raw and "/" not in raw.strip()
+    resolving = []
     for candidate in candidates:
+        if _check_address(candidate.url, access, unresolvable_ok=bare):
+            resolving.append(candidate)
+        else:
+            steps.append(f"{redact_url(candidate.url)}: the host name does not resolve")
+    candidates = resolving
+    if dns_discovery and bare:
+        domain = raw.strip().rsplit("@", 1)[-1]
+        candidates[:0] = _rfc6764_candidates(domain, access, steps)
+    failures: list[CalDAVError] = []
+    unreachable: set[tuple[str, str]] = set()
+    for candidate in candidates:
+        origin = urlsplit(candidate.url)[:2]
+        if origin in unreachable:
+            continue
         try:
-            return _try_candidate(candidate, access, profile, steps)
+            return _try_candidate(candidate, access, profile, steps, retry)
         except AuthenticationFailedError:
             raise
         except CalDAVError as exc:
             steps.append(f"{redact_url(candidate.url)}: {exc.message}")
             failures.append(exc)
+            if isinstance(exc, UnreachableError | TimedOutError):
+                unreachable.add(origin)  # retried already; its other paths would be too
     if not failures:
-        raise NotCalDAVError("there was no address to try")
+        raise NotCalDAVError(
+            f"no calendar found at {redact_url(raw)}: " + "; ".join(steps)
+            if steps
+            else "there was no address to try"
+        )
     # Prefer the most specific failure over "not found" on fallback addresses.
     ranked = sorted(failures, key=lambda e: isinstance(e, NotCalDAVError) or e.status == 404)
     best = ranked[0]
@@ -219,23 +281,103 @@ def discover(
     )
 
 
+def _check_address(url: str, access: ServerAccess, unresolvable_ok: bool = False) -> bool:
+    """Refuse ``url`` before anything connects when its host is not allowed.
+
+    Refusing up front (rather than on connect) also keeps response times from
+    telling which local ports are open. Return False when the host name does
+    not resolve and ``unresolvable_ok`` (a bare domain may exist only as SRV
+    records), True when it may be connected to.
+
+    :raises AddressRefusedError: when the host is not a public address.
+    :raises UnreachableError: when the host name does not resolve.
+    """
+    parts = urlsplit(url)
+    try:
+        check_host(parts.hostname or "", access.allow_private, parts.port)
+    except ForbiddenAddressError as exc:
+        raise AddressRefusedError(str(exc)) from None
+    except HostLookupError:
+        if unresolvable_ok:
+            return False
+        raise UnreachableError(f"the host name {parts.hostname!r} does not resolve") from None
+    return True
+
+
+def _rfc6764_candidates(domain: str, access: ServerAccess, steps: list[str]) -> list[Candidate]:
+    """Return the candidates the domain's SRV/TXT records name (RFC 6764), checked.
+
+    A target that is not a public address is left out with a step saying so;
+    nothing connects to it. The ``.well-known`` candidates come from
+    :func:`normalise` and are guarded like any other request.
+    """
+    found: list[Candidate] = []
+    for service, scheme in (("_caldavs", "https"), ("_caldav", "http")):
+        name = f"{service}._tcp.{domain}"
+        try:
+            answers = sorted(
+                _resolve(name, "SRV", access.timeout), key=lambda r: (r.priority, -r.weight)
+            )
+        except dns.exception.DNSException:
+            continue
+        path = _txt_path(name, access.timeout) or "/.well-known/caldav"
+        for record in answers:
+            target = str(record.target).rstrip(".")
+            if not target:  # "." means: no such service here (RFC 2782)
+                continue
+            url = f"{scheme}://{_bracket(target)}:{int(record.port)}{path}"
+            try:
+                _check_address(url, access)
+            except CalDAVError as exc:
+                steps.append(f"the {service} SRV record's target was skipped: {exc.message}")
+                continue
+            reason = f"found by RFC 6764 discovery (the {service} SRV record of {domain})"
+            found.append(Candidate(url, reason, insecure=scheme == "http"))
+    return found
+
+
+def _resolve(name: str, kind: str, timeout: float) -> Any:
+    return dns.resolver.resolve(name, kind, lifetime=timeout)
+
+
+def _txt_path(name: str, timeout: float) -> str | None:
+    try:
+        answers = _resolve(name, "TXT", timeout)
+    except dns.exception.DNSException:
+        return None
+    for record in answers:
+        text = b"".join(record.strings).decode("utf-8", "replace")
+        for pair in text.split():
+            key, _, value = pair.partition("=")
+            if key.lower() == "path" and value.startswith("/"):
+                return value
+    return None
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _try_candidate(
-    candidate: Candidate, access: ServerAccess, profile: ProviderProfile, steps: list[str]
+    candidate: Candidate,
+    access: ServerAccess,
+    profile: ProviderProfile,
+    steps: list[str],
+    retry: RetryPolicy = DISCOVERY_RETRY,
 ) -> Discovery:
     client = open_client(access.at(candidate.url))
-    (here,) = _propfind(client, candidate.url, 0, f"asking {redact_url(candidate.url)} what it is")[
-        :1
-    ]
+    what = f"asking {redact_url(candidate.url)} what it is"
+    props = _props_for(access)
+    (here,) = _propfind(client, candidate.url, 0, what, retry, props)[:1]
     selected = _calendar_info(here) if here.has_type("c:calendar") else None
     principal = here.href_of("d:current-user-principal")
     home = here.href_of("c:calendar-home-set")
     if principal and not home:
-        principal = urljoin(candidate.url, principal)
-        found = _propfind(client, principal, 0, "reading the principal's calendar home")
+        what = "reading the principal's calendar home"
+        found = _propfind(client, principal, 0, what, retry, props)
         home = found[0].href_of("c:calendar-home-set") if found else None
     if home:
-        home = urljoin(principal or candidate.url, home)
-        if not _same_site(home, candidate.url) and not is_partition_host(
+        if not same_site(home, here.base) and not is_partition_host(
             profile, urlsplit(home).hostname or ""
         ):
             raise NotCalDAVError(
@@ -243,16 +385,20 @@ def _try_candidate(
                 "link with that address directly if you trust it"
             )
     elif selected is not None:
-        home = urljoin(candidate.url, "..")
+        home = urljoin(here.href, "..")
     if selected is None and home is None:
         if here.has_type("d:collection") or here.props is not None:
             raise NotCalDAVError("it answers WebDAV but names no principal or calendar home")
         raise NotCalDAVError("it does not answer as a CalDAV server")
     calendars: list[CalendarInfo] = []
     if home:
-        home_client = client if _same_site(home, candidate.url) else open_client(access.at(home))
         try:
-            listing = _propfind(home_client, home, 1, "listing the calendars")
+            if urlsplit(home)[:2] != urlsplit(here.base)[:2]:
+                _check_address(home, access)
+                home_client = open_client(access.at(home))
+            else:
+                home_client = client
+            listing = _propfind(home_client, home, 1, "listing the calendars", retry, props)
         except CalDAVError as exc:
             if selected is None:
                 raise
@@ -282,34 +428,59 @@ PROBE_BODY = (
 )
 
 
-def probe_write(access: ServerAccess, calendar_url: str) -> str:
+def probe_write(
+    access: ServerAccess, calendar_url: str, retry: RetryPolicy = DISCOVERY_RETRY
+) -> str:
     """Prove we can write: create and delete a probe event; return what was done.
+
+    Transient faults are retried; a create whose answer was lost shows up as
+    "exists" (412) on the retry, which with a fresh UID can only be ours.
 
     :raises CalDAVError: naming the precise failure (password, read-only, no such
         calendar, TLS, not CalDAV, unreachable).
     """
     client = open_client(access.at(calendar_url))
-    (here,) = _propfind(client, calendar_url, 0, "opening the calendar")[:1]
+    what = "opening the calendar"
+    (here,) = _propfind(client, calendar_url, 0, what, retry, _props_for(access))[:1]
     if not here.has_type("c:calendar"):
         raise NotCalDAVError(f"{redact_url(calendar_url)} is not a calendar collection")
     uid = f"caljournal-probe-{uuid.uuid4()}"
     href = urljoin(calendar_url if calendar_url.endswith("/") else calendar_url + "/", f"{uid}.ics")
-    response = request(
-        client,
-        href,
-        "PUT",
-        "writing a test event",
-        body=PROBE_BODY.format(uid=uid),
-        headers={"Content-Type": "text/calendar; charset=utf-8", "If-None-Match": "*"},
-        ok=(200, 201, 204),
-    )
-    etag = (response.headers or {}).get("ETag")
-    request(
-        client,
-        href,
-        "DELETE",
-        "deleting the test event",
-        headers={"If-Match": etag} if etag and not etag.startswith("W/") else {},
-        ok=(200, 204),
-    )
+    attempts = 0
+
+    def create() -> str | None:
+        nonlocal attempts
+        attempts += 1
+        try:
+            response = request(
+                client,
+                href,
+                "PUT",
+                "writing a test event",
+                body=PROBE_BODY.format(uid=uid),
+                headers={"Content-Type": "text/calendar; charset=utf-8", "If-None-Match": "*"},
+                ok=(200, 201, 204),
+            )
+        except PreconditionFailedError:
+            if attempts == 1:
+                raise
+            return None  # an earlier attempt created it; its answer was lost
+        return (response.headers or {}).get("ETag")
+
+    etag = _retry(create, retry)
+
+    def delete() -> None:
+        try:
+            request(
+                client,
+                href,
+                "DELETE",
+                "deleting the test event",
+                headers={"If-Match": etag} if etag and not etag.startswith("W/") else {},
+                ok=(200, 204),
+            )
+        except ObjectNotFoundError:
+            return  # an earlier attempt deleted it; its answer was lost
+
+    _retry(delete, retry)
     return f"created and deleted a test event in {redact_url(calendar_url)}"

@@ -45,10 +45,17 @@ _NAT64_NET = ipaddress.IPv6Network("64:ff9b::/96")
 
 
 class ForbiddenAddressError(ValueError):
-    """A host resolves to an address the sync engine must not connect to."""
+    """A host resolves to an address the sync engine must not connect to.
+
+    The message says "refused" and names the host as it was given; for a host
+    name it never says what the name resolved to (that would let a user map
+    the internal network), only an IP literal is described.
+    """
 
     def __init__(self, host: str, address: str, reason: str) -> None:
-        super().__init__(f"refusing to connect to {host!r}: {address} is {reason}")
+        shown = host.strip().strip("[]")
+        detail = f"it is {reason}" if is_ip_literal(shown) else "it is not a public address"
+        super().__init__(f"refused to connect to {shown}: {detail}")
         self.host = host
         self.address = address
         self.reason = reason
@@ -60,6 +67,15 @@ class HostLookupError(OSError):
     def __init__(self, host: str, detail: str) -> None:
         super().__init__(f"cannot resolve {host!r}: {detail}")
         self.host = host
+
+
+def is_ip_literal(host: str) -> bool:
+    """Tell whether ``host`` (brackets allowed) is an IP address rather than a name."""
+    try:
+        ipaddress.ip_address(host.strip().strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def classify_ip(ip: str | IPAddress) -> str | None:

@@ -35,6 +35,9 @@ class Credentials:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     bearer_token: str | None = field(default=None, repr=False)
+    #: The query string of the link URL (``token=...``): sealed like a password
+    #: and put back into request URLs only when connecting.
+    url_query: str | None = field(default=None, repr=False)
 
     def to_json(self) -> bytes:
         """Return the credentials as JSON bytes (for sealing only)."""
@@ -43,18 +46,21 @@ class Credentials:
                 "username": self.username,
                 "password": self.password,
                 "bearer_token": self.bearer_token,
+                "url_query": self.url_query,
             }
         ).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> Credentials:
-        """Return credentials from :meth:`to_json` output."""
+        """Return credentials from :meth:`to_json` output (older ones lack ``url_query``)."""
         values = json.loads(data)
-        return cls(values["username"], values["password"], values["bearer_token"])
+        return cls(
+            values["username"], values["password"], values["bearer_token"], values.get("url_query")
+        )
 
     def secrets(self) -> list[str]:
         """Return the secret values (to keep them out of every output)."""
-        return [s for s in (self.password, self.bearer_token) if s]
+        return [s for s in (self.password, self.bearer_token, self.url_query) if s]
 
 
 def _key_id(key: bytes) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
 
 import anyio
@@ -124,6 +124,11 @@ class LinkIn(BaseModel):
     provider: str | None = Field(
         default=None, max_length=40, description="provider profile key; guessed from the URL"
     )
+    auth: Literal["basic", "digest", "oauth2_bearer", "none"] | None = Field(
+        default=None,
+        description="how to log in (default: the provider's way); `none` links a calendar "
+        "without authentication, and then no username or password may be given",
+    )
     backfill: bool = Field(
         default=False,
         description="also push the account's existing appointments (in the background; the "
@@ -181,7 +186,9 @@ async def link(
     credentials = _credentials(body)
     result = await calls.run(
         account_id,
-        lambda: container.links.link(account_id, body.url, credentials, cause, body.provider),
+        lambda: container.links.link(
+            account_id, body.url, credentials, cause, body.provider, body.auth
+        ),
     )
     answer = result.as_dict()
     answer["backfill"] = "not requested"

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from caljournal.accounts import AccountService
 from caljournal.adapters.journal import Journal, open_journal
@@ -26,6 +29,9 @@ class Container:
     appointments: AppointmentService = field(init=False)
     links: LinkService = field(init=False)
     sync: SyncService = field(init=False)
+    _box: SecretBox | None = field(init=False, default=None, repr=False)
+    _box_stamp: bytes | None = field(init=False, default=None, repr=False)
+    _box_lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.accounts = AccountService(self.journal, self.settings.token_cache_seconds)
@@ -50,20 +56,27 @@ class Container:
             self.journal, self.links, config=config, postgres_listen=self.journal.listener
         )
 
-    @functools.cached_property
-    def _secret_box(self) -> SecretBox:
-        configured = self.settings.secret_keys
-        keys = load_keys(
-            configured.get_secret_value() if configured else None, self.settings.secret_key_file
-        )
-        return SecretBox(keys)
-
     def secret_box(self) -> SecretBox:
         """Return the box sealing calendar credentials (keys are loaded on first use).
 
+        Keys from a key file are loaded again whenever the file changes, so a
+        running process picks up a rotated key ring (``secrets rotate-key``)
+        without a restart. Keys from the environment cannot change under a
+        running process; the README says how to rotate them.
+
         :raises SecretKeyError: when the keys are missing, malformed or exposed.
         """
-        return self._secret_box
+        configured = self.settings.secret_keys
+        with self._box_lock:
+            stamp = None if configured else _file_stamp(self.settings.secret_key_file)
+            if self._box is None or (stamp is not None and stamp != self._box_stamp):
+                keys = load_keys(
+                    configured.get_secret_value() if configured else None,
+                    self.settings.secret_key_file,
+                )
+                self._box = SecretBox(keys)
+                self._box_stamp = stamp
+            return self._box
 
     @property
     def backend(self) -> str:
@@ -90,6 +103,18 @@ class Container:
         if "api_executor" in self.__dict__:
             self.api_executor.shutdown(wait=True)
         self.journal.close()
+
+
+def _file_stamp(path: Path) -> bytes | None:
+    """Return a digest of the key file's content, or None when it is absent.
+
+    The content, not the modification time: two writes within the file
+    system's timestamp granularity would look alike.
+    """
+    try:
+        return hashlib.sha256(path.read_bytes()).digest()
+    except FileNotFoundError:
+        return None
 
 
 def bootstrap(settings: Settings | None = None) -> Container:

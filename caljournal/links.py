@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -11,7 +11,7 @@ from uuid import UUID
 from eventsourcing.application import AggregateNotFoundError
 
 from caljournal.adapters.caldav_client import CalDAVError, ServerAccess
-from caljournal.adapters.calendar_url import CalendarURLError, normalise
+from caljournal.adapters.calendar_url import CalendarURLError, normalise, split_secret_query
 from caljournal.adapters.discovery import Discovery, discover, probe_write
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import ProviderProfile, get_profile
@@ -22,6 +22,9 @@ from caljournal.domain.cause import Cause
 from caljournal.domain.link import CalendarLink
 from caljournal.errors import ApplicationError, ConflictError, NotFoundError
 from caljournal.history import history_of
+
+#: How a link logs in to its server: the provider styles, or none at all.
+AUTH_STYLES = ("basic", "digest", "oauth2_bearer", "none")
 
 
 class LinkFailedError(ApplicationError):
@@ -82,31 +85,39 @@ class LinkService:
         credentials: Credentials,
         cause: Cause,
         provider: str | None = None,
+        auth: str | None = None,
     ) -> LinkResult:
         """Discover the server behind ``url``, store the link and sealed credentials.
 
         When ``url`` points at a calendar, that calendar is chosen at once.
+        ``auth`` overrides the provider's way of logging in; ``"none"`` links a
+        calendar that needs no authentication. A query string in ``url`` is
+        sealed with the credentials (see ``split_secret_query``).
 
         :raises LinkFailedError: naming the field and the precise failure.
         :raises ConflictError: when the account is linked already (unlink first).
         """
+        url, query = split_secret_query(url)
         profile = self._profile(provider, url)
-        credentials = self._with_embedded(url, profile, credentials)
-        if profile.auth == "oauth2_bearer" and not credentials.bearer_token:
+        auth = auth or profile.auth
+        if auth not in AUTH_STYLES:
             raise LinkFailedError(
-                f"{profile.display_name} needs an OAuth2 bearer token", field="bearer_token"
+                f"auth must be one of {', '.join(AUTH_STYLES)}, not {auth!r}", field="auth"
             )
         existing = self._find(account_id)
         if existing is not None and not existing.unlinked:
             raise ConflictError(
                 "the account is linked already; unlink it first or rotate credentials"
             )
-        access = self._access(url, credentials, profile)
+        credentials = self._with_embedded(url, profile, credentials)
+        _check_credentials(credentials, auth, profile.display_name)
+        credentials = replace(credentials, url_query=query)
+        access = self._access(url, credentials, profile, auth)
         found = self._run_discovery(url, access, profile)
         fields = {
             "server_url": found.used_url,
             "username": credentials.username,
-            "auth": profile.auth,
+            "auth": auth,
             "provider": profile.key,
             "resolution": found.explanation(),
         }
@@ -183,7 +194,20 @@ class LinkService:
         """
         link = self._get(account_id)
         profile = get_profile(link.provider)
-        access = self._access(link.server_url, credentials, profile)
+        if link.auth == "none":
+            raise LinkFailedError(
+                "this link uses no authentication; unlink and link again to add credentials",
+                field="auth",
+            )
+        _check_credentials(credentials, link.auth, profile.display_name)
+        # The sealed query string belongs to the URL, not to the login: keep it
+        # (new credentials can replace ones that no configured key opens).
+        try:
+            query = self._unseal(link).url_query
+        except LinkFailedError:
+            query = link.legacy_url_query
+        credentials = replace(credentials, url_query=query)
+        access = self._access(link.server_url, credentials, profile, link.auth)
         self._run_discovery(link.server_url, access, profile)
         link.rotate_credentials(username=credentials.username, cause=cause)
         self._save(link, credentials)
@@ -255,6 +279,15 @@ class LinkService:
 
         :raises LinkFailedError: when no credentials are stored or the key is missing.
         """
+        return self._access(
+            link.server_url, self._unseal(link), get_profile(link.provider), link.auth
+        )
+
+    def _unseal(self, link: CalendarLink) -> Credentials:
+        """Return the link's stored credentials.
+
+        :raises LinkFailedError: when none are stored or no key opens them.
+        """
         sealed = self.journal.journal_recorder.select_secret(str(link.id))
         if not sealed:
             raise LinkFailedError("no credentials are stored for this link; link again")
@@ -262,7 +295,9 @@ class LinkService:
             credentials = Credentials.from_json(self._box().open(sealed))
         except SecretKeyError as exc:
             raise LinkFailedError(str(exc)) from None
-        return self._access(link.server_url, credentials, get_profile(link.provider))
+        if credentials.url_query is None and link.legacy_url_query:
+            credentials = replace(credentials, url_query=link.legacy_url_query)
+        return credentials
 
     def rotate_key(self) -> tuple[int, int]:
         """Re-seal every stored secret with the current key; return (resealed, total)."""
@@ -319,11 +354,13 @@ class LinkService:
             return Credentials(embedded.username, embedded.password, credentials.bearer_token)
         return credentials
 
-    def _access(self, url: str, credentials: Credentials, profile: ProviderProfile) -> ServerAccess:
+    def _access(
+        self, url: str, credentials: Credentials, profile: ProviderProfile, auth: str
+    ) -> ServerAccess:
         return ServerAccess(
             url=url,
             credentials=credentials,
-            auth=profile.auth,
+            auth=auth,
             verify_tls=self.policy.verify_tls,
             allow_private=self.policy.allow_private,
             timeout=self.policy.timeout,
@@ -354,6 +391,30 @@ class LinkService:
                 f"the calendar {calendar['name'] or calendar['url']!r} is read-only for this user",
                 field="calendar_url",
             )
+
+
+def _check_credentials(credentials: Credentials, auth: str, provider: str) -> None:
+    """Refuse credentials that cannot log in the way ``auth`` says.
+
+    :raises LinkFailedError: naming the missing (or superfluous) field.
+    """
+    if auth == "none":
+        if credentials.username or credentials.password or credentials.bearer_token:
+            raise LinkFailedError(
+                "credentials were given for a link without authentication; "
+                "leave them out or choose another auth",
+                field="auth",
+            )
+        return
+    if auth == "oauth2_bearer":
+        if not credentials.bearer_token:
+            raise LinkFailedError(f"{provider} needs an OAuth2 bearer token", field="bearer_token")
+        return
+    hint = "; for a calendar without authentication link with auth none"
+    if not credentials.username:
+        raise LinkFailedError("the username is missing" + hint, field="username")
+    if not credentials.password:
+        raise LinkFailedError("the password is missing" + hint, field="password")
 
 
 def _same_url(a: str, b: str) -> bool:

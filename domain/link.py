@@ -89,7 +89,10 @@ class CalendarLink(Aggregate):
     def _apply_link(
         self, server_url: str, username: str | None, auth: str, provider: str, resolution: str
     ) -> None:
-        self.server_url = server_url
+        # Links recorded before query strings were sealed carry theirs in the
+        # event: keep it out of ``server_url`` and ``state()``, for connecting only.
+        self.server_url, _, query = server_url.partition("#")[0].partition("?")
+        self.legacy_url_query: str | None = query or None
         self.username = username
         self.auth = auth
         self.provider = provider

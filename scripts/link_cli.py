@@ -38,6 +38,22 @@ def _secret(from_stdin: bool, label: str) -> str:
     return value
 
 
+def _read_credentials(
+    username: str | None, password_stdin: bool, bearer_token: bool
+) -> Credentials:
+    """Return the credentials given on the command line and stdin, or exit 1 saying what lacks."""
+    if not bearer_token and not username:
+        err.print(
+            "[red]error:[/red] give the login name with --username "
+            "(or --no-auth for a calendar that needs no login)"
+        )
+        raise typer.Exit(1)
+    secret = _secret(password_stdin, "token" if bearer_token else "password")
+    if bearer_token:
+        return Credentials(username, None, secret)
+    return Credentials(username, secret)
+
+
 def _print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
         out.print_json(data=result)
@@ -78,6 +94,10 @@ def add(
     provider: Annotated[
         str | None, typer.Option(help="provider profile (see 'link providers')")
     ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="the calendar needs no login: send no credentials"),
+    ] = False,
     backfill: Annotated[
         bool | None,
         typer.Option(
@@ -88,17 +108,31 @@ def add(
     json: JsonOption = False,
 ) -> None:
     """Discover the server behind URL, link the account, and list its calendars."""
-    secret = _secret(password_stdin, "token" if bearer_token else "password")
-    credentials = Credentials(
-        username, None if bearer_token else secret, secret if bearer_token else None
-    )
+    if no_auth:
+        if username or password_stdin or bearer_token:
+            err.print("[red]error:[/red] --no-auth sends no credentials; leave the others out")
+            raise typer.Exit(1)
+        credentials = Credentials()
+    else:
+        credentials = _read_credentials(username, password_stdin, bearer_token)
     with container() as built:
         account_id = built.accounts.find_account(account).id
-        result = built.links.link(account_id, url, credentials, operator_cause(), provider)
+        result = built.links.link(
+            account_id, url, credentials, operator_cause(), provider, "none" if no_auth else None
+        )
         _print_result(result.as_dict(), json)
         if result.state["status"] != "active":
+            if backfill:
+                err.print(
+                    "backfill not run: no calendar is chosen yet; choose one with "
+                    f"'caljournal link choose {account} URL', then run "
+                    f"'caljournal backfill --account {account}'",
+                    highlight=False,
+                )
             return
         existing = built.journal.journal_recorder.count_appointments(str(account_id))
+        if backfill and not existing:
+            err.print("backfill not run: the account has no appointments yet", highlight=False)
         if existing and backfill is None and sys.stdin.isatty():
             backfill = typer.confirm(f"push the account's {existing} existing appointments now?")
         if existing and backfill:
@@ -161,10 +195,7 @@ def rotate(
     bearer_token: Annotated[bool, typer.Option("--bearer-token")] = False,
 ) -> None:
     """Replace the stored credentials after checking them against the server."""
-    secret = _secret(password_stdin, "token" if bearer_token else "password")
-    credentials = Credentials(
-        username, None if bearer_token else secret, secret if bearer_token else None
-    )
+    credentials = _read_credentials(username, password_stdin, bearer_token)
     with container() as built:
         built.links.rotate_credentials(
             built.accounts.find_account(account).id, credentials, operator_cause()

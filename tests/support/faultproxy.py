@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import random
 import socket
 import struct
 import threading
@@ -58,7 +59,7 @@ _HOP_BY_HOP = frozenset(
 
 _REPLACED = frozenset({"host", "content-length"})
 
-RuleKind = Literal["fail", "reset", "delay"]
+RuleKind = Literal["fail", "reset", "delay", "flaky"]
 
 
 class LoggedRequest(NamedTuple):
@@ -86,6 +87,8 @@ class _Rule:
     body: bytes = b""
     seconds: float = 0.0
     after_forward: bool = False
+    ratio: float = 0.0
+    chance: random.Random | None = None
 
     def matches(self, method: str, path: str, now: float) -> bool:
         if self.deadline is not None and now >= self.deadline:
@@ -343,6 +346,34 @@ class FaultProxy:
             )
         )
 
+    def flaky(
+        self,
+        ratio: float,
+        *,
+        seed: int,
+        retry_after: float | str = 0,
+        method: str | Iterable[str] | None = None,
+        path_contains: str | None = None,
+    ) -> None:
+        """Fail about ``ratio`` of the matching requests, until the rules are cleared.
+
+        A failed request gets, in equal shares, a 503 or a 429 with
+        ``Retry-After``, or a connection reset before it is forwarded. The
+        draws come from ``random.Random(seed)``, so a run can be repeated.
+        """
+        self._add(
+            _Rule(
+                "flaky",
+                remaining=None,
+                deadline=None,
+                methods=_methods(method),
+                path_contains=path_contains,
+                retry_after=_retry_after(retry_after),
+                ratio=ratio,
+                chance=random.Random(seed),
+            )
+        )
+
     def delay_next(
         self,
         n: int,
@@ -469,6 +500,8 @@ class FaultProxy:
                 record(None)
                 raise
             rule = self._take_rule(method, path)
+            if rule is not None and rule.kind == "flaky":
+                rule = self._flaky_outcome(rule)
             if rule is not None and rule.kind == "fail":
                 headers = [("Retry-After", rule.retry_after)] if rule.retry_after else []
                 record(rule.status)
@@ -500,6 +533,27 @@ class FaultProxy:
                     self._log.append(LoggedRequest(arrived, method, path, None))
                 self._in_flight -= 1
                 self._idle.notify_all()
+
+    def _flaky_outcome(self, rule: _Rule) -> _Rule | None:
+        """Return the fault a flaky rule draws for one request, or None to forward it."""
+        assert rule.chance is not None
+        with self._lock:
+            hit = rule.chance.random() < rule.ratio
+            kind = rule.chance.choice((503, 429, "reset"))
+        if not hit:
+            return None
+        if kind == "reset":
+            return _Rule("reset", remaining=1, deadline=None, methods=None, path_contains=None)
+        return _Rule(
+            "fail",
+            remaining=1,
+            deadline=None,
+            methods=None,
+            path_contains=None,
+            status=int(kind),
+            retry_after=rule.retry_after,
+            body=_body(None, int(kind)),
+        )
 
     def _forward(
         self, h: _ProxyHandler, method: str, path: str, body: bytes

@@ -15,6 +15,8 @@ from caljournal.adapters.calendar_url import (
     candidate_urls,
     normalise,
     redact_url,
+    same_site,
+    split_secret_query,
 )
 from caljournal.adapters.providers import PROFILES_BY_KEY, get_profile
 
@@ -321,3 +323,42 @@ def test_any_text_is_either_refused_cleanly_or_gives_http_candidates(raw: str) -
         assert candidate.url.startswith(("https://", "http://"))
         assert candidate.reason
         assert "@" not in urlsplit(candidate.url).netloc
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "same"),
+    [
+        ("https://p12-caldav.icloud.com/1/", "https://caldav.icloud.com/", True),
+        ("https://dav.example.co.uk/", "https://cal.example.co.uk/", True),
+        # Two labels are not a site: co.uk and github.io are public suffixes.
+        ("https://alice.co.uk/", "https://mallory.co.uk/", False),
+        ("https://alice.github.io/", "https://mallory.github.io/", False),
+        ("https://example.com/", "https://example.com.evil.net/", False),
+        ("http://127.0.0.1:8080/", "http://127.0.0.1:9090/", True),
+        ("http://10.0.0.1/", "http://10.0.0.2/", False),
+        ("http://localhost/", "http://other/", False),
+        ("/davical/caldav.php/admin/", "https://example.com/", False),
+    ],
+)
+def test_same_site_follows_the_public_suffix_list(a: str, b: str, same: bool) -> None:
+    assert same_site(a, b) is same
+    assert same_site(b, a) is same
+
+
+@pytest.mark.parametrize(
+    ("raw", "url", "query"),
+    [
+        (
+            "https://cal.example.com/dav/?token=s3cr3t",
+            "https://cal.example.com/dav/",
+            "token=s3cr3t",
+        ),
+        ("cal.example.com/dav?k=1&sig=2#frag", "cal.example.com/dav", "k=1&sig=2"),
+        ("https://cal.example.com/dav/", "https://cal.example.com/dav/", None),
+        ("https://cal.example.com/dav/?", "https://cal.example.com/dav/", None),
+    ],
+)
+def test_the_whole_query_string_is_taken_out_as_a_secret(
+    raw: str, url: str, query: str | None
+) -> None:
+    assert split_secret_query(raw) == (url, query)
