@@ -8,9 +8,9 @@ hand and turns the library's answers into plain href → ETag maps.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from caldav.elements import dav
@@ -25,6 +25,9 @@ from caljournal.adapters.caldav_client import (
     request,
     translate,
 )
+from caljournal.adapters.retry import RetryPolicy
+
+T = TypeVar("T")
 
 VALID_SYNC_TOKEN = "{DAV:}valid-sync-token"
 MULTIGET_BATCH = 100
@@ -61,17 +64,30 @@ class Loaded:
 
 
 class CalendarReader:
-    """Ask one calendar collection what changed."""
+    """Ask one calendar collection what changed.
+
+    Every request is retried as ``retry`` says (one attempt when None); a
+    multiget batch is retried on its own, so a fault late in a large load
+    repeats one batch, not the load.
+    """
 
     def __init__(
-        self, access: ServerAccess, calendar_url: str, full_timeout: float = 300.0
+        self,
+        access: ServerAccess,
+        calendar_url: str,
+        full_timeout: float = 300.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.calendar_url = calendar_url if calendar_url.endswith("/") else calendar_url + "/"
         self.access = access.at(self.calendar_url)
         self.client = open_client(self.access)
         self.calendar = self.client.calendar(url=self.calendar_url)
         self.full_timeout = full_timeout
+        self.retry = retry or RetryPolicy(attempts=1)
         self._full_client: Any = None
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        return self.retry.call(fn)
 
     def _full(self) -> Any:
         # A first sync or a full listing of a large calendar can take a server
@@ -97,10 +113,11 @@ class CalendarReader:
         calendar = (
             self.calendar if token is not None else self._full().calendar(url=self.calendar_url)
         )
-        try:
+
+        def ask() -> Any:
             with translate("asking the calendar what changed"):
                 try:
-                    result = calendar.get_objects_by_sync_token(
+                    return calendar.get_objects_by_sync_token(
                         sync_token=token, load_objects=False, disable_fallback=True
                     )
                 except dav_error.DAVError as exc:
@@ -109,8 +126,8 @@ class CalendarReader:
                             "the server no longer knows the sync token", status=exc.status
                         ) from None
                     raise
-        except CalDAVError:
-            raise
+
+        result = self._call(ask)
         changed = {str(obj.url): _etag(obj.props.get(dav.GetEtag.tag)) for obj in result.objects}
         deleted = frozenset(str(self.calendar.url.join(u)) for u in result.deleted_urls)
         return Delta(
@@ -127,14 +144,16 @@ class CalendarReader:
             xml_declaration=True,
             encoding="utf-8",
         )
-        response = request(
-            self._full(),
-            self.calendar_url,
-            "PROPFIND",
-            "listing the calendar's objects",
-            body=body,
-            headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
-            ok=(207,),
+        response = self._call(
+            lambda: request(
+                self._full(),
+                self.calendar_url,
+                "PROPFIND",
+                "listing the calendar's objects",
+                body=body,
+                headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
+                ok=(207,),
+            )
         )
         tree = etree.fromstring(_bytes(response.raw))
         found: dict[str, str | None] = {}
@@ -154,14 +173,16 @@ class CalendarReader:
             b'xmlns:cs="http://calendarserver.org/ns/"><d:prop><cs:getctag/><d:sync-token/>'
             b"</d:prop></d:propfind>"
         )
-        response = request(
-            self.client,
-            self.calendar_url,
-            "PROPFIND",
-            "asking whether the calendar changed",
-            body=body,
-            headers={"Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
-            ok=(207,),
+        response = self._call(
+            lambda: request(
+                self.client,
+                self.calendar_url,
+                "PROPFIND",
+                "asking whether the calendar changed",
+                body=body,
+                headers={"Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
+                ok=(207,),
+            )
         )
         tree = etree.fromstring(_bytes(response.raw))
         for path in (".//cs:getctag", ".//d:sync-token"):
@@ -181,10 +202,7 @@ class CalendarReader:
         for start in range(0, len(wanted), MULTIGET_BATCH):
             batch = wanted[start : start + MULTIGET_BATCH]
             asked = {unquote(h): h for h in batch}
-            with translate("loading changed objects"):
-                objects = self.calendar.multiget(
-                    [URL.objectify(h) for h in batch], raise_notfound=False
-                )
+            objects = self._call(lambda batch=batch: self._multiget(batch))
             loaded.requests += 1
             for obj in objects:
                 data = obj.data
@@ -195,6 +213,12 @@ class CalendarReader:
                 )
             loaded.missing.update(h for h in batch if h not in loaded.objects)
         return loaded
+
+    def _multiget(self, batch: list[str]) -> list[Any]:
+        with translate("loading changed objects"):
+            return list(
+                self.calendar.multiget([URL.objectify(h) for h in batch], raise_notfound=False)
+            )
 
     def close(self) -> None:
         """Close the connections."""
