@@ -20,7 +20,6 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    stop_before_delay,
     stop_never,
     wait_exponential_jitter,
 )
@@ -65,7 +64,7 @@ class RetryPolicy:
         stop: stop_base = _asks_too_long(self.longest_wait)
         stop = stop | (stop_never if self.attempts is None else stop_after_attempt(self.attempts))
         if self.budget is not None:
-            stop = stop | stop_before_delay(self.budget)
+            stop = stop | _out_of_budget(self.budget)
         retrying = Retrying(
             retry=retry_if_exception(is_transient),
             wait=_RetryAfterOrBackoff(self),
@@ -92,6 +91,20 @@ class _asks_too_long(stop_base):  # noqa: N801 - named like tenacity's own stop 
     def __call__(self, state: RetryCallState) -> bool:
         asked = _retry_after(state)
         return asked is not None and asked > self.longest
+
+
+class _out_of_budget(stop_base):  # noqa: N801 - named like tenacity's own stop conditions
+    """Stop when the next sleep would end past the budget (like ``stop_before_delay``).
+
+    Time spent is the clock's, or the sleeps' when larger (an injected sleep).
+    """
+
+    def __init__(self, budget: float) -> None:
+        self.budget = budget
+
+    def __call__(self, state: RetryCallState) -> bool:
+        spent = max(state.seconds_since_start or 0.0, state.idle_for)
+        return spent + state.upcoming_sleep >= self.budget
 
 
 class _RetryAfterOrBackoff:
