@@ -8,9 +8,9 @@ hand and turns the library's answers into plain href → ETag maps.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote
 
 from caldav.elements import dav
@@ -27,7 +27,10 @@ from caljournal.adapters.caldav_client import (
     request,
     translate,
 )
+from caljournal.adapters.retry import RetryPolicy
 from caljournal.adapters.transport import DISCOVERY, LISTING, MULTIGET
+
+T = TypeVar("T")
 
 VALID_SYNC_TOKEN = "{DAV:}valid-sync-token"
 MULTIGET_BATCH = 100
@@ -64,17 +67,30 @@ class Loaded:
 
 
 class CalendarReader:
-    """Ask one calendar collection what changed."""
+    """Ask one calendar collection what changed.
+
+    Every request is retried as ``retry`` says (one attempt when None); a
+    multiget batch is retried on its own, so a fault late in a large load
+    repeats one batch, not the load.
+    """
 
     def __init__(
-        self, access: ServerAccess, calendar_url: str, full_timeout: float = 300.0
+        self,
+        access: ServerAccess,
+        calendar_url: str,
+        full_timeout: float = 300.0,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.calendar_url = calendar_url if calendar_url.endswith("/") else calendar_url + "/"
         self.access = access.at(self.calendar_url)
         self.client = open_client(self.access)
         self.calendar = self.client.calendar(url=self.calendar_url)
         self.full_timeout = full_timeout
+        self.retry = retry or RetryPolicy(attempts=1)
         self._full_client: Any = None
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        return self.retry.call(fn)
 
     def _full(self) -> Any:
         # A first sync or a full listing of a large calendar can take a server
@@ -95,13 +111,14 @@ class CalendarReader:
         # A delta is small unless much changed: it gets the listing's cap, but
         # only a first (full) sync gets the listing's patient deadline.
         seconds = None if token is None else self.access.limits.request_seconds
-        try:
+
+        def ask() -> Any:
             with (
                 translate("asking the calendar what changed"),
                 calendar.client.session.kind(LISTING, seconds),
             ):
                 try:
-                    result = calendar.get_objects_by_sync_token(
+                    return calendar.get_objects_by_sync_token(
                         sync_token=token, load_objects=False, disable_fallback=True
                     )
                 except dav_error.DAVError as exc:
@@ -110,8 +127,8 @@ class CalendarReader:
                             "the server no longer knows the sync token", status=exc.status
                         ) from None
                     raise
-        except CalDAVError:
-            raise
+
+        result = self._call(ask)
         changed = {str(obj.url): _etag(obj.props.get(dav.GetEtag.tag)) for obj in result.objects}
         deleted = frozenset(str(self.calendar.url.join(u)) for u in result.deleted_urls)
         return Delta(
@@ -129,16 +146,20 @@ class CalendarReader:
             encoding="utf-8",
         )
         client = self._full()
-        with client.session.kind(LISTING):
-            response = request(
-                client,
-                self.calendar_url,
-                "PROPFIND",
-                "listing the calendar's objects",
-                body=body,
-                headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
-                ok=(207,),
-            )
+
+        def ask() -> Any:
+            with client.session.kind(LISTING):
+                return request(
+                    client,
+                    self.calendar_url,
+                    "PROPFIND",
+                    "listing the calendar's objects",
+                    body=body,
+                    headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
+                    ok=(207,),
+                )
+
+        response = self._call(ask)
         tree = _xml(response.raw, "the calendar's listing")
         found: dict[str, str | None] = {}
         for node in tree.findall("d:response", NS):
@@ -157,16 +178,20 @@ class CalendarReader:
             b'xmlns:cs="http://calendarserver.org/ns/"><d:prop><cs:getctag/><d:sync-token/>'
             b"</d:prop></d:propfind>"
         )
-        with self.client.session.kind(DISCOVERY):
-            response = request(
-                self.client,
-                self.calendar_url,
-                "PROPFIND",
-                "asking whether the calendar changed",
-                body=body,
-                headers={"Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
-                ok=(207,),
-            )
+
+        def ask() -> Any:
+            with self.client.session.kind(DISCOVERY):
+                return request(
+                    self.client,
+                    self.calendar_url,
+                    "PROPFIND",
+                    "asking whether the calendar changed",
+                    body=body,
+                    headers={"Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
+                    ok=(207,),
+                )
+
+        response = self._call(ask)
         tree = _xml(response.raw, "the calendar's state")
         for path in (".//cs:getctag", ".//d:sync-token"):
             value = tree.findtext(path, None, NS)
@@ -187,10 +212,7 @@ class CalendarReader:
             batch = batches.pop(0)
             asked = {unquote(h): h for h in batch}
             try:
-                with translate("loading changed objects"), self.client.session.kind(MULTIGET):
-                    objects = self.calendar.multiget(
-                        [URL.objectify(h) for h in batch], raise_notfound=False
-                    )
+                objects = self._call(lambda batch=batch: self._multiget(batch))
             except ResponseTooLargeError:
                 if len(batch) == 1:
                     raise
@@ -212,6 +234,12 @@ class CalendarReader:
                 )
             loaded.missing.update(h for h in batch if h not in loaded.objects)
         return loaded
+
+    def _multiget(self, batch: list[str]) -> list[Any]:
+        with translate("loading changed objects"), self.client.session.kind(MULTIGET):
+            return list(
+                self.calendar.multiget([URL.objectify(h) for h in batch], raise_notfound=False)
+            )
 
     def close(self) -> None:
         """Close the connections."""

@@ -3,8 +3,8 @@
 The port the outbound projection talks to: ``create``/``update``/``delete``/
 ``fetch`` of one object by href, with ETags, raising :class:`CalDAVError`
 subclasses (``PreconditionFailedError`` when the object changed or exists).
-Transient failures (5xx, timeouts, resets, 429/503) are retried here with
-exponential backoff and jitter; a server's ``Retry-After`` is honoured.
+Transient failures (5xx, timeouts, resets, 429/503) are retried here as the
+caller's :class:`~caljournal.adapters.retry.RetryPolicy` says.
 """
 
 from __future__ import annotations
@@ -14,82 +14,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_exponential_jitter,
-)
-
 from caljournal.adapters.caldav_client import (
-    CalDAVError,
-    DeadlineExceededError,
     ObjectNotFoundError,
     ServerAccess,
     open_client,
     request,
 )
 from caljournal.adapters.providers import ProviderProfile
+from caljournal.adapters.retry import RetryPolicy
 
 T = TypeVar("T")
 ICAL_TYPE = "text/calendar; charset=utf-8"
-MAX_RETRY_AFTER = 120.0
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How hard to retry one request before giving the failure to the caller."""
-
-    attempts: int = 4
-    initial: float = 0.2
-    maximum: float = 10.0
-
-
-def _is_transient(exc: BaseException) -> bool:
-    # A request that ran into its deadline is not tried again at once: each
-    # attempt would hold the account for another whole deadline.
-    return (
-        isinstance(exc, CalDAVError)
-        and exc.transient
-        and not isinstance(exc, DeadlineExceededError)
-    )
-
-
-class _RetryAfterOrBackoff:
-    """Wait what the server asked for (Retry-After), else exponential backoff with jitter."""
-
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.fallback = wait_exponential_jitter(multiplier=policy.initial, max=policy.maximum)
-
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, CalDAVError) and exc.retry_after is not None:
-            return min(max(exc.retry_after, 0.0), MAX_RETRY_AFTER)
-        return float(self.fallback(state))
-
-
-def retry_transient(
-    call: Callable[[], T],
-    policy: RetryPolicy,
-    sleep: Callable[[float], None] = time.sleep,
-    retry_on: Callable[[BaseException], bool] = _is_transient,
-) -> T:
-    """Return ``call()``, retrying transient :class:`CalDAVError` (Retry-After honoured).
-
-    ``retry_on`` narrows which failures are retried.
-
-    :raises CalDAVError: the last failure once ``policy`` is used up, or at
-        once when it is not transient.
-    """
-    retrying = Retrying(
-        retry=retry_if_exception(retry_on),
-        wait=_RetryAfterOrBackoff(policy),
-        stop=stop_after_attempt(policy.attempts),
-        sleep=sleep,
-        reraise=True,
-    )
-    return retrying(call)
 
 
 @dataclass(frozen=True)
@@ -116,7 +51,7 @@ class CalendarWriter:
         self._client = open_client(access)
 
     def _retry(self, call: Callable[[], T]) -> T:
-        return retry_transient(call, self.policy, self._sleep)
+        return self.policy.call(call, self._sleep)
 
     def create(self, href: str, data: bytes) -> Written:
         """Create an object that must not exist yet (``If-None-Match: *`` where supported).

@@ -33,7 +33,7 @@ from caljournal.adapters.caldav_client import (
     request,
 )
 from caljournal.adapters.calendar_url import Candidate, normalise, redact_url, same_site
-from caljournal.adapters.calendar_writer import RetryPolicy, retry_transient
+from caljournal.adapters.retry import RetryPolicy
 from caljournal.adapters.netguard import ForbiddenAddressError, HostLookupError, check_host
 from caljournal.adapters.providers import ProviderProfile, is_partition_host
 
@@ -52,7 +52,7 @@ def _worth_retrying(exc: BaseException) -> bool:
 
 
 def _retry(call: Callable[[], T], policy: RetryPolicy) -> T:
-    return retry_transient(call, policy, retry_on=_worth_retrying)
+    return policy.call(call, retry_on=_worth_retrying)
 
 
 NS = {"d": "DAV:", "c": "urn:ietf:params:xml:ns:caldav", "a": "http://apple.com/ns/ical/"}

@@ -12,6 +12,7 @@ from typing import Any
 
 from caljournal.adapters.readmodel import (
     APPOINTMENTS,
+    CHECKS,
     INBOUND,
     LEASES,
     LINKS,
@@ -267,6 +268,24 @@ class OutboundQueries:
         self._execute(
             [(self._upsert_sql(INBOUND, "account_id", names), [account_id, *values.values()])]
         )
+
+    def calendar_check(self, account_id: str) -> dict[str, Any]:
+        """Return when the account's calendar was last compared in full, and what was found."""
+        rows = self._fetch(
+            f"SELECT * FROM {self.qualify}{CHECKS} WHERE account_id = {self.placeholder}",
+            [account_id],
+        )
+        return dict(rows[0]) if rows else {}
+
+    def copies_written_since(self, account_id: str, since_us: int) -> bool:
+        """Return whether any calendar-copy record of the account changed after ``since_us``."""
+        p = self.placeholder
+        rows = self._fetch(
+            f"SELECT 1 AS x FROM {self.qualify}{OUTBOUND} WHERE account_id = {p} "
+            f"AND updated_us > {p} LIMIT 1",
+            [account_id, since_us],
+        )
+        return bool(rows)
 
     def quarantined(self, account_id: str) -> dict[str, dict[str, Any]]:
         """Return the account's quarantined remote objects by href."""

@@ -34,6 +34,7 @@ SYNC_STATUS = "caljournal_sync_status"
 WORKERS = "caljournal_workers"
 INBOUND = "caljournal_inbound"
 QUARANTINE = "caljournal_quarantine"
+CHECKS = "caljournal_calendar_checks"
 MAX_DURATION_US = int(MAX_DURATION.total_seconds() * 1_000_000)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -145,7 +146,7 @@ def secret_row(link: CalendarLink, sealed: str) -> Row:
 
 def create_statements(qualify: str) -> list[str]:
     """Return the DDL of the query tables; ``qualify`` prefixes table names (a schema)."""
-    ib, qu = qualify + INBOUND, qualify + QUARANTINE
+    ib, qu, ck = qualify + INBOUND, qualify + QUARANTINE, qualify + CHECKS
     a, c, t, lk, sc, ob, ls, ss, wk = (
         qualify + name
         for name in (
@@ -201,6 +202,11 @@ def create_statements(qualify: str) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {qu} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
         "href TEXT NOT NULL, etag TEXT, reason TEXT NOT NULL, at_us BIGINT NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS {QUARANTINE}_account ON {qu} (account_id)",
+        # When each account's calendar was last compared in full with the copy
+        # records, and what such comparisons found that the server's delta missed.
+        f"CREATE TABLE IF NOT EXISTS {ck} (account_id TEXT PRIMARY KEY, last_us BIGINT, "
+        "checks INTEGER NOT NULL DEFAULT 0, differences INTEGER NOT NULL DEFAULT 0, "
+        "last_found TEXT, last_found_us BIGINT)",
     ]
 
 

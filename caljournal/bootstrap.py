@@ -11,9 +11,11 @@ from pathlib import Path
 
 from caljournal.accounts import AccountService
 from caljournal.adapters.journal import Journal, open_journal
+from caljournal.adapters.retry import RetryPolicy
 from caljournal.adapters.secrets import SecretBox, load_keys
 from caljournal.appointments import AppointmentService
 from caljournal.links import LinkPolicy, LinkService
+from caljournal.projections.inbound import CheckPolicy
 from caljournal.projections.outbound import OutboundWorker, WorkerConfig
 from caljournal.settings import Settings, load_settings
 from caljournal.sync import SyncService
@@ -43,14 +45,22 @@ class Container:
             limits=self.settings.transfer_limits,
         )
         self.links = LinkService(self.journal, self.secret_box, policy)
-        self.sync = SyncService(self.journal, self.links)
+        self.sync = SyncService(
+            self.journal, self.links, RetryPolicy.patient(self.settings.caldav_retry_budget)
+        )
 
     def outbound_worker(self, config: WorkerConfig | None = None) -> OutboundWorker:
         """Return a (not yet started) outbound worker on this container's journal."""
         if config is None:
             ttl = self.settings.worker_lease_ttl
             config = WorkerConfig(
-                lease_ttl=ttl, lease_renew=max(ttl / 5, 0.2), poll=self.settings.worker_poll
+                lease_ttl=ttl,
+                lease_renew=max(ttl / 5, 0.2),
+                poll=self.settings.worker_poll,
+                check=CheckPolicy(
+                    interval=self.settings.calendar_check_interval,
+                    spacing=self.settings.calendar_check_spacing,
+                ),
             )
         return OutboundWorker(
             self.journal, self.links, config=config, postgres_listen=self.journal.listener

@@ -93,6 +93,27 @@ class Settings(BaseSettings):
         le=200,
         description="threads of the API that run link operations, apart from all other calls",
     )
+    caldav_retry_budget: float = Field(
+        default=300.0,
+        ge=1,
+        le=86_400,
+        description="seconds a backfill or replay keeps retrying one request through transient "
+        "server faults (5xx, 429, resets, timeouts) before it stops",
+    )
+    calendar_check_interval: float = Field(
+        default=900.0,
+        ge=10,
+        le=7 * 86_400,
+        description="seconds between full comparisons of a calendar's href/ETag listing with "
+        "the copy records, whatever the server's sync delta says",
+    )
+    calendar_check_spacing: float = Field(
+        default=60.0,
+        ge=0,
+        le=86_400,
+        description="at least this many seconds between two full comparisons; a poll after "
+        "caljournal's own writes compares as soon as this much time has passed",
+    )
     worker_lease_ttl: float = Field(
         default=10.0, ge=1.0, le=600, description="seconds a dead worker keeps its accounts"
     )

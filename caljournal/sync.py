@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -10,15 +11,16 @@ from uuid import UUID
 
 from eventsourcing.persistence import IntegrityError
 
-from caljournal.adapters.caldav_client import ServerAccess
+from caljournal.adapters.caldav_client import CalDAVError, ServerAccess
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import ProviderProfile, get_profile
 from caljournal.adapters.readmodel import to_us
+from caljournal.adapters.retry import RetryPolicy
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause
 from caljournal.domain.link import CalendarLink
 from caljournal.links import LinkFailedError, LinkService
-from caljournal.projections.resync import MassDeleteRefusedError, Resync, Summary
+from caljournal.projections.resync import MassDeleteRefusedError, Resync, Step, Summary
 
 
 def _iso(us: int | None) -> str | None:
@@ -30,10 +32,14 @@ def _iso(us: int | None) -> str | None:
 class SyncService:
     """Report how far each account's calendar is behind, and retry failed pushes."""
 
-    def __init__(self, journal: Journal, links: LinkService) -> None:
+    def __init__(
+        self, journal: Journal, links: LinkService, retry: RetryPolicy | None = None
+    ) -> None:
         self.journal = journal
         self.links = links
         self.recorder = journal.journal_recorder
+        # Operator runs wait out a flaky server (minutes); see Settings.caldav_retry_budget.
+        self.retry = retry or RetryPolicy.patient(300.0)
 
     def status(self, account_id: UUID) -> dict[str, Any]:
         """Return the account's outbound status.
@@ -94,10 +100,22 @@ class SyncService:
             ),
             "last_error": state.get("last_error"),
             "mass_delete_breaker": state.get("breaker"),
+            "calendar_check": self._check(account),
             "quarantined": [
                 {"href": q["href"], "reason": q["reason"], "at": _iso(q["at_us"])}
                 for q in quarantined.values()
             ],
+        }
+
+    def _check(self, account: str) -> dict[str, Any]:
+        """Return the full comparisons of the calendar with the copy records, and their finds."""
+        check = self.recorder.calendar_check(account)
+        return {
+            "last": _iso(check.get("last_us")),
+            "checks": check.get("checks") or 0,
+            "differences": check.get("differences") or 0,
+            "last_differences": json.loads(check["last_found"]) if check.get("last_found") else {},
+            "last_differences_at": _iso(check.get("last_found_us")),
         }
 
     def backfill(
@@ -112,7 +130,11 @@ class SyncService:
     ) -> Summary:
         """Push every live appointment missing from (or differing in) the linked calendar.
 
-        :raises LinkFailedError: when the account has no active calendar.
+        Transient server faults are retried as ``self.retry`` allows; a server
+        that keeps failing while writing stops the run (``Summary.stopped``).
+
+        :raises LinkFailedError: when the account has no active calendar, or the
+            calendar cannot be read (nothing is written then).
         """
         link, access, profile = self._target(account_id)
         run = Resync(
@@ -127,8 +149,9 @@ class SyncService:
             concurrency=concurrency,
             rate=rate,
             progress=progress,
+            retry=self.retry,
         )
-        steps, summary = run.plan()
+        steps, summary = self._plan(run, "backfill")
         summary = run.run(steps, summary)
         if not dry_run:
             self._record_run(account_id, "backfill", summary, cause)
@@ -183,8 +206,9 @@ class SyncService:
             concurrency=concurrency,
             rate=rate,
             progress=progress,
+            retry=self.retry,
         )
-        steps, summary = run.plan()
+        steps, summary = self._plan(run, "replay")
         deletes = sum(1 for s in steps if s.kind == "delete")
         on_calendar = sum(1 for s in steps if s.kind in ("present", "update", "delete"))
         if not dry_run and deletes:
@@ -201,10 +225,19 @@ class SyncService:
         summary = run.run(steps, summary)
         if dry_run:
             return summary
-        if switching and as_of is None:
+        if switching and as_of is None and summary.stopped is None:
             self.links.choose(account_id, target, cause)
         self._record_run(account_id, "replay", summary, cause)
         return summary
+
+    @staticmethod
+    def _plan(run: Resync, kind: str) -> tuple[list[Step], Summary]:
+        try:
+            return run.plan()
+        except CalDAVError as exc:
+            raise LinkFailedError(
+                f"the {kind} stopped before writing anything: {exc.message}"
+            ) from None
 
     def _target(
         self, account_id: UUID, allow_paused: bool = False

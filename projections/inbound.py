@@ -9,10 +9,17 @@ back as changes), and commits the events together with the map and the new
 sync token, in one transaction per batch: the token moves only with the last
 batch, so a crash repeats the poll and the map makes the repeat import nothing
 twice.
+
+No server's delta is trusted alone (Xandikos, for one, never reports an object
+created and deleted after the client's token): on a schedule, and after our own
+writes, a poll also compares the calendar's full href → ETag listing with the
+copy records (:class:`CheckPolicy`). Whatever differs goes through the same
+``decide`` as a delta, and is counted in the account's status.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -22,11 +29,11 @@ from typing import Any
 
 from eventsourcing.application import AggregateNotFoundError
 
-from caljournal.adapters.calendar_reader import CalendarReader, SyncTokenInvalidError
+from caljournal.adapters.calendar_reader import CalendarReader, Delta, SyncTokenInvalidError
 from caljournal.adapters.ical import ICalendarError, from_ical
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import get_profile
-from caljournal.adapters.readmodel import INBOUND, OUTBOUND, QUARANTINE, Row
+from caljournal.adapters.readmodel import CHECKS, INBOUND, OUTBOUND, QUARANTINE, Row
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause
 from caljournal.domain.link import CalendarLink
@@ -52,15 +59,34 @@ class BreakerPolicy:
     minimum: int = 10
 
 
+@dataclass(frozen=True)
+class CheckPolicy:
+    """When a poll also compares the calendar's full listing with the copy records.
+
+    At least every ``interval`` seconds, and after caljournal's own writes as
+    soon as ``spacing`` seconds have passed since the last comparison (never
+    more than one listing per ``spacing``).
+    """
+
+    interval: float = 900.0
+    spacing: float = 60.0
+
+
 @dataclass
 class PollReport:
-    """What one poll did, with the number of HTTP requests it took."""
+    """What one poll did, with the number of HTTP requests it took.
+
+    ``checked`` says whether the poll compared the full listing although it had
+    a delta; ``found`` counts, by decision, what only that comparison revealed.
+    """
 
     requests: int = 0
     full: bool = False
     idle: bool = False
     counts: dict[str, int] = field(default_factory=dict)
     paused: str | None = None
+    checked: bool = False
+    found: dict[str, int] = field(default_factory=dict)
 
     def count(self, kind: str) -> None:
         """Count one decision of ``kind``."""
@@ -78,6 +104,7 @@ class Poller:
         link: dict[str, Any],
         cause: Callable[[], Cause],
         breaker: BreakerPolicy | None = None,
+        check: CheckPolicy | None = None,
     ) -> None:
         self.journal = journal
         self.reader = reader
@@ -86,6 +113,7 @@ class Poller:
         self.calendar_url = str(link["calendar_url"])
         self.cause = cause
         self.breaker = breaker or BreakerPolicy()
+        self.check = check or CheckPolicy()
         self.recorder = journal.journal_recorder
         # Appointment ids one poll found unknown here, so an import looks once.
         self._unknown: set[str] = set()
@@ -98,12 +126,14 @@ class Poller:
         report = PollReport()
         self._unknown = set()
         state = self.recorder.inbound_state(self.account_id)
+        checks = self.recorder.calendar_check(self.account_id)
         same_calendar = state.get("calendar_url") == self.calendar_url
         token = state.get("sync_token") if same_calendar else None
         ctag = None
         now_us = int(time.time() * 1e6)
         blind = not get_profile(self.link.get("provider") or "generic").detects_invalid_sync_token
         due = now_us - (state.get("last_full_us") or 0) > FULL_COMPARE_EVERY_US
+        check = self._check_due(checks.get("last_us") if same_calendar else None, now_us)
         if self.link.get("sync_tokens") and token and blind and due:
             # Servers that answer an expired token with an empty 207 (DAViCal, SOGo,
             # OX, Zimbra…) cannot tell us it expired: compare everything now and then.
@@ -122,12 +152,20 @@ class Poller:
         else:
             ctag = self.reader.state_tag()
             report.requests += 1
-            if ctag is not None and same_calendar and ctag == state.get("ctag"):
+            if ctag is not None and same_calendar and ctag == state.get("ctag") and not check:
                 report.idle = True
                 self._finish(report, [], token=None, ctag=ctag)
                 return report
             delta = self.reader.listing()
             report.requests += 1
+            # A listing asked for although the CTag had not moved is a check.
+            report.checked = ctag is not None and same_calendar and ctag == state.get("ctag")
+        # What the server's own answer named; a check counts what it found beyond that.
+        mentioned = set() if report.checked else set(delta.changed) | set(delta.deleted)
+        if check and not delta.complete:
+            delta = _with_listing(delta, self.reader.listing())
+            report.requests += 1
+            report.checked = True
         report.full = delta.complete
         if not delta.complete and not delta.changed and not delta.deleted:
             # Nothing changed: record the poll (and the server's new token) only.
@@ -176,8 +214,27 @@ class Poller:
             return report
         for decision in decisions:
             report.count(decision.kind)
-        self._apply(decisions, report, delta.token, ctag, quarantine)
+            if report.checked and decision.href not in mentioned:
+                report.found[decision.kind] = report.found.get(decision.kind, 0) + 1
+        if report.found:
+            log.warning(
+                "account %s: the calendar differed from what its server reported: %s",
+                self.account_id,
+                report.found,
+            )
+        self._apply(decisions, report, delta.token, ctag, quarantine, checks)
         return report
+
+    def _check_due(self, last_us: int | None, now_us: int) -> bool:
+        """Return whether this poll compares the full listing (see :class:`CheckPolicy`)."""
+        if last_us is None:
+            return True
+        elapsed = (now_us - last_us) / 1e6
+        if elapsed >= self.check.interval:
+            return True
+        if elapsed < self.check.spacing:
+            return False
+        return self.recorder.copies_written_since(self.account_id, last_us)
 
     def _decide(
         self,
@@ -269,6 +326,7 @@ class Poller:
         token: str | None,
         ctag: str | None,
         quarantine: dict[str, dict[str, Any]],
+        checks: dict[str, Any],
     ) -> None:
         batches = [decisions[i : i + BATCH] for i in range(0, len(decisions), BATCH)] or [[]]
         done = 0
@@ -284,6 +342,8 @@ class Poller:
             done += len(batch)
             last = number == len(batches) - 1
             rows.append(self._inbound_row(report, token if last else None, ctag, done, last))
+            if last and (report.full or report.checked):
+                rows.append(self._check_row(report, checks))
             self.journal.save(*aggregates, extra_rows=rows)
 
     def _execute(
@@ -431,6 +491,20 @@ class Poller:
                 values["last_full_us"] = int(time.time() * 1e6)
         return Row(INBOUND, values, key="account_id", versioned=False)
 
+    def _check_row(self, report: PollReport, checks: dict[str, Any]) -> Row:
+        """Return the record of a full comparison (and what only it found)."""
+        now_us = int(time.time() * 1e6)
+        found = sum(report.found.values())
+        values: dict[str, Any] = {
+            "account_id": self.account_id,
+            "last_us": now_us,
+            "checks": int(checks.get("checks") or 0) + (1 if report.checked else 0),
+            "differences": int(checks.get("differences") or 0) + found,
+            "last_found": json.dumps(report.found) if found else checks.get("last_found"),
+            "last_found_us": now_us if found else checks.get("last_found_us"),
+        }
+        return Row(CHECKS, values, key="account_id", versioned=False)
+
     def _finish(
         self, report: PollReport, rows: list[Row], token: str | None, ctag: str | None
     ) -> None:
@@ -468,6 +542,16 @@ class Poller:
         return f"{self.account_id}|{href}"
 
 
+def _with_listing(delta: Delta, listing: Delta) -> Delta:
+    """Return a complete delta: the full listing, the delta's deletions and its token."""
+    return Delta(
+        changed={h: e for h, e in listing.changed.items() if h not in delta.deleted},
+        deleted=delta.deleted,
+        token=delta.token,
+        complete=True,
+    )
+
+
 def _known(record: dict[str, Any] | None, etag: str | None) -> bool:
     return bool(record and etag and record.get("etag") == etag)
 
@@ -485,6 +569,7 @@ def _cancelled(appointment: Appointment) -> RemoteFields:
 __all__ = [
     "MAX_OBJECT_BYTES",
     "BreakerPolicy",
+    "CheckPolicy",
     "Decision",
     "PollReport",
     "Poller",

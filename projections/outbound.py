@@ -34,13 +34,14 @@ from typing import Any
 
 from caljournal.adapters.caldav_client import CalDAVError
 from caljournal.adapters.calendar_reader import CalendarReader
-from caljournal.adapters.calendar_writer import CalendarWriter, RetryPolicy
+from caljournal.adapters.calendar_writer import CalendarWriter
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import get_profile
 from caljournal.adapters.readmodel import to_us
+from caljournal.adapters.retry import RetryPolicy
 from caljournal.domain.cause import Cause, Origin
 from caljournal.links import LinkFailedError, LinkService
-from caljournal.projections.inbound import Poller, PollReport
+from caljournal.projections.inbound import CheckPolicy, Poller, PollReport
 from caljournal.projections.push import Pusher, TransientPushError, plan
 
 log = logging.getLogger("caljournal.outbound")
@@ -59,7 +60,10 @@ class WorkerConfig:
     poll: float = 0.1
     batch: int = 100
     max_backoff: float = 60.0
-    retry: RetryPolicy = RetryPolicy()
+    # A longer Retry-After is waited out in the pusher's backoff, which a
+    # requested poll or a stop cuts short, not inside a request.
+    retry: RetryPolicy = RetryPolicy(longest_wait=30.0)
+    check: CheckPolicy = CheckPolicy()
 
 
 class Wakeup:
@@ -89,6 +93,9 @@ class AccountPusher(threading.Thread):
         self.link = link
         self.wakeup = Wakeup()
         self.stopping = threading.Event()
+        # Set by a requested poll and by stop(): ends a backoff early.
+        self._interrupt = threading.Event()
+        self._poll_asked = False
         self.lease_deadline = 0.0
         self.routed_position = 0
         chosen = link.get("calendar_chosen_on")
@@ -102,11 +109,17 @@ class AccountPusher(threading.Thread):
         self.last_poll: PollReport | None = None
 
     def update_link(self, link: dict[str, Any]) -> None:
-        """Take a newer state of the same link (interval, poll requests) and wake up."""
+        """Take a newer state of the same link (interval, poll requests) and wake up.
+
+        A requested poll runs now, also while the pusher backs off from a
+        failing server: whoever asked is waiting for it.
+        """
         self.link = link
         if int(link.get("poll_requests", 0)) > self.poll_requests_seen:
             self.poll_requests_seen = int(link.get("poll_requests", 0))
             self.next_poll = 0.0
+            self._poll_asked = True
+            self._interrupt.set()
         self.wakeup.set()
 
     def run_poll(self) -> PollReport | None:
@@ -116,10 +129,17 @@ class AccountPusher(threading.Thread):
         if self._reader is None:
             stored = self.worker.links._get(uuid.UUID(self.account_id))  # noqa: SLF001
             self._reader = CalendarReader(
-                self.worker.links.access(stored), self.link["calendar_url"]
+                self.worker.links.access(stored),
+                self.link["calendar_url"],
+                retry=self.worker.config.retry,
             )
         poller = Poller(
-            self.worker.journal, self._reader, self.account_id, self.link, self.worker.cause
+            self.worker.journal,
+            self._reader,
+            self.account_id,
+            self.link,
+            self.worker.cause,
+            check=self.worker.config.check,
         )
         interval = float(self.link.get("poll_interval") or 60)
         try:
@@ -142,6 +162,7 @@ class AccountPusher(threading.Thread):
     def stop(self) -> None:
         """Stop after the push in flight."""
         self.stopping.set()
+        self._interrupt.set()
         self.wakeup.set()
 
     def leased(self) -> bool:
@@ -153,6 +174,11 @@ class AccountPusher(threading.Thread):
         try:
             while not self.stopping.is_set():
                 try:
+                    if self._poll_asked:
+                        # Asked for: poll before a push to a failing server can stand in
+                        # the way (our pending changes still win: see inbound_decide).
+                        self._poll_asked = False
+                        self.run_poll()
                     # Push first: a poll then finds the calendar holding our latest
                     # writes (and their records), not older copies of them.
                     self.run_pass()
@@ -167,7 +193,7 @@ class AccountPusher(threading.Thread):
                     if exc.error.retry_after is not None:
                         backoff = min(max(exc.error.retry_after, backoff), 300.0)
                     self._note_error(exc.error.message)
-                    self.stopping.wait(backoff)
+                    self._back_off(backoff)
                 except LinkFailedError as exc:
                     self._note_error(exc.message)
                     self.stopping.wait(self.worker.config.max_backoff)
@@ -175,13 +201,19 @@ class AccountPusher(threading.Thread):
                     log.exception("outbound pass for account %s failed", self.account_id)
                     self._note_error(f"internal error: {type(exc).__name__}: {exc}")
                     backoff = min(max(backoff * 2, 1.0), self.worker.config.max_backoff)
-                    self.stopping.wait(backoff)
+                    self._back_off(backoff)
         finally:
             self._renderer.shutdown(wait=False, cancel_futures=True)
             if self._reader is not None:
                 self._reader.close()
             if self._pusher is not None:
                 self._pusher.writer.close()
+
+    def _back_off(self, seconds: float) -> None:
+        """Wait ``seconds``, or less when a poll is requested or the pusher stops."""
+        if not self._poll_asked:
+            self._interrupt.wait(seconds)
+        self._interrupt.clear()
 
     def _note_error(self, message: str) -> None:
         self.worker.recorder.update_sync_status(

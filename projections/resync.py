@@ -27,16 +27,18 @@ from typing import Any
 
 from caljournal.adapters.caldav_client import CalDAVError, PreconditionFailedError, ServerAccess
 from caljournal.adapters.calendar_reader import CalendarReader
-from caljournal.adapters.calendar_writer import CalendarWriter, RetryPolicy
+from caljournal.adapters.calendar_writer import CalendarWriter
 from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import ProviderProfile
 from caljournal.adapters.readmodel import APPOINTMENTS
+from caljournal.adapters.retry import RetryPolicy
 from caljournal.projections.push import href_for, render
 
 SCAN_BATCH = 100
 PAGE = 500
 CHUNK = 50
+STOPPED = "not attempted: the run stopped"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,7 @@ class Summary:
     dry_run: bool = False
     sample: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    stopped: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Return the summary as plain values."""
@@ -87,6 +90,7 @@ class Summary:
             "dry_run": self.dry_run,
             "sample": self.sample,
             "seconds": round(self.seconds, 2),
+            "stopped": self.stopped,
         }
 
 
@@ -226,6 +230,7 @@ class Resync:
         concurrency: int = 1,
         rate: float | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         self.journal = journal
         self.account_id = account_id
@@ -239,13 +244,19 @@ class Resync:
         self.concurrency = max(1, concurrency)
         self.limiter = RateLimiter(rate)
         self.progress = progress or (lambda phase, done, total: None)
+        self.retry = retry or RetryPolicy.patient(300.0)
         self._local = threading.local()
         self._lock = threading.Lock()
         self._unrecorded: list[dict[str, Any]] = []
+        self._stopping = threading.Event()
 
     def plan(self) -> tuple[list[Step], Summary]:
-        """Read the calendar and return the writes to make (nothing is written)."""
-        reader = CalendarReader(self.access, self.calendar_url)
+        """Read the calendar and return the writes to make (nothing is written).
+
+        :raises CalDAVError: when the calendar cannot be read (transient faults
+            are retried as the run's retry policy allows).
+        """
+        reader = CalendarReader(self.access, self.calendar_url, retry=self.retry)
         try:
             remote, _ = scan(reader, lambda d, t: self.progress("reading the calendar", d, t))
         finally:
@@ -259,7 +270,12 @@ class Resync:
         return steps, summary
 
     def run(self, steps: list[Step], summary: Summary, write: bool = True) -> Summary:
-        """Make the writes (or only count them on a dry run, or when ``write`` is False)."""
+        """Make the writes (or only count them on a dry run, or when ``write`` is False).
+
+        A server that keeps failing past the retry policy stops the run: the
+        writes confirmed so far are recorded and ``summary.stopped`` says why
+        (a later run finishes the rest).
+        """
         began = time.monotonic()
         writes = [s for s in steps if s.kind != "present"]
         for step in writes[:10]:
@@ -272,36 +288,53 @@ class Resync:
         if self.record:
             self._record([s for s in steps if s.kind == "present"], present=True)
             self._flush()
-        done = 0
         total = len(writes)
         self.progress("writing", 0, total)
         chunks = [writes[i : i + CHUNK] for i in range(0, len(writes), CHUNK)]
         # Render the next chunk while the server answers this one's writes; one
         # chunk ahead at most, so a large run holds two chunks' bodies, not all.
-        with (
-            ThreadPoolExecutor(max_workers=1) as renderer,
-            ThreadPoolExecutor(max_workers=self.concurrency) as pool,
-        ):
-            ahead = renderer.submit(self._render_chunk, chunks[0]) if chunks else None
-            for number, chunk in enumerate(chunks):
-                assert ahead is not None
-                bodies = ahead.result()
-                if number + 1 < len(chunks):
-                    ahead = renderer.submit(self._render_chunk, chunks[number + 1])
-                jobs = [(step, bodies.get(step.appointment_id)) for step in chunk]
-                # One request at a time runs here: a pool thread would only add a
-                # GIL hand-over per object between it and this loop.
-                run_all = map if self.concurrency == 1 else pool.map
-                for step, error in run_all(lambda job: self._execute(*job), jobs):
-                    done += 1
-                    if error is None:
-                        self._count(summary, step.kind)
-                    else:
-                        summary.failed.append((step.appointment_id, error))
-                    self.progress("writing", done, total)
-                self._flush()
+        try:
+            with (
+                ThreadPoolExecutor(max_workers=1) as renderer,
+                ThreadPoolExecutor(max_workers=self.concurrency) as pool,
+            ):
+                self._write_chunks(chunks, summary, renderer, pool, total)
+        except CalDAVError as exc:
+            summary.stopped = exc.message
+        finally:
+            self._flush()  # after the pools: writes still in flight were confirmed or not
         summary.seconds = time.monotonic() - began
         return summary
+
+    def _write_chunks(
+        self,
+        chunks: list[list[Step]],
+        summary: Summary,
+        renderer: ThreadPoolExecutor,
+        pool: ThreadPoolExecutor,
+        total: int,
+    ) -> None:
+        done = 0
+        ahead = renderer.submit(self._render_chunk, chunks[0]) if chunks else None
+        for number, chunk in enumerate(chunks):
+            assert ahead is not None
+            bodies = ahead.result()
+            if number + 1 < len(chunks):
+                ahead = renderer.submit(self._render_chunk, chunks[number + 1])
+            jobs = [(step, bodies.get(step.appointment_id)) for step in chunk]
+            # One request at a time runs here: a pool thread would only add a
+            # GIL hand-over per object between it and this loop.
+            run_all = map if self.concurrency == 1 else pool.map
+            for step, error in run_all(lambda job: self._execute(*job), jobs):
+                if error is STOPPED:
+                    continue
+                done += 1
+                if error is None:
+                    self._count(summary, step.kind)
+                else:
+                    summary.failed.append((step.appointment_id, error))
+                self.progress("writing", done, total)
+            self._flush()
 
     def _render_chunk(self, chunk: list[Step]) -> dict[str, tuple[bytes, str]]:
         ids = [s.appointment_id for s in chunk if s.kind in ("create", "update")]
@@ -323,11 +356,13 @@ class Resync:
     def _writer(self) -> CalendarWriter:
         writer = getattr(self._local, "writer", None)
         if writer is None:
-            writer = CalendarWriter(self.access, self.profile, RetryPolicy(attempts=5))
+            writer = CalendarWriter(self.access, self.profile, self.retry)
             self._local.writer = writer
         return writer
 
     def _execute(self, step: Step, body: tuple[bytes, str] | None) -> tuple[Step, str | None]:
+        if self._stopping.is_set():  # another write gave up on the server: do not start more
+            return step, STOPPED
         writer = self._writer()
         try:
             self.limiter.wait()
@@ -367,6 +402,9 @@ class Resync:
             self._record([step], present=True, etag=written.etag)
             return step, None
         except CalDAVError as exc:
+            if exc.transient:  # the server kept failing past the retry policy: stop the run
+                self._stopping.set()
+                raise
             return step, exc.message
 
     def _record(self, steps: list[Step], *, present: bool, etag: str | None = None) -> None:

@@ -98,7 +98,9 @@ def status(
         return
     rows = [[k, v] for k, v in report.items() if k not in ("failed", "inbound")]
     inbound = report["inbound"]
-    rows += [[f"inbound {k}", v] for k, v in inbound.items() if k != "quarantined"]
+    shown_apart = ("quarantined", "calendar_check")
+    rows += [[f"inbound {k}", v] for k, v in inbound.items() if k not in shown_apart]
+    rows += [[f"calendar check {k}", v] for k, v in inbound["calendar_check"].items()]
     table(f"sync status of {account}", ["field", "value"], rows)
     if inbound["quarantined"]:
         quarantined = [[q["href"], q["at"], q["reason"]] for q in inbound["quarantined"]]
@@ -166,6 +168,12 @@ def _print_summary(kind: str, summary: Any) -> None:
         out.print(f"  would {line}" if data["dry_run"] else f"  {line}", highlight=False)
     for failure in data["failed"]:
         err.print(f"  failed {failure['appointment_id']}: {failure['reason']}", highlight=False)
+    if data["stopped"]:
+        err.print(
+            f"[red]error:[/red] the {kind} stopped, the calendar server kept failing: "
+            f"{data['stopped']}; run it again to finish",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -193,7 +201,7 @@ def backfill(
             )
         )
     _print_summary("backfill", summary)
-    if summary.failed:
+    if summary.failed or summary.stopped:
         raise typer.Exit(1)
 
 
@@ -255,7 +263,7 @@ def replay(
             err.print(f"[red]error:[/red] {exc}", highlight=False)
             raise typer.Exit(1) from None
     _print_summary("replay", summary)
-    if summary.failed:
+    if summary.failed or summary.stopped:
         raise typer.Exit(1)
 
 
