@@ -33,9 +33,9 @@ from caljournal.adapters.caldav_client import (
     request,
 )
 from caljournal.adapters.calendar_url import Candidate, normalise, redact_url, same_site
-from caljournal.adapters.retry import RetryPolicy
 from caljournal.adapters.netguard import ForbiddenAddressError, HostLookupError, check_host
 from caljournal.adapters.providers import ProviderProfile, is_partition_host
+from caljournal.adapters.retry import RetryPolicy
 
 T = TypeVar("T")
 
