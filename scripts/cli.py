@@ -10,6 +10,7 @@ from uuid import UUID
 import typer
 
 from caljournal.scripts.common import (
+    Commands,
     JsonOption,
     container,
     err,
@@ -21,11 +22,11 @@ from caljournal.scripts.common import (
 from caljournal.scripts.link_cli import link_app, secrets_app
 from caljournal.sync import MassDeleteRefusedError
 
-app = typer.Typer(
+app = Commands(
     help="caljournal: appointments in a journal, synced to CalDAV.", no_args_is_help=True
 )
-account_app = typer.Typer(help="Open and list accounts.", no_args_is_help=True)
-token_app = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_help=True)
+account_app = Commands(help="Open and list accounts.", no_args_is_help=True)
+token_app = Commands(help="Issue, list and revoke API tokens.", no_args_is_help=True)
 app.add_typer(account_app, name="account")
 app.add_typer(token_app, name="token")
 app.add_typer(link_app, name="link")
@@ -36,7 +37,9 @@ app.add_typer(secrets_app, name="secrets")
 def serve(
     host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
-    no_worker: Annotated[bool, typer.Option(help="run the API without the worker")] = False,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="run the API without the worker")
+    ] = False,
 ) -> None:
     """Run the HTTP API and the sync worker (embedded SQLite journal unless configured)."""
     import uvicorn
@@ -61,7 +64,9 @@ def serve(
 
 @app.command()
 def worker(
-    verbose: Annotated[bool, typer.Option(help="log every push (time, account, action)")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="log every push (time, account, action)")
+    ] = False,
 ) -> None:
     """Run the outbound worker alone (no API) until interrupted."""
     import logging
@@ -201,16 +206,28 @@ def backfill(
 def replay(
     account: Annotated[str, typer.Option("--account", help="the account's name")],
     to_calendar: Annotated[
-        str | None, typer.Option(help="resync into this calendar and switch the link to it")
+        str | None,
+        typer.Option(metavar="URL", help="resync into this calendar and switch the link to it"),
     ] = None,
     as_of: Annotated[
-        str | None, typer.Option(help="rebuild the state at this moment (ISO time with offset)")
+        str | None,
+        typer.Option(
+            metavar="TIME", help="rebuild the state at this moment (ISO time with offset)"
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only show the differences")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="delete without asking")] = False,
-    allow_mass_delete: Annotated[bool, typer.Option("--allow-mass-delete")] = False,
-    concurrency: Annotated[int, typer.Option(min=1, max=16)] = 1,
-    rate: Annotated[float | None, typer.Option(min=0.1)] = None,
+    allow_mass_delete: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-delete",
+            help="let the run delete more than half of the account's objects (and at least 10)",
+        ),
+    ] = False,
+    concurrency: Annotated[int, typer.Option(min=1, max=16, help="parallel requests")] = 1,
+    rate: Annotated[
+        float | None, typer.Option(min=0.1, help="at most this many requests per second")
+    ] = None,
 ) -> None:
     """Make the account's calendar equal to the journal (creates, updates, deletes own objects)."""
     from datetime import datetime
@@ -306,7 +323,9 @@ def account_list(json: JsonOption = False) -> None:
 def token_create(
     name: Annotated[str, typer.Argument(help="a name for the token, e.g. frontdesk")],
     account: Annotated[str | None, typer.Option(help="the account the token acts for")] = None,
-    operator: Annotated[bool, typer.Option(help="a token that may act on every account")] = False,
+    operator: Annotated[
+        bool, typer.Option("--operator", help="a token that may act on every account")
+    ] = False,
 ) -> None:
     """Issue an API token and print it (shown only once)."""
     _require_one(account, operator)
@@ -320,7 +339,7 @@ def token_create(
 @token_app.command("list")
 def token_list(
     account: Annotated[str | None, typer.Option(help="the account whose tokens to list")] = None,
-    operator: Annotated[bool, typer.Option(help="list operator tokens")] = False,
+    operator: Annotated[bool, typer.Option("--operator", help="list operator tokens")] = False,
     json: JsonOption = False,
 ) -> None:
     """List tokens (never their secrets)."""

@@ -15,12 +15,24 @@ from pathlib import Path
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
 
 from caljournal.api.app import create_app
 from caljournal.bootstrap import Container, bootstrap
 from caljournal.domain.cause import Cause, Origin
 from caljournal.settings import load_settings
 from tests.support.radicale import RadicaleProcess, read_only_share_rights
+
+# Property-based tests take their example counts from a profile, never from the test:
+# "ci" (the default) keeps the whole suite quick, "long" searches far more cases for
+# nightly or explicit runs: HYPOTHESIS_PROFILE=long python -m pytest tests/unit
+settings.register_profile(
+    "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 PG_URL = os.environ.get("CALJOURNAL_TEST_PG_URL", "postgresql://root@127.0.0.1:5432/test")
 

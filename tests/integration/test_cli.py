@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 
+from tests.support.patience import HTTP_TIMEOUT
 from tests.support.ports import free_port
 
 
@@ -102,6 +103,7 @@ def test_serve_runs_on_the_embedded_defaults_with_no_set_up(tmp_path: Path) -> N
                 "timezone": "Europe/Berlin",
             },
             headers={"Authorization": f"Bearer {token}"},
+            timeout=HTTP_TIMEOUT,
         )
         assert booked.status_code == 201
     finally:

@@ -201,7 +201,7 @@ def test_radicale_stopped_and_restarted(
     converged(container, synced)
     radicale.stop()
     try:
-        made = _churn(client, synced.tenant, 8, 6)
+        _churn(client, synced.tenant, 8, 6)
         status = wait_until(
             lambda: (
                 (s := client.get("/link/status", headers=synced.tenant.headers).json())[
@@ -211,15 +211,15 @@ def test_radicale_stopped_and_restarted(
             ),
             timeout=10,
         )
-        assert (
-            status["pending"] > 0
-            and "server" in status["last_error"].lower()
-            or status["last_error"]
-        )
+        # The changes wait for the server, and the status says why.
+        assert status["pending"] > 0, status
+        assert "server" in status["last_error"].lower(), status
+        assert status["failed"] == [], status
     finally:
         radicale.start()
     converged(container, synced, timeout=60)
-    assert made
+    after = client.get("/link/status", headers=synced.tenant.headers).json()
+    assert after["pending"] == 0 and after["failed"] == [], after
 
 
 def test_a_permanent_error_on_one_object_is_recorded_and_retried_on_request(
