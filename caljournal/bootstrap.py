@@ -53,7 +53,7 @@ class Container:
     def _secret_box(self) -> SecretBox:
         configured = self.settings.secret_keys
         keys = load_keys(
-            configured.get_secret_value() if configured else None, self.settings.secret_key_file
+            configured.get_secret_value() if configured else None, self.settings.key_file
         )
         return SecretBox(keys)
 
@@ -95,6 +95,8 @@ def bootstrap(settings: Settings | None = None) -> Container:
     """Build the container from ``settings`` (read from the environment when None).
 
     :raises ConfigurationError: when the configuration is unusable.
+    :raises JournalUnavailableError: when the journal cannot be opened.
     """
     settings = settings or load_settings()
+    settings.create_data_dir()
     return Container(settings=settings, journal=open_journal(settings))

@@ -231,7 +231,11 @@ class SyncService:
                 continue
 
     def retry_failed(self, account_id: UUID, cause: Cause) -> int:
-        """Clear the account's failed pushes so the worker tries them again; return how many."""
+        """Clear the account's failed pushes so the worker tries them again; return how many.
+
+        :raises NotFoundError: when the account has no calendar link.
+        """
+        self.links._get(account_id)  # noqa: SLF001
         failed = self.recorder.failed_copies(str(account_id))
         for copy in failed:
             self.recorder.clear_failure(copy["appointment_id"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -49,17 +51,48 @@ def serve(
     with container() as built:
         bind_host = host or built.settings.host
         bind_port = port or built.settings.port
+        listening = _listen(bind_host, bind_port)
         worker = None if no_worker else built.outbound_worker().start()
         err.print(
-            f"caljournal {built.backend} journal; API on http://{bind_host}:{bind_port} "
-            f"(docs at /docs); outbound worker {'off' if worker is None else worker.owner}",
+            f"caljournal API on http://{bind_host}:{bind_port} (docs at /docs); "
+            f"outbound worker {'off' if worker is None else worker.owner}",
             highlight=False,
         )
         try:
-            uvicorn.Server(server_config(create_app(built), bind_host, bind_port)).run()
+            server = uvicorn.Server(server_config(create_app(built), bind_host, bind_port))
+            server.run(sockets=[listening])
         finally:
+            listening.close()
             if worker is not None:
                 worker.stop()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the API's socket before anything starts, or exit with one sentence.
+
+    uvicorn binds only after the application has started (and said so), and
+    then exits with a bare OS error; binding first fails before anything runs.
+    The socket is made the way uvicorn makes it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family=family)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the port is in use by another program; choose another with --port"
+        elif exc.errno == errno.EACCES:
+            reason = "this user may not listen on that port; choose another with --port"
+        elif isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            reason = "that is not an address of this machine; choose another with --host"
+        else:
+            reason = exc.strerror or type(exc).__name__
+        err.print(f"[red]error:[/red] cannot listen on {host}:{port}: {reason}", highlight=False)
+        raise typer.Exit(1) from None
+    listening.set_inheritable(True)
+    return listening
 
 
 @app.command()
@@ -139,14 +172,21 @@ def _run_with_progress(call: Any) -> Any:
     tasks: dict[str, Any] = {}
 
     def progress(phase: str, done: int, total: int) -> None:
+        if not tasks:
+            # Shown from the first report on: a run refused before it starts
+            # leaves no empty bar (a blank line) above its error.
+            bar.start()
         if phase not in tasks:
             tasks[phase] = bar.add_task(phase, total=total or None, rate="")
         speed = bar.tasks[tasks[phase]].speed
         rate = f"{speed:.0f}/s" if speed else ""
         bar.update(tasks[phase], completed=done, total=total or None, rate=rate)
 
-    with bar:
+    try:
         return call(progress)
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def _print_summary(kind: str, summary: Any) -> None:

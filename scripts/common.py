@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from caljournal.adapters.journal import JournalUnavailableError
 from caljournal.adapters.secrets import SecretKeyError
 from caljournal.bootstrap import Container, bootstrap
 from caljournal.domain.cause import Cause, Origin
@@ -88,12 +89,15 @@ def container() -> Iterator[Container]:
     """Yield the container; turn user errors into one line on stderr and exit 1."""
     try:
         built = bootstrap()
-    except ConfigurationError as exc:
+    except (ConfigurationError, JournalUnavailableError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     except Exception as exc:  # the database is unreachable or refuses us
         err.print(f"[red]error:[/red] cannot open the journal: {one_line(exc)}", highlight=False)
         raise typer.Exit(2) from None
+    # Said on every command: two shells in different folders, or with different
+    # settings, would otherwise work on two journals without noticing.
+    err.print(f"journal: {built.settings.journal_description}", highlight=False)
     try:
         yield built
     except (DomainError, ApplicationError) as exc:

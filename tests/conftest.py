@@ -37,6 +37,15 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 PG_URL = os.environ.get("CALJOURNAL_TEST_PG_URL", "postgresql://root@127.0.0.1:5432/test")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep the per-user data directory of every test (and child process) in a temp dir."""
+    data_home = tmp_path_factory.mktemp("data-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(data_home))
+        yield data_home
+
+
 def operator() -> Cause:
     """Return a cause for changes made by the test suite as operator."""
     return Cause(Origin.OPERATOR, "operator:tests", f"test-{uuid.uuid4()}")
