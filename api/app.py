@@ -108,7 +108,8 @@ def document_auth(app: FastAPI) -> None:
     """Describe the bearer token and X-Request-ID of every call but /healthz in OpenAPI.
 
     ``api.deps.get_caller`` reads both headers itself, so FastAPI does not
-    know them; this adds them to the generated schema.
+    know them; this adds them to the generated schema, and the 413 answer of
+    the body limit to every call that takes a body.
     """
     generate = app.openapi
 
@@ -127,6 +128,8 @@ def document_auth(app: FastAPI) -> None:
             for operation in operations.values():
                 operation["security"] = [{"bearer": []}]
                 operation.setdefault("parameters", []).append(REQUEST_ID_PARAMETER)
+                if "requestBody" in operation:  # refused by BodyLimitAndRequestId
+                    operation["responses"].setdefault("413", TOO_LARGE_RESPONSE)
         app.openapi_schema = schema
         return schema
 
@@ -139,6 +142,12 @@ REQUEST_ID_PARAMETER = {
     "required": False,
     "description": "correlation id to record with the change (letters, digits, ._:-)",
     "schema": {"type": "string", "maxLength": 128},
+}
+
+
+TOO_LARGE_RESPONSE = {
+    "description": "the request body is over CALJOURNAL_MAX_REQUEST_BYTES",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
 }
 
 

@@ -21,6 +21,7 @@ from caljournal.api.app import create_app
 from caljournal.bootstrap import Container, bootstrap
 from caljournal.domain.cause import Cause, Origin
 from caljournal.settings import load_settings
+from tests.support.openapi import OpenAPIValidatingClient
 from tests.support.radicale import RadicaleProcess, read_only_share_rights
 
 # Property-based tests take their example counts from a profile, never from the test:
@@ -126,8 +127,8 @@ def open_tenant(container: Container, name: str) -> Tenant:
 
 @pytest.fixture
 def client(container: Container) -> Iterator[TestClient]:
-    """Return an in-process HTTP client of the API."""
-    with TestClient(create_app(container)) as test_client:
+    """Return an in-process HTTP client of the API that checks every answer against OpenAPI."""
+    with OpenAPIValidatingClient(create_app(container)) as test_client:
         yield test_client
 
 
