@@ -98,7 +98,9 @@ def container(database_url: str, tmp_path: Path) -> Iterator[Container]:
             database_url=database_url,
             secret_key_file=tmp_path / "caljournal.key",
             allow_private_addresses=True,
-            caldav_timeout=10,
+            # Generous: Radicale reading a 5 MB object on a busy machine is slow, not wrong;
+            # tests of timeouts set their own.
+            caldav_timeout=60,
         )
     )
     yield built

@@ -225,9 +225,10 @@ def test_radicale_stopped_and_restarted(
 def test_a_permanent_error_on_one_object_is_recorded_and_retried_on_request(
     container: Container, client: TestClient, synced: Synced
 ) -> None:
+    # Fail the next PUT with a permanent 403, armed before the booking so the worker
+    # cannot push it first: nothing else is pending, so that PUT is this object's.
+    synced.proxy.fail_next(1, status=403, method="PUT")
     doomed = book(client, synced.tenant, "Will fail", 10)
-    # Fail only this object's PUTs with a permanent 403 (two tries: first push, then retry).
-    synced.proxy.fail_next(1, status=403, method="PUT", path_contains=doomed["id"])
     fine = book(client, synced.tenant, "Will pass", 11)
     wait_until(lambda: f"{fine['id']}@caljournal" in remote_events(synced.calendar), timeout=5)
     status = wait_until(
