@@ -9,6 +9,7 @@ numeric UTC offset (``+00:00``), never ``Z``.
 
 from __future__ import annotations
 
+import json
 import re
 from functools import cache
 from typing import Any
@@ -54,8 +55,26 @@ def _zulu_times(value: Any, where: str = "$") -> list[str]:
     return []
 
 
-def check_response(document: dict[str, Any], response: httpx.Response) -> None:
+def _validator(
+    document: dict[str, Any], schema: dict[str, Any], cache: dict[str, Draft202012Validator]
+) -> Draft202012Validator:
+    key = json.dumps(schema, sort_keys=True)
+    if key not in cache:
+        cache[key] = Draft202012Validator(
+            {**schema, "components": document.get("components", {})},
+            format_checker=FormatChecker(),
+        )
+    return cache[key]
+
+
+def check_response(
+    document: dict[str, Any],
+    response: httpx.Response,
+    cache: dict[str, Draft202012Validator] | None = None,
+) -> None:
     """Fail when ``response`` disagrees with the OpenAPI ``document``.
+
+    ``cache`` keeps the validators built for ``document`` (one per schema).
 
     :raises OpenAPIMismatchError: naming the request and what disagrees.
     """
@@ -82,9 +101,7 @@ def check_response(document: dict[str, Any], response: httpx.Response) -> None:
     if not response.headers.get("content-type", "").startswith("application/json"):
         raise OpenAPIMismatchError(f"{label}: {response.headers.get('content-type')} is not JSON")
     body = response.json()
-    validator = Draft202012Validator(
-        {**schema, "components": document.get("components", {})}, format_checker=FormatChecker()
-    )
+    validator = _validator(document, schema, {} if cache is None else cache)
     problems = [
         f"{'/'.join(str(p) for p in e.absolute_path) or '(body)'}: {e.message}"
         for e in validator.iter_errors(body)
@@ -102,8 +119,9 @@ class OpenAPIValidatingClient(TestClient):
     def __init__(self, app: FastAPI, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self.fastapi_app = app
+        self.validators: dict[str, Draft202012Validator] = {}
 
     def request(self, method: str, url: Any, **kwargs: Any) -> httpx.Response:  # type: ignore[override]
         response = super().request(method, url, **kwargs)
-        check_response(self.fastapi_app.openapi(), response)
+        check_response(self.fastapi_app.openapi(), response, self.validators)
         return response
