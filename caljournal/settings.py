@@ -137,8 +137,8 @@ class Settings(BaseSettings):
         """Return the SQLite journal's file (absolute), or None for PostgreSQL or memory."""
         parts = urlsplit(self.database_url)
         name = unquote(parts.path)[1:]
-        if parts.scheme != "sqlite" or not name or name == ":memory:":
-            return None
+        if parts.scheme != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+            return None  # PostgreSQL, in memory, or an SQLite URI filename
         return Path(name).expanduser().resolve()
 
     @property

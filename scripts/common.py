@@ -50,7 +50,8 @@ class Command(TyperCommand):
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if isinstance(param, TyperArgument):
-                pieces.append(param.metavar if param.required else f"[{param.metavar}]")
+                piece = param.metavar if param.required else f"[{param.metavar}]"
+                pieces.append(piece if param.nargs == 1 else f"{piece}...")
         return pieces
 
 
