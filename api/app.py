@@ -14,6 +14,7 @@ from caljournal.api.appointments import router as appointments_router
 from caljournal.api.deps import ContainerDep
 from caljournal.api.errors import install_error_handlers
 from caljournal.api.links import router as links_router
+from caljournal.api.schemas import HealthOut
 from caljournal.bootstrap import Container
 
 
@@ -92,7 +93,7 @@ def create_app(container: Container) -> FastAPI:
 
     app.add_middleware(BodyLimitAndRequestId, limit=container.settings.max_request_bytes)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], response_model=HealthOut)
     def healthz(container: ContainerDep) -> dict[str, object]:
         """Report that the API runs and the journal answers."""
         position = container.journal.recorder.max_notification_id()

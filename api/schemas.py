@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, PlainSerializer, WithJsonSchema
 
@@ -196,6 +196,16 @@ class History(BaseModel):
 
     appointment_id: str
     entries: list[HistoryEntry]
+
+
+class HealthOut(BaseModel):
+    """The API runs and the journal answers."""
+
+    model_config = _OUT
+
+    status: Literal["ok"]
+    journal: Literal["sqlite", "postgresql"]
+    position: int = Field(description="the journal's latest notification id (0 when empty)")
 
 
 class ErrorDetail(BaseModel):
