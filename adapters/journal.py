@@ -8,8 +8,10 @@ rows inside the library's insert transaction.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -357,9 +359,68 @@ def journal_env(settings: Settings) -> dict[str, str]:
     return {**env, **prefixed}
 
 
+class JournalUnavailableError(Exception):
+    """The journal's database cannot be opened; the message says where and why."""
+
+
 def open_journal(settings: Settings) -> Journal:
-    """Open (and if needed create) the journal described by ``settings``."""
-    return Journal(env=journal_env(settings))
+    """Open (and if needed create) the journal described by ``settings``.
+
+    :raises JournalUnavailableError: when PostgreSQL cannot be reached or refuses
+        the connection, or the SQLite file cannot be created.
+    """
+    env = journal_env(settings)
+    path = settings.sqlite_path
+    if path is not None:
+        _create_private_file(path)
+    else:
+        _check_postgres(env)
+    return Journal(env=env)
+
+
+def _create_private_file(path: Path) -> None:
+    # SQLite creates its -wal and -shm files with the database file's mode, so
+    # creating the file 0600 first keeps all three private whatever the umask.
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise JournalUnavailableError(
+            f"cannot create the SQLite journal {str(path)!r}: {exc.strerror}"
+        ) from None
+
+
+def _check_postgres(env: dict[str, str]) -> None:
+    # The library's connection pool only reports "couldn't get a connection after
+    # 5.00 sec"; one plain connection first names the cause, and at once.
+    where = (
+        f"PostgreSQL journal (host {env['POSTGRES_HOST']}, port {env['POSTGRES_PORT']}, "
+        f"database {env['POSTGRES_DBNAME']!r})"
+    )
+    try:
+        psycopg.connect(
+            dbname=env["POSTGRES_DBNAME"],
+            host=env["POSTGRES_HOST"],
+            port=env["POSTGRES_PORT"],
+            user=env["POSTGRES_USER"],
+            password=env.get("POSTGRES_PASSWORD") or None,
+            connect_timeout=int(env.get("POSTGRES_CONNECT_TIMEOUT", "5")),
+        ).close()
+    except psycopg.Error as exc:
+        raise JournalUnavailableError(f"cannot open the {where}: {_cause(exc)}") from None
+
+
+def _cause(exc: psycopg.Error) -> str:
+    """Return the reason of a failed connection, without the addresses a host resolved to."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if first.startswith("failed to resolve host"):
+        return "the host name does not resolve"
+    reason = first.rsplit(" failed: ", 1)[-1]
+    reason = re.sub(r"^(FATAL|ERROR):\s+", "", reason)
+    if "timeout expired" in reason:
+        return "no answer within the connect timeout"
+    return reason.rstrip(".") or type(exc).__name__
 
 
 def topic_of(cls: type) -> str:

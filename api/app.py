@@ -14,6 +14,7 @@ from caljournal.api.appointments import router as appointments_router
 from caljournal.api.deps import ContainerDep
 from caljournal.api.errors import install_error_handlers
 from caljournal.api.links import router as links_router
+from caljournal.api.schemas import HealthOut
 from caljournal.bootstrap import Container
 
 
@@ -95,7 +96,7 @@ def create_app(container: Container) -> FastAPI:
 
     app.add_middleware(BodyLimitAndRequestId, limit=container.settings.max_request_bytes)
 
-    @app.get("/healthz", tags=["health"])
+    @app.get("/healthz", tags=["health"], response_model=HealthOut)
     def healthz(container: ContainerDep) -> dict[str, object]:
         """Report that the API runs and the journal answers."""
         position = container.journal.recorder.max_notification_id()
@@ -111,7 +112,8 @@ def document_auth(app: FastAPI) -> None:
     """Describe the bearer token and X-Request-ID of every call but /healthz in OpenAPI.
 
     ``api.deps.get_caller`` reads both headers itself, so FastAPI does not
-    know them; this adds them to the generated schema.
+    know them; this adds them to the generated schema, and the 413 answer of
+    the body limit to every call that takes a body.
     """
     generate = app.openapi
 
@@ -130,6 +132,8 @@ def document_auth(app: FastAPI) -> None:
             for operation in operations.values():
                 operation["security"] = [{"bearer": []}]
                 operation.setdefault("parameters", []).append(REQUEST_ID_PARAMETER)
+                if "requestBody" in operation:  # refused by BodyLimitAndRequestId
+                    operation["responses"].setdefault("413", TOO_LARGE_RESPONSE)
         app.openapi_schema = schema
         return schema
 
@@ -142,6 +146,12 @@ REQUEST_ID_PARAMETER = {
     "required": False,
     "description": "correlation id to record with the change (letters, digits, ._:-)",
     "schema": {"type": "string", "maxLength": 128},
+}
+
+
+TOO_LARGE_RESPONSE = {
+    "description": "the request body is over CALJOURNAL_MAX_REQUEST_BYTES",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
 }
 
 

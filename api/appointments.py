@@ -45,13 +45,24 @@ class _JSON(JSONResponse):
         return orjson.dumps(content)
 
 
+def _appointment(state: dict[str, Any]) -> dict[str, Any]:
+    """Return an appointment's state as ``AppointmentOut`` documents it.
+
+    The service returns JSON-ready values in the documented shape (times as the
+    journal writes them); answering with them directly skips a second
+    validation pass per request. Only a listed occurrence of a recurring
+    appointment names its ``occurrence``.
+    """
+    return state if "occurrence" in state else {**state, "occurrence": None}
+
+
 def _with_etag(
     state: dict[str, Any], status_code: int = 200, headers: dict[str, str] | None = None
 ) -> Response:
-    # The service already returns JSON-ready values in the documented shape;
-    # answering with them directly skips a second validation pass per request.
     return _JSON(
-        state, status_code=status_code, headers={**(headers or {}), "ETag": f'"{state["version"]}"'}
+        _appointment(state),
+        status_code=status_code,
+        headers={**(headers or {}), "ETag": f'"{state["version"]}"'},
     )
 
 
@@ -102,14 +113,14 @@ async def list_window(
     include_cancelled: bool = False,
     limit: Annotated[int, Query(ge=1, le=5000)] = 500,
     account: AccountQuery = None,
-) -> dict[str, Any]:
+) -> Response:
     """List the appointments that overlap [start, end), earliest first."""
     items = await caller.run(
         lambda: caller.container.appointments.list_window(
             caller.target_account(account), start, end, include_cancelled, limit
         )
     )
-    return {"items": items, "count": len(items)}
+    return _JSON({"items": [_appointment(item) for item in items], "count": len(items)})
 
 
 @router.get("/{appointment_id}", response_model=AppointmentOut, responses=_ERRORS)
@@ -183,12 +194,12 @@ async def cancel(
 
 
 @router.get("/{appointment_id}/history", response_model=History, responses=_ERRORS)
-async def history(appointment_id: UUID, caller: CallerDep) -> dict[str, Any]:
+async def history(appointment_id: UUID, caller: CallerDep) -> Response:
     """Every recorded change: journal position, time, type, origin, actor, old → new."""
     entries = await caller.run(
         lambda: caller.container.appointments.history(caller.scope(), appointment_id)
     )
-    return {"appointment_id": str(appointment_id), "entries": entries}
+    return _JSON({"appointment_id": str(appointment_id), "entries": entries})
 
 
 __all__ = ["router", "datetime"]

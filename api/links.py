@@ -26,7 +26,9 @@ router = APIRouter(prefix="/link", tags=["calendar link"])
 _ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorOut, "description": "missing, unknown or revoked token"},
     404: {"model": ErrorOut, "description": "the account has no link"},
+    409: {"model": ErrorOut, "description": "the link's state does not allow it (linked already)"},
     422: {"model": ErrorOut, "description": "the server, URL or credentials did not work"},
+    503: {"model": ErrorOut, "description": "the keys sealing credentials are unusable"},
 }
 _SERVER_ERRORS: dict[int | str, dict[str, Any]] = {
     **_ERRORS,

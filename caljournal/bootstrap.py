@@ -78,11 +78,11 @@ class Container:
         """
         configured = self.settings.secret_keys
         with self._box_lock:
-            stamp = None if configured else _file_stamp(self.settings.secret_key_file)
+            stamp = None if configured else _file_stamp(self.settings.key_file)
             if self._box is None or (stamp is not None and stamp != self._box_stamp):
                 keys = load_keys(
                     configured.get_secret_value() if configured else None,
-                    self.settings.secret_key_file,
+                    self.settings.key_file,
                 )
                 self._box = SecretBox(keys)
                 self._box_stamp = stamp
@@ -131,6 +131,8 @@ def bootstrap(settings: Settings | None = None) -> Container:
     """Build the container from ``settings`` (read from the environment when None).
 
     :raises ConfigurationError: when the configuration is unusable.
+    :raises JournalUnavailableError: when the journal cannot be opened.
     """
     settings = settings or load_settings()
+    settings.create_data_dir()
     return Container(settings=settings, journal=open_journal(settings))

@@ -7,14 +7,30 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+import platformdirs
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from caljournal.adapters.transport import TransferLimits
 
+JOURNAL_FILE = "caljournal.sqlite"
+KEY_FILE = "caljournal.key"
+
 
 class ConfigurationError(Exception):
     """The configuration cannot be used; the message says what to fix."""
+
+
+def data_dir() -> Path:
+    """Return the per-user data directory (``$XDG_DATA_HOME/caljournal`` on Linux)."""
+    return Path(platformdirs.user_data_dir("caljournal", appauthor=False))
 
 
 class Settings(BaseSettings):
@@ -23,9 +39,11 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CALJOURNAL_", extra="ignore")
 
     database_url: str = Field(
-        default="sqlite:///caljournal.sqlite",
+        default="",
         description="sqlite:///PATH (relative to the working directory) or "
-        "postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?schema=NAME]",
+        "postgresql://USER[:PASSWORD]@HOST[:PORT]/DBNAME[?schema=NAME]; unset: "
+        "caljournal.sqlite in the per-user data directory, or ./caljournal.sqlite "
+        "where that file exists already",
     )
     database_pool_size: int = Field(default=10, ge=1, le=200)
     database_lock_timeout: int = Field(default=10, ge=1, le=600, description="seconds")
@@ -40,8 +58,11 @@ class Settings(BaseSettings):
         description="comma-separated base64 AES keys sealing calendar credentials; the first "
         "seals, all open (for rotation). Unset: a key file is used",
     )
-    secret_key_file: Path = Field(
-        default=Path("caljournal.key"), description="local key file, created 0600 when missing"
+    secret_key_file: Path | None = Field(
+        default=None,
+        description="local key file, created 0600 when missing; unset: ./caljournal.key "
+        "where that file exists already, else caljournal.key beside an SQLite journal, "
+        "else in the per-user data directory",
     )
     allow_private_addresses: bool = Field(
         default=False,
@@ -140,6 +161,70 @@ class Settings(BaseSettings):
         "threads, or auto (inline on SQLite, threads on PostgreSQL)",
     )
 
+    _journal_origin: str = PrivateAttr(default="from CALJOURNAL_DATABASE_URL")
+    _data_dir: Path | None = PrivateAttr(default=None)
+
+    @model_validator(mode="after")
+    def _fill_in_locations(self) -> Settings:
+        # Files in the working directory are used where they exist, as before
+        # the per-user default, so an existing installation keeps its journal.
+        if not self.database_url:
+            legacy = Path(JOURNAL_FILE)
+            if legacy.is_file():
+                journal = legacy.resolve()
+                self._journal_origin = (
+                    f"found in the working directory; new installations use "
+                    f"{data_dir() / JOURNAL_FILE}"
+                )
+            else:
+                journal = data_dir() / JOURNAL_FILE
+                self._journal_origin = "the per-user default"
+                self._data_dir = data_dir()
+            self.database_url = f"sqlite:///{journal}"
+        if self.secret_key_file is None:
+            journal_path = self.sqlite_path
+            if Path(KEY_FILE).is_file():
+                self.secret_key_file = Path(KEY_FILE).resolve()
+            elif journal_path is not None:
+                self.secret_key_file = journal_path.parent / KEY_FILE
+            else:
+                self.secret_key_file = data_dir() / KEY_FILE
+                if self.secret_keys is None:  # the file will be used, and maybe created
+                    self._data_dir = data_dir()
+        return self
+
+    @property
+    def key_file(self) -> Path:
+        """Return the local key file (see ``secret_key_file``)."""
+        assert self.secret_key_file is not None  # filled in by the validator
+        return self.secret_key_file
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        """Return the SQLite journal's file (absolute), or None for PostgreSQL or memory."""
+        parts = urlsplit(self.database_url)
+        name = unquote(parts.path)[1:]
+        if parts.scheme != "sqlite" or not name or name == ":memory:" or name.startswith("file:"):
+            return None  # PostgreSQL, in memory, or an SQLite URI filename
+        return Path(name).expanduser().resolve()
+
+    @property
+    def journal_description(self) -> str:
+        """Return which journal this process uses, for people (no password)."""
+        path = self.sqlite_path
+        if path is not None:
+            where = str(path)
+        elif self.database_url.startswith("sqlite"):
+            where = "SQLite in memory"
+        else:
+            where = _redact(self.database_url)
+        return f"{where} ({self._journal_origin})"
+
+    def create_data_dir(self) -> None:
+        """Create the per-user data directory (0700) when a default location is in it."""
+        if self._data_dir is not None:
+            self._data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
     @property
     def transfer_limits(self) -> TransferLimits:
         """Return the size caps and deadlines for calendar-server requests."""
@@ -183,7 +268,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _check_url(cls, value: str) -> str:
-        database_config(value)
+        if value:  # empty: the default, filled in below
+            database_config(value)
         return value
 
 

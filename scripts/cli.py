@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -10,6 +12,7 @@ from uuid import UUID
 import typer
 
 from caljournal.scripts.common import (
+    Commands,
     JsonOption,
     container,
     err,
@@ -21,11 +24,11 @@ from caljournal.scripts.common import (
 from caljournal.scripts.link_cli import link_app, secrets_app
 from caljournal.sync import MassDeleteRefusedError
 
-app = typer.Typer(
+app = Commands(
     help="caljournal: appointments in a journal, synced to CalDAV.", no_args_is_help=True
 )
-account_app = typer.Typer(help="Open and list accounts.", no_args_is_help=True)
-token_app = typer.Typer(help="Issue, list and revoke API tokens.", no_args_is_help=True)
+account_app = Commands(help="Open and list accounts.", no_args_is_help=True)
+token_app = Commands(help="Issue, list and revoke API tokens.", no_args_is_help=True)
 app.add_typer(account_app, name="account")
 app.add_typer(token_app, name="token")
 app.add_typer(link_app, name="link")
@@ -36,7 +39,9 @@ app.add_typer(secrets_app, name="secrets")
 def serve(
     host: Annotated[str | None, typer.Option(help="address to listen on")] = None,
     port: Annotated[int | None, typer.Option(help="port to listen on")] = None,
-    no_worker: Annotated[bool, typer.Option(help="run the API without the worker")] = False,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="run the API without the worker")
+    ] = False,
 ) -> None:
     """Run the HTTP API and the sync worker (embedded SQLite journal unless configured)."""
     import uvicorn
@@ -46,22 +51,55 @@ def serve(
     with container() as built:
         bind_host = host or built.settings.host
         bind_port = port or built.settings.port
+        listening = _listen(bind_host, bind_port)
         worker = None if no_worker else built.outbound_worker().start()
         err.print(
-            f"caljournal {built.backend} journal; API on http://{bind_host}:{bind_port} "
-            f"(docs at /docs); outbound worker {'off' if worker is None else worker.owner}",
+            f"caljournal API on http://{bind_host}:{bind_port} (docs at /docs); "
+            f"outbound worker {'off' if worker is None else worker.owner}",
             highlight=False,
         )
         try:
-            uvicorn.Server(server_config(create_app(built), bind_host, bind_port)).run()
+            server = uvicorn.Server(server_config(create_app(built), bind_host, bind_port))
+            server.run(sockets=[listening])
         finally:
+            listening.close()
             if worker is not None:
                 worker.stop()
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    """Bind the API's socket before anything starts, or exit with one sentence.
+
+    uvicorn binds only after the application has started (and said so), and
+    then exits with a bare OS error; binding first fails before anything runs.
+    The socket is made the way uvicorn makes it.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family=family)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        if exc.errno == errno.EADDRINUSE:
+            reason = "the port is in use by another program; choose another with --port"
+        elif exc.errno == errno.EACCES:
+            reason = "this user may not listen on that port; choose another with --port"
+        elif isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            reason = "that is not an address of this machine; choose another with --host"
+        else:
+            reason = exc.strerror or type(exc).__name__
+        err.print(f"[red]error:[/red] cannot listen on {host}:{port}: {reason}", highlight=False)
+        raise typer.Exit(1) from None
+    listening.set_inheritable(True)
+    return listening
+
+
 @app.command()
 def worker(
-    verbose: Annotated[bool, typer.Option(help="log every push (time, account, action)")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="log every push (time, account, action)")
+    ] = False,
 ) -> None:
     """Run the outbound worker alone (no API) until interrupted."""
     import logging
@@ -136,14 +174,21 @@ def _run_with_progress(call: Any) -> Any:
     tasks: dict[str, Any] = {}
 
     def progress(phase: str, done: int, total: int) -> None:
+        if not tasks:
+            # Shown from the first report on: a run refused before it starts
+            # leaves no empty bar (a blank line) above its error.
+            bar.start()
         if phase not in tasks:
             tasks[phase] = bar.add_task(phase, total=total or None, rate="")
         speed = bar.tasks[tasks[phase]].speed
         rate = f"{speed:.0f}/s" if speed else ""
         bar.update(tasks[phase], completed=done, total=total or None, rate=rate)
 
-    with bar:
+    try:
         return call(progress)
+    finally:
+        if tasks:
+            bar.stop()
 
 
 def _print_summary(kind: str, summary: Any) -> None:
@@ -209,16 +254,28 @@ def backfill(
 def replay(
     account: Annotated[str, typer.Option("--account", help="the account's name")],
     to_calendar: Annotated[
-        str | None, typer.Option(help="resync into this calendar and switch the link to it")
+        str | None,
+        typer.Option(metavar="URL", help="resync into this calendar and switch the link to it"),
     ] = None,
     as_of: Annotated[
-        str | None, typer.Option(help="rebuild the state at this moment (ISO time with offset)")
+        str | None,
+        typer.Option(
+            metavar="TIME", help="rebuild the state at this moment (ISO time with offset)"
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="only show the differences")] = False,
     yes: Annotated[bool, typer.Option("--yes", help="delete without asking")] = False,
-    allow_mass_delete: Annotated[bool, typer.Option("--allow-mass-delete")] = False,
-    concurrency: Annotated[int, typer.Option(min=1, max=16)] = 1,
-    rate: Annotated[float | None, typer.Option(min=0.1)] = None,
+    allow_mass_delete: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-delete",
+            help="let the run delete more than half of the account's objects (and at least 10)",
+        ),
+    ] = False,
+    concurrency: Annotated[int, typer.Option(min=1, max=16, help="parallel requests")] = 1,
+    rate: Annotated[
+        float | None, typer.Option(min=0.1, help="at most this many requests per second")
+    ] = None,
 ) -> None:
     """Make the account's calendar equal to the journal (creates, updates, deletes own objects)."""
     from datetime import datetime
@@ -314,7 +371,9 @@ def account_list(json: JsonOption = False) -> None:
 def token_create(
     name: Annotated[str, typer.Argument(help="a name for the token, e.g. frontdesk")],
     account: Annotated[str | None, typer.Option(help="the account the token acts for")] = None,
-    operator: Annotated[bool, typer.Option(help="a token that may act on every account")] = False,
+    operator: Annotated[
+        bool, typer.Option("--operator", help="a token that may act on every account")
+    ] = False,
 ) -> None:
     """Issue an API token and print it (shown only once)."""
     _require_one(account, operator)
@@ -328,7 +387,7 @@ def token_create(
 @token_app.command("list")
 def token_list(
     account: Annotated[str | None, typer.Option(help="the account whose tokens to list")] = None,
-    operator: Annotated[bool, typer.Option(help="list operator tokens")] = False,
+    operator: Annotated[bool, typer.Option("--operator", help="list operator tokens")] = False,
     json: JsonOption = False,
 ) -> None:
     """List tokens (never their secrets)."""

@@ -13,13 +13,67 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
+from caljournal.adapters.journal import JournalUnavailableError
 from caljournal.adapters.secrets import SecretKeyError
 from caljournal.bootstrap import Container, bootstrap
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.errors import DomainError
 from caljournal.errors import ApplicationError
 from caljournal.settings import ConfigurationError
+
+
+def _name_values(params: list[Any]) -> None:
+    """Give every parameter the placeholder the README uses.
+
+    Typer shows its type in angle brackets (``<str>``, and ``<bool>`` even on a
+    flag that takes no value) and a required argument in braces (``{account}``);
+    the README writes ``--account ACCOUNT`` and ``status ACCOUNT``.
+    """
+    for param in params:
+        if param.metavar is not None:
+            continue
+        flag = isinstance(param, TyperOption) and (param.is_flag or param.count)
+        param.metavar = "" if flag else (param.name or "").upper()
+
+
+class Command(TyperCommand):
+    """A command whose help and usage name values like the README does."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        _name_values(params)
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                piece = param.metavar if param.required else f"[{param.metavar}]"
+                pieces.append(piece if param.nargs == 1 else f"{piece}...")
+        return pieces
+
+
+class Group(TyperGroup):
+    """A command group whose options are shown without type placeholders."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)
+        _name_values(params)
+        return params
+
+
+class Commands(typer.Typer):
+    """A ``typer.Typer`` whose commands and groups use :class:`Command` and :class:`Group`."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(cls=Group, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", Command)
+        return super().command(*args, **kwargs)
+
 
 out = Console(width=None if sys.stdout.isatty() else 160)
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
@@ -36,12 +90,15 @@ def container() -> Iterator[Container]:
     """Yield the container; turn user errors into one line on stderr and exit 1."""
     try:
         built = bootstrap()
-    except ConfigurationError as exc:
+    except (ConfigurationError, JournalUnavailableError) as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     except Exception as exc:  # the database is unreachable or refuses us
         err.print(f"[red]error:[/red] cannot open the journal: {one_line(exc)}", highlight=False)
         raise typer.Exit(2) from None
+    # Said on every command: two shells in different folders, or with different
+    # settings, would otherwise work on two journals without noticing.
+    err.print(f"journal: {built.settings.journal_description}", highlight=False)
     try:
         yield built
     except (DomainError, ApplicationError) as exc:

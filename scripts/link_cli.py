@@ -9,12 +9,18 @@ import typer
 
 from caljournal.adapters.providers import PROFILES
 from caljournal.adapters.secrets import Credentials
-from caljournal.scripts.common import JsonOption, container, err, operator_cause, out, table
-
-link_app = typer.Typer(help="Link an account to its CalDAV calendar.", no_args_is_help=True)
-secrets_app = typer.Typer(
-    help="Manage the keys that seal calendar credentials.", no_args_is_help=True
+from caljournal.scripts.common import (
+    Commands,
+    JsonOption,
+    container,
+    err,
+    operator_cause,
+    out,
+    table,
 )
+
+link_app = Commands(help="Link an account to its CalDAV calendar.", no_args_is_help=True)
+secrets_app = Commands(help="Manage the keys that seal calendar credentials.", no_args_is_help=True)
 
 AccountArg = Annotated[str, typer.Argument(help="the account's name")]
 PasswordStdin = Annotated[
@@ -192,7 +198,9 @@ def rotate(
     account: AccountArg,
     username: Annotated[str | None, typer.Option(help="login name on the calendar server")] = None,
     password_stdin: PasswordStdin = False,
-    bearer_token: Annotated[bool, typer.Option("--bearer-token")] = False,
+    bearer_token: Annotated[
+        bool, typer.Option("--bearer-token", help="the secret is an OAuth2 token (Google)")
+    ] = False,
 ) -> None:
     """Replace the stored credentials after checking them against the server."""
     credentials = _read_credentials(username, password_stdin, bearer_token)

@@ -15,15 +15,37 @@ from pathlib import Path
 import psycopg
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, settings
 
 from caljournal.api.app import create_app
 from caljournal.bootstrap import Container, bootstrap
 from caljournal.domain.cause import Cause, Origin
 from caljournal.settings import load_settings
+from tests.support.openapi import OpenAPIValidatingClient
 from tests.support.radicale import RadicaleProcess, read_only_share_rights
 from tests.support.xandikos import XandikosProcess
 
+# Property-based tests take their example counts from a profile, never from the test:
+# "ci" (the default) keeps the whole suite quick, "long" searches far more cases for
+# nightly or explicit runs: HYPOTHESIS_PROFILE=long python -m pytest tests/unit
+settings.register_profile(
+    "ci", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 PG_URL = os.environ.get("CALJOURNAL_TEST_PG_URL", "postgresql://root@127.0.0.1:5432/test")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Keep the per-user data directory of every test (and child process) in a temp dir."""
+    data_home = tmp_path_factory.mktemp("data-home")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_DATA_HOME", str(data_home))
+        yield data_home
 
 
 def operator() -> Cause:
@@ -77,7 +99,9 @@ def container(database_url: str, tmp_path: Path) -> Iterator[Container]:
             database_url=database_url,
             secret_key_file=tmp_path / "caljournal.key",
             allow_private_addresses=True,
-            caldav_timeout=10,
+            # Generous: Radicale reading a 5 MB object on a busy machine is slow, not wrong;
+            # tests of timeouts set their own.
+            caldav_timeout=60,
         )
     )
     yield built
@@ -106,8 +130,8 @@ def open_tenant(container: Container, name: str) -> Tenant:
 
 @pytest.fixture
 def client(container: Container) -> Iterator[TestClient]:
-    """Return an in-process HTTP client of the API."""
-    with TestClient(create_app(container)) as test_client:
+    """Return an in-process HTTP client of the API that checks every answer against OpenAPI."""
+    with OpenAPIValidatingClient(create_app(container)) as test_client:
         yield test_client
 
 

@@ -16,6 +16,7 @@ from caljournal.settings import load_settings
 from tests.conftest import Tenant
 from tests.integration.test_api import BOOKING
 from tests.support.apiserver import serve_api
+from tests.support.patience import HTTP_TIMEOUT
 
 MOVES = 50
 
@@ -55,7 +56,10 @@ def _targets() -> list[tuple[str, str]]:
 
 
 def test_fifty_concurrent_moves_all_land(container: Container, acme: Tenant) -> None:
-    with serve_api(container) as url, httpx.Client(base_url=url, headers=acme.headers) as http:
+    with (
+        serve_api(container) as url,
+        httpx.Client(base_url=url, headers=acme.headers, timeout=HTTP_TIMEOUT) as http,
+    ):
         created = http.post("/appointments", json=BOOKING).json()
 
         def move(target: tuple[str, str]) -> httpx.Response:
@@ -82,7 +86,10 @@ def test_fifty_concurrent_moves_all_land(container: Container, acme: Tenant) -> 
 def test_fifty_concurrent_moves_with_the_same_if_match_let_exactly_one_win(
     container: Container, acme: Tenant
 ) -> None:
-    with serve_api(container) as url, httpx.Client(base_url=url, headers=acme.headers) as http:
+    with (
+        serve_api(container) as url,
+        httpx.Client(base_url=url, headers=acme.headers, timeout=HTTP_TIMEOUT) as http,
+    ):
         created = http.post("/appointments", json=BOOKING).json()
 
         def move(target: tuple[str, str]) -> int:

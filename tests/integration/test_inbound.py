@@ -24,6 +24,7 @@ from tests.conftest import Tenant, operator
 from tests.integration.test_outbound import FAST
 from tests.support.calendars import differences, remote_events, wait_until
 from tests.support.faultproxy import FaultProxy
+from tests.support.patience import HTTP_TIMEOUT
 from tests.support.radicale import RadicaleProcess
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -369,7 +370,7 @@ def test_bad_remote_objects_are_quarantined_and_the_rest_syncs(linked: Linked) -
     }
     import httpx
 
-    with httpx.Client(auth=("alice", "secret")) as raw:
+    with httpx.Client(auth=("alice", "secret"), timeout=HTTP_TIMEOUT) as raw:
         for name, body in bad.items():
             raw.put(url + name, content=body.encode(), headers={"Content-Type": "text/calendar"})
         good = (

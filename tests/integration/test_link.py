@@ -21,6 +21,7 @@ from caljournal.domain.link import CalendarLink
 from caljournal.links import LinkFailedError
 from caljournal.settings import load_settings
 from tests.conftest import Tenant, operator
+from tests.support.openapi import OpenAPIValidatingClient
 from tests.support.ports import free_port
 from tests.support.radicale import RadicaleProcess
 
@@ -148,7 +149,7 @@ def test_loopback_servers_are_refused_unless_allowed(
     )
     try:
         account = strict.accounts.open_account("acme", operator())
-        with TestClient(create_app_for(strict)) as client:
+        with OpenAPIValidatingClient(create_app_for(strict)) as client:
             response = client.post(
                 "/link",
                 json={"url": calendar, "username": "alice", "password": "secret"},
@@ -356,7 +357,7 @@ def test_test_reports_a_calendar_that_disappeared(
 def test_link_commands_at_the_command_line(
     tmp_path: Path, radicale: RadicaleProcess, calendar: str
 ) -> None:
-    from tests.integration.test_cli import run
+    from tests.integration.test_cli import default_journal, run
 
     env = {"CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true"}
     assert run(["account", "create", "acme"], tmp_path, **env).returncode == 0
@@ -376,7 +377,7 @@ def test_link_commands_at_the_command_line(
     shown = run(["link", "show", "acme", "--json"], tmp_path, **env)
     assert '"status": "active"' in shown.stdout
     assert run(["link", "remove", "acme", "--yes"], tmp_path, **env).returncode == 0
-    assert (tmp_path / "caljournal.key").stat().st_mode & 0o777 == 0o600
+    assert default_journal(tmp_path).with_name("caljournal.key").stat().st_mode & 0o777 == 0o600
     rotated = run(["secrets", "rotate-key"], tmp_path, **env)
     assert rotated.returncode == 0 and "re-sealed 0 of 1" in rotated.stderr
 
@@ -386,7 +387,10 @@ def run_stdin(args: list[str], cwd: Path, stdin: str, **env: str) -> Any:
     import subprocess
     import sys
 
+    from tests.integration.test_cli import data_home
+
     environment = {k: v for k, v in os.environ.items() if not k.startswith("CALJOURNAL_")}
+    environment["XDG_DATA_HOME"] = str(data_home(cwd))
     environment.update(env)
     return subprocess.run(
         [sys.executable, "-m", "caljournal", *args],

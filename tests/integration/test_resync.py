@@ -29,6 +29,7 @@ from caljournal.sync import MassDeleteRefusedError
 from tests.conftest import Tenant, operator
 from tests.support.calendars import differences, journal_appointments, remote_events, wait_until
 from tests.support.faultproxy import FaultProxy
+from tests.support.patience import HTTP_TIMEOUT
 from tests.support.radicale import RadicaleProcess
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -58,10 +59,12 @@ def proxied(radicale: RadicaleProcess) -> Iterator[FaultProxy]:
 
 
 def link(container: Container, tenant: Tenant, proxy: FaultProxy, cal_id: str) -> str:
+    url = f"{proxy.url}alice/{cal_id}/"
     result = container.links.link(
-        tenant.account_id, f"{proxy.url}alice/{cal_id}/", Credentials("alice", "secret"), operator()
+        tenant.account_id, url, Credentials("alice", "secret"), operator()
     )
-    return str(result.state["calendar_url"])
+    assert result.state["calendar_url"] == url, "a calendar URL is chosen at once"
+    return url
 
 
 def test_backfill_pushes_what_was_booked_before_the_link_once(
@@ -73,12 +76,24 @@ def test_backfill_pushes_what_was_booked_before_the_link_once(
     # One appointment is already there under its UID, at another href (an earlier product).
     stale = dict(made[3], title="Written by the old product")
     data, _ = render(stale)
-    httpx.put(
-        f"{radicale.url}alice/{cal_id}/legacy-object.ics", content=data, auth=("alice", "secret")
+    assert (
+        httpx.put(
+            f"{radicale.url}alice/{cal_id}/legacy-object.ics",
+            content=data,
+            auth=("alice", "secret"),
+            timeout=HTTP_TIMEOUT,
+        ).status_code
+        == 201
     )
     exact, _ = render(made[4])
-    httpx.put(
-        f"{radicale.url}alice/{cal_id}/legacy-exact.ics", content=exact, auth=("alice", "secret")
+    assert (
+        httpx.put(
+            f"{radicale.url}alice/{cal_id}/legacy-exact.ics",
+            content=exact,
+            auth=("alice", "secret"),
+            timeout=HTTP_TIMEOUT,
+        ).status_code
+        == 201
     )
 
     proxied.clear_log()
@@ -104,8 +119,8 @@ def test_backfill_pushes_what_was_booked_before_the_link_once(
     history = container.links.history(acme.account_id)
     runs = [e for e in history if e["type"] == "ResyncRan"]
     assert len(runs) == 2 and runs[0]["origin"] == "operator"
-    assert container.sync.status(acme.account_id)["pending"] == 0
-    assert url
+    status = container.sync.status(acme.account_id)
+    assert status["pending"] == 0 and status["calendar_url"] == url
 
 
 def test_a_backfill_killed_halfway_finishes_on_the_next_run_without_duplicates(

@@ -19,6 +19,7 @@ from caldav.davclient import DAVClient
 from caldav.lib import error as caldav_error
 
 from tests.support.faultproxy import FaultProxy, LoggedRequest
+from tests.support.patience import HTTP_TIMEOUT
 from tests.support.ports import free_port, port_accepts
 from tests.support.radicale import RadicaleProcess, RadicaleStartError, read_only_share_rights
 
@@ -100,18 +101,28 @@ def test_radicale_config_and_addresses(radicale: RadicaleProcess) -> None:
 
 
 def test_radicale_auth_is_enforced(radicale: RadicaleProcess) -> None:
-    assert httpx.request("PROPFIND", radicale.url + "alice/").status_code == 401
-    wrong = httpx.request("PROPFIND", radicale.url + "alice/", auth=("alice", "nope"))
+    assert (
+        httpx.request("PROPFIND", radicale.url + "alice/", timeout=HTTP_TIMEOUT).status_code == 401
+    )
+    wrong = httpx.request(
+        "PROPFIND", radicale.url + "alice/", auth=("alice", "nope"), timeout=HTTP_TIMEOUT
+    )
     assert wrong.status_code == 401
-    foreign = httpx.request("PROPFIND", radicale.url + "bob/", auth=AUTH)
+    foreign = httpx.request("PROPFIND", radicale.url + "bob/", auth=AUTH, timeout=HTTP_TIMEOUT)
     assert foreign.status_code == 403
 
 
 def test_radicale_log_shows_request_lines(radicale: RadicaleProcess) -> None:
     mark = radicale.log_mark()
     marker = f"/alice/log-probe-{uuid.uuid4().hex[:6]}/"
-    httpx.request("PROPFIND", radicale.url + marker.lstrip("/"), auth=AUTH, headers={"Depth": "0"})
-    httpx.get(radicale.url + marker.lstrip("/") + "x.ics", auth=AUTH)
+    httpx.request(
+        "PROPFIND",
+        radicale.url + marker.lstrip("/"),
+        auth=AUTH,
+        headers={"Depth": "0"},
+        timeout=HTTP_TIMEOUT,
+    )
+    httpx.get(radicale.url + marker.lstrip("/") + "x.ics", auth=AUTH, timeout=HTTP_TIMEOUT)
     text = radicale.log_text(mark)
     assert f"PROPFIND request for '{marker}'" in text
     assert ("PROPFIND", marker) in radicale.logged_requests(since=mark)
@@ -132,7 +143,9 @@ def test_stop_and_start_on_same_port_keeps_data(tmp_path: Path) -> None:
         with pytest.raises(httpx.ConnectError):
             httpx.get(server.url, timeout=2)
         # The proxy answers 502 while the upstream is down.
-        assert httpx.get(proxy.url + "alice/keep/", auth=AUTH).status_code == 502
+        assert (
+            httpx.get(proxy.url + "alice/keep/", auth=AUTH, timeout=HTTP_TIMEOUT).status_code == 502
+        )
 
         server.start()
         assert server.port == port
@@ -181,6 +194,7 @@ def test_read_only_calendar_via_rights_file(tmp_path: Path) -> None:
             content=_ics("alices"),
             auth=AUTH,
             headers={"Content-Type": "text/calendar"},
+            timeout=HTTP_TIMEOUT,
         )
         assert put.status_code == 403
         # Alice's own calendars stay writable.
@@ -204,7 +218,7 @@ def test_caldav_through_proxy(
     put_path = _path(calendar) + "through-proxy.ics"
     assert ("PUT", put_path) in radicale.logged_requests(since=mark)
     # Visible directly on Radicale too.
-    direct = httpx.get(radicale.url + put_path.lstrip("/"), auth=AUTH)
+    direct = httpx.get(radicale.url + put_path.lstrip("/"), auth=AUTH, timeout=HTTP_TIMEOUT)
     assert direct.status_code == 200
     assert "UID:through-proxy" in direct.text
 
@@ -214,8 +228,8 @@ def test_passthrough_is_faithful(
 ) -> None:
     path = _path(calendar) + "raw.ics"
     with (
-        httpx.Client(base_url=proxy.url, auth=AUTH) as via,
-        httpx.Client(base_url=radicale.url, auth=AUTH) as direct,
+        httpx.Client(base_url=proxy.url, auth=AUTH, timeout=HTTP_TIMEOUT) as via,
+        httpx.Client(base_url=radicale.url, auth=AUTH, timeout=HTTP_TIMEOUT) as direct,
     ):
         created = via.put(
             path,
@@ -267,7 +281,7 @@ def test_passthrough_is_faithful(
 
 
 def test_keep_alive_reuses_client_connection(proxy: FaultProxy) -> None:
-    with httpx.Client(base_url=proxy.url, auth=AUTH) as client:
+    with httpx.Client(base_url=proxy.url, auth=AUTH, timeout=HTTP_TIMEOUT) as client:
         first = client.request("PROPFIND", "alice/", headers={"Depth": "0"})
         second = client.request("PROPFIND", "alice/", headers={"Depth": "0"})
     assert first.status_code == second.status_code == 207
@@ -297,7 +311,7 @@ def test_caldav_retries_a_failed_put_once(proxy: FaultProxy, calendar: Calendar)
 
 def test_429_carries_retry_after(proxy: FaultProxy, calendar: Calendar) -> None:
     proxy.fail_next(1, status=429, retry_after=2)
-    raw = httpx.request("PROPFIND", proxy.url + "alice/", auth=AUTH)
+    raw = httpx.request("PROPFIND", proxy.url + "alice/", auth=AUTH, timeout=HTTP_TIMEOUT)
     assert raw.status_code == 429
     assert raw.headers["Retry-After"] == "2"
 
@@ -315,7 +329,7 @@ def test_reset_makes_client_raise_connection_error(proxy: FaultProxy, calendar: 
         _events(calendar)
     proxy.reset_next(1)
     with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
-        httpx.request("PROPFIND", proxy.url + "alice/", auth=AUTH)
+        httpx.request("PROPFIND", proxy.url + "alice/", auth=AUTH, timeout=HTTP_TIMEOUT)
     assert proxy.wait_idle()
     assert [r.status for r in proxy.requests()] == [None, None]
     assert _events(calendar) == []
@@ -327,8 +341,16 @@ def test_reset_after_forward_loses_only_the_response(
     proxy.reset_next(1, after_forward=True, method="PUT")
     path = _path(calendar) + "lost-answer.ics"
     with pytest.raises(httpx.TransportError):
-        httpx.put(proxy.url + path.lstrip("/"), content=_ics("lost-answer"), auth=AUTH)
-    assert httpx.get(radicale.url + path.lstrip("/"), auth=AUTH).status_code == 200
+        httpx.put(
+            proxy.url + path.lstrip("/"),
+            content=_ics("lost-answer"),
+            auth=AUTH,
+            timeout=HTTP_TIMEOUT,
+        )
+    assert (
+        httpx.get(radicale.url + path.lstrip("/"), auth=AUTH, timeout=HTTP_TIMEOUT).status_code
+        == 200
+    )
 
 
 def test_delay_causes_read_timeout(proxy: FaultProxy, calendar: Calendar) -> None:
@@ -353,17 +375,20 @@ def test_fail_for_window(proxy: FaultProxy) -> None:
     window_end = time.monotonic() + 0.8
     proxy.fail_for(0.8, status=503)
     url = proxy.url + "alice/"
-    statuses = [httpx.request("PROPFIND", url, auth=AUTH).status_code for _ in range(3)]
+    statuses = [
+        httpx.request("PROPFIND", url, auth=AUTH, timeout=HTTP_TIMEOUT).status_code
+        for _ in range(3)
+    ]
     assert statuses == [503, 503, 503]
     time.sleep(max(0.0, window_end - time.monotonic()) + 0.05)
-    assert httpx.request("PROPFIND", url, auth=AUTH).status_code == 207
+    assert httpx.request("PROPFIND", url, auth=AUTH, timeout=HTTP_TIMEOUT).status_code == 207
     assert proxy.pending_rules() == 0
 
 
 def test_rules_filter_by_method_and_path(proxy: FaultProxy) -> None:
     proxy.fail_next(1, status=503, method="PUT", path_contains="/acct-a/")
     base = proxy.url + "alice/"
-    with httpx.Client(auth=AUTH) as client:
+    with httpx.Client(auth=AUTH, timeout=HTTP_TIMEOUT) as client:
         assert client.request("PROPFIND", base + "acct-a/").status_code == 404
         assert client.put(base + "acct-b/x.ics", content=_ics("x")).status_code == 409
         assert client.put(base + "acct-a/x.ics", content=_ics("x")).status_code == 503
@@ -375,13 +400,13 @@ def test_rules_apply_in_order(proxy: FaultProxy) -> None:
     proxy.fail_next(1, status=500)
     proxy.fail_next(2, status=503, retry_after="Wed, 21 Oct 2037 07:28:00 GMT")
     url = proxy.url + "alice/"
-    got = [httpx.request("PROPFIND", url, auth=AUTH) for _ in range(4)]
+    got = [httpx.request("PROPFIND", url, auth=AUTH, timeout=HTTP_TIMEOUT) for _ in range(4)]
     assert [r.status_code for r in got] == [500, 503, 503, 207]
     assert "Retry-After" not in got[0].headers
     assert got[1].headers["Retry-After"] == "Wed, 21 Oct 2037 07:28:00 GMT"
     proxy.fail_next(5, status=503)
     proxy.clear_rules()
-    assert httpx.request("PROPFIND", url, auth=AUTH).status_code == 207
+    assert httpx.request("PROPFIND", url, auth=AUTH, timeout=HTTP_TIMEOUT).status_code == 207
 
 
 def test_request_log(proxy: FaultProxy, calendar: Calendar) -> None:
@@ -401,9 +426,9 @@ def test_request_log(proxy: FaultProxy, calendar: Calendar) -> None:
 def test_unreachable_upstream_can_reset_instead_of_502() -> None:
     dead = f"http://127.0.0.1:{free_port()}/"
     with FaultProxy(dead) as gateway:
-        assert httpx.get(gateway.url).status_code == 502
+        assert httpx.get(gateway.url, timeout=HTTP_TIMEOUT).status_code == 502
     with FaultProxy(dead, upstream_error_status=None) as resetting:
         with pytest.raises(httpx.TransportError):
-            httpx.get(resetting.url)
+            httpx.get(resetting.url, timeout=HTTP_TIMEOUT)
         assert resetting.wait_idle()
         assert resetting.requests()[0].status is None

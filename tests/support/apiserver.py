@@ -12,6 +12,7 @@ import uvicorn
 
 from caljournal.api.app import create_app
 from caljournal.bootstrap import Container
+from tests.support.patience import HTTP_TIMEOUT, MIN_WAIT
 from tests.support.ports import free_port
 
 
@@ -26,14 +27,14 @@ def serve_api(container: Container) -> Iterator[str]:
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + MIN_WAIT
     while True:
         try:
-            httpx.get(f"{url}/healthz", timeout=1)
+            httpx.get(f"{url}/healthz", timeout=HTTP_TIMEOUT)
             break
         except httpx.TransportError:
             if time.monotonic() > deadline:
-                raise RuntimeError("the API did not start within 10 s") from None
+                raise RuntimeError(f"the API did not start within {MIN_WAIT:g} s") from None
             time.sleep(0.05)
     try:
         yield url

@@ -13,10 +13,16 @@ import caldav
 import icalendar
 
 from caljournal.bootstrap import Container
+from tests.support.patience import MIN_WAIT
 
 
-def wait_until(check: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05) -> Any:
-    """Return ``check()``'s first truthy result; fail with the last one after ``timeout``."""
+def wait_until(check: Callable[[], Any], timeout: float = MIN_WAIT, interval: float = 0.05) -> Any:
+    """Return ``check()``'s first truthy result; fail with the last one after ``timeout``.
+
+    ``timeout`` is raised to ``MIN_WAIT``: it says how long the condition should
+    take on an idle machine, and a busy one must not fail the test.
+    """
+    timeout = max(timeout, MIN_WAIT)
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

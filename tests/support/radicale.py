@@ -79,7 +79,7 @@ class RadicaleProcess:
         port: int | None = None,
         max_connections: int = 20,
         extra_config: Mapping[str, Mapping[str, str]] | None = None,
-        startup_timeout: float = 15.0,
+        startup_timeout: float = 60.0,
     ) -> None:
         """Prepare (but do not start) a server.
 

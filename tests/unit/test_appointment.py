@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo, available_timezones
 
 import pytest
 from eventsourcing.application import Application
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from caljournal.domain.appointment import Appointment
@@ -179,7 +179,6 @@ def test_ten_o_clock_stays_ten_o_clock_across_the_spring_dst_change() -> None:
     assert (back.hour, back.utcoffset()) == (10, timedelta(hours=1))
 
 
-@settings(max_examples=150, deadline=None)
 @given(
     zone=st.sampled_from(ZONES),
     day=st.dates(min_value=datetime(2000, 1, 1).date(), max_value=datetime(2037, 12, 31).date()),
@@ -213,7 +212,6 @@ def test_local_wall_time_survives_replay_and_weekly_moves_in_any_zone(
     assert stored.end - stored.start == timedelta(minutes=45)
 
 
-@settings(max_examples=100, deadline=None)
 @given(
     zone=st.sampled_from(ZONES),
     instant=st.datetimes(

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo, available_timezones
 import icalendar
 import pytest
 import recurring_ical_events
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from caljournal.adapters.ical import (
@@ -318,7 +318,6 @@ def _same_moment(got: datetime, expected: datetime) -> None:
     assert got.astimezone(UTC) == expected.astimezone(UTC)
 
 
-@settings(max_examples=300, deadline=None)
 @given(
     period=periods(),
     title=TEXT,

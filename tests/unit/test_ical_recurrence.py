@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo, available_timezones
 import icalendar
 import pytest
 import recurring_ical_events
-from hypothesis import assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from caljournal.adapters.ical import (
@@ -739,7 +739,6 @@ def _plain(wall: datetime, zone: ZoneInfo) -> bool:
     return exists and first.utcoffset() == second.utcoffset()
 
 
-@settings(max_examples=200, deadline=None)
 @given(
     zone_name=st.sampled_from(ZONES),
     day=st.dates(date(2000, 1, 1), date(2037, 12, 1)),

@@ -33,7 +33,6 @@ both sides often change the same appointment between two syncs.
 from __future__ import annotations
 
 import json
-import os
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -824,12 +823,10 @@ class SyncMachine(RuleBasedStateMachine):
             assert actual == expected, f"{appointment_id}: journal {actual} != expected {expected}"
 
 
+# The number of runs comes from the hypothesis profile (tests/conftest.py):
+# HYPOTHESIS_PROFILE=long for a longer search.
 SyncMachine.TestCase.settings = settings(
-    # Raise for a longer search, e.g. SYNC_MACHINE_EXAMPLES=20000.
-    max_examples=int(os.environ.get("SYNC_MACHINE_EXAMPLES", "1500")),
-    stateful_step_count=20,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
+    stateful_step_count=20, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 TestSyncStateMachine = SyncMachine.TestCase
 
