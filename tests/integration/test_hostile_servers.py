@@ -431,6 +431,22 @@ def test_one_accounts_slow_server_does_not_delay_another_accounts_calls(
 # -- the worker process: poll and push against a hostile server ---------------------
 
 
+def remote_event(radicale: RadicaleProcess, cal_id: str, uid: str) -> None:
+    """Put an event into alice's calendar behind caljournal's back."""
+    response = httpx.put(
+        f"{radicale.url}alice/{cal_id}/{uid}.ics",
+        content=(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\nBEGIN:VEVENT\r\n"
+            f"UID:{uid}\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20260601T080000Z\r\n"
+            "DTEND:20260601T090000Z\r\nSUMMARY:remote\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        ).encode(),
+        headers={"Content-Type": "text/calendar"},
+        auth=("alice", "secret"),
+        timeout=60,
+    )
+    assert response.status_code in (200, 201, 204), response.text
+
+
 def shown_error(status: dict[str, Any], words: str) -> str | None:
     """Return the account's error (or failed push) in ``status`` that has ``words``."""
     errors = [status["last_error"]] + [f["error"] for f in status["failed"]]
@@ -467,12 +483,17 @@ def test_the_worker_polls_and_pushes_through_hostile_answers_with_flat_memory(
 
         wait_until(lambda: status()["inbound"]["last_poll"], timeout=60)
         cases = [("REPORT", mode, words) for mode, _e, words in CASES] + [
+            ("multiget", "endless", "sent more than 32 MiB for one multiget answer"),
+            ("multiget", "slow_body", "did not finish answering within"),
             ("PUT", "endless", "sent more than"),
             ("PUT", "slow_headers", "did not finish answering within"),
         ]
         baseline = highest = peak_rss_mb(worker.pid)
         for n, (method, mode, words) in enumerate(cases):
-            hostile.misbehave(mode, methods={method})
+            if method == "multiget":
+                hostile.misbehave(mode, methods={"REPORT"}, body_contains=b"calendar-multiget")
+            else:
+                hostile.misbehave(mode, methods={method})
             asked = len(hostile.hostile_requests)
             reset_peak(worker.pid)
             before = peak_rss_mb(worker.pid)
@@ -485,6 +506,8 @@ def test_the_worker_polls_and_pushes_through_hostile_answers_with_flat_memory(
                     operator(),
                 )
             else:
+                if method == "multiget":  # a remote change, so that the poll loads it
+                    remote_event(radicale, cal_id, f"remote-{n}")
                 container.links.request_poll(tenant.account_id, operator())
             wait_until(lambda a=asked: len(hostile.hostile_requests) > a, timeout=120)
             shown = wait_until(lambda w=words: shown_error(status(), w), timeout=120)
