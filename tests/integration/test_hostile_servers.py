@@ -413,7 +413,12 @@ def test_one_accounts_slow_server_does_not_delay_another_accounts_calls(
             ),
             timeout=120,
         )
+        asked = time.monotonic()
         status = httpx.get(f"{api}/link/status", headers=other.headers, timeout=60)
+        note(
+            f"GET /link/status of another account with {attempts} slow links in flight: "
+            f"{status.status_code} in {time.monotonic() - asked:.2f} s"
+        )
         still_running = [f for f in futures if not f.done()]
         assert status.status_code == 200, status.text
         assert status.json()["link_status"] == "active"
