@@ -21,6 +21,7 @@ from caljournal.bootstrap import Container, bootstrap
 from caljournal.domain.cause import Cause, Origin
 from caljournal.settings import load_settings
 from tests.support.radicale import RadicaleProcess, read_only_share_rights
+from tests.support.xandikos import XandikosProcess
 
 PG_URL = os.environ.get("CALJOURNAL_TEST_PG_URL", "postgresql://root@127.0.0.1:5432/test")
 
@@ -130,4 +131,11 @@ def radicale(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RadicaleProce
     users = {"alice": "secret", "bob": "hunter2", "reader": "readonly"}
     with RadicaleProcess(base, users=users, rights_file_content=rights) as server:
         server.make_calendar("alice", "secret", "Shared", cal_id="shared")
+        yield server
+
+
+@pytest.fixture(scope="session")
+def xandikos(tmp_path_factory: pytest.TempPathFactory) -> Iterator[XandikosProcess]:
+    """Return a real Xandikos server for the session (one user, no authentication)."""
+    with XandikosProcess(tmp_path_factory.mktemp("xandikos")) as server:
         yield server
