@@ -175,13 +175,18 @@ def test_one_request_to_a_hostile_server_ends_with_the_servers_fault(
     assert elapsed < 4 + 30
 
 
+@pytest.mark.parametrize("server", ["radicale", "xandikos"])
 def test_a_multiget_too_large_for_one_answer_is_asked_for_in_smaller_batches(
-    radicale: RadicaleProcess,
+    server: str, request: pytest.FixtureRequest
 ) -> None:
     from caljournal.adapters.calendar_reader import CalendarReader
 
+    real = request.getfixturevalue(server)
     cal_id = f"big-{uuid.uuid4().hex[:8]}"
-    calendar = radicale.make_calendar("alice", "secret", cal_id, cal_id=cal_id)
+    if server == "radicale":
+        calendar = real.make_calendar("alice", "secret", cal_id, cal_id=cal_id)
+    else:
+        calendar = real.make_calendar(cal_id, cal_id=cal_id)
     padding = "X" * 300_000
     for i in range(4):
         calendar.save_event(
@@ -191,17 +196,19 @@ def test_a_multiget_too_large_for_one_answer_is_asked_for_in_smaller_batches(
             "END:VEVENT\r\nEND:VCALENDAR\r\n"
         )
     limits = TransferLimits(multiget_bytes=700_000)
-    access = ServerAccess(
-        radicale.url, Credentials("alice", "secret"), allow_private=True, limits=limits
-    )
-    reader = CalendarReader(access, f"{radicale.url}alice/{cal_id}/")
+    url = str(calendar.url)
+    access = ServerAccess(url, Credentials("alice", "secret"), allow_private=True, limits=limits)
+    reader = CalendarReader(access, url)
     try:
+        first = reader.changes_since(None)
         hrefs = list(reader.listing().changed)
         loaded = reader.load(hrefs)
     finally:
         reader.close()
-    assert sorted(loaded.objects) == sorted(hrefs)
+    assert sorted(first.changed) == sorted(hrefs)
     assert len(hrefs) == 4
+    assert sorted(loaded.objects) == sorted(hrefs)
+    assert all(len(data) > 300_000 for data, _etag in loaded.objects.values())
     assert loaded.requests > 1
 
 
