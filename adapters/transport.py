@@ -295,6 +295,11 @@ class GuardedSession(niquests.Session):
         self.deadline = deadline
         self._kind = threading.local()
         self._one_at_a_time = threading.RLock()
+        # niquests exposes no hook that hands out a request's connection, and
+        # the watchdog needs its socket to cut a request stuck in its headers:
+        # connection classes of our own register themselves (urllib3-future's
+        # pool manager takes the pool classes per scheme). The hostile-server
+        # tests fail if a release stops honouring this.
         for adapter in self.adapters.values():
             manager = getattr(adapter, "poolmanager", None)
             if manager is not None:
