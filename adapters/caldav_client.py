@@ -27,7 +27,7 @@ import caldav
 from caldav.lib import error as dav_error
 from caldav.requests import HTTPBearerAuth
 from niquests import exceptions as http_errors
-from niquests.packages.urllib3.exceptions import ProtocolError
+from niquests.packages.urllib3.exceptions import NameResolutionError, ProtocolError
 
 from caljournal.adapters.calendar_url import redact_url
 from caljournal.adapters.secrets import Credentials
@@ -303,9 +303,11 @@ def translate(what: str) -> Iterator[None]:
     except (http_errors.Timeout, TimeoutError):
         raise TimedOutError(f"the server did not answer in time while {what}") from None
     except (http_errors.ConnectionError, ConnectionError, OSError) as exc:
-        if isinstance(exc.__context__, ProtocolError) or any(
-            isinstance(arg, ProtocolError) for arg in exc.args
-        ):
+        if _caused_by(exc, NameResolutionError):
+            raise UnreachableError(
+                f"the server's host name does not resolve while {what}"
+            ) from None
+        if _caused_by(exc, ProtocolError):
             raise UnreachableError(
                 f"the server broke off its answer or sent invalid HTTP (e.g. endless headers) "
                 f"while {what}"
@@ -318,6 +320,17 @@ def translate(what: str) -> Iterator[None]:
         raise UnreachableError(f"could not connect while {what}") from None
     except http_errors.RequestException:
         raise UnreachableError(f"the HTTP request failed while {what}") from None
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, kind) or any(isinstance(arg, kind) for arg in seen.args):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _size(count: int) -> str:

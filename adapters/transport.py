@@ -114,9 +114,10 @@ class CheckedResolver(SystemResolver):
     def __init__(self, allow_private: bool = False, lookup: Any = None) -> None:
         super().__init__()
         self.allow_private = allow_private
-        self._lookup = lookup or socket.getaddrinfo
+        self._lookup = lookup
 
     def recycle(self) -> CheckedResolver:
+        """Return this resolver (it holds no connection to close)."""
         return self
 
     def getaddrinfo(  # type: ignore[override]
@@ -130,8 +131,14 @@ class CheckedResolver(SystemResolver):
         *,
         quic_upgrade_via_dns_rr: bool = False,
     ) -> list[Any]:
+        """Return the addresses of ``host`` (as ``socket.getaddrinfo``) when all are allowed.
+
+        :raises RefusedAddressError: when any address is forbidden.
+        :raises socket.gaierror: when the name does not resolve.
+        """
         name = host.decode("ascii") if isinstance(host, bytes) else str(host or "")
-        records = list(self._lookup(name, port, family, type, proto, flags))
+        lookup = self._lookup or socket.getaddrinfo
+        records = list(lookup(name, port, family, type, proto, flags))
         if not records:
             raise socket.gaierror(socket.EAI_NONAME, "no address returned")
         for record in records:
@@ -288,6 +295,11 @@ class GuardedSession(niquests.Session):
         self.deadline = deadline
         self._kind = threading.local()
         self._one_at_a_time = threading.RLock()
+        # niquests exposes no hook that hands out a request's connection, and
+        # the watchdog needs its socket to cut a request stuck in its headers:
+        # connection classes of our own register themselves (urllib3-future's
+        # pool manager takes the pool classes per scheme). The hostile-server
+        # tests fail if a release stops honouring this.
         for adapter in self.adapters.values():
             manager = getattr(adapter, "poolmanager", None)
             if manager is not None:

@@ -175,13 +175,18 @@ def test_one_request_to_a_hostile_server_ends_with_the_servers_fault(
     assert elapsed < 4 + 30
 
 
+@pytest.mark.parametrize("server", ["radicale", "xandikos"])
 def test_a_multiget_too_large_for_one_answer_is_asked_for_in_smaller_batches(
-    radicale: RadicaleProcess,
+    server: str, request: pytest.FixtureRequest
 ) -> None:
     from caljournal.adapters.calendar_reader import CalendarReader
 
+    real = request.getfixturevalue(server)
     cal_id = f"big-{uuid.uuid4().hex[:8]}"
-    calendar = radicale.make_calendar("alice", "secret", cal_id, cal_id=cal_id)
+    if server == "radicale":
+        calendar = real.make_calendar("alice", "secret", cal_id, cal_id=cal_id)
+    else:
+        calendar = real.make_calendar(cal_id, cal_id=cal_id)
     padding = "X" * 300_000
     for i in range(4):
         calendar.save_event(
@@ -191,17 +196,19 @@ def test_a_multiget_too_large_for_one_answer_is_asked_for_in_smaller_batches(
             "END:VEVENT\r\nEND:VCALENDAR\r\n"
         )
     limits = TransferLimits(multiget_bytes=700_000)
-    access = ServerAccess(
-        radicale.url, Credentials("alice", "secret"), allow_private=True, limits=limits
-    )
-    reader = CalendarReader(access, f"{radicale.url}alice/{cal_id}/")
+    url = str(calendar.url)
+    access = ServerAccess(url, Credentials("alice", "secret"), allow_private=True, limits=limits)
+    reader = CalendarReader(access, url)
     try:
+        first = reader.changes_since(None)
         hrefs = list(reader.listing().changed)
         loaded = reader.load(hrefs)
     finally:
         reader.close()
-    assert sorted(loaded.objects) == sorted(hrefs)
+    assert sorted(first.changed) == sorted(hrefs)
     assert len(hrefs) == 4
+    assert sorted(loaded.objects) == sorted(hrefs)
+    assert all(len(data) > 300_000 for data, _etag in loaded.objects.values())
     assert loaded.requests > 1
 
 
@@ -413,7 +420,12 @@ def test_one_accounts_slow_server_does_not_delay_another_accounts_calls(
             ),
             timeout=120,
         )
+        asked = time.monotonic()
         status = httpx.get(f"{api}/link/status", headers=other.headers, timeout=60)
+        note(
+            f"GET /link/status of another account with {attempts} slow links in flight: "
+            f"{status.status_code} in {time.monotonic() - asked:.2f} s"
+        )
         still_running = [f for f in futures if not f.done()]
         assert status.status_code == 200, status.text
         assert status.json()["link_status"] == "active"
@@ -429,6 +441,22 @@ def test_one_accounts_slow_server_does_not_delay_another_accounts_calls(
 
 
 # -- the worker process: poll and push against a hostile server ---------------------
+
+
+def remote_event(radicale: RadicaleProcess, cal_id: str, uid: str) -> None:
+    """Put an event into alice's calendar behind caljournal's back."""
+    response = httpx.put(
+        f"{radicale.url}alice/{cal_id}/{uid}.ics",
+        content=(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\nBEGIN:VEVENT\r\n"
+            f"UID:{uid}\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20260601T080000Z\r\n"
+            "DTEND:20260601T090000Z\r\nSUMMARY:remote\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        ).encode(),
+        headers={"Content-Type": "text/calendar"},
+        auth=("alice", "secret"),
+        timeout=60,
+    )
+    assert response.status_code in (200, 201, 204), response.text
 
 
 def shown_error(status: dict[str, Any], words: str) -> str | None:
@@ -467,12 +495,17 @@ def test_the_worker_polls_and_pushes_through_hostile_answers_with_flat_memory(
 
         wait_until(lambda: status()["inbound"]["last_poll"], timeout=60)
         cases = [("REPORT", mode, words) for mode, _e, words in CASES] + [
+            ("multiget", "endless", "sent more than 32 MiB for one multiget answer"),
+            ("multiget", "slow_body", "did not finish answering within"),
             ("PUT", "endless", "sent more than"),
             ("PUT", "slow_headers", "did not finish answering within"),
         ]
         baseline = highest = peak_rss_mb(worker.pid)
         for n, (method, mode, words) in enumerate(cases):
-            hostile.misbehave(mode, methods={method})
+            if method == "multiget":
+                hostile.misbehave(mode, methods={"REPORT"}, body_contains=b"calendar-multiget")
+            else:
+                hostile.misbehave(mode, methods={method})
             asked = len(hostile.hostile_requests)
             reset_peak(worker.pid)
             before = peak_rss_mb(worker.pid)
@@ -485,6 +518,8 @@ def test_the_worker_polls_and_pushes_through_hostile_answers_with_flat_memory(
                     operator(),
                 )
             else:
+                if method == "multiget":  # a remote change, so that the poll loads it
+                    remote_event(radicale, cal_id, f"remote-{n}")
                 container.links.request_poll(tenant.account_id, operator())
             wait_until(lambda a=asked: len(hostile.hostile_requests) > a, timeout=120)
             shown = wait_until(lambda w=words: shown_error(status(), w), timeout=120)

@@ -59,6 +59,7 @@ class HostileServer:
         self.drip_seconds = drip_seconds
         self._mode: str | None = None
         self._methods: frozenset[str] | None = None
+        self._body_contains: bytes | None = None
         self._lock = threading.Lock()
         self._sockets: set[socket.socket] = set()
         self._closing = threading.Event()
@@ -80,17 +81,31 @@ class HostileServer:
         path = urlsplit(self.upstream).path if self.upstream else ""
         return f"http://127.0.0.1:{self.port}{path}"
 
-    def misbehave(self, mode: str | None, methods: Iterable[str] | None = None) -> None:
-        """Answer ``methods`` (all when None) with ``mode``; None forwards again."""
+    def misbehave(
+        self,
+        mode: str | None,
+        methods: Iterable[str] | None = None,
+        body_contains: bytes | None = None,
+    ) -> None:
+        """Answer ``methods`` (all when None) with ``mode``; None forwards again.
+
+        ``body_contains`` narrows it to requests whose body has those bytes
+        (e.g. ``b"calendar-multiget"``).
+        """
         if mode is not None and mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; one of {MODES}")
         with self._lock:
             self._mode = mode
             self._methods = frozenset(m.upper() for m in methods) if methods else None
+            self._body_contains = body_contains
 
-    def _hostile_mode(self, method: str) -> str | None:
+    def _hostile_mode(self, method: str, body: bytes) -> str | None:
         with self._lock:
-            if self._mode and (self._methods is None or method in self._methods):
+            if (
+                self._mode
+                and (self._methods is None or method in self._methods)
+                and (self._body_contains is None or self._body_contains in body)
+            ):
                 self.hostile_requests.append(method)
                 return self._mode
             return None
@@ -117,7 +132,7 @@ class HostileServer:
                     method, target, headers = head
                     length = int(headers.get("content-length", "0") or 0)
                     body = reader.read(length) if length else b""
-                    mode = self._hostile_mode(method)
+                    mode = self._hostile_mode(method, body)
                     if mode is not None:
                         self._misbehave(conn, mode)
                         return
