@@ -18,6 +18,7 @@ import icalendar
 import recurring_ical_events
 
 from caljournal.adapters.ical import AppointmentView, to_ical
+from caljournal.domain.values import rfc3339
 
 __all__ = ["Occurrence", "expand"]
 
@@ -74,7 +75,7 @@ def _occurrence(component: icalendar.Component, zone: tzinfo, recurring: bool) -
     return Occurrence(
         start=start,
         end=end,
-        recurrence_id=None if rid is None else rid.isoformat(),
+        recurrence_id=None if rid is None else rfc3339(rid),
         title=_text(component, "SUMMARY"),
         location=_text(component, "LOCATION"),
         status=status.strip().upper() if status else None,

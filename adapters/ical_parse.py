@@ -395,8 +395,8 @@ def from_ical(data: bytes | str) -> list[RemoteEvent]:
     instance, all with the same uid.
 
     :raises ICalendarError: for unparseable data, no VEVENT, a missing UID or more
-        than one UID, an unknown TZID, a broken date/time, DTEND before DTSTART or a
-        description over 1,000,000 characters.
+        than one UID, an unknown TZID, a broken date/time, a time too close to year 1
+        or 9999, DTEND before DTSTART or a description over 1,000,000 characters.
     """
     text = decode(data)
     calendar = parse_calendar(text)
@@ -420,6 +420,11 @@ def from_ical(data: bytes | str) -> list[RemoteEvent]:
     }
     hint_value = _text(calendar, "X-WR-TIMEZONE")
     hint = iana_name(hint_value) if hint_value else None
-    return [
-        _event(event, lines, vtimezones, hint) for event, lines in zip(events, raw, strict=True)
-    ]
+    try:
+        return [
+            _event(event, lines, vtimezones, hint) for event, lines in zip(events, raw, strict=True)
+        ]
+    except OverflowError:  # a zone's offset pushed a time past year 1 or 9999
+        raise ICalendarError(
+            f"event {sorted(uids)[0]!r} has a time too close to year 1 or 9999"
+        ) from None

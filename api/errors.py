@@ -51,7 +51,7 @@ _STATUS: list[tuple[type[Exception], int, str]] = [
 
 # Paths that answer without a token; every other one checks it before the body.
 PUBLIC_PATHS = frozenset({"/healthz", "/docs", "/redoc", "/openapi.json"})
-_HTTP_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+_HTTP_CODES = {400: "malformed", 404: "not_found", 405: "method_not_allowed", 413: "too_large"}
 
 
 def _body(code: str, message: str, field: str | None) -> dict[str, str | None]:
@@ -120,6 +120,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, HTTPException)
+        if exc.status_code == 400:  # a body that cannot be read: the token comes first
+            refused = await _unauthenticated(request)
+            if refused is not None:
+                return refused
         code = _HTTP_CODES.get(
             exc.status_code, "bad_request" if exc.status_code == 400 else "error"
         )

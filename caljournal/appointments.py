@@ -286,6 +286,10 @@ class AppointmentService:
         window = Window(str(account_id), start, end, include_cancelled, limit)
         recorder = self.journal.journal_recorder
         found = recorder.select_window(window)
+        for state in found:
+            # Rows written before offsets with seconds were answered in UTC.
+            for key in ("start", "end"):
+                state[key] = rfc3339(datetime.fromisoformat(state[key]))
         for state in recorder.select_recurring(window):
             for occurrence in expand(state, start, end, limit):
                 if occurrence.status and occurrence.status.upper() == "CANCELLED":

@@ -256,11 +256,15 @@ def check_text(
         raise InvalidAppointmentError(f"{name} must not be empty", field=name)
     if len(value) > limit:
         raise InvalidAppointmentError(f"{name} is longer than {limit} characters", field=name)
-    if door and canonical_text(value) != value:
+    if "\x00" in value:
+        raise InvalidAppointmentError(f"{name} contains a NUL character", field=name)
+    if not door:  # text read from a calendar is made canonical on the way in
+        return
+    if canonical_text(value) != value:
         raise InvalidAppointmentError(
             f"{name} must use LF line breaks without trailing spaces", field=name
         )
-    problem = text_problem(value, one_line=door and name in ONE_LINE)
+    problem = text_problem(value, one_line=name in ONE_LINE)
     if problem is not None:
         raise InvalidAppointmentError(f"{name} {problem}", field=name)
 

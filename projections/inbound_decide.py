@@ -147,6 +147,9 @@ def decide(
     except (ICalendarError, DomainError) as exc:
         reason = getattr(exc, "message", None) or str(exc)
         return Decision("quarantine", href, etag=etag, reason=reason[:500])
+    except OverflowError:  # a date near year 1 or 9999 moved into its zone
+        reason = "a time lies too close to year 1 or 9999"
+        return Decision("quarantine", href, etag=etag, reason=reason[:500])
     digest = content_hash(data)
     if copy is not None and not restored and digest == copy["content_hash"]:
         return Decision("echo", href, copy["appointment_id"], etag=etag, digest=digest)

@@ -178,9 +178,10 @@ def test_an_all_day_booking_keeps_its_dates_through_moves_and_retries(
 
 def test_errors_have_one_shape(client: TestClient, acme: Tenant) -> None:
     json_headers = {**acme.headers, "Content-Type": "application/json"}
-    malformed = client.post("/appointments", content=b'{"title": ', headers=json_headers)
-    assert malformed.status_code == 400
-    assert malformed.json()["error"] == "malformed" and malformed.json()["field"] is None
+    for body in (b'{"title": ', b'\xff\xfe{"title"'):
+        malformed = client.post("/appointments", content=body, headers=json_headers)
+        assert malformed.status_code == 400
+        assert malformed.json()["error"] == "malformed" and malformed.json()["field"] is None
     unknown = client.get("/no-such-path", headers=acme.headers)
     assert unknown.status_code == 404
     assert set(unknown.json()) == {"error", "message", "field"}
@@ -217,6 +218,7 @@ def test_a_chunked_body_over_the_limit_is_a_413(client: TestClient, acme: Tenant
     [
         ("post", "/appointments", {"title": 1}),
         ("post", "/appointments", b'{"title": '),
+        ("post", "/appointments", b'\xff\xfe{"title"'),
         ("post", "/appointments", BOOKING | {"start": 12}),
         ("get", "/appointments?start=nonsense&end=2026-01-01T00:00:00Z", None),
         ("patch", "/appointments/not-a-uuid", {"title": None}),

@@ -7,6 +7,8 @@ from typing import Any
 from uuid import uuid4
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from caljournal.adapters.ical import content_hash, from_ical
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause, Origin
@@ -187,3 +189,35 @@ def test_an_event_no_longer_cancelled_in_the_calendar_is_reinstated() -> None:
     a.cancel(cause=CALENDAR, reason="deleted or cancelled in the calendar")
     copy = copy_of(a.state(), cancelled, 1)
     assert decide("h", '"8"', confirmed, copy, a.state(), str).kind == "reinstate"
+
+
+@pytest.mark.parametrize(
+    "times",
+    [
+        "DTSTART;TZID=Asia/Tokyo:00010101T000000\r\nDTEND;TZID=Asia/Tokyo:00010101T010000",
+        "DTSTART;TZID=America/New_York:99991231T220000\r\nDTEND;TZID=America/New_York:99991231T230000",
+        "DTSTART:00010101T000000Z\r\nDTEND:00010101T010000Z",
+        "DTSTART;VALUE=DATE:99991231\r\nDTEND;VALUE=DATE:99991231",
+    ],
+)
+def test_times_at_the_ends_of_the_calendar_are_quarantined_not_a_crash(times: str) -> None:
+    data = FOREIGN.replace(b"DTSTART:20260410T100000Z\r\nDTEND:20260410T110000Z", times.encode())
+    decision = decide("h", '"1"', data, None, None, lambda uid: uid)
+    assert decision.kind == "quarantine"
+    assert "year 1 or 9999" in (decision.reason or "") or "between" in (decision.reason or "")
+
+
+def test_remote_text_is_read_in_the_canonical_form_of_the_api() -> None:
+    a = appointment()
+    a.change_details(changes={"description": "one\ntwo", "location": "Room 1"}, cause=CAUSE)
+    ours = render(a.state())[0]
+    # Another client kept trailing blanks that the API drops, and a byte-order mark.
+    theirs = ours.replace(b"DESCRIPTION:one\\ntwo", b"DESCRIPTION:one  \\ntwo\t")
+    theirs = theirs.replace(b"LOCATION:Room 1", "LOCATION:\ufeffRoom 1 ".encode())
+    assert theirs != ours
+    theirs = theirs.replace(b"END:VEVENT", b"CATEGORIES:Work\r\nEND:VEVENT")
+    copy = copy_of(a.state(), ours, a.sequence)
+    decision = decide("h", '"2"', theirs, copy, a.state(), lambda uid: uid)
+    assert decision.kind == "apply"
+    assert decision.fields is not None
+    assert a.apply_calendar_change(remote=decision.fields, cause=CALENDAR) == []
