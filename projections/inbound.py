@@ -188,7 +188,12 @@ class Poller:
         }
         gone = set(delta.deleted)
         if delta.complete:
-            gone |= set(copies) - set(delta.changed)
+            # A copy recorded after this poll began may have been written after the
+            # listing was taken (a backfill in another process): its absence proves
+            # nothing. The next check looks at it (it counts as a write since then).
+            gone |= {
+                h for h in set(copies) - set(delta.changed) if copies[h]["updated_us"] < now_us
+            }
         gone &= set(copies) | set(quarantine)
         if state.get("sync_token") is None and not same_calendar:
             self.recorder.update_inbound(
@@ -222,7 +227,7 @@ class Poller:
                 self.account_id,
                 report.found,
             )
-        self._apply(decisions, report, delta.token, ctag, quarantine, checks)
+        self._apply(decisions, report, delta.token, ctag, quarantine, checks, now_us)
         return report
 
     def _check_due(self, last_us: int | None, now_us: int) -> bool:
@@ -327,6 +332,7 @@ class Poller:
         ctag: str | None,
         quarantine: dict[str, dict[str, Any]],
         checks: dict[str, Any],
+        began_us: int,
     ) -> None:
         batches = [decisions[i : i + BATCH] for i in range(0, len(decisions), BATCH)] or [[]]
         done = 0
@@ -343,7 +349,7 @@ class Poller:
             last = number == len(batches) - 1
             rows.append(self._inbound_row(report, token if last else None, ctag, done, last))
             if last and (report.full or report.checked):
-                rows.append(self._check_row(report, checks))
+                rows.append(self._check_row(report, checks, began_us))
             self.journal.save(*aggregates, extra_rows=rows)
 
     def _execute(
@@ -491,13 +497,16 @@ class Poller:
                 values["last_full_us"] = int(time.time() * 1e6)
         return Row(INBOUND, values, key="account_id", versioned=False)
 
-    def _check_row(self, report: PollReport, checks: dict[str, Any]) -> Row:
-        """Return the record of a full comparison (and what only it found)."""
+    def _check_row(self, report: PollReport, checks: dict[str, Any], began_us: int) -> Row:
+        """Return the record of a full comparison (and what only it found).
+
+        It is dated when the poll began: copies recorded since are compared next time.
+        """
         now_us = int(time.time() * 1e6)
         found = sum(report.found.values())
         values: dict[str, Any] = {
             "account_id": self.account_id,
-            "last_us": now_us,
+            "last_us": began_us,
             "checks": int(checks.get("checks") or 0) + (1 if report.checked else 0),
             "differences": int(checks.get("differences") or 0) + found,
             "last_found": json.dumps(report.found) if found else checks.get("last_found"),

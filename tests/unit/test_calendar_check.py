@@ -217,3 +217,24 @@ def test_every_difference_a_lost_delta_hides_follows_the_delta_rules(world: Worl
     assert [p["appointment"]["id"] for p in world.pending()] == [moved["id"]]
     assert world.push() == ["create"]  # the live appointment's missing object is re-pushed
     assert href_for(URL, moved["id"]) in world.calendar.objects
+
+
+def test_a_copy_written_while_the_listing_is_taken_is_not_taken_for_deleted(world: World) -> None:
+    world.poll(AFTER_WRITES)
+    written = world.book("Written by a backfill meanwhile", 6)
+    snapshot = world.reader.listing
+
+    def listing_then_a_write_elsewhere() -> Any:
+        listed = snapshot()  # the server answered before the write below reached it
+        assert world.push() == ["create"]
+        return listed
+
+    world.reader.listing = listing_then_a_write_elsewhere  # type: ignore[method-assign]
+    report = world.poll(CheckPolicy(interval=0, spacing=0))
+    assert report.checked and report.counts == {}
+    assert world.state(written["id"])["status"] == "booked"
+
+    world.reader.listing = snapshot  # type: ignore[method-assign]
+    again = world.poll(AFTER_WRITES)  # the write counts as one since the last check
+    assert again.checked and again.counts == {}
+    assert world.state(written["id"])["status"] == "booked"
