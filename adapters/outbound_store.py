@@ -109,7 +109,14 @@ class OutboundQueries:
         """Write several calendar-copy records in one transaction."""
         names = list(OUTBOUND_COLUMNS)
         sql = self._upsert_sql(OUTBOUND, "appointment_id", names)
-        self._execute([(sql, [values.get(n) for n in names]) for values in records])
+        statements = [(sql, [values.get(n) for n in names]) for values in records]
+        # Our own writes make the next poll compare the whole calendar (see
+        # projections.inbound.CheckPolicy); the poller's records do not count.
+        written = self._upsert_sql(CHECKS, "account_id", ["account_id", "written_us"])
+        accounts = {str(values["account_id"]) for values in records}
+        now_us = max((int(values["updated_us"]) for values in records), default=0)
+        statements += [(written, [account, now_us]) for account in sorted(accounts)]
+        self._execute(statements)
 
     def copy_of(self, appointment_id: str) -> dict[str, Any] | None:
         """Return the calendar copy record of an appointment."""
@@ -276,16 +283,6 @@ class OutboundQueries:
             [account_id],
         )
         return dict(rows[0]) if rows else {}
-
-    def copies_written_since(self, account_id: str, since_us: int) -> bool:
-        """Return whether any calendar-copy record of the account changed after ``since_us``."""
-        p = self.placeholder
-        rows = self._fetch(
-            f"SELECT 1 AS x FROM {self.qualify}{OUTBOUND} WHERE account_id = {p} "
-            f"AND updated_us > {p} LIMIT 1",
-            [account_id, since_us],
-        )
-        return bool(rows)
 
     def quarantined(self, account_id: str) -> dict[str, dict[str, Any]]:
         """Return the account's quarantined remote objects by href."""

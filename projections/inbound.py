@@ -133,7 +133,7 @@ class Poller:
         now_us = int(time.time() * 1e6)
         blind = not get_profile(self.link.get("provider") or "generic").detects_invalid_sync_token
         due = now_us - (state.get("last_full_us") or 0) > FULL_COMPARE_EVERY_US
-        check = self._check_due(checks.get("last_us") if same_calendar else None, now_us)
+        check = self._check_due(checks if same_calendar else {}, now_us)
         if self.link.get("sync_tokens") and token and blind and due:
             # Servers that answer an expired token with an empty 207 (DAViCal, SOGo,
             # OX, Zimbra…) cannot tell us it expired: compare everything now and then.
@@ -230,8 +230,9 @@ class Poller:
         self._apply(decisions, report, delta.token, ctag, quarantine, checks, now_us)
         return report
 
-    def _check_due(self, last_us: int | None, now_us: int) -> bool:
+    def _check_due(self, checks: dict[str, Any], now_us: int) -> bool:
         """Return whether this poll compares the full listing (see :class:`CheckPolicy`)."""
+        last_us = checks.get("last_us")
         if last_us is None:
             return True
         elapsed = (now_us - last_us) / 1e6
@@ -239,7 +240,7 @@ class Poller:
             return True
         if elapsed < self.check.spacing:
             return False
-        return self.recorder.copies_written_since(self.account_id, last_us)
+        return (checks.get("written_us") or 0) > last_us
 
     def _decide(
         self,

@@ -238,3 +238,14 @@ def test_a_copy_written_while_the_listing_is_taken_is_not_taken_for_deleted(worl
     again = world.poll(AFTER_WRITES)  # the write counts as one since the last check
     assert again.checked and again.counts == {}
     assert world.state(written["id"])["status"] == "booked"
+
+
+def test_what_a_poll_itself_records_is_not_taken_for_our_writes(world: World) -> None:
+    world.calendar.put(URL + "foreign-1.ics", FOREIGN)
+    first = world.poll(AFTER_WRITES)  # imports the foreign event: records its copy
+    assert first.counts == {"import": 1}
+    world.calendar.put(URL + "foreign-2.ics", FOREIGN.replace(b"foreign-1", b"foreign-2"))
+    changed = world.poll(AFTER_WRITES)  # a delta import records a copy too
+    assert changed.counts == {"import": 1} and not changed.checked
+    idle = world.poll(AFTER_WRITES)
+    assert not idle.checked and world.reader.requests == ["sync-collection"]
