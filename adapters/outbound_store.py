@@ -276,6 +276,22 @@ class OutboundQueries:
             [(self._upsert_sql(INBOUND, "account_id", names), [account_id, *values.values()])]
         )
 
+    def absent_live_copies(self, account_id: str, calendar_url: str) -> list[dict[str, Any]]:
+        """Return records of booked appointments absent from the calendar, no push pending.
+
+        Nothing pending or failed would put these copies there by itself.
+        """
+        p = self.placeholder
+        a, o = self.qualify + APPOINTMENTS, self.qualify + OUTBOUND
+        rows = self._fetch(
+            f"SELECT o.appointment_id AS appointment_id, o.href AS href FROM {o} o "
+            f"JOIN {a} a ON a.id = o.appointment_id WHERE o.account_id = {p} "
+            f"AND o.calendar_url = {p} AND o.present = 0 AND o.failed_sequence IS NULL "
+            "AND a.status = 'booked' AND a.sequence <= o.pushed_sequence",
+            [account_id, calendar_url],
+        )
+        return [dict(r) for r in rows]
+
     def calendar_check(self, account_id: str) -> dict[str, Any]:
         """Return when the account's calendar was last compared in full, and what was found."""
         rows = self._fetch(

@@ -203,6 +203,8 @@ class Poller:
         report.requests += loaded.requests
         gone |= loaded.missing & (set(copies) | set(quarantine))
         decisions = self._decide(loaded.objects, gone, copies)
+        if delta.complete:
+            decisions += self._missing_without_deletion(set(delta.changed), decisions)
         cancels = sum(1 for d in decisions if d.kind == "cancel")
         live = self.recorder.count_copies(self.account_id)
         if (
@@ -287,6 +289,22 @@ class Poller:
                 else Decision("forget", href)
             )
         return decisions
+
+    def _missing_without_deletion(
+        self, listed: set[str], decisions: list[Decision]
+    ) -> list[Decision]:
+        """Return re-pushes of live appointments missing from the calendar.
+
+        Their records say the calendar holds no copy although no deletion there
+        took it (that would have cancelled the appointment, or left a newer
+        local change pending) and no push is pending or failed.
+        """
+        decided = {d.appointment_id for d in decisions}
+        return [
+            Decision("repush", record["href"], record["appointment_id"])
+            for record in self.recorder.absent_live_copies(self.account_id, self.calendar_url)
+            if record["href"] not in listed and record["appointment_id"] not in decided
+        ]
 
     def _owner(
         self, data: bytes, states: dict[str, dict[str, Any]]
@@ -381,6 +399,9 @@ class Poller:
         if kind == "forget":
             if decision.appointment_id:
                 rows.append(self._copy_row(decision, None, present=False))
+            return None, rows
+        if kind == "repush":  # recorded as never pushed: the worker's next pass creates it
+            rows.append(self._copy_row(decision, -1, present=False))
             return None, rows
         if kind == "echo":
             rows.append(self._copy_row(decision, None, present=True, keep_sequence=True))

@@ -249,3 +249,23 @@ def test_what_a_poll_itself_records_is_not_taken_for_our_writes(world: World) ->
     assert changed.counts == {"import": 1} and not changed.checked
     idle = world.poll(AFTER_WRITES)
     assert not idle.checked and world.reader.requests == ["sync-collection"]
+
+
+def test_a_live_appointment_missing_without_a_deletion_is_pushed_again(world: World) -> None:
+    booked = world.book("Lost", 6)
+    world.poll(AFTER_WRITES)
+    assert world.push() == ["create"]
+    records = world.container.journal.journal_recorder
+    # The record says the calendar holds no copy, yet the appointment is booked and
+    # nothing is pending: no remote deletion explains it (one would have cancelled it).
+    records.record_copy({**records.copy_of(booked["id"]), "present": 0, "etag": None})
+    world.calendar.remove(href_for(URL, booked["id"]))
+    assert world.pending() == []
+
+    report = world.poll(CheckPolicy(interval=0, spacing=0))
+
+    assert report.found == {"repush": 1}
+    assert world.state(booked["id"])["status"] == "booked"
+    assert world.push() == ["create"]
+    assert href_for(URL, booked["id"]) in world.calendar.objects
+    assert world.poll(CheckPolicy(interval=0, spacing=0)).found == {}
