@@ -20,6 +20,7 @@ from lxml import etree
 
 from caljournal.adapters.caldav_client import (
     CalDAVError,
+    NotCalDAVError,
     ServerAccess,
     open_client,
     request,
@@ -155,7 +156,7 @@ class CalendarReader:
                 ok=(207,),
             )
         )
-        tree = etree.fromstring(_bytes(response.raw))
+        tree = _xml(response.raw, "listing the calendar's objects")
         found: dict[str, str | None] = {}
         for node in tree.findall("d:response", NS):
             href = str(self.calendar.url.join(node.findtext("d:href", "", NS).strip()))
@@ -184,7 +185,7 @@ class CalendarReader:
                 ok=(207,),
             )
         )
-        tree = etree.fromstring(_bytes(response.raw))
+        tree = _xml(response.raw, "asking whether the calendar changed")
         for path in (".//cs:getctag", ".//d:sync-token"):
             value = tree.findtext(path, None, NS)
             if value:
@@ -232,6 +233,17 @@ def _etag(value: Any) -> str | None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def _xml(raw: Any, what: str) -> Any:
+    """Parse a multistatus answer.
+
+    :raises NotCalDAVError: when it is not XML.
+    """
+    try:
+        return etree.fromstring(_bytes(raw))
+    except etree.XMLSyntaxError:
+        raise NotCalDAVError(f"the server's answer was not CalDAV XML while {what}") from None
 
 
 def _bytes(raw: Any) -> bytes:
