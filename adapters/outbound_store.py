@@ -109,7 +109,14 @@ class OutboundQueries:
         """Write several calendar-copy records in one transaction."""
         names = list(OUTBOUND_COLUMNS)
         sql = self._upsert_sql(OUTBOUND, "appointment_id", names)
-        self._execute([(sql, [values.get(n) for n in names]) for values in records])
+        statements = [(sql, [values.get(n) for n in names]) for values in records]
+        # Our own writes make the next poll compare the whole calendar (see
+        # projections.inbound.CheckPolicy); the poller's records do not count.
+        written = self._upsert_sql(CHECKS, "account_id", ["account_id", "written_us"])
+        accounts = {str(values["account_id"]) for values in records}
+        now_us = max((int(values["updated_us"]) for values in records), default=0)
+        statements += [(written, [account, now_us]) for account in sorted(accounts)]
+        self._execute(statements)
 
     def copy_of(self, appointment_id: str) -> dict[str, Any] | None:
         """Return the calendar copy record of an appointment."""
@@ -269,6 +276,22 @@ class OutboundQueries:
             [(self._upsert_sql(INBOUND, "account_id", names), [account_id, *values.values()])]
         )
 
+    def absent_live_copies(self, account_id: str, calendar_url: str) -> list[dict[str, Any]]:
+        """Return records of booked appointments absent from the calendar, no push pending.
+
+        Nothing pending or failed would put these copies there by itself.
+        """
+        p = self.placeholder
+        a, o = self.qualify + APPOINTMENTS, self.qualify + OUTBOUND
+        rows = self._fetch(
+            f"SELECT o.appointment_id AS appointment_id, o.href AS href FROM {o} o "
+            f"JOIN {a} a ON a.id = o.appointment_id WHERE o.account_id = {p} "
+            f"AND o.calendar_url = {p} AND o.present = 0 AND o.failed_sequence IS NULL "
+            "AND a.status = 'booked' AND a.sequence <= o.pushed_sequence",
+            [account_id, calendar_url],
+        )
+        return [dict(r) for r in rows]
+
     def calendar_check(self, account_id: str) -> dict[str, Any]:
         """Return when the account's calendar was last compared in full, and what was found."""
         rows = self._fetch(
@@ -276,16 +299,6 @@ class OutboundQueries:
             [account_id],
         )
         return dict(rows[0]) if rows else {}
-
-    def copies_written_since(self, account_id: str, since_us: int) -> bool:
-        """Return whether any calendar-copy record of the account changed after ``since_us``."""
-        p = self.placeholder
-        rows = self._fetch(
-            f"SELECT 1 AS x FROM {self.qualify}{OUTBOUND} WHERE account_id = {p} "
-            f"AND updated_us > {p} LIMIT 1",
-            [account_id, since_us],
-        )
-        return bool(rows)
 
     def quarantined(self, account_id: str) -> dict[str, dict[str, Any]]:
         """Return the account's quarantined remote objects by href."""

@@ -203,10 +203,11 @@ def create_statements(qualify: str) -> list[str]:
         "href TEXT NOT NULL, etag TEXT, reason TEXT NOT NULL, at_us BIGINT NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS {QUARANTINE}_account ON {qu} (account_id)",
         # When each account's calendar was last compared in full with the copy
-        # records, and what such comparisons found that the server's delta missed.
+        # records, what such comparisons found that the server's delta missed, and
+        # when caljournal last wrote to the calendar (pushes, backfills, replays).
         f"CREATE TABLE IF NOT EXISTS {ck} (account_id TEXT PRIMARY KEY, last_us BIGINT, "
         "checks INTEGER NOT NULL DEFAULT 0, differences INTEGER NOT NULL DEFAULT 0, "
-        "last_found TEXT, last_found_us BIGINT)",
+        "last_found TEXT, last_found_us BIGINT, written_us BIGINT)",
     ]
 
 

@@ -133,7 +133,7 @@ class Poller:
         now_us = int(time.time() * 1e6)
         blind = not get_profile(self.link.get("provider") or "generic").detects_invalid_sync_token
         due = now_us - (state.get("last_full_us") or 0) > FULL_COMPARE_EVERY_US
-        check = self._check_due(checks.get("last_us") if same_calendar else None, now_us)
+        check = self._check_due(checks if same_calendar else {}, now_us)
         if self.link.get("sync_tokens") and token and blind and due:
             # Servers that answer an expired token with an empty 207 (DAViCal, SOGo,
             # OX, Zimbra…) cannot tell us it expired: compare everything now and then.
@@ -188,7 +188,12 @@ class Poller:
         }
         gone = set(delta.deleted)
         if delta.complete:
-            gone |= set(copies) - set(delta.changed)
+            # A copy recorded after this poll began may have been written after the
+            # listing was taken (a backfill in another process): its absence proves
+            # nothing. The next check looks at it (it counts as a write since then).
+            gone |= {
+                h for h in set(copies) - set(delta.changed) if copies[h]["updated_us"] < now_us
+            }
         gone &= set(copies) | set(quarantine)
         if state.get("sync_token") is None and not same_calendar:
             self.recorder.update_inbound(
@@ -198,6 +203,8 @@ class Poller:
         report.requests += loaded.requests
         gone |= loaded.missing & (set(copies) | set(quarantine))
         decisions = self._decide(loaded.objects, gone, copies)
+        if delta.complete:
+            decisions += self._missing_without_deletion(set(delta.changed), decisions)
         cancels = sum(1 for d in decisions if d.kind == "cancel")
         live = self.recorder.count_copies(self.account_id)
         if (
@@ -222,11 +229,12 @@ class Poller:
                 self.account_id,
                 report.found,
             )
-        self._apply(decisions, report, delta.token, ctag, quarantine, checks)
+        self._apply(decisions, report, delta.token, ctag, quarantine, checks, now_us)
         return report
 
-    def _check_due(self, last_us: int | None, now_us: int) -> bool:
+    def _check_due(self, checks: dict[str, Any], now_us: int) -> bool:
         """Return whether this poll compares the full listing (see :class:`CheckPolicy`)."""
+        last_us = checks.get("last_us")
         if last_us is None:
             return True
         elapsed = (now_us - last_us) / 1e6
@@ -234,7 +242,7 @@ class Poller:
             return True
         if elapsed < self.check.spacing:
             return False
-        return self.recorder.copies_written_since(self.account_id, last_us)
+        return (checks.get("written_us") or 0) > last_us
 
     def _decide(
         self,
@@ -282,6 +290,22 @@ class Poller:
             )
         return decisions
 
+    def _missing_without_deletion(
+        self, listed: set[str], decisions: list[Decision]
+    ) -> list[Decision]:
+        """Return re-pushes of live appointments missing from the calendar.
+
+        Their records say the calendar holds no copy although no deletion there
+        took it (that would have cancelled the appointment, or left a newer
+        local change pending) and no push is pending or failed.
+        """
+        decided = {d.appointment_id for d in decisions}
+        return [
+            Decision("repush", record["href"], record["appointment_id"])
+            for record in self.recorder.absent_live_copies(self.account_id, self.calendar_url)
+            if record["href"] not in listed and record["appointment_id"] not in decided
+        ]
+
     def _owner(
         self, data: bytes, states: dict[str, dict[str, Any]]
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -327,6 +351,7 @@ class Poller:
         ctag: str | None,
         quarantine: dict[str, dict[str, Any]],
         checks: dict[str, Any],
+        began_us: int,
     ) -> None:
         batches = [decisions[i : i + BATCH] for i in range(0, len(decisions), BATCH)] or [[]]
         done = 0
@@ -343,7 +368,7 @@ class Poller:
             last = number == len(batches) - 1
             rows.append(self._inbound_row(report, token if last else None, ctag, done, last))
             if last and (report.full or report.checked):
-                rows.append(self._check_row(report, checks))
+                rows.append(self._check_row(report, checks, began_us))
             self.journal.save(*aggregates, extra_rows=rows)
 
     def _execute(
@@ -374,6 +399,9 @@ class Poller:
         if kind == "forget":
             if decision.appointment_id:
                 rows.append(self._copy_row(decision, None, present=False))
+            return None, rows
+        if kind == "repush":  # recorded as never pushed: the worker's next pass creates it
+            rows.append(self._copy_row(decision, -1, present=False))
             return None, rows
         if kind == "echo":
             rows.append(self._copy_row(decision, None, present=True, keep_sequence=True))
@@ -491,13 +519,16 @@ class Poller:
                 values["last_full_us"] = int(time.time() * 1e6)
         return Row(INBOUND, values, key="account_id", versioned=False)
 
-    def _check_row(self, report: PollReport, checks: dict[str, Any]) -> Row:
-        """Return the record of a full comparison (and what only it found)."""
+    def _check_row(self, report: PollReport, checks: dict[str, Any], began_us: int) -> Row:
+        """Return the record of a full comparison (and what only it found).
+
+        It is dated when the poll began: copies recorded since are compared next time.
+        """
         now_us = int(time.time() * 1e6)
         found = sum(report.found.values())
         values: dict[str, Any] = {
             "account_id": self.account_id,
-            "last_us": now_us,
+            "last_us": began_us,
             "checks": int(checks.get("checks") or 0) + (1 if report.checked else 0),
             "differences": int(checks.get("differences") or 0) + found,
             "last_found": json.dumps(report.found) if found else checks.get("last_found"),

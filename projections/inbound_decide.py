@@ -34,7 +34,9 @@ class Decision:
     when the decision fixes one (``adopt``, and ``conflict`` on a restored object).
     """
 
-    kind: str  # import | apply | adopt | reinstate | echo | conflict | cancel | forget | quarantine
+    # import | apply | adopt | reinstate | echo | conflict | cancel | forget | quarantine,
+    # and repush (a live appointment missing from the calendar, found by a full listing)
+    kind: str
     href: str
     appointment_id: str | None = None
     fields: RemoteFields | None = None

@@ -152,6 +152,9 @@ class AccountPusher(threading.Thread):
             raise TransientPushError(exc) from None
         self.next_poll = time.monotonic() + interval
         self.last_poll = report
+        if report.counts.get("repush"):
+            # Re-pushed appointments may have changed long before this pass's watermark.
+            self.watermark_us = self.baseline_us
         return report
 
     def wake(self, position: int = 0) -> None:

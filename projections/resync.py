@@ -326,7 +326,7 @@ class Resync:
             # GIL hand-over per object between it and this loop.
             run_all = map if self.concurrency == 1 else pool.map
             for step, error in run_all(lambda job: self._execute(*job), jobs):
-                if error is STOPPED:
+                if error == STOPPED:
                     continue
                 done += 1
                 if error is None:

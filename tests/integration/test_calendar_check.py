@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -26,6 +27,7 @@ from caljournal.projections.inbound import CheckPolicy, Poller, PollReport
 from caljournal.projections.outbound import AccountPusher, OutboundWorker
 from caljournal.projections.push import href_for
 from tests.conftest import Tenant, operator
+from tests.integration.test_cli import run
 from tests.integration.test_outbound import FAST
 from tests.support.calendars import wait_until
 from tests.support.radicale import RadicaleProcess
@@ -160,6 +162,8 @@ def test_the_worker_notices_the_deletion_xandikos_never_reports(
     acme: Tenant,
     xandikos: XandikosProcess,
     worker: OutboundWorker,
+    database_url: str,
+    tmp_path: Path,
 ) -> None:
     cal_id = f"chk-{uuid.uuid4().hex[:8]}"
     xandikos.make_calendar(cal_id, cal_id=cal_id)
@@ -197,3 +201,7 @@ def test_the_worker_notices_the_deletion_xandikos_never_reports(
     assert status["inbound"]["calendar_check"]["differences"] == 1
     assert status["inbound"]["calendar_check"]["last_differences"] == {"cancel": 1}
     assert not server.exists(href)
+    shown = run(["status", "acme"], tmp_path, CALJOURNAL_DATABASE_URL=database_url)
+    assert shown.returncode == 0, shown.stderr
+    rows = [" ".join(line.split("│")[1:3]).split() for line in shown.stdout.splitlines()]
+    assert ["calendar", "check", "differences", "1"] in rows

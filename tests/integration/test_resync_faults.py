@@ -8,9 +8,11 @@ from pathlib import Path
 from uuid import UUID
 
 import caldav
+import pytest
 
 from caljournal.adapters.secrets import Credentials
 from caljournal.bootstrap import Container, bootstrap
+from caljournal.links import LinkFailedError
 from caljournal.settings import load_settings
 from tests.conftest import Tenant, operator
 from tests.integration.test_cli import run
@@ -131,3 +133,20 @@ def test_a_server_failing_past_the_retry_budget_is_one_sentence_and_exit_1(
         again = run(["backfill", "--account", "acme"], tmp_path, **env)
         assert again.returncode == 0, again.stderr
     assert len(remote_events(calendar)) == 3
+
+
+def test_a_listing_that_is_not_xml_stops_the_backfill_with_one_sentence(
+    container: Container, acme: Tenant, radicale: RadicaleProcess
+) -> None:
+    book_many(container, acme, 2)
+    calendar, cal_id = new_calendar(radicale)
+    with FaultProxy(radicale.url) as proxy:
+        link(container, acme, proxy, cal_id)
+        proxy.fail_next(1, 207, body="<html>a proxy's error page", method="PROPFIND")
+        with pytest.raises(LinkFailedError) as raised:
+            container.sync.backfill(acme.account_id, operator())
+    assert raised.value.message == (
+        "the backfill stopped before writing anything: the server's answer was not CalDAV "
+        "XML while listing the calendar's objects"
+    )
+    assert remote_events(calendar) == {}

@@ -217,3 +217,55 @@ def test_every_difference_a_lost_delta_hides_follows_the_delta_rules(world: Worl
     assert [p["appointment"]["id"] for p in world.pending()] == [moved["id"]]
     assert world.push() == ["create"]  # the live appointment's missing object is re-pushed
     assert href_for(URL, moved["id"]) in world.calendar.objects
+
+
+def test_a_copy_written_while_the_listing_is_taken_is_not_taken_for_deleted(world: World) -> None:
+    world.poll(AFTER_WRITES)
+    written = world.book("Written by a backfill meanwhile", 6)
+    snapshot = world.reader.listing
+
+    def listing_then_a_write_elsewhere() -> Any:
+        listed = snapshot()  # the server answered before the write below reached it
+        assert world.push() == ["create"]
+        return listed
+
+    world.reader.listing = listing_then_a_write_elsewhere  # type: ignore[method-assign]
+    report = world.poll(CheckPolicy(interval=0, spacing=0))
+    assert report.checked and report.counts == {}
+    assert world.state(written["id"])["status"] == "booked"
+
+    world.reader.listing = snapshot  # type: ignore[method-assign]
+    again = world.poll(AFTER_WRITES)  # the write counts as one since the last check
+    assert again.checked and again.counts == {}
+    assert world.state(written["id"])["status"] == "booked"
+
+
+def test_what_a_poll_itself_records_is_not_taken_for_our_writes(world: World) -> None:
+    world.calendar.put(URL + "foreign-1.ics", FOREIGN)
+    first = world.poll(AFTER_WRITES)  # imports the foreign event: records its copy
+    assert first.counts == {"import": 1}
+    world.calendar.put(URL + "foreign-2.ics", FOREIGN.replace(b"foreign-1", b"foreign-2"))
+    changed = world.poll(AFTER_WRITES)  # a delta import records a copy too
+    assert changed.counts == {"import": 1} and not changed.checked
+    idle = world.poll(AFTER_WRITES)
+    assert not idle.checked and world.reader.requests == ["sync-collection"]
+
+
+def test_a_live_appointment_missing_without_a_deletion_is_pushed_again(world: World) -> None:
+    booked = world.book("Lost", 6)
+    world.poll(AFTER_WRITES)
+    assert world.push() == ["create"]
+    records = world.container.journal.journal_recorder
+    # The record says the calendar holds no copy, yet the appointment is booked and
+    # nothing is pending: no remote deletion explains it (one would have cancelled it).
+    records.record_copy({**records.copy_of(booked["id"]), "present": 0, "etag": None})
+    world.calendar.remove(href_for(URL, booked["id"]))
+    assert world.pending() == []
+
+    report = world.poll(CheckPolicy(interval=0, spacing=0))
+
+    assert report.found == {"repush": 1}
+    assert world.state(booked["id"])["status"] == "booked"
+    assert world.push() == ["create"]
+    assert href_for(URL, booked["id"]) in world.calendar.objects
+    assert world.poll(CheckPolicy(interval=0, spacing=0)).found == {}
