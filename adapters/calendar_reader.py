@@ -160,7 +160,7 @@ class CalendarReader:
                 )
 
         response = self._call(ask)
-        tree = _xml(response.raw, "the calendar's listing")
+        tree = _xml(response.raw, "listing the calendar's objects")
         found: dict[str, str | None] = {}
         for node in tree.findall("d:response", NS):
             href = str(self.calendar.url.join(node.findtext("d:href", "", NS).strip()))
@@ -192,7 +192,7 @@ class CalendarReader:
                 )
 
         response = self._call(ask)
-        tree = _xml(response.raw, "the calendar's state")
+        tree = _xml(response.raw, "asking whether the calendar changed")
         for path in (".//cs:getctag", ".//d:sync-token"):
             value = tree.findtext(path, None, NS)
             if value:
@@ -260,7 +260,11 @@ def _bytes(raw: Any) -> bytes:
 
 
 def _xml(raw: Any, what: str) -> Any:
+    """Parse a multistatus answer.
+
+    :raises NotCalDAVError: when it is not XML.
+    """
     try:
         return etree.fromstring(_bytes(raw))
     except (etree.XMLSyntaxError, ValueError):
-        raise NotCalDAVError(f"{what} the server sent was not WebDAV XML") from None
+        raise NotCalDAVError(f"the server's answer was not CalDAV XML while {what}") from None
