@@ -145,22 +145,7 @@ class CalendarReader:
             xml_declaration=True,
             encoding="utf-8",
         )
-        client = self._full()
-
-        def ask() -> Any:
-            with client.session.kind(LISTING):
-                return request(
-                    client,
-                    self.calendar_url,
-                    "PROPFIND",
-                    "listing the calendar's objects",
-                    body=body,
-                    headers={"Depth": "1", "Content-Type": "application/xml; charset=utf-8"},
-                    ok=(207,),
-                )
-
-        response = self._call(ask)
-        tree = _xml(response.raw, "listing the calendar's objects")
+        tree = self._propfind(self._full(), LISTING, "1", body, "listing the calendar's objects")
         found: dict[str, str | None] = {}
         for node in tree.findall("d:response", NS):
             href = str(self.calendar.url.join(node.findtext("d:href", "", NS).strip()))
@@ -178,26 +163,31 @@ class CalendarReader:
             b'xmlns:cs="http://calendarserver.org/ns/"><d:prop><cs:getctag/><d:sync-token/>'
             b"</d:prop></d:propfind>"
         )
-
-        def ask() -> Any:
-            with self.client.session.kind(DISCOVERY):
-                return request(
-                    self.client,
-                    self.calendar_url,
-                    "PROPFIND",
-                    "asking whether the calendar changed",
-                    body=body,
-                    headers={"Depth": "0", "Content-Type": "application/xml; charset=utf-8"},
-                    ok=(207,),
-                )
-
-        response = self._call(ask)
-        tree = _xml(response.raw, "asking whether the calendar changed")
+        tree = self._propfind(
+            self.client, DISCOVERY, "0", body, "asking whether the calendar changed"
+        )
         for path in (".//cs:getctag", ".//d:sync-token"):
             value = tree.findtext(path, None, NS)
             if value:
                 return value.strip()
         return None
+
+    def _propfind(self, client: Any, kind: str, depth: str, body: bytes, what: str) -> Any:
+        """Send one PROPFIND to the calendar (retried as the policy says); return its XML tree."""
+
+        def ask() -> Any:
+            with client.session.kind(kind):
+                return request(
+                    client,
+                    self.calendar_url,
+                    "PROPFIND",
+                    what,
+                    body=body,
+                    headers={"Depth": depth, "Content-Type": "application/xml; charset=utf-8"},
+                    ok=(207,),
+                )
+
+        return _xml(self._call(ask).raw, what)
 
     def load(self, hrefs: Iterable[str]) -> Loaded:
         """Load objects with calendar-multiget, in batches (never one GET each).

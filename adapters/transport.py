@@ -234,30 +234,25 @@ def _enlist(connection: Any) -> None:
         ticket.watch(connection)
 
 
-class _WatchedHTTPConnection(HTTPConnection):
-    """Hand the connection to the current request's watchdog ticket."""
+class _Watched:
+    """Hand the connection to the current request's watchdog ticket (mixed into both kinds)."""
 
     def connect(self) -> None:
         _enlist(self)
-        super().connect()
+        super().connect()  # type: ignore[misc]
         _enlist(self)
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         _enlist(self)
-        return super().request(*args, **kwargs)
+        return super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _WatchedHTTPSConnection(HTTPSConnection):
-    """Hand the connection to the current request's watchdog ticket."""
+class _WatchedHTTPConnection(_Watched, HTTPConnection):
+    """A plain connection the watchdog can cut."""
 
-    def connect(self) -> None:
-        _enlist(self)
-        super().connect()
-        _enlist(self)
 
-    def request(self, *args: Any, **kwargs: Any) -> Any:
-        _enlist(self)
-        return super().request(*args, **kwargs)
+class _WatchedHTTPSConnection(_Watched, HTTPSConnection):
+    """A TLS connection the watchdog can cut."""
 
 
 class _WatchedHTTPPool(HTTPConnectionPool):

@@ -113,7 +113,8 @@ def document_auth(app: FastAPI) -> None:
 
     ``api.deps.get_caller`` reads both headers itself, so FastAPI does not
     know them; this adds them to the generated schema, and the 413 answer of
-    the body limit to every call that takes a body.
+    the body limit and the 400 of a body that is not JSON to every call that
+    takes a body.
     """
     generate = app.openapi
 
@@ -134,6 +135,7 @@ def document_auth(app: FastAPI) -> None:
                 operation.setdefault("parameters", []).append(REQUEST_ID_PARAMETER)
                 if "requestBody" in operation:  # refused by BodyLimitAndRequestId
                     operation["responses"].setdefault("413", TOO_LARGE_RESPONSE)
+                    operation["responses"].setdefault("400", MALFORMED_RESPONSE)
         app.openapi_schema = schema
         return schema
 
@@ -148,6 +150,11 @@ REQUEST_ID_PARAMETER = {
     "schema": {"type": "string", "maxLength": 128},
 }
 
+
+MALFORMED_RESPONSE = {
+    "description": "the request body is not JSON (or not UTF-8)",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorOut"}}},
+}
 
 TOO_LARGE_RESPONSE = {
     "description": "the request body is over CALJOURNAL_MAX_REQUEST_BYTES",

@@ -515,7 +515,7 @@ def test_a_stream_of_api_changes_through_the_worker_produces_no_inbound_events(
 def test_poll_at_the_command_line_waits_and_reports(
     tmp_path: Any, radicale: RadicaleProcess
 ) -> None:
-    from tests.integration.test_cli import run
+    from tests.integration.test_cli import data_home, run
     from tests.integration.test_link import run_stdin
 
     env = {"CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true"}
@@ -556,6 +556,7 @@ def test_poll_at_the_command_line_waits_and_reports(
                 k: v for k, v in __import__("os").environ.items() if not k.startswith("CALJOURNAL_")
             },
             **env,
+            "XDG_DATA_HOME": str(data_home(tmp_path)),  # the journal the commands use
         },
     )
     try:

@@ -317,15 +317,15 @@ def test_link_add_with_backfill_and_the_backfill_command_at_the_command_line(
 ) -> None:
     from caljournal.bootstrap import bootstrap
     from caljournal.settings import load_settings
-    from tests.integration.test_cli import run
+    from tests.integration.test_cli import default_journal, run
     from tests.integration.test_link import run_stdin
 
     env = {"CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true"}
     assert run(["account", "create", "acme"], tmp_path, **env).returncode == 0
     container = bootstrap(
         load_settings(
-            database_url=f"sqlite:///{tmp_path / 'caljournal.sqlite'}",
-            secret_key_file=tmp_path / "caljournal.key",
+            database_url=f"sqlite:///{default_journal(tmp_path)}",
+            secret_key_file=default_journal(tmp_path).parent / "caljournal.key",
             allow_private_addresses=True,
         )
     )

@@ -15,11 +15,10 @@ from caljournal.bootstrap import Container, bootstrap
 from caljournal.links import LinkFailedError
 from caljournal.settings import load_settings
 from tests.conftest import Tenant, operator
-from tests.integration.test_cli import run
+from tests.integration.test_cli import default_journal, run
 from tests.integration.test_resync import API, book_many, new_calendar
 from tests.support.calendars import differences, remote_events
 from tests.support.faultproxy import FaultProxy
-from tests.support.flaky import FlakyProxy
 from tests.support.radicale import RadicaleProcess
 
 
@@ -34,12 +33,12 @@ def test_a_backfill_through_a_server_failing_a_third_of_requests_fails_nothing(
 ) -> None:
     book_many(container, acme, 20)
     calendar, cal_id = new_calendar(radicale)
-    with FlakyProxy(radicale.url, share=0.0, retry_after=1) as flaky:
+    with FaultProxy(radicale.url) as flaky:
         link(container, acme, flaky, cal_id)  # linking is not what this test is about
         assert container.sync.backfill(acme.account_id, operator()).created == 20
         book_many(container, acme, 40, day=10)
         flaky.clear_log()
-        flaky.share = 0.3
+        flaky.flaky(0.3, seed=11, retry_after=1)
 
         summary = container.sync.backfill(acme.account_id, operator())
 
@@ -84,8 +83,8 @@ def _cli_world(
     assert run(["account", "create", "acme"], tmp_path, **env).returncode == 0
     container = bootstrap(
         load_settings(
-            database_url=f"sqlite:///{tmp_path / 'caljournal.sqlite'}",
-            secret_key_file=tmp_path / "caljournal.key",
+            database_url=f"sqlite:///{default_journal(tmp_path)}",
+            secret_key_file=default_journal(tmp_path).parent / "caljournal.key",
             allow_private_addresses=True,
         )
     )

@@ -31,13 +31,15 @@ import socket
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Literal, NamedTuple
 from urllib.parse import urlsplit
+
+from tests.support.ports import ClosedOnExit
 
 __all__ = ["FaultProxy", "LoggedRequest"]
 
@@ -60,6 +62,9 @@ _HOP_BY_HOP = frozenset(
 _REPLACED = frozenset({"host", "content-length"})
 
 RuleKind = Literal["fail", "reset", "delay", "flaky"]
+
+#: What a flaky rule does to a request it fails, drawn in equal shares.
+_FLAKY_KINDS = ("503+retry-after", "429", "503", "reset", "reset-after")
 
 
 class LoggedRequest(NamedTuple):
@@ -206,7 +211,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         sock.close()
 
 
-class FaultProxy:
+class FaultProxy(ClosedOnExit):
     """Threaded reverse proxy in front of ``upstream_url`` with injectable faults."""
 
     def __init__(
@@ -239,6 +244,8 @@ class FaultProxy:
         self._in_flight = 0
         self._rules: list[_Rule] = []
         self._log: list[LoggedRequest] = []
+        #: Faults drawn by :meth:`flaky` rules, by kind.
+        self.injected: Counter[str] = Counter()
         self._connections: set[socket.socket] = set()
         self._accepted = 0
         self._closing = threading.Event()
@@ -358,8 +365,11 @@ class FaultProxy:
         """Fail about ``ratio`` of the matching requests, until the rules are cleared.
 
         A failed request gets, in equal shares, a 503 or a 429 with
-        ``Retry-After``, or a connection reset before it is forwarded. The
-        draws come from ``random.Random(seed)``, so a run can be repeated.
+        ``Retry-After``, a bare 503, a connection reset before it is forwarded,
+        or a reset after it was (the server did the work, its answer is lost).
+        The draws come from ``random.Random(seed)``, so a run can be repeated;
+        :attr:`injected` counts the faults by kind. Rules added earlier come
+        first.
         """
         self._add(
             _Rule(
@@ -539,20 +549,30 @@ class FaultProxy:
         assert rule.chance is not None
         with self._lock:
             hit = rule.chance.random() < rule.ratio
-            kind = rule.chance.choice((503, 429, "reset"))
+            kind = rule.chance.choice(_FLAKY_KINDS)
+            if hit:
+                self.injected[kind] += 1
         if not hit:
             return None
-        if kind == "reset":
-            return _Rule("reset", remaining=1, deadline=None, methods=None, path_contains=None)
+        if kind.startswith("reset"):
+            return _Rule(
+                "reset",
+                remaining=1,
+                deadline=None,
+                methods=None,
+                path_contains=None,
+                after_forward=kind == "reset-after",
+            )
+        status = 429 if kind == "429" else 503
         return _Rule(
             "fail",
             remaining=1,
             deadline=None,
             methods=None,
             path_contains=None,
-            status=int(kind),
-            retry_after=rule.retry_after,
-            body=_body(None, int(kind)),
+            status=status,
+            retry_after=None if kind == "503" else rule.retry_after,
+            body=_body(None, status),
         )
 
     def _forward(
@@ -647,17 +667,6 @@ class FaultProxy:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5.0)
-
-    def __enter__(self) -> FaultProxy:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<FaultProxy {self.url} -> {self.upstream_url}>"

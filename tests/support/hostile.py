@@ -26,8 +26,9 @@ import http.client
 import socket
 import threading
 from collections.abc import Iterable
-from types import TracebackType
 from urllib.parse import urlsplit
+
+from tests.support.ports import ClosedOnExit
 
 MODES = ("endless", "huge", "huge_chunked", "slow_body", "slow_headers", "endless_headers")
 
@@ -44,7 +45,7 @@ _FILLER = (
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"}
 
 
-class HostileServer:
+class HostileServer(ClosedOnExit):
     """Serve (or forward) CalDAV on a loopback port and misbehave on demand."""
 
     def __init__(
@@ -229,17 +230,6 @@ class HostileServer:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
         self._thread.join(timeout=5)
-
-    def __enter__(self) -> HostileServer:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _read_head(reader: object) -> tuple[str, str, dict[str, str]] | None:

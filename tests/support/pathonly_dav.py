@@ -20,7 +20,8 @@ import base64
 import hashlib
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
+
+from tests.support.ports import ClosedOnExit
 
 __all__ = ["PathOnlyDAV"]
 
@@ -139,7 +140,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(204)
 
 
-class PathOnlyDAV:
+class PathOnlyDAV(ClosedOnExit):
     """The server, on a free loopback port; use as a context manager."""
 
     def __init__(self, user: str = "admin", password: str | None = "pw") -> None:
@@ -199,14 +200,3 @@ class PathOnlyDAV:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
-
-    def __enter__(self) -> PathOnlyDAV:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

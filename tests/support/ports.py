@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import socket
+from typing import Self
 
-__all__ = ["free_port", "port_accepts"]
+__all__ = ["ClosedOnExit", "free_port", "port_accepts"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -26,3 +27,17 @@ def port_accepts(port: int, host: str = "127.0.0.1", timeout: float = 0.2) -> bo
             return True
     except OSError:
         return False
+
+
+class ClosedOnExit:
+    """A test server that is its own context manager: ``with`` closes it at the end."""
+
+    def close(self) -> None:
+        """Stop the server."""
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
