@@ -147,6 +147,13 @@ def add(
                 f"backfill: {summary.created} created, {summary.already_present} already "
                 f"present, {summary.updated} updated, {len(summary.failed)} failed"
             )
+            if summary.stopped:
+                err.print(
+                    f"[red]error:[/red] the backfill stopped, the calendar server kept failing: "
+                    f"{summary.stopped}; run 'caljournal backfill --account {account}' to finish",
+                    highlight=False,
+                )
+                raise typer.Exit(1)
 
 
 @link_app.command("show")

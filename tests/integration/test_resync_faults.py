@@ -149,3 +149,34 @@ def test_a_listing_that_is_not_xml_stops_the_backfill_with_one_sentence(
         "XML while listing the calendar's objects"
     )
     assert remote_events(calendar) == {}
+
+
+def test_link_add_with_a_backfill_the_server_stops_says_so_and_exits_1(
+    tmp_path: Path, radicale: RadicaleProcess
+) -> None:
+    from tests.integration.test_link import run_stdin
+
+    env = {"CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true", "CALJOURNAL_CALDAV_RETRY_BUDGET": "2"}
+    assert run(["account", "create", "acme"], tmp_path, **env).returncode == 0
+    container = bootstrap(
+        load_settings(
+            database_url=f"sqlite:///{tmp_path / 'caljournal.sqlite'}",
+            secret_key_file=tmp_path / "caljournal.key",
+        )
+    )
+    try:
+        book_many(container, Tenant("acme", container.accounts.find_account("acme").id, ""), 2)
+    finally:
+        container.close()
+    _, cal_id = new_calendar(radicale)
+    with FaultProxy(radicale.url) as proxy:
+        proxy.fail_for(120, 503, retry_after=1, method="PUT")
+        added = run_stdin(
+            ["link", "add", "acme", f"{proxy.url}alice/{cal_id}/", "--username", "alice"]
+            + ["--password-stdin", "--backfill"],
+            tmp_path,
+            "secret\n",
+            **env,
+        )
+    assert added.returncode == 1 and "Traceback" not in added.stderr
+    assert "error: the backfill stopped, the calendar server kept failing" in added.stderr
