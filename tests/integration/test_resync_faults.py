@@ -160,8 +160,8 @@ def test_link_add_with_a_backfill_the_server_stops_says_so_and_exits_1(
     assert run(["account", "create", "acme"], tmp_path, **env).returncode == 0
     container = bootstrap(
         load_settings(
-            database_url=f"sqlite:///{tmp_path / 'caljournal.sqlite'}",
-            secret_key_file=tmp_path / "caljournal.key",
+            database_url=f"sqlite:///{default_journal(tmp_path)}",
+            secret_key_file=default_journal(tmp_path).parent / "caljournal.key",
         )
     )
     try:
