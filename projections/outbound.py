@@ -181,6 +181,7 @@ class AccountPusher(threading.Thread):
                         # Asked for: poll before a push to a failing server can stand in
                         # the way (our pending changes still win: see inbound_decide).
                         self._poll_asked = False
+                        self._interrupt.clear()  # this request is being served now
                         self.run_poll()
                     # Push first: a poll then finds the calendar holding our latest
                     # writes (and their records), not older copies of them.
@@ -199,7 +200,7 @@ class AccountPusher(threading.Thread):
                     self._back_off(backoff)
                 except LinkFailedError as exc:
                     self._note_error(exc.message)
-                    self.stopping.wait(self.worker.config.max_backoff)
+                    self._back_off(self.worker.config.max_backoff)
                 except Exception as exc:  # a bug or a database outage: shown, then retried
                     log.exception("outbound pass for account %s failed", self.account_id)
                     self._note_error(f"internal error: {type(exc).__name__}: {exc}")
