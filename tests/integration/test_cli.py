@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
+from caljournal.bootstrap import Container, bootstrap
+from caljournal.settings import load_settings
 from tests.support.patience import HTTP_TIMEOUT, MIN_WAIT
 from tests.support.ports import free_port
 
@@ -39,6 +41,17 @@ def data_home(cwd: Path) -> Path:
 
 def default_journal(cwd: Path) -> Path:
     return data_home(cwd) / "caljournal" / "caljournal.sqlite"
+
+
+def commands_container(cwd: Path) -> Container:
+    """Open the journal (and key) that commands started by ``run`` in ``cwd`` use."""
+    return bootstrap(
+        load_settings(
+            database_url=f"sqlite:///{default_journal(cwd)}",
+            secret_key_file=default_journal(cwd).parent / "caljournal.key",
+            allow_private_addresses=True,
+        )
+    )
 
 
 def journal_line(result: subprocess.CompletedProcess[str]) -> str:

@@ -315,20 +315,12 @@ def test_linking_with_backfill_through_the_api_pushes_existing_appointments(
 def test_link_add_with_backfill_and_the_backfill_command_at_the_command_line(
     tmp_path: Path, radicale: RadicaleProcess
 ) -> None:
-    from caljournal.bootstrap import bootstrap
-    from caljournal.settings import load_settings
-    from tests.integration.test_cli import default_journal, run
+    from tests.integration.test_cli import commands_container, run
     from tests.integration.test_link import run_stdin
 
     env = {"CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true"}
     assert run(["account", "create", "acme"], tmp_path, **env).returncode == 0
-    container = bootstrap(
-        load_settings(
-            database_url=f"sqlite:///{default_journal(tmp_path)}",
-            secret_key_file=default_journal(tmp_path).parent / "caljournal.key",
-            allow_private_addresses=True,
-        )
-    )
+    container = commands_container(tmp_path)
     try:
         tenant = Tenant("acme", container.accounts.find_account("acme").id, "")
         book_many(container, tenant, 4)

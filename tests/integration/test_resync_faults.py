@@ -11,11 +11,10 @@ import caldav
 import pytest
 
 from caljournal.adapters.secrets import Credentials
-from caljournal.bootstrap import Container, bootstrap
+from caljournal.bootstrap import Container
 from caljournal.links import LinkFailedError
-from caljournal.settings import load_settings
 from tests.conftest import Tenant, operator
-from tests.integration.test_cli import default_journal, run
+from tests.integration.test_cli import commands_container, run
 from tests.integration.test_resync import API, book_many, new_calendar
 from tests.support.calendars import differences, remote_events
 from tests.support.faultproxy import FaultProxy
@@ -81,13 +80,7 @@ def _cli_world(
     """Open an account with ``count`` appointments, linked through ``proxy``."""
     env = {"CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true"}
     assert run(["account", "create", "acme"], tmp_path, **env).returncode == 0
-    container = bootstrap(
-        load_settings(
-            database_url=f"sqlite:///{default_journal(tmp_path)}",
-            secret_key_file=default_journal(tmp_path).parent / "caljournal.key",
-            allow_private_addresses=True,
-        )
-    )
+    container = commands_container(tmp_path)
     try:
         tenant = Tenant("acme", container.accounts.find_account("acme").id, "")
         book_many(container, tenant, count)
@@ -158,12 +151,7 @@ def test_link_add_with_a_backfill_the_server_stops_says_so_and_exits_1(
 
     env = {"CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true", "CALJOURNAL_CALDAV_RETRY_BUDGET": "2"}
     assert run(["account", "create", "acme"], tmp_path, **env).returncode == 0
-    container = bootstrap(
-        load_settings(
-            database_url=f"sqlite:///{default_journal(tmp_path)}",
-            secret_key_file=default_journal(tmp_path).parent / "caljournal.key",
-        )
-    )
+    container = commands_container(tmp_path)
     try:
         book_many(container, Tenant("acme", container.accounts.find_account("acme").id, ""), 2)
     finally:
