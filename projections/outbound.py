@@ -107,6 +107,9 @@ class AccountPusher(threading.Thread):
         self.next_poll = 0.0  # poll at once when the account is taken
         self.poll_requests_seen = int(link.get("poll_requests", 0))
         self.last_poll: PollReport | None = None
+        # The last poll's failure, until a poll succeeds: a clean push pass in
+        # between must not clear it from the status.
+        self.poll_error: str | None = None
 
     def update_link(self, link: dict[str, Any]) -> None:
         """Take a newer state of the same link (interval, poll requests) and wake up.
@@ -149,9 +152,11 @@ class AccountPusher(threading.Thread):
             self.next_poll = time.monotonic() + (
                 min(interval, self.worker.config.max_backoff) if exc.transient else interval
             )
+            self.poll_error = exc.message
             raise TransientPushError(exc) from None
         self.next_poll = time.monotonic() + interval
         self.last_poll = report
+        self.poll_error = None
         if report.counts.get("repush"):
             # Re-pushed appointments may have changed long before this pass's watermark.
             self.watermark_us = self.baseline_us
@@ -285,7 +290,7 @@ class AccountPusher(threading.Thread):
         self.worker.recorder.update_sync_status(
             self.account_id,
             pushed_position=position,
-            last_error=None,
+            last_error=self.poll_error,
             worker=self.worker.owner,
         )
         return handled

@@ -79,3 +79,52 @@ def test_a_requested_poll_runs_now_while_the_worker_backs_off(
         acme.account_id, datetime(2026, 4, 12, tzinfo=BERLIN), datetime(2026, 4, 13, tzinfo=BERLIN)
     )
     assert [a["title"] for a in imported] == ["Booked by phone"]
+
+
+def test_a_failing_poll_stays_in_the_status_while_pushes_go_through(
+    container: Container, client: TestClient, acme: Tenant, radicale: RadicaleProcess
+) -> None:
+    cal_id = f"keep-{uuid.uuid4().hex[:8]}"
+    radicale.make_calendar("alice", "secret", cal_id, cal_id=cal_id)
+    records = container.journal.journal_recorder
+    account = str(acme.account_id)
+    with FaultProxy(radicale.url) as proxy:
+        container.links.link(
+            acme.account_id,
+            f"{proxy.url}alice/{cal_id}/",
+            Credentials("alice", "secret"),
+            operator(),
+        )
+        container.links.set_poll_interval(acme.account_id, 3600, operator())
+        worker = container.outbound_worker(PATIENT_WORKER).start()
+        try:
+            wait_until(lambda: records.inbound_state(account).get("last_poll_us"), timeout=30)
+            # A permanent refusal of the poll (not retried), while PUTs still work.
+            proxy.fail_for(600, 400, method="REPORT")
+            assert client.post("/link/poll", headers=acme.headers).status_code == 202
+            wait_until(lambda: container.sync.status(acme.account_id)["last_error"], timeout=30)
+
+            booked = client.post(
+                "/appointments",
+                headers=acme.headers,
+                json={
+                    "title": "Pushed while polls fail",
+                    "start": "2026-04-14T09:00:00+02:00",
+                    "end": "2026-04-14T10:00:00+02:00",
+                    "timezone": "Europe/Berlin",
+                },
+            )
+            assert booked.status_code == 201
+            # The worker has run a clean push pass since the poll failed ...
+            wait_until(
+                lambda: (
+                    container.sync.status(acme.account_id)["pending"] == 0
+                    and proxy.requests(method="PUT")
+                ),
+                timeout=30,
+            )
+            status = container.sync.status(acme.account_id)
+        finally:
+            worker.stop()
+    # ... and the poll's failure is still what the status shows.
+    assert status["last_error"] is not None and "400" in status["last_error"]
