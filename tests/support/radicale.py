@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
-import time
-import weakref
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
-from tests.support.ports import free_port, port_accepts
+from tests.support.ports import free_port
+from tests.support.process import ServerProcess, ServerStartError
 
 if TYPE_CHECKING:
     from caldav.collection import Calendar
@@ -49,11 +45,11 @@ DEFAULT_USERS: Mapping[str, str] = {"alice": "secret"}
 _REQUEST_LINE = re.compile(r"\] (?P<method>[A-Z-]+) request for (?P<path>'[^']*'|\"[^\"]*\")")
 
 
-class RadicaleStartError(RuntimeError):
+class RadicaleStartError(ServerStartError):
     """Raised when the Radicale subprocess does not come up in time."""
 
 
-class RadicaleProcess:
+class RadicaleProcess(ServerProcess):
     """A Radicale server subprocess on a loopback port, usable as a context manager.
 
     ``base_dir`` receives the config file, the htpasswd file, the optional rights
@@ -89,7 +85,7 @@ class RadicaleProcess:
         (2592000 s, 30 days) applies.  ``extra_config`` entries are merged into
         the generated config, section by section, and win over the defaults.
         """
-        self.base_dir = Path(base_dir)
+        super().__init__(base_dir, port if port is not None else free_port(), startup_timeout)
         self.users: dict[str, str] = dict(DEFAULT_USERS if users is None else users)
         self.auth_type = auth_type
         self.rights_type = "from_file" if rights_file_content is not None else rights_type
@@ -100,13 +96,8 @@ class RadicaleProcess:
         self.extra_config: dict[str, dict[str, str]] = {
             section: dict(options) for section, options in (extra_config or {}).items()
         }
-        self.startup_timeout = startup_timeout
         self._port_fixed = port is not None
-        self._port = port if port is not None else free_port()
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
         self._ever_started = False
-        self._finalizer: weakref.finalize[[subprocess.Popen[bytes]], RadicaleProcess] | None = None
 
     # -- paths and addresses -------------------------------------------------
 
@@ -144,16 +135,6 @@ class RadicaleProcess:
     def log_path(self) -> Path:
         """File receiving the server's stdout and stderr."""
         return self.base_dir / "radicale.log"
-
-    @property
-    def pid(self) -> int | None:
-        """Process id of the running server, or None."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
-    def running(self) -> bool:
-        """True while the subprocess is alive."""
-        return self._proc is not None and self._proc.poll() is None
 
     # -- config ----------------------------------------------------------------
 
@@ -200,6 +181,23 @@ class RadicaleProcess:
 
     # -- lifecycle -------------------------------------------------------------
 
+    name = "Radicale"
+    start_error = RadicaleStartError
+
+    def prepare(self) -> None:
+        """Write the config, htpasswd and rights files."""
+        self._write_files()
+
+    def command(self) -> list[str]:
+        """Return the command line that runs Radicale with the generated config."""
+        return [sys.executable, "-m", "radicale", "--config", str(self.config_path)]
+
+    def environment(self) -> dict[str, str]:
+        """Return the environment without RADICALE_CONFIG, HOME in the base folder."""
+        env = {k: v for k, v in os.environ.items() if k != "RADICALE_CONFIG"}
+        env["HOME"] = str(self.base_dir)  # hide ~/.config/radicale/config
+        return env
+
     def start(self) -> RadicaleProcess:
         """Start the server (no-op if running) and wait until the port answers."""
         if self.running:
@@ -218,104 +216,10 @@ class RadicaleProcess:
         self._ever_started = True
         return self
 
-    def _spawn_and_wait(self) -> None:
-        if port_accepts(self._port):
-            raise RadicaleStartError(
-                f"port {self._port} is already in use (Address already in use)"
-            )
-        self._write_files()
-        self._close_log_file()
-        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - owned by the process
-        start_offset = self._log_file.tell()
-        env = {k: v for k, v in os.environ.items() if k != "RADICALE_CONFIG"}
-        env["HOME"] = str(self.base_dir)  # hide ~/.config/radicale/config
-        env["PYTHONUNBUFFERED"] = "1"
-        self._proc = subprocess.Popen(
-            [sys.executable, "-m", "radicale", "--config", str(self.config_path)],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log_file,
-            stderr=subprocess.STDOUT,
-            cwd=str(self.base_dir),
-            env=env,
-        )
-        # Never leave a server behind if the owner is dropped without stop().
-        self._finalizer = weakref.finalize(self, _kill_quietly, self._proc)
-        deadline = time.monotonic() + self.startup_timeout
-        while True:
-            if self._proc.poll() is not None:
-                code = self._proc.returncode
-                self._proc = None
-                self._close_log_file()
-                raise RadicaleStartError(
-                    f"Radicale exited with code {code} during startup on port "
-                    f"{self._port}; log tail:\n{self._log_tail(start_offset)}"
-                )
-            if port_accepts(self._port):
-                return
-            if time.monotonic() >= deadline:
-                self.kill()
-                raise RadicaleStartError(
-                    f"Radicale did not answer on port {self._port} within "
-                    f"{self.startup_timeout:.1f}s; log tail:\n{self._log_tail(start_offset)}"
-                )
-            time.sleep(0.05)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the server gracefully (SIGTERM), killing it after ``timeout``."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=timeout)
-        self._proc = None
-        self._close_log_file()
-        self._wait_port_released(timeout)
-
-    def kill(self) -> None:
-        """Kill the server abruptly (SIGKILL)."""
-        proc = self._proc
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10.0)
-        self._proc = None
-        self._close_log_file()
-        self._wait_port_released(5.0)
-
     def restart(self) -> RadicaleProcess:
         """Stop and start again on the same port."""
         self.stop()
         return self.start()
-
-    def _wait_port_released(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while port_accepts(self._port) and time.monotonic() < deadline:
-            time.sleep(0.02)
-
-    def _close_log_file(self) -> None:
-        if self._finalizer is not None:
-            self._finalizer.detach()
-            self._finalizer = None
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-
-    def __enter__(self) -> RadicaleProcess:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
@@ -323,27 +227,12 @@ class RadicaleProcess:
 
     # -- log access --------------------------------------------------------------
 
-    def log_text(self, since: int = 0) -> str:
-        """Return the server log from byte offset ``since`` (see :meth:`log_mark`)."""
-        if not self.log_path.exists():
-            return ""
-        with open(self.log_path, "rb") as fh:
-            fh.seek(since)
-            return fh.read().decode("utf-8", errors="replace")
-
-    def log_mark(self) -> int:
-        """Return the current size of the log, for use as ``since`` later."""
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
     def logged_requests(self, since: int = 0) -> list[tuple[str, str]]:
         """Return ``(method, path)`` of every request Radicale logged as received."""
         return [
             (m.group("method"), m.group("path")[1:-1])
             for m in _REQUEST_LINE.finditer(self.log_text(since))
         ]
-
-    def _log_tail(self, since: int = 0, lines: int = 40) -> str:
-        return "\n".join(self.log_text(since).splitlines()[-lines:])
 
     # -- CalDAV helpers ----------------------------------------------------------
 
@@ -373,12 +262,6 @@ class RadicaleProcess:
     ) -> Calendar:
         """Create a calendar for ``username`` via the caldav library and return it."""
         return make_calendar(base_url or self.url, username, password, name, cal_id=cal_id)
-
-
-def _kill_quietly(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(timeout=10.0)
 
 
 def make_calendar(
