@@ -9,7 +9,7 @@ hand and turns the library's answers into plain href → ETag maps.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 from urllib.parse import unquote
 
@@ -19,7 +19,6 @@ from caldav.lib.url import URL
 from lxml import etree
 
 from caljournal.adapters.caldav_client import (
-    CalDAVError,
     NotCalDAVError,
     ResponseTooLargeError,
     ServerAccess,
@@ -28,6 +27,7 @@ from caljournal.adapters.caldav_client import (
     translate,
 )
 from caljournal.adapters.retry import RetryPolicy
+from caljournal.adapters.storage import Delta, Loaded, SyncTokenInvalid
 from caljournal.adapters.transport import DISCOVERY, LISTING, MULTIGET
 
 T = TypeVar("T")
@@ -37,33 +37,8 @@ MULTIGET_BATCH = 100
 NS = {"d": "DAV:", "cs": "http://calendarserver.org/ns/"}
 
 
-class SyncTokenInvalidError(CalDAVError):
-    """The server no longer knows the sync token (expired or bogus)."""
-
-
-@dataclass(frozen=True)
-class Delta:
-    """What a poll found.
-
-    ``changed`` maps hrefs to their current ETag. When ``complete`` is True it
-    lists every object of the calendar (a full listing), so any known href
-    missing from it was deleted; otherwise ``deleted`` names the deletions.
-    """
-
-    changed: dict[str, str | None]
-    deleted: frozenset[str] = frozenset()
-    token: str | None = None
-    complete: bool = False
-    requests: int = 1
-
-
-@dataclass
-class Loaded:
-    """Objects loaded by href: data and ETag; ``missing`` vanished meanwhile."""
-
-    objects: dict[str, tuple[bytes, str | None]] = field(default_factory=dict)
-    missing: set[str] = field(default_factory=set)
-    requests: int = 0
+# The port's records and errors (``adapters.storage``), under the names used here.
+SyncTokenInvalidError = SyncTokenInvalid
 
 
 class CalendarReader:

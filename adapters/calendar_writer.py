@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from caljournal.adapters.caldav_client import (
@@ -22,16 +21,10 @@ from caljournal.adapters.caldav_client import (
 )
 from caljournal.adapters.providers import ProviderProfile
 from caljournal.adapters.retry import RetryPolicy
+from caljournal.adapters.storage import Written
 
 T = TypeVar("T")
 ICAL_TYPE = "text/calendar; charset=utf-8"
-
-
-@dataclass(frozen=True)
-class Written:
-    """The outcome of a write: the object's new ETag (None when the server sent none)."""
-
-    etag: str | None
 
 
 class CalendarWriter:
