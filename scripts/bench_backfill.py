@@ -278,7 +278,9 @@ def main() -> None:
             "backfill_vs_vdirsyncer": round((first + second) / (vdir_a + vdir_b), 3),
         }
         if args.memory_count <= 0:
-            results["memory"] = json.loads(Path(args.keep_memory).read_text())["memory"]
+            kept = Path(args.keep_memory)
+            # Without an earlier result file the speed figures still count.
+            results["memory"] = json.loads(kept.read_text())["memory"] if kept.exists() else None
         else:
             results["memory"] = None
         child = (
