@@ -407,7 +407,39 @@ def vtimezone(
     component = _VTimezone.from_tzinfo(bounded, tzid or name, date(first_year, 1, 1), last)
     for observance in component.subcomponents:
         _start_before_change(observance, zone)
+    _drop_overtaken_span(component)
     return component
+
+
+def _drop_overtaken_span(component: icalendar.Timezone) -> None:
+    """Leave out the span the component starts with when a change begins no later.
+
+    When the clocks jump over local midnight of the first day (Asia/Khandyga
+    went from +09 to +10 at 2004-01-01 00:00), icalendar reads the offset of
+    that wall time, which does not exist, as the one before the jump, and
+    starts the component with a span in that offset at midnight. The change
+    begins at the local time before the jump, at or before midnight, and
+    readers take the observance with the latest onset (of equal ones, the
+    first written): the old offset would hold for the whole window. The change
+    alone already gives every wall time of the window its offset.
+    """
+    changes: list[datetime] = []
+    spans: list[icalendar.Component] = []
+    for observance in component.subcomponents:
+        if observance["TZOFFSETFROM"].td == observance["TZOFFSETTO"].td:
+            spans.append(observance)
+        else:
+            changes += _onsets(observance)
+    for span in spans:
+        if changes and min(changes) <= span["DTSTART"].dt:
+            component.subcomponents.remove(span)
+
+
+def _onsets(observance: icalendar.Component) -> list[datetime]:
+    """Return the wall times an observance begins at: its DTSTART and RDATEs."""
+    rdates = observance.get("RDATE")
+    items = rdates if isinstance(rdates, list) else [rdates] if rdates is not None else []
+    return [observance["DTSTART"].dt, *(v.dt for item in items for v in item.dts)]
 
 
 def _start_before_change(observance: icalendar.Component, zone: ZoneInfo) -> None:
@@ -424,12 +456,9 @@ def _start_before_change(observance: icalendar.Component, zone: ZoneInfo) -> Non
     after: timedelta = observance["TZOFFSETTO"].td
     if before == after:
         return
-    observance["DTSTART"] = vDDDTypes(_onset(zone, observance["DTSTART"].dt, before, after))
-    rdates = observance.get("RDATE")
-    if rdates is not None:
-        values = [
-            v.dt for item in (rdates if isinstance(rdates, list) else [rdates]) for v in item.dts
-        ]
+    first, *values = _onsets(observance)
+    observance["DTSTART"] = vDDDTypes(_onset(zone, first, before, after))
+    if values:
         observance["RDATE"] = vDDDLists([_onset(zone, v, before, after) for v in values])
 
 
