@@ -406,11 +406,15 @@ def vtimezone(
     bounded = _Until(zone, datetime.combine(last, time()) + timedelta(days=1))
     component = _VTimezone.from_tzinfo(bounded, tzid or name, date(first_year, 1, 1), last)
     for observance in component.subcomponents:
+        if not isinstance(observance, icalendar.TimezoneStandard | icalendar.TimezoneDaylight):
+            raise ValueError(f"icalendar built a {observance.name} inside the VTIMEZONE of {name}")
         _start_before_change(observance, zone)
     return component
 
 
-def _start_before_change(observance: icalendar.Component, zone: ZoneInfo) -> None:
+def _start_before_change(
+    observance: icalendar.TimezoneStandard | icalendar.TimezoneDaylight, zone: ZoneInfo
+) -> None:
     """Rewrite the onsets of a STANDARD/DAYLIGHT as the local time before each change.
 
     RFC 5545 §3.6.5: DTSTART (and RDATE) of an observance is the wall time in
@@ -420,11 +424,11 @@ def _start_before_change(observance: icalendar.Component, zone: ZoneInfo) -> Non
     the component starts with (TZOFFSETFROM equals TZOFFSETTO) is no change
     and stays.
     """
-    before: timedelta = observance["TZOFFSETFROM"].td
-    after: timedelta = observance["TZOFFSETTO"].td
+    before: timedelta = observance.TZOFFSETFROM
+    after: timedelta = observance.TZOFFSETTO
     if before == after:
         return
-    observance["DTSTART"] = vDDDTypes(_onset(zone, observance["DTSTART"].dt, before, after))
+    observance["DTSTART"] = vDDDTypes(_onset(zone, observance.DTSTART, before, after))
     rdates = observance.get("RDATE")
     if rdates is not None:
         values = [
