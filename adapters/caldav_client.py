@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, NoReturn
 from urllib.parse import urljoin, urlsplit
 
-import caldav
+from caldav.davclient import DAVClient
 from caldav.lib import error as dav_error
 from caldav.requests import HTTPBearerAuth
 from niquests import exceptions as http_errors
@@ -218,7 +218,7 @@ def _secret_query_hook(access: ServerAccess) -> Any:
     return add_query
 
 
-def open_client(access: ServerAccess) -> caldav.DAVClient:
+def open_client(access: ServerAccess) -> DAVClient:
     """Return a caldav client for ``access`` with the guards installed.
 
     :raises CalDAVError: when the URL cannot be used.
@@ -242,7 +242,7 @@ def open_client(access: ServerAccess) -> caldav.DAVClient:
         if access.auth in ("basic", "digest"):
             kwargs["auth_type"] = access.auth
     with translate(f"connecting to {redact_url(access.url)}"):
-        client = caldav.DAVClient(**kwargs)
+        client = DAVClient(**kwargs)
     client.session.close()
     client.session = GuardedSession(
         access.limits, access.allow_private, access.kind, access.deadline
@@ -391,7 +391,7 @@ def check_response(response: Any, what: str, ok: tuple[int, ...] = (200, 201, 20
 
 
 def request(
-    client: caldav.DAVClient,
+    client: DAVClient,
     url: str,
     method: str,
     what: str,
@@ -407,6 +407,7 @@ def request(
     must write byte-identical objects.
     """
     with translate(what):
-        response = client.request(url, method, body, headers or {})
+        # caldav annotates ``body`` as str but hands it to to_wire(), which takes bytes too.
+        response = client.request(url, method, body, headers or {})  # type: ignore[arg-type]
     check_response(response, what, ok)
     return response

@@ -176,12 +176,12 @@ def _propfind(
     resources = []
     for node in tree.findall("d:response", NS):
         href = node.findtext("d:href", default="", namespaces=NS).strip()
-        props = None
+        found = None
         for propstat in node.findall("d:propstat", NS):
             status = propstat.findtext("d:status", default="", namespaces=NS)
             if " 200 " in status + " ":
-                props = propstat.find("d:prop", NS)
-        resources.append(_Resource(urljoin(base, href), props, base))
+                found = propstat.find("d:prop", NS)
+        resources.append(_Resource(urljoin(base, href), found, base))
     return resources
 
 

@@ -406,6 +406,8 @@ def vtimezone(
     bounded = _Until(zone, datetime.combine(last, time()) + timedelta(days=1))
     component = _VTimezone.from_tzinfo(bounded, tzid or name, date(first_year, 1, 1), last)
     for observance in component.subcomponents:
+        if not isinstance(observance, icalendar.TimezoneStandard | icalendar.TimezoneDaylight):
+            raise ValueError(f"icalendar built a {observance.name} inside the VTIMEZONE of {name}")
         _start_before_change(observance, zone)
     _drop_overtaken_span(component)
     return component
@@ -442,7 +444,9 @@ def _onsets(observance: icalendar.Component) -> list[datetime]:
     return [observance["DTSTART"].dt, *(v.dt for item in items for v in item.dts)]
 
 
-def _start_before_change(observance: icalendar.Component, zone: ZoneInfo) -> None:
+def _start_before_change(
+    observance: icalendar.TimezoneStandard | icalendar.TimezoneDaylight, zone: ZoneInfo
+) -> None:
     """Rewrite the onsets of a STANDARD/DAYLIGHT as the local time before each change.
 
     RFC 5545 §3.6.5: DTSTART (and RDATE) of an observance is the wall time in
@@ -452,8 +456,8 @@ def _start_before_change(observance: icalendar.Component, zone: ZoneInfo) -> Non
     the component starts with (TZOFFSETFROM equals TZOFFSETTO) is no change
     and stays.
     """
-    before: timedelta = observance["TZOFFSETFROM"].td
-    after: timedelta = observance["TZOFFSETTO"].td
+    before: timedelta = observance.TZOFFSETFROM
+    after: timedelta = observance.TZOFFSETTO
     if before == after:
         return
     first, *values = _onsets(observance)

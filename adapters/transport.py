@@ -120,7 +120,7 @@ class CheckedResolver(SystemResolver):
         """Return this resolver (it holds no connection to close)."""
         return self
 
-    def getaddrinfo(  # type: ignore[override]
+    def getaddrinfo(
         self,
         host: bytes | str | None,
         port: str | int | None,
@@ -329,7 +329,7 @@ class GuardedSession(niquests.Session):
             return float(chosen[1])
         return self.limits.seconds(kind)
 
-    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
         """Send one request; return its response with the body read under the cap.
 
         :raises BodyTooLargeError: when the body exceeds the kind's cap.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -101,7 +102,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if refused is not None:
             return refused
         errors = exc.errors()
-        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        first: dict[str, Any] = errors[0] if errors else {"loc": (), "msg": "invalid request"}
         if first.get("type") == "json_invalid":  # malformed syntax, not a bad value
             where = first.get("ctx", {}).get("error", "")
             message = f"the body is not valid JSON{f' ({where})' if where else ''}"

@@ -16,6 +16,7 @@ from pydantic import (
     WithJsonSchema,
     field_validator,
 )
+from pydantic.config import JsonDict
 from pydantic_core import PydanticCustomError
 
 from caljournal.domain.values import (
@@ -120,7 +121,7 @@ Text = Annotated[str | None, AfterValidator(door_text)]
 
 _STRICT = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
-BOOK_EXAMPLE = {
+BOOK_EXAMPLE: JsonDict = {
     "title": "Haircut with Anna",
     "start": "2026-03-30T10:00:00+02:00",
     "end": "2026-03-30T10:45:00+02:00",
@@ -132,7 +133,7 @@ BOOK_EXAMPLE = {
 }
 
 
-ALL_DAY_EXAMPLE = {
+ALL_DAY_EXAMPLE: JsonDict = {
     "title": "Team offsite",
     "start": "2026-04-13",
     "end": "2026-04-15",

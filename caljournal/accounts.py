@@ -134,7 +134,7 @@ class AccountService:
         """
         check_name("account", name)
         try:
-            account = self.journal.repository.get(Account.id_for(name))
+            account: Account = self.journal.repository.get(Account.id_for(name))
         except AggregateNotFoundError:
             raise NotFoundError(f"no account named {name!r}") from None
         assert isinstance(account, Account)
@@ -146,7 +146,7 @@ class AccountService:
         :raises NotFoundError: when there is none.
         """
         try:
-            account = self.journal.repository.get(account_id)
+            account: Account = self.journal.repository.get(account_id)
         except AggregateNotFoundError:
             raise NotFoundError(f"no account {account_id}") from None
         return str(account.name)
@@ -189,7 +189,7 @@ class AccountService:
         :raises TokenRevokedError: when it is revoked already.
         """
         try:
-            token = self.journal.repository.get(token_id)
+            token: ApiToken = self.journal.repository.get(token_id)
         except AggregateNotFoundError:
             raise NotFoundError(f"no token {token_id}") from None
         if not isinstance(token, ApiToken):

@@ -128,7 +128,7 @@ class AppointmentService:
 
     def _replay_booking(self, appointment_id: UUID, booking: Booking) -> Booked | None:
         try:
-            first = self.journal.repository.get(appointment_id, version=1)
+            first: Appointment = self.journal.repository.get(appointment_id, version=1)
         except AggregateNotFoundError:
             return None
         if not _same_booking(first, booking):
@@ -142,12 +142,12 @@ class AppointmentService:
         self,
         scope: UUID | None,
         appointment_id: UUID,
-        start: datetime,
-        end: datetime,
+        start: datetime | date,
+        end: datetime | date,
         cause: Cause,
         expected_version: int | None = None,
     ) -> dict[str, Any]:
-        """Move an appointment and return its new state.
+        """Move an appointment and return its new state (two dates make it all-day).
 
         :raises NotFoundError, PreconditionFailedError, AppointmentCancelledError,
             InvalidAppointmentError:
@@ -255,6 +255,8 @@ class AppointmentService:
         as_of = clamp(as_of)
         state: Appointment | None = None
         for event in self.journal.events.get(appointment_id):
+            if not isinstance(event, Appointment.Event):
+                raise TypeError(f"{type(event).__name__} is no event of an appointment")
             if event.timestamp > as_of:
                 break
             state = event.mutate(state)

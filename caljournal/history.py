@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from caljournal.adapters.journal import Journal
 
 _VOLATILE = {"version", "modified_on", "created_on"}
+
+
+@runtime_checkable
+class _RecordedChange(Protocol):
+    """What the audit view reads of an event: every aggregate's ``Event`` base carries it."""
+
+    originator_version: int
+    timestamp: datetime
+    origin: str
+    actor: str
+    correlation_id: str
+
+    def mutate(self, aggregate: Any) -> Any:
+        """Return ``aggregate`` with this event applied."""
 
 
 def history_of(journal: Journal, aggregate_id: UUID) -> list[dict[str, Any]]:
@@ -21,6 +36,8 @@ def history_of(journal: Journal, aggregate_id: UUID) -> list[dict[str, Any]]:
     aggregate: Any = None
     before: dict[str, Any] = {}
     for event in journal.events.get(aggregate_id):
+        if not isinstance(event, _RecordedChange):
+            raise TypeError(f"{type(event).__name__} events carry no origin, actor or timestamp")
         aggregate = event.mutate(aggregate)
         after = aggregate.state()
         changes = {

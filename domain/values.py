@@ -135,17 +135,21 @@ def period_in(
 ) -> tuple[datetime, datetime, bool]:
     """Return ``(start, end, all_day)``: two dates become the midnights that bound them.
 
-    :raises InvalidAppointmentError: when one is a date and the other a time.
+    :raises InvalidAppointmentError: when one is a date and the other a time, or one is neither.
     """
-    start_day, end_day = (not isinstance(v, datetime) and isinstance(v, date) for v in (start, end))
+    start_day, end_day = (isinstance(v, date) and not isinstance(v, datetime) for v in (start, end))
     if start_day != end_day:
         raise InvalidAppointmentError(
             "start and end must both be dates (all-day) or both date-times",
             field="end" if start_day else "start",
         )
     if start_day:
-        return midnight(start, zone), midnight(end, zone), True  # type: ignore[arg-type]
-    return start, end, False  # type: ignore[return-value]
+        return midnight(start, zone), midnight(end, zone), True
+    if not isinstance(start, datetime):
+        raise InvalidAppointmentError("start must be a datetime", field="start")
+    if not isinstance(end, datetime):
+        raise InvalidAppointmentError("end must be a datetime", field="end")
+    return start, end, False
 
 
 def _utc_wall(value: datetime) -> datetime:
@@ -176,12 +180,13 @@ def check_time(name: str, value: Any, *, bookable: bool = False) -> None:
     low, high = (BOOKABLE_FROM, BOOKABLE_UNTIL) if bookable else (JOURNAL_FROM, JOURNAL_UNTIL)
     if not isinstance(value, datetime):
         raise InvalidAppointmentError(f"{name} must be a datetime", field=name)
-    if value.tzinfo is None or value.utcoffset() is None:
+    offset = value.utcoffset()
+    if value.tzinfo is None or offset is None:
         raise InvalidAppointmentError(
             f"{name} must carry a UTC offset, e.g. 2026-03-30T10:00:00+02:00", field=name
         )
     # Compared as wall times: turning a time near year 1 or 9999 into UTC overflows.
-    wall, offset = value.replace(tzinfo=None), value.utcoffset()
+    wall = value.replace(tzinfo=None)
     if not low.replace(tzinfo=None) + offset <= wall <= high.replace(tzinfo=None) + offset:
         raise InvalidAppointmentError(
             f"{name} must lie between {low.date()} and {high.date()} (UTC)", field=name

@@ -347,7 +347,11 @@ def _drive(port: int, headers: dict[str, str], n: int, clients: int) -> list[flo
 def _pg_schema(admin: psycopg.Connection, label: str) -> tuple[str, Callable[[], None]]:
     schema = f"bench_{label}_{uuid.uuid4().hex[:8]}"
     admin.execute(f'CREATE SCHEMA "{schema}"')
-    return f"{PG_URL}?schema={schema}", lambda: admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+    def drop() -> None:
+        admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+    return f"{PG_URL}?schema={schema}", drop
 
 
 def _one_round(

@@ -77,7 +77,7 @@ def fill_storage(radicale: RadicaleProcess, cal_id: str, count: int) -> None:
 def poller_for(
     container: Container, account_id: uuid.UUID, url: str
 ) -> tuple[Poller, CalendarReader]:
-    stored = container.journal.repository.get(CalendarLink.id_for(account_id))
+    stored: CalendarLink = container.journal.repository.get(CalendarLink.id_for(account_id))
     reader = CalendarReader(container.links.access(stored), url)
     state = container.links.get(account_id)
     cause = lambda: Cause(Origin.CALDAV, "bench", f"poll-{uuid.uuid4()}")  # noqa: E731

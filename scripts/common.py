@@ -50,7 +50,8 @@ class Command(TyperCommand):
         pieces = [self.options_metavar] if self.options_metavar else []
         for param in self.get_params(ctx):
             if isinstance(param, TyperArgument):
-                piece = param.metavar if param.required else f"[{param.metavar}]"
+                metavar = param.metavar or ""  # get_params gave every parameter one
+                piece = metavar if param.required else f"[{metavar}]"
                 pieces.append(piece if param.nargs == 1 else f"{piece}...")
         return pieces
 

@@ -79,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     for owner, name, label in TIMED:
         setattr(owner, name, _timed(getattr(owner, name), label))
-    bench._asgi_call = _timed(bench._asgi_call, "whole request")  # type: ignore[assignment]
+    bench._asgi_call = _timed(bench._asgi_call, "whole request")
     with tempfile.TemporaryDirectory() as tmp:
         container = bootstrap(load_settings(database_url=f"sqlite:///{Path(tmp) / 'j.sqlite'}"))
         try:
