@@ -426,22 +426,24 @@ def _drop_overtaken_span(component: icalendar.Timezone) -> None:
     alone already gives every wall time of the window its offset.
     """
     changes: list[datetime] = []
-    spans: list[icalendar.Component] = []
+    spans: list[icalendar.TimezoneStandard | icalendar.TimezoneDaylight] = []
     for observance in component.subcomponents:
-        if observance["TZOFFSETFROM"].td == observance["TZOFFSETTO"].td:
+        if not isinstance(observance, icalendar.TimezoneStandard | icalendar.TimezoneDaylight):
+            continue
+        if observance.TZOFFSETFROM == observance.TZOFFSETTO:
             spans.append(observance)
         else:
             changes += _onsets(observance)
     for span in spans:
-        if changes and min(changes) <= span["DTSTART"].dt:
+        if changes and min(changes) <= span.DTSTART:
             component.subcomponents.remove(span)
 
 
-def _onsets(observance: icalendar.Component) -> list[datetime]:
+def _onsets(observance: icalendar.TimezoneStandard | icalendar.TimezoneDaylight) -> list[datetime]:
     """Return the wall times an observance begins at: its DTSTART and RDATEs."""
     rdates = observance.get("RDATE")
     items = rdates if isinstance(rdates, list) else [rdates] if rdates is not None else []
-    return [observance["DTSTART"].dt, *(v.dt for item in items for v in item.dts)]
+    return [observance.DTSTART, *(v.dt for item in items for v in item.dts)]
 
 
 def _start_before_change(
