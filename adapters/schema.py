@@ -194,6 +194,8 @@ def _appointment_positions(target: Target) -> list[str]:
         f"ALTER TABLE {a} ADD COLUMN position BIGINT",
         fill,
         f"CREATE INDEX {APPOINTMENTS}_position ON {a} (account_id, position)",
+        # Pending pushes were found by modification time; nothing else reads it by index.
+        f"DROP INDEX IF EXISTS {target.qualify}{APPOINTMENTS}_modified",
     ]
 
 
@@ -205,7 +207,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     Migration(
         2,
-        "appointments: journal position of the latest event, indexed by account",
+        "appointments: journal position of the latest event, indexed by account "
+        "(replacing the index by modification time)",
         statements=_appointment_positions,
     ),
 )
