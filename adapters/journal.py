@@ -148,8 +148,8 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
     def create_table(self) -> None:
         """Create the library's event table, then bring caljournal's tables up to date."""
         super().create_table()
-        with self.datastore.get_connection(commit=True) as conn:
-            migrate(conn.cursor(), self.schema_target)
+        with self.datastore.get_connection(commit=True) as conn, conn.cursor() as curs:
+            migrate(curs, self.schema_target)
 
     @property
     def schema_target(self) -> Target:
@@ -210,6 +210,12 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
+        if datastore.enable_db_functions:
+            # That insert path skips the hook that writes the query-table rows.
+            raise ValueError(
+                "POSTGRES_ENABLE_DB_FUNCTIONS is not supported: caljournal writes its "
+                "query tables in the library's own insert transaction"
+            )
         self.qualify = f'"{datastore.schema}".'
 
     @property
