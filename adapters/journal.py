@@ -239,6 +239,21 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
             finally:
                 curs.execute(UNLOCK.encode())
 
+    def _insert_events(
+        self,
+        curs: Any,
+        stored_events: Sequence[StoredEvent],
+        *,
+        read_model: Sequence[Row] = (),
+        **kwargs: Any,
+    ) -> None:
+        # Runs inside the library's insert transaction, before the events insert.
+        # With no events (a poll that changed only its own state) the library skips
+        # that insert and the hook below: the rows are written here instead.
+        if not stored_events:
+            for row in read_model:
+                curs.execute(*upsert_statement(row, self.qualify, "%s"))
+
     def _fetch_ids_after_insert_events(
         self,
         curs: Any,

@@ -18,6 +18,7 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 from psycopg.rows import dict_row
 
+from caljournal.adapters.readmodel import INBOUND, Row
 from caljournal.adapters.schema import (
     LATEST_VERSION,
     MIGRATIONS,
@@ -389,5 +390,17 @@ def test_a_row_that_fails_takes_its_events_back_with_it(database_url: str, tmp_p
         assert [t["name"] for t in journal.journal_recorder.select_tokens(None)] == ["one"]
         # The connection is usable afterwards.
         assert journal.journal_recorder.select_token("same") is not None
+    finally:
+        container.close()
+
+
+def test_rows_saved_without_events_are_written(database_url: str, tmp_path: Path) -> None:
+    container = open_container(database_url, tmp_path / "caljournal.key")
+    try:
+        journal = container.journal
+        account = str(uuid4())
+        row = Row(INBOUND, {"account_id": account, "sync_token": "t1"}, "account_id", False)
+        journal.save(extra_rows=[row])
+        assert journal.journal_recorder.inbound_state(account)["sync_token"] == "t1"
     finally:
         container.close()
