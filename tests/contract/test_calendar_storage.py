@@ -15,7 +15,7 @@ from urllib.parse import unquote
 import icalendar
 import pytest
 
-from caljournal.adapters.storage import PreconditionFailed, SyncTokenInvalid
+from caljournal.adapters.storage import CalendarStorage, PreconditionFailed, SyncTokenInvalid
 from tests.support.storage_calendars import (
     Calendar,
     memory_calendar,
@@ -65,7 +65,8 @@ def event(uid: str, summary: str = "Zahnarzt – Kontrolle", day: int = 2) -> by
 def shown(data: bytes) -> dict[str, str]:
     """Return what a calendar shows of an object's event (as text, by property)."""
     vevent = next(iter(icalendar.Calendar.from_ical(data).walk("VEVENT")))
-    return {name: vevent[name].to_ical().decode() for name in SHOWN}
+    values = {name: vevent[name].to_ical() for name in SHOWN}
+    return {name: v.decode() if isinstance(v, bytes) else v for name, v in values.items()}
 
 
 def text_of(data: bytes, name: str) -> str:
@@ -82,6 +83,11 @@ def stored(calendar: Calendar, href: str) -> tuple[bytes, str | None]:
 
 
 # -- create and fetch -------------------------------------------------------------
+
+
+def test_the_calendar_speaks_the_ports_vocabulary(calendar: Calendar) -> None:
+    assert isinstance(calendar.storage, CalendarStorage)
+    assert calendar.storage.calendar_url.endswith("/")
 
 
 def test_a_created_object_is_fetched_back_with_its_content_and_etag(calendar: Calendar) -> None:
