@@ -9,25 +9,23 @@ speaks only the port's vocabulary (``adapters.storage``).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from urllib.parse import unquote
 
-import icalendar
 import pytest
 
 from caljournal.adapters.storage import CalendarStorage, PreconditionFailed, SyncTokenInvalid
 from tests.support.storage_calendars import (
+    DESCRIPTION,
     Calendar,
+    event,
     memory_calendar,
     radicale_calendar,
+    shown,
+    text_of,
     xandikos_calendar,
 )
 
 pytestmark = pytest.mark.caldav
-
-# Long enough to be folded several times; the emoji is four octets in UTF-8.
-DESCRIPTION = "Zähne prüfen, Füllung erneuern; 😀 Bitte 10 Minuten früher da sein. " * 4
-SHOWN = ("UID", "SUMMARY", "DESCRIPTION", "DTSTART", "DTEND", "LOCATION")
 
 
 @pytest.fixture(params=["memory", "radicale", "xandikos"])
@@ -41,38 +39,6 @@ def calendar(request: pytest.FixtureRequest) -> Iterator[Calendar]:
         made = xandikos_calendar(request.getfixturevalue("xandikos"))
     yield made
     made.storage.close()
-
-
-def event(uid: str, summary: str = "Zahnarzt – Kontrolle", day: int = 2) -> bytes:
-    """Return one VEVENT calendar object: CRLF line ends, non-ASCII text, folded lines."""
-    calendar = icalendar.Calendar()
-    calendar.add("PRODID", "-//caljournal contract tests//EN")
-    calendar.add("VERSION", "2.0")
-    vevent = icalendar.Event()
-    vevent.add("UID", uid)
-    vevent.add("DTSTAMP", datetime(2026, 1, 1, tzinfo=UTC))
-    vevent.add("DTSTART", datetime(2026, 3, day, 9, tzinfo=UTC))
-    vevent.add("DTEND", datetime(2026, 3, day, 10, tzinfo=UTC))
-    vevent.add("SUMMARY", summary)
-    vevent.add("DESCRIPTION", DESCRIPTION)
-    vevent.add("LOCATION", "Praxis Dr. Öztürk, Straße des 17. Juni 1, 10623 Berlin")
-    calendar.add_component(vevent)
-    data = calendar.to_ical()
-    assert b"\r\n " in data and b"\r\n" in data  # folded, CRLF
-    return data
-
-
-def shown(data: bytes) -> dict[str, str]:
-    """Return what a calendar shows of an object's event (as text, by property)."""
-    vevent = next(iter(icalendar.Calendar.from_ical(data).walk("VEVENT")))
-    values = {name: vevent[name].to_ical() for name in SHOWN}
-    return {name: v.decode() if isinstance(v, bytes) else v for name, v in values.items()}
-
-
-def text_of(data: bytes, name: str) -> str:
-    """Return the decoded text of one property of an object's event."""
-    vevent = next(iter(icalendar.Calendar.from_ical(data).walk("VEVENT")))
-    return str(vevent[name])
 
 
 def stored(calendar: Calendar, href: str) -> tuple[bytes, str | None]:

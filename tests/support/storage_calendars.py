@@ -3,13 +3,17 @@
 Each maker returns a fresh, empty calendar collection: a ``MemoryStorage``, or
 a ``CalDAVStorage`` on a new collection of a running Radicale or Xandikos
 server. Where the implementations legitimately differ, :class:`Calendar` says
-so as data and the contract asserts each side; nothing is skipped.
+so as data and the contract asserts each side; nothing is skipped. The
+calendar objects the contract writes (:func:`event`) are made here too.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import icalendar
 
 from caljournal.adapters.caldav_client import ServerAccess
 from caljournal.adapters.caldav_storage import CalDAVStorage
@@ -19,6 +23,10 @@ from caljournal.adapters.secrets import Credentials
 from caljournal.adapters.storage import CalendarStorage
 from tests.support.radicale import RadicaleProcess
 from tests.support.xandikos import XandikosProcess
+
+# Long enough to be folded several times; the emoji is four octets in UTF-8.
+DESCRIPTION = "Zähne prüfen, Füllung erneuern; 😀 Bitte 10 Minuten früher da sein. " * 4
+SHOWN = ("UID", "SUMMARY", "DESCRIPTION", "DTSTART", "DTEND", "LOCATION")
 
 # Generous: a busy 2-core machine makes a server slow, not wrong.
 TIMEOUT = 60.0
@@ -112,3 +120,35 @@ def xandikos_calendar(server: XandikosProcess) -> Calendar:
         reports_short_lived_deletions=False,
         many=120,
     )
+
+
+def event(uid: str, summary: str = "Zahnarzt – Kontrolle", day: int = 2) -> bytes:
+    """Return one VEVENT calendar object: CRLF line ends, non-ASCII text, folded lines."""
+    calendar = icalendar.Calendar()
+    calendar.add("PRODID", "-//caljournal contract tests//EN")
+    calendar.add("VERSION", "2.0")
+    vevent = icalendar.Event()
+    vevent.add("UID", uid)
+    vevent.add("DTSTAMP", datetime(2026, 1, 1, tzinfo=UTC))
+    vevent.add("DTSTART", datetime(2026, 3, day, 9, tzinfo=UTC))
+    vevent.add("DTEND", datetime(2026, 3, day, 10, tzinfo=UTC))
+    vevent.add("SUMMARY", summary)
+    vevent.add("DESCRIPTION", DESCRIPTION)
+    vevent.add("LOCATION", "Praxis Dr. Öztürk, Straße des 17. Juni 1, 10623 Berlin")
+    calendar.add_component(vevent)
+    data = calendar.to_ical()
+    assert b"\r\n " in data and b"\r\n" in data  # folded, CRLF
+    return data
+
+
+def shown(data: bytes) -> dict[str, str]:
+    """Return what a calendar shows of an object's event (as text, by property)."""
+    vevent = next(iter(icalendar.Calendar.from_ical(data).walk("VEVENT")))
+    values = {name: vevent[name].to_ical() for name in SHOWN}
+    return {name: v.decode() if isinstance(v, bytes) else v for name, v in values.items()}
+
+
+def text_of(data: bytes, name: str) -> str:
+    """Return the decoded text of one property of an object's event."""
+    vevent = next(iter(icalendar.Calendar.from_ical(data).walk("VEVENT")))
+    return str(vevent[name])
