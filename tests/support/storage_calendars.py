@@ -55,7 +55,9 @@ class Calendar:
     small on the servers, where every PUT costs tens of milliseconds.
 
     Every implementation has a state tag (CTag): Radicale and Xandikos
-    answer ``getctag``, the in-memory calendar gives its change counter.
+    answer ``getctag``, the in-memory calendar gives its change counter. The
+    servers derive theirs from the contents, so a calendar back in an earlier
+    state may show that state's tag again; every write changes it.
     """
 
     kind: str
