@@ -1,168 +1,80 @@
-"""An in-memory stand-in for one CalDAV calendar: href → (bytes, ETag).
+"""The former in-memory calendar double, as a thin face of ``MemoryStorage``.
 
-ETags come from one counter, so every write gives a new one. The conditional
-writes behave like a CalDAV server's ``If-None-Match: *`` / ``If-Match``
-requests: a failed precondition raises :class:`PreconditionFailed` and
-changes nothing.
-
-Every change is logged, so the calendar answers sync-collection deltas
-(:meth:`MemoryCalendar.changes_since`). Like Xandikos, it can leave out of a
-delta an object created and deleted after the token (``drops_short_lived``),
-and :meth:`MemoryCalendar.lose_changes` makes it forget changes outright (a
-server restored from a backup): then only a full listing shows them.
-:class:`MemoryReader` is the ``CalendarReader`` port over it.
+New tests use :class:`caljournal.adapters.memory_storage.MemoryStorage` (the
+calendar storage port in memory) directly. :class:`MemoryCalendar` keeps the
+older face some tests still use: ``create``/``update`` return the ETag string,
+``listing`` returns a dict, and a conditional delete of an object already gone
+raises :class:`PreconditionFailed` (the port counts it as deleted).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from caljournal.adapters.memory_storage import MemoryStorage
+from caljournal.adapters.storage import PreconditionFailed
 
-from caljournal.adapters.calendar_reader import Delta, Loaded
+__all__ = ["MemoryCalendar", "PreconditionFailed"]
 
-
-class PreconditionFailed(Exception):
-    """A conditional write found the object in another state (HTTP 412)."""
+DEFAULT_URL = "https://calendar.example/calendars/user/work/"
 
 
 class MemoryCalendar:
-    """The objects of one calendar collection, kept in a dict."""
+    """The objects of one calendar collection, kept by a :class:`MemoryStorage`."""
 
-    def __init__(self, drops_short_lived: bool = False) -> None:
-        self.objects: dict[str, tuple[bytes, str]] = {}
-        self._counter = 0
-        self.drops_short_lived = drops_short_lived
-        # (position, href, exists afterwards); a sync token is a position.
-        self._log: list[tuple[int, str, bool]] = []
-        self._lost_before = 0
+    def __init__(self, drops_short_lived: bool = False, calendar_url: str = DEFAULT_URL) -> None:
+        self.storage = MemoryStorage(calendar_url, drops_short_lived=drops_short_lived)
 
-    def _logged(self, href: str, exists: bool) -> None:
-        self._counter += 1
-        self._log.append((self._counter, href, exists))
+    @property
+    def objects(self) -> dict[str, tuple[bytes, str]]:
+        """Return the stored objects: href → (data, ETag)."""
+        return self.storage.objects
 
-    def _existed(self, href: str, position: int) -> bool:
-        states = [exists for at, h, exists in self._log if h == href and at <= position]
-        return bool(states and states[-1])
-
-    def changes_since(self, token: str | None) -> tuple[dict[str, str], set[str], str, bool]:
-        """Return (changed href → ETag, deleted hrefs, new token, complete) since ``token``.
-
-        Without a token every object is listed (complete).
-        """
-        now = str(self._counter)
-        if token is None:
-            return self.listing(), set(), now, True
-        since = int(token)
-        touched = {h for at, h, _ in self._log if at > since and at > self._lost_before}
-        changed = {h: self.objects[h][1] for h in touched if h in self.objects}
-        deleted = {
-            h
-            for h in touched
-            if h not in self.objects
-            and not (self.drops_short_lived and not self._existed(h, since))
-        }
-        return changed, deleted, now, False
-
-    def lose_changes(self) -> None:
-        """Leave every change made so far out of later deltas (full listings still show it)."""
-        self._lost_before = self._counter
-
-    def _next_etag(self) -> str:
-        self._counter += 1
-        return f'"{self._counter}"'
-
-    # -- what the sync code's reader and writer see -------------------------------
-
-    def listing(self) -> dict[str, str]:
+    def listing(self) -> dict[str, str | None]:
         """Return every object's href and ETag."""
-        return {href: etag for href, (_, etag) in self.objects.items()}
+        return dict(self.storage.listing().changed)
 
-    def fetch(self, href: str) -> tuple[bytes, str] | None:
+    def fetch(self, href: str) -> tuple[bytes, str | None] | None:
         """Return an object's data and ETag, or None when there is none."""
-        return self.objects.get(href)
+        return self.storage.fetch(href)
 
     def create(self, href: str, data: bytes) -> str:
-        """Store a new object (``If-None-Match: *``); return its ETag.
+        """Store a new object; return its ETag.
 
         :raises PreconditionFailed: when an object exists at ``href``.
         """
-        if href in self.objects:
-            raise PreconditionFailed(href)
-        return self.put(href, data)
+        return self._etag(self.storage.create(href, data).etag)
 
     def update(self, href: str, data: bytes, etag: str | None) -> str:
         """Replace an object, only if it still has ``etag`` (when given); return the new ETag.
 
         :raises PreconditionFailed: when the object changed or is gone.
         """
-        if etag is not None:
-            current = self.objects.get(href)
-            if current is None or current[1] != etag:
-                raise PreconditionFailed(href)
-        return self.put(href, data)
+        return self._etag(self.storage.update(href, data, etag).etag)
 
     def delete(self, href: str, etag: str | None) -> None:
-        """Delete an object, only if it still has ``etag`` (when given); gone is done.
+        """Delete an object, only if it still has ``etag`` (when given).
 
         :raises PreconditionFailed: when the object changed (or is gone, with ``etag``).
         """
-        current = self.objects.get(href)
-        if etag is not None and (current is None or current[1] != etag):
-            raise PreconditionFailed(href)
-        if self.objects.pop(href, None) is not None:
-            self._logged(href, False)
-
-    # -- what another calendar client does ----------------------------------------
+        if etag is not None and href not in self.storage.objects:
+            raise PreconditionFailed(
+                "the object changed on the server while deleting the calendar object", status=412
+            )
+        self.storage.delete(href, etag)
 
     def put(self, href: str, data: bytes) -> str:
         """Store ``data`` at ``href`` unconditionally; return the new ETag."""
-        etag = self._next_etag()
-        self.objects[href] = (data, etag)
-        self._logged(href, True)
-        return etag
+        return self.storage.put(href, data)
 
     def remove(self, href: str) -> None:
         """Delete the object at ``href`` unconditionally."""
-        del self.objects[href]
-        self._logged(href, False)
+        self.storage.remove(href)
 
+    def lose_changes(self) -> None:
+        """Leave every change made so far out of later deltas."""
+        self.storage.lose_changes()
 
-class MemoryReader:
-    """The calendar reader port over a :class:`MemoryCalendar`, counting requests."""
-
-    def __init__(self, calendar: MemoryCalendar) -> None:
-        self.calendar = calendar
-        self.requests: list[str] = []
-
-    def changes_since(self, token: str | None) -> Delta:
-        """Return the calendar's delta since ``token`` (everything when None)."""
-        self.requests.append("sync-collection")
-        changed, deleted, new_token, complete = self.calendar.changes_since(token)
-        return Delta(
-            changed=dict(changed), deleted=frozenset(deleted), token=new_token, complete=complete
-        )
-
-    def listing(self) -> Delta:
-        """Return every object's href and ETag."""
-        self.requests.append("listing")
-        return Delta(changed=dict(self.calendar.listing()), complete=True)
-
-    def state_tag(self) -> str | None:
-        """Return a CTag (the change counter)."""
-        self.requests.append("ctag")
-        return str(self.calendar._counter)
-
-    def load(self, hrefs: Iterable[str]) -> Loaded:
-        """Return the objects asked for (one request per 100, like a multiget)."""
-        wanted = list(hrefs)
-        loaded = Loaded(requests=(len(wanted) + 99) // 100)
-        self.requests.extend(["multiget"] * loaded.requests)
-        for href in wanted:
-            found = self.calendar.fetch(href)
-            if found is None:
-                loaded.missing.add(href)
-            else:
-                loaded.objects[href] = found
-        return loaded
-
-    def close(self) -> None:
-        """Nothing to close."""
+    @staticmethod
+    def _etag(etag: str | None) -> str:
+        if etag is None:  # MemoryStorage always gives one
+            raise AssertionError("the in-memory calendar wrote without an ETag")
+        return etag

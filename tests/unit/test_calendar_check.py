@@ -1,8 +1,8 @@
 """The full-listing check finds what a server's delta leaves out (against a calendar double).
 
-The double (``tests.support.memory_calendar``) answers deltas like Xandikos: an
-object created and deleted after the token is not reported, and changes can be
-lost from deltas altogether. The journal is a real SQLite file.
+The calendar is the storage port in memory (``MemoryStorage``), answering deltas
+like Xandikos: an object created and deleted after the token is not reported,
+and changes can be lost from deltas altogether. The journal is a real SQLite file.
 """
 
 from __future__ import annotations
@@ -18,8 +18,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from caljournal.adapters.caldav_client import PreconditionFailedError
-from caljournal.adapters.calendar_writer import Written
+from caljournal.adapters.memory_storage import MemoryStorage
 from caljournal.appointments import Booking
 from caljournal.bootstrap import Container, bootstrap
 from caljournal.domain.cause import Cause, Origin
@@ -27,7 +26,6 @@ from caljournal.projections.inbound import CheckPolicy, Poller, PollReport
 from caljournal.projections.push import Pusher, href_for, render
 from caljournal.settings import load_settings
 from tests.conftest import open_tenant, sqlite_url
-from tests.support.memory_calendar import MemoryCalendar, MemoryReader, PreconditionFailed
 
 URL = "https://calendar.example/user/calendars/work/"
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -42,41 +40,17 @@ FOREIGN = (
 )
 
 
-class MemoryWriter:
-    """The calendar writer port over the double."""
-
-    def __init__(self, calendar: MemoryCalendar) -> None:
-        self.calendar = calendar
-
-    def create(self, href: str, data: bytes) -> Written:
-        try:
-            return Written(self.calendar.create(href, data))
-        except PreconditionFailed:
-            raise PreconditionFailedError("exists", status=412) from None
-
-    def update(self, href: str, data: bytes, etag: str | None) -> Written:
-        try:
-            return Written(self.calendar.update(href, data, etag))
-        except PreconditionFailed:
-            raise PreconditionFailedError("changed", status=412) from None
-
-    def delete(self, href: str, etag: str | None) -> None:
-        try:
-            self.calendar.delete(href, etag)
-        except PreconditionFailed:
-            raise PreconditionFailedError("changed", status=412) from None
-
-    def fetch(self, href: str) -> tuple[bytes, str | None] | None:
-        return self.calendar.fetch(href)
-
-
 @dataclass
 class World:
     container: Container
     account: str
     account_id: UUID
-    calendar: MemoryCalendar
-    reader: MemoryReader
+    calendar: MemoryStorage
+
+    @property
+    def reader(self) -> MemoryStorage:
+        """The calendar, as the poller reads it (one object serves both)."""
+        return self.calendar
 
     def book(self, title: str, day: int) -> dict[str, Any]:
         start = datetime(2026, 4, day, 10, tzinfo=BERLIN)
@@ -105,7 +79,7 @@ class World:
         """Push what is pending, as the worker does; return the actions taken."""
         pusher = Pusher(
             self.container.journal,
-            MemoryWriter(self.calendar),  # type: ignore[arg-type]
+            self.calendar,  # type: ignore[arg-type]
             self.account,
             URL,
             lambda: Cause(Origin.CALDAV, "worker:test", f"push-{uuid.uuid4()}"),
@@ -127,10 +101,8 @@ def world(tmp_path: Path) -> Iterator[World]:
         load_settings(database_url=sqlite_url(tmp_path), secret_key_file=tmp_path / "k.key")
     )
     tenant = open_tenant(container, "acme")
-    calendar = MemoryCalendar(drops_short_lived=True)
-    yield World(
-        container, str(tenant.account_id), tenant.account_id, calendar, MemoryReader(calendar)
-    )
+    calendar = MemoryStorage(URL, drops_short_lived=True)
+    yield World(container, str(tenant.account_id), tenant.account_id, calendar)
     container.close()
 
 
