@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from caljournal.adapters.caldav_client import CalDAVError
@@ -37,7 +36,6 @@ from caljournal.adapters.calendar_reader import CalendarReader
 from caljournal.adapters.calendar_writer import CalendarWriter
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import get_profile
-from caljournal.adapters.readmodel import to_us
 from caljournal.adapters.retry import RetryPolicy
 from caljournal.domain.cause import Cause, Origin
 from caljournal.links import LinkFailedError, LinkService
@@ -98,9 +96,11 @@ class AccountPusher(threading.Thread):
         self._poll_asked = False
         self.lease_deadline = 0.0
         self.routed_position = 0
-        chosen = link.get("calendar_chosen_on")
-        self.baseline_us = to_us(datetime.fromisoformat(chosen)) if chosen else 0
-        self.watermark_us = self.baseline_us
+        # Journal positions: changes after the event that chose the calendar are
+        # pushed (older ones are the backfill's job); a complete pass moves the
+        # watermark to the position read before it started.
+        self.baseline = worker.journal.calendar_chosen_position(account_id)
+        self.watermark = self.baseline
         self._pusher: Pusher | None = None
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
         self._reader: CalendarReader | None = None
@@ -159,7 +159,7 @@ class AccountPusher(threading.Thread):
         self.poll_error = None
         if report.counts.get("repush"):
             # Re-pushed appointments may have changed long before this pass's watermark.
-            self.watermark_us = self.baseline_us
+            self.watermark = self.baseline
         return report
 
     def wake(self, position: int = 0) -> None:
@@ -253,14 +253,17 @@ class AccountPusher(threading.Thread):
         if not self.leased():
             return 0
         position = self.routed_position
-        started_us = int(time.time() * 1e6)
+        # Read before anything is queried. Positions commit in order (the library
+        # inserts events under a table lock on PostgreSQL; SQLite has one writer),
+        # so every change at or below this position is visible to this pass.
+        started = self.worker.recorder.max_notification_id() or 0
         pusher = self._pusher_for_link()
         handled = 0
         while self.leased():
             items = self.worker.recorder.pending_pushes(
                 self.account_id,
                 self.link["calendar_url"],
-                self.watermark_us,
+                self.watermark,
                 self.worker.config.batch,
             )
             if not items:
@@ -284,9 +287,9 @@ class AccountPusher(threading.Thread):
                     )
         else:
             return handled
-        # Everything changed before this pass is on the calendar: later passes need
-        # only look at newer changes (with a margin for clock differences).
-        self.watermark_us = max(self.baseline_us, started_us - 60_000_000)
+        # Everything recorded before this pass is on the calendar: later passes need
+        # only look at newer positions.
+        self.watermark = max(self.baseline, started)
         self.worker.recorder.update_sync_status(
             self.account_id,
             pushed_position=position,
