@@ -16,6 +16,7 @@ from caljournal.adapters.journal_ops import find, load_or_not_found
 from caljournal.adapters.providers import ProviderProfile, get_profile
 from caljournal.adapters.readmodel import secret_row
 from caljournal.adapters.secrets import Credentials, SecretBox, SecretKeyError
+from caljournal.adapters.syncstate_sql import SQLSyncState
 from caljournal.adapters.transport import DISCOVERY, TransferLimits
 from caljournal.domain.cause import Cause
 from caljournal.domain.link import CalendarLink
@@ -229,8 +230,8 @@ class LinkService:
         """
         link = self._get(account_id)
         if confirm_deletes:
-            self.journal.journal_recorder.update_inbound(
-                str(account_id), confirm_deletes=1, breaker=None
+            SQLSyncState(self.journal).update_inbound(
+                str(account_id), confirm_deletes=True, breaker=None
             )
         if link.resume(cause=cause):
             self.journal.save(link)
