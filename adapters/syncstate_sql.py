@@ -24,6 +24,7 @@ from caljournal.adapters.readmodel import (
     SYNC_STATUS,
     WORKERS,
     Row,
+    upsert_statement,
 )
 from caljournal.adapters.syncstate import (
     INBOUND_FIELDS,
@@ -342,7 +343,13 @@ class SQLSyncState:
 
     def commit(self, aggregates: Sequence[Any], writes: StateWrites) -> None:
         """Save the aggregates and the poll's writes in one transaction."""
-        self.journal.save(*aggregates, extra_rows=state_rows(writes))
+        rows = state_rows(writes)
+        if not aggregates:
+            # Without events the library's insert path (PostgreSQL) never reaches
+            # the hook that writes extra rows: write them in a transaction of their own.
+            self._execute([upsert_statement(row, self.q, self.p) for row in rows])
+            return
+        self.journal.save(*aggregates, extra_rows=rows)
 
     # -- leases and workers -----------------------------------------------------
 

@@ -229,6 +229,7 @@ def test_a_commit_writes_events_and_state_together(world: World) -> None:
             quarantine=[Quarantined(world.account, f"{URL}bad.ics", '"q"', "broken", 7)],
         ),
     )
+    assert list(world.store.quarantined(world.account)) == [f"{URL}bad.ics"]  # no events
     world.store.record_copies([world.copy(state, updated_us=99)])
     check = CalendarCheck(world.account, last_us=10, checks=1, differences=2, last_found="{}")
 

@@ -106,7 +106,7 @@ class Linked:
         finally:
             pusher._renderer.shutdown()
             if pusher._pusher:
-                pusher._pusher.writer.close()
+                pusher._pusher.storage.close()
 
     def book(self, title: str, day: int) -> dict[str, Any]:
         start = datetime(2026, 4, day, 10, tzinfo=BERLIN)

@@ -79,7 +79,7 @@ class Linked:
         finally:
             pusher._renderer.shutdown()
             if pusher._pusher:
-                pusher._pusher.writer.close()
+                pusher._pusher.storage.close()
 
     def book(self, title: str, day: int, hour: int = 10) -> dict[str, Any]:
         start = datetime(2026, 4, day, hour, tzinfo=BERLIN)
@@ -304,7 +304,7 @@ def test_a_foreign_event_whose_href_needs_escaping_is_tracked_by_one_spelling(
     assert full.full and full.counts == {}  # still there: neither cancelled nor re-imported
     linked.calendar.get_object_by_uid("phone-1@example.org").delete()
     assert linked.poll().counts == {"cancel": 1}
-    assert linked.state(copy["appointment_id"])["status"] == "cancelled"
+    assert linked.state(copy.appointment_id)["status"] == "cancelled"
 
 
 def test_a_crash_between_fetching_and_committing_imports_nothing_twice(
