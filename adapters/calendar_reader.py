@@ -11,11 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from typing import Any, TypeVar
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit, urlunsplit
 
+from caldav.compatibility_hints import at_spelling_is_significant
 from caldav.elements import dav
 from caldav.lib import error as dav_error
-from caldav.lib.url import URL
+from caldav.lib.url import URL, normalise_path
 from lxml import etree
 
 from caljournal.adapters.caldav_client import (
@@ -104,8 +105,11 @@ class CalendarReader:
                     raise
 
         result = self._call(ask)
-        changed = {str(obj.url): _etag(obj.props.get(dav.GetEtag.tag)) for obj in result.objects}
-        deleted = frozenset(str(self.calendar.url.join(u)) for u in result.deleted_urls)
+        changed = {
+            self._spelled(str(obj.url)): _etag(obj.props.get(dav.GetEtag.tag))
+            for obj in result.objects
+        }
+        deleted = frozenset(self._spelled(str(u)) for u in result.deleted_urls)
         return Delta(
             changed={h: e for h, e in changed.items() if h not in deleted},
             deleted=deleted,
@@ -123,13 +127,32 @@ class CalendarReader:
         tree = self._propfind(self._full(), LISTING, "1", body, "listing the calendar's objects")
         found: dict[str, str | None] = {}
         for node in tree.findall("d:response", NS):
-            href = str(self.calendar.url.join(node.findtext("d:href", "", NS).strip()))
+            href = self._spelled(node.findtext("d:href", "", NS).strip())
             if href.rstrip("/") == self.calendar_url.rstrip("/"):
                 continue
             if node.find(".//d:resourcetype/d:collection", NS) is not None:
                 continue
             found[href] = _etag(node.findtext(".//d:getetag", None, NS))
         return Delta(changed=found, complete=True)
+
+    def _spelled(self, href: str) -> str:
+        """Return the absolute URL of an href from the server, in one spelling.
+
+        Servers and the library spell an href in more than one way: the
+        library re-quotes the hrefs of a sync-collection answer (``@`` as
+        ``%40``), Xandikos sends a literal ``@`` in a PROPFIND. Listings and
+        deltas must name an object alike, or a known object would look
+        deleted and a new one appear. A member of the calendar is spelled as
+        the calendar's URL (as given, the prefix of every href this process
+        writes) plus its re-quoted name; where the library's profile says the
+        two spellings of ``@`` are two resources, the ``@`` is left as sent.
+        """
+        parts = urlsplit(str(self.calendar.url.join(href)))
+        preserve = at_spelling_is_significant(getattr(self.client, "features", None))
+        folder, _, name = parts.path.rpartition("/")
+        if name and unquote(folder + "/") == unquote(urlsplit(self.calendar_url).path):
+            return self.calendar_url + normalise_path(name, safe="", preserve_at=preserve)
+        return urlunsplit(parts._replace(path=normalise_path(parts.path, preserve_at=preserve)))
 
     def state_tag(self) -> str | None:
         """Return the collection's CTag or sync-token property (None if it has neither)."""
@@ -192,6 +215,8 @@ class CalendarReader:
                 # strips trailing blanks and backslashes before quotes, which
                 # would read as changes of the appointment's text.
                 raw = obj.raw_data if obj.raw_data is not None else obj.data
+                if raw is None:  # a 404 inside the multistatus: gone meanwhile
+                    continue
                 href = asked.get(unquote(str(obj.url)), str(obj.url))
                 loaded.objects[href] = (
                     _bytes(raw),

@@ -158,7 +158,9 @@ class MemoryStorage:
 
     def expire_tokens(self) -> None:
         """Forget every sync token issued so far (asking with one raises SyncTokenInvalid)."""
-        self._oldest_token = self._counter + 1
+        # Move the counter on, so tokens issued from now on differ from the forgotten ones.
+        self._counter += 1
+        self._oldest_token = self._counter
 
     # -- inside -------------------------------------------------------------------
 
