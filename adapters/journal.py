@@ -27,7 +27,6 @@ from eventsourcing.utils import get_topic
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
 
-from caljournal.adapters.outbound_store import OutboundQueries
 from caljournal.adapters.readmodel import (
     ACCOUNTS,
     APPOINTMENTS,
@@ -54,11 +53,60 @@ LOCK = f"SELECT pg_advisory_lock(hashtext('{LOCK_KEY}'))"
 UNLOCK = f"SELECT pg_advisory_unlock(hashtext('{LOCK_KEY}'))"
 
 
-class ReadModelQueries(OutboundQueries):
+class ReadModelQueries:
     """Queries over the query tables, shared by both recorders.
 
-    The recorders supply ``_fetch``/``_execute``/``_update`` (see ``OutboundQueries``).
+    The recorders supply ``_fetch``/``_execute``/``_update`` and the placeholder
+    style; the sync-state store (``adapters.syncstate_sql``) uses them too.
     """
+
+    qualify: str
+    placeholder: str
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        raise NotImplementedError
+
+    def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
+        raise NotImplementedError
+
+    def _update(self, sql: str, params: Sequence[Any]) -> int:
+        raise NotImplementedError
+
+    def appointment_page(self, account_id: str, after_id: str, limit: int) -> list[dict[str, Any]]:
+        """Return the states of an account's appointments with ids after ``after_id``, by id."""
+        p = self.placeholder
+        rows = self._fetch(
+            f"SELECT doc FROM {self.qualify}{APPOINTMENTS} WHERE account_id = {p} "
+            f"AND id > {p} ORDER BY id LIMIT {p}",
+            [account_id, after_id, limit],
+        )
+        return docs(rows)
+
+    def appointment_docs(self, ids: Sequence[str]) -> list[dict[str, Any]]:
+        """Return the states of the given appointments (one query per 500 ids)."""
+        found: list[dict[str, Any]] = []
+        for start in range(0, len(ids), 500):
+            chunk = list(ids[start : start + 500])
+            marks = ", ".join(self.placeholder for _ in chunk)
+            rows = self._fetch(
+                f"SELECT doc FROM {self.qualify}{APPOINTMENTS} WHERE id IN ({marks})", chunk
+            )
+            found.extend(docs(rows))
+        return found
+
+    def accounts_of(self, appointment_ids: Sequence[str]) -> dict[str, str]:
+        """Return the account id of each given appointment id."""
+        result: dict[str, str] = {}
+        ids = list(appointment_ids)
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join(self.placeholder for _ in chunk)
+            rows = self._fetch(
+                f"SELECT id, account_id FROM {self.qualify}{APPOINTMENTS} WHERE id IN ({marks})",
+                chunk,
+            )
+            result.update({r["id"]: r["account_id"] for r in rows})
+        return result
 
     def select_window(self, window: Window) -> list[dict[str, Any]]:
         """Return the (non-recurring) appointments of an account overlapping a window."""

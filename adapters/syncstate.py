@@ -136,13 +136,34 @@ class SyncStatus:
 
 @dataclass
 class StateWrites:
-    """What a poll writes to the store together with its events."""
+    """What a poll of one account writes to the store together with its events.
 
+    ``released`` names hrefs that leave the quarantine; ``inbound`` sets some
+    :class:`InboundState` fields; ``check`` replaces the account's
+    :class:`CalendarCheck` except ``written_us``, which only
+    ``record_copies`` moves (caljournal's own writes, see the inbound poller).
+    """
+
+    account_id: str
     copies: list[CopyRecord] = field(default_factory=list)
     quarantine: list[Quarantined] = field(default_factory=list)
-    released: list[str] = field(default_factory=list)  # hrefs out of quarantine
-    inbound: dict[str, Any] | None = None  # InboundState fields to set
+    released: list[str] = field(default_factory=list)
+    inbound: dict[str, Any] | None = None
     check: CalendarCheck | None = None
+
+
+INBOUND_FIELDS = frozenset(f for f in InboundState.__dataclass_fields__ if f != "account_id")
+STATUS_FIELDS = frozenset(f for f in SyncStatus.__dataclass_fields__ if f != "account_id")
+
+
+def check_fields(values: dict[str, Any], allowed: frozenset[str], what: str) -> None:
+    """Refuse field names a record does not have (a typo would otherwise be lost).
+
+    :raises ValueError: naming the unknown fields.
+    """
+    unknown = sorted(set(values) - allowed)
+    if unknown:
+        raise ValueError(f"{what} has no field(s) {', '.join(unknown)}")
 
 
 class SyncStateStore(Protocol):
@@ -151,11 +172,25 @@ class SyncStateStore(Protocol):
     # -- copies -----------------------------------------------------------------
     def pending_pushes(
         self, account_id: str, calendar_url: str, after_position: int, limit: int
-    ) -> list[PendingPush]: ...
+    ) -> list[PendingPush]:
+        """Return appointments whose copy on ``calendar_url`` is missing or behind.
+
+        Only appointments changed after journal position ``after_position``
+        (older ones are the backfill's job); a booked appointment without a copy
+        (or with a copy on another calendar) counts, a copy whose push failed for
+        good counts again only after a newer change. Oldest change first.
+        """
+        ...
 
     def count_pending(self, account_id: str, calendar_url: str, after_position: int) -> int: ...
 
-    def record_copies(self, records: Sequence[CopyRecord]) -> None: ...
+    def record_copies(self, records: Sequence[CopyRecord]) -> None:
+        """Record what the calendar holds (after the server confirmed); notes the write time.
+
+        Each account's ``CalendarCheck.written_us`` becomes the newest
+        ``updated_us`` of its records: caljournal wrote to the calendar.
+        """
+        ...
 
     def copy_of(self, appointment_id: str) -> CopyRecord | None: ...
 
@@ -182,7 +217,13 @@ class SyncStateStore(Protocol):
 
     def quarantined(self, account_id: str) -> dict[str, Quarantined]: ...
 
-    def commit(self, aggregates: Sequence[Any], writes: StateWrites) -> None: ...
+    def commit(self, aggregates: Sequence[Any], writes: StateWrites) -> None:
+        """Save the aggregates' new events and apply ``writes``, together.
+
+        :raises eventsourcing.persistence.IntegrityError: when another writer
+            recorded an aggregate's next version first (nothing is written then).
+        """
+        ...
 
     # -- leases and workers -----------------------------------------------------
     def claim_lease(self, account_id: str, owner: str, now_us: int, ttl_us: int) -> bool: ...

@@ -13,13 +13,13 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from cachetools import TTLCache
-from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import IntegrityError
 
 from caljournal.adapters.journal import Journal
+from caljournal.adapters.journal_ops import load_or_not_found
 from caljournal.domain.account import Account, ApiToken, check_name
 from caljournal.domain.cause import Cause
-from caljournal.errors import AuthenticationError, ConflictError, NotFoundError
+from caljournal.errors import AuthenticationError, ConflictError
 
 TOKEN_PREFIX = "cj_"
 
@@ -133,23 +133,16 @@ class AccountService:
         :raises NotFoundError: when there is none.
         """
         check_name("account", name)
-        try:
-            account: Account = self.journal.repository.get(Account.id_for(name))
-        except AggregateNotFoundError:
-            raise NotFoundError(f"no account named {name!r}") from None
-        assert isinstance(account, Account)
-        return account
+        return load_or_not_found(
+            self.journal, Account.id_for(name), Account, f"no account named {name!r}"
+        )
 
     def account_name(self, account_id: UUID) -> str:
         """Return the name of an account.
 
         :raises NotFoundError: when there is none.
         """
-        try:
-            account: Account = self.journal.repository.get(account_id)
-        except AggregateNotFoundError:
-            raise NotFoundError(f"no account {account_id}") from None
-        return str(account.name)
+        return load_or_not_found(self.journal, account_id, Account, f"no account {account_id}").name
 
     def list_accounts(self) -> list[dict[str, Any]]:
         """Return every account (id, name, created)."""
@@ -188,12 +181,7 @@ class AccountService:
         :raises NotFoundError: when there is no such token.
         :raises TokenRevokedError: when it is revoked already.
         """
-        try:
-            token: ApiToken = self.journal.repository.get(token_id)
-        except AggregateNotFoundError:
-            raise NotFoundError(f"no token {token_id}") from None
-        if not isinstance(token, ApiToken):
-            raise NotFoundError(f"no token {token_id}")
+        token = load_or_not_found(self.journal, token_id, ApiToken, f"no token {token_id}")
         token.revoke(cause=cause)
         self.journal.save(token)
         self.tokens.clear()

@@ -13,6 +13,8 @@ from caljournal.accounts import AccountService
 from caljournal.adapters.journal import Journal, open_journal
 from caljournal.adapters.retry import RetryPolicy
 from caljournal.adapters.secrets import SecretBox, load_keys
+from caljournal.adapters.syncstate import SyncStateStore
+from caljournal.adapters.syncstate_sql import SQLSyncState
 from caljournal.appointments import AppointmentService
 from caljournal.links import LinkPolicy, LinkService
 from caljournal.projections.inbound import CheckPolicy
@@ -27,6 +29,7 @@ class Container:
 
     settings: Settings
     journal: Journal
+    sync_state: SyncStateStore = field(init=False)
     accounts: AccountService = field(init=False)
     appointments: AppointmentService = field(init=False)
     links: LinkService = field(init=False)
@@ -36,6 +39,7 @@ class Container:
     _box_lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
+        self.sync_state = SQLSyncState(self.journal)
         self.accounts = AccountService(self.journal, self.settings.token_cache_seconds)
         self.appointments = AppointmentService(self.journal)
         policy = LinkPolicy(
@@ -46,7 +50,10 @@ class Container:
         )
         self.links = LinkService(self.journal, self.secret_box, policy)
         self.sync = SyncService(
-            self.journal, self.links, RetryPolicy.patient(self.settings.caldav_retry_budget)
+            self.journal,
+            self.links,
+            RetryPolicy.patient(self.settings.caldav_retry_budget),
+            self.sync_state,
         )
 
     def outbound_worker(self, config: WorkerConfig | None = None) -> OutboundWorker:
@@ -63,7 +70,11 @@ class Container:
                 ),
             )
         return OutboundWorker(
-            self.journal, self.links, config=config, postgres_listen=self.journal.listener
+            self.journal,
+            self.links,
+            config=config,
+            postgres_listen=self.journal.listener,
+            store=self.sync_state,
         )
 
     def secret_box(self) -> SecretBox:

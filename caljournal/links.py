@@ -8,19 +8,19 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError
-
 from caljournal.adapters.caldav_client import CalDAVError, ServerAccess
 from caljournal.adapters.calendar_url import CalendarURLError, normalise, split_secret_query
 from caljournal.adapters.discovery import Discovery, discover, probe_write
 from caljournal.adapters.journal import Journal
+from caljournal.adapters.journal_ops import find, load_or_not_found
 from caljournal.adapters.providers import ProviderProfile, get_profile
 from caljournal.adapters.readmodel import secret_row
 from caljournal.adapters.secrets import Credentials, SecretBox, SecretKeyError
+from caljournal.adapters.syncstate_sql import SQLSyncState
 from caljournal.adapters.transport import DISCOVERY, TransferLimits
 from caljournal.domain.cause import Cause
 from caljournal.domain.link import CalendarLink
-from caljournal.errors import ApplicationError, ConflictError, NotFoundError
+from caljournal.errors import ApplicationError, ConflictError
 from caljournal.history import history_of
 
 #: How a link logs in to its server: the provider styles, or none at all.
@@ -230,8 +230,8 @@ class LinkService:
         """
         link = self._get(account_id)
         if confirm_deletes:
-            self.journal.journal_recorder.update_inbound(
-                str(account_id), confirm_deletes=1, breaker=None
+            SQLSyncState(self.journal).update_inbound(
+                str(account_id), confirm_deletes=True, breaker=None
             )
         if link.resume(cause=cause):
             self.journal.save(link)
@@ -315,18 +315,15 @@ class LinkService:
     # -- helpers ----------------------------------------------------------------
 
     def _find(self, account_id: UUID) -> CalendarLink | None:
-        try:
-            link = self.journal.repository.get(CalendarLink.id_for(account_id))
-        except AggregateNotFoundError:
-            return None
-        assert isinstance(link, CalendarLink)
-        return link
+        return find(self.journal, CalendarLink.id_for(account_id), CalendarLink)
 
     def _get(self, account_id: UUID) -> CalendarLink:
-        link = self._find(account_id)
-        if link is None:
-            raise NotFoundError("this account has no calendar link")
-        return link
+        return load_or_not_found(
+            self.journal,
+            CalendarLink.id_for(account_id),
+            CalendarLink,
+            "this account has no calendar link",
+        )
 
     def _save(self, link: CalendarLink, credentials: Credentials) -> None:
         sealed = self._box().seal(credentials.to_json())

@@ -9,16 +9,20 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError
-
-from caljournal.adapters.caldav_client import CalDAVError, ServerAccess
+from caljournal.adapters.caldav_client import ServerAccess
+from caljournal.adapters.caldav_storage import CalDAVStorage
 from caljournal.adapters.journal import Journal
+from caljournal.adapters.journal_ops import apply
 from caljournal.adapters.providers import ProviderProfile, get_profile
 from caljournal.adapters.retry import RetryPolicy
+from caljournal.adapters.storage import StorageError
+from caljournal.adapters.syncstate import PendingPush, SyncStateStore
+from caljournal.adapters.syncstate_sql import SQLSyncState
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause
 from caljournal.domain.link import CalendarLink
 from caljournal.links import LinkFailedError, LinkService
+from caljournal.projections.executor import ActionKind
 from caljournal.projections.resync import MassDeleteRefusedError, Resync, Step, Summary
 
 
@@ -32,11 +36,15 @@ class SyncService:
     """Report how far each account's calendar is behind, and retry failed pushes."""
 
     def __init__(
-        self, journal: Journal, links: LinkService, retry: RetryPolicy | None = None
+        self,
+        journal: Journal,
+        links: LinkService,
+        retry: RetryPolicy | None = None,
+        store: SyncStateStore | None = None,
     ) -> None:
         self.journal = journal
         self.links = links
-        self.recorder = journal.journal_recorder
+        self.store = store or SQLSyncState(journal)
         # Operator runs wait out a flaky server (minutes); see Settings.caldav_retry_budget.
         self.retry = retry or RetryPolicy.patient(300.0)
 
@@ -49,72 +57,72 @@ class SyncService:
         """
         link = self.links.get(account_id)
         account = str(account_id)
-        sync = self.recorder.sync_status(account)
-        pending: list[dict[str, Any]] = []
+        sync = self.store.sync_status(account)
+        pending: list[PendingPush] = []
         if link["calendar_url"] and link["calendar_chosen_on"]:
             baseline = self.journal.calendar_chosen_position(account_id)
-            pending = self.recorder.pending_pushes(account, link["calendar_url"], baseline, 100_000)
+            pending = self.store.pending_pushes(account, link["calendar_url"], baseline, 100_000)
         oldest = min(
-            (datetime.fromisoformat(p["appointment"]["modified_on"]) for p in pending), default=None
+            (datetime.fromisoformat(p.appointment["modified_on"]) for p in pending), default=None
         )
-        lease = self.recorder.leases().get(account)
+        lease = self.store.leases().get(account)
         now_us = int(time.time() * 1e6)
         return {
             "account_id": account,
             "link_status": link["status"],
             "calendar_url": link["calendar_url"],
-            "journal_position": self.recorder.max_notification_id() or 0,
-            "pushed_position": sync.get("pushed_position"),
+            "journal_position": self.journal.recorder.max_notification_id() or 0,
+            "pushed_position": sync.pushed_position,
             "pending": len(pending),
             "lag_seconds": (
                 round((datetime.now(UTC) - oldest).total_seconds(), 3) if oldest else 0.0
             ),
             "failed": [
                 {
-                    "appointment_id": f["appointment_id"],
-                    "error": f["failure"],
-                    "sequence": f["failed_sequence"],
-                    "at": _iso(f["updated_us"]),
+                    "appointment_id": f.appointment_id,
+                    "error": f.failure,
+                    "sequence": f.failed_sequence,
+                    "at": _iso(f.updated_us),
                 }
-                for f in self.recorder.failed_copies(account)
+                for f in self.store.failed_copies(account)
             ],
-            "last_success": _iso(sync.get("last_success_us")),
-            "last_error": sync.get("last_error"),
-            "last_error_at": _iso(sync.get("last_error_us")),
-            "worker": lease["owner"] if lease and lease["expires_us"] > now_us else None,
+            "last_success": _iso(sync.last_success_us),
+            "last_error": sync.last_error,
+            "last_error_at": _iso(sync.last_error_us),
+            "worker": lease.owner if lease and lease.expires_us > now_us else None,
             "inbound": self._inbound(account),
         }
 
     def _inbound(self, account: str) -> dict[str, Any]:
-        state = self.recorder.inbound_state(account)
-        quarantined = self.recorder.quarantined(account)
+        state = self.store.inbound_state(account)
+        quarantined = self.store.quarantined(account)
         return {
-            "last_poll": _iso(state.get("last_poll_us")),
-            "last_poll_requests": state.get("last_requests"),
-            "sync_token": bool(state.get("sync_token")),
+            "last_poll": _iso(state.last_poll_us),
+            "last_poll_requests": state.last_requests,
+            "sync_token": bool(state.sync_token),
             "initial_import": (
-                {"done": state.get("import_done"), "total": state.get("import_total")}
-                if state.get("import_total") is not None
+                {"done": state.import_done, "total": state.import_total}
+                if state.import_total is not None
                 else None
             ),
-            "last_error": state.get("last_error"),
-            "mass_delete_breaker": state.get("breaker"),
+            "last_error": state.last_error,
+            "mass_delete_breaker": state.breaker,
             "calendar_check": self._check(account),
             "quarantined": [
-                {"href": q["href"], "reason": q["reason"], "at": _iso(q["at_us"])}
+                {"href": q.href, "reason": q.reason, "at": _iso(q.at_us)}
                 for q in quarantined.values()
             ],
         }
 
     def _check(self, account: str) -> dict[str, Any]:
         """Return the full comparisons of the calendar with the copy records, and their finds."""
-        check = self.recorder.calendar_check(account)
+        check = self.store.calendar_check(account)
         return {
-            "last": _iso(check.get("last_us")),
-            "checks": check.get("checks") or 0,
-            "differences": check.get("differences") or 0,
-            "last_differences": json.loads(check["last_found"]) if check.get("last_found") else {},
-            "last_differences_at": _iso(check.get("last_found_us")),
+            "last": _iso(check.last_us),
+            "checks": check.checks,
+            "differences": check.differences,
+            "last_differences": json.loads(check.last_found) if check.last_found else {},
+            "last_differences_at": _iso(check.last_found_us),
         }
 
     def backfill(
@@ -136,22 +144,28 @@ class SyncService:
             calendar cannot be read (nothing is written then).
         """
         link, access, profile = self._target(account_id)
-        run = Resync(
-            self.journal,
-            str(account_id),
-            access,
-            profile,
-            link.calendar_url,
-            delete=False,
-            record=True,
-            dry_run=dry_run,
-            concurrency=concurrency,
-            rate=rate,
-            progress=progress,
-            retry=self.retry,
-        )
-        steps, summary = self._plan(run, "backfill")
-        summary = run.run(steps, summary)
+        open_storage = self._storage(access, link.calendar_url, profile)
+        storage = open_storage()
+        try:
+            run = Resync(
+                self.journal,
+                storage,
+                self.store,
+                str(account_id),
+                link.calendar_url,
+                lambda: cause,
+                delete=False,
+                record=True,
+                dry_run=dry_run,
+                concurrency=concurrency,
+                rate=rate,
+                progress=progress,
+                open_storage=open_storage,
+            )
+            steps, summary = self._plan(run, "backfill")
+            summary = run.run(steps, summary)
+        finally:
+            storage.close()
         if not dry_run:
             self._record_run(account_id, "backfill", summary, cause)
         return summary
@@ -190,38 +204,32 @@ class SyncService:
         switching = to_calendar is not None and to_calendar.rstrip("/") != link.calendar_url.rstrip(
             "/"
         )
-        run = Resync(
-            self.journal,
-            str(account_id),
-            access,
-            profile,
-            target,
-            delete=True,
-            # Copies are recorded for the target calendar; an as-of run records
-            # nothing, so the worker later brings the calendar back to the present.
-            record=as_of is None,
-            as_of=as_of,
-            dry_run=dry_run,
-            concurrency=concurrency,
-            rate=rate,
-            progress=progress,
-            retry=self.retry,
-        )
-        steps, summary = self._plan(run, "replay")
-        deletes = sum(1 for s in steps if s.kind == "delete")
-        on_calendar = sum(1 for s in steps if s.kind in ("present", "update", "delete"))
-        if not dry_run and deletes:
-            if deletes >= 10 and deletes > 0.5 * max(on_calendar, 1) and not allow_mass_delete:
-                raise MassDeleteRefusedError(
-                    f"the replay would delete {deletes} of {on_calendar} objects; "
-                    "add --allow-mass-delete if that is meant"
-                )
-            preview = run.run(steps, Summary(dry_run=True), write=False)
-            if not confirm(preview):
-                raise LinkFailedError(
-                    "the replay deletes objects and was not confirmed; nothing written"
-                )
-        summary = run.run(steps, summary)
+        open_storage = self._storage(access, target, profile)
+        storage = open_storage()
+        try:
+            run = Resync(
+                self.journal,
+                storage,
+                self.store,
+                str(account_id),
+                target,
+                lambda: cause,
+                delete=True,
+                # Copies are recorded for the target calendar; an as-of run records
+                # nothing, so the worker later brings the calendar back to the present.
+                record=as_of is None,
+                as_of=as_of,
+                dry_run=dry_run,
+                concurrency=concurrency,
+                rate=rate,
+                progress=progress,
+                open_storage=open_storage,
+            )
+            steps, summary = self._plan(run, "replay")
+            self._confirm_deletes(run, steps, dry_run, confirm, allow_mass_delete)
+            summary = run.run(steps, summary)
+        finally:
+            storage.close()
         if dry_run:
             return summary
         if switching and as_of is None and summary.stopped is None:
@@ -230,10 +238,46 @@ class SyncService:
         return summary
 
     @staticmethod
+    def _confirm_deletes(
+        run: Resync,
+        steps: list[Step],
+        dry_run: bool,
+        confirm: Callable[[Summary], bool],
+        allow_mass_delete: bool,
+    ) -> None:
+        """Refuse a replay's deletions unless confirmed (and allowed, when they are many).
+
+        :raises MassDeleteRefusedError: when the deletions exceed the limit.
+        :raises LinkFailedError: when they were not confirmed.
+        """
+        deletes = sum(1 for s in steps if s.kind is ActionKind.DELETE)
+        on_calendar = sum(
+            1 for s in steps if s.kind in (ActionKind.RECORD, ActionKind.UPDATE, ActionKind.DELETE)
+        )
+        if dry_run or not deletes:
+            return
+        if deletes >= 10 and deletes > 0.5 * max(on_calendar, 1) and not allow_mass_delete:
+            raise MassDeleteRefusedError(
+                f"the replay would delete {deletes} of {on_calendar} objects; "
+                "add --allow-mass-delete if that is meant"
+            )
+        preview = run.run(steps, Summary(dry_run=True), write=False)
+        if not confirm(preview):
+            raise LinkFailedError(
+                "the replay deletes objects and was not confirmed; nothing written"
+            )
+
+    def _storage(
+        self, access: ServerAccess, calendar_url: str, profile: ProviderProfile
+    ) -> Callable[[], CalDAVStorage]:
+        """Return a maker of storages for the calendar (one per writing thread)."""
+        return lambda: CalDAVStorage(access, calendar_url, profile, self.retry)
+
+    @staticmethod
     def _plan(run: Resync, kind: str) -> tuple[list[Step], Summary]:
         try:
             return run.plan()
-        except CalDAVError as exc:
+        except StorageError as exc:
             raise LinkFailedError(
                 f"the {kind} stopped before writing anything: {exc.message}"
             ) from None
@@ -253,14 +297,12 @@ class SyncService:
         counts = summary.as_dict()
         counts["failed"] = len(summary.failed)
         counts.pop("sample", None)
-        for _ in range(20):
-            link = self.links._get(account_id)  # noqa: SLF001
-            link.record_resync(kind=kind, summary=counts, cause=cause)
-            try:
-                self.journal.save(link)
-                return
-            except IntegrityError:
-                continue
+        apply(
+            self.journal,
+            CalendarLink.id_for(account_id),
+            lambda link: link.record_resync(kind=kind, summary=counts, cause=cause),
+            CalendarLink,
+        )
 
     def retry_failed(self, account_id: UUID, cause: Cause) -> int:
         """Clear the account's failed pushes so the worker tries them again; return how many.
@@ -268,20 +310,16 @@ class SyncService:
         :raises NotFoundError: when the account has no link.
         """
         self.links.get(account_id)
-        failed = self.recorder.failed_copies(str(account_id))
+        failed = self.store.failed_copies(str(account_id))
         for copy in failed:
-            self.recorder.clear_failure(copy["appointment_id"])
-            for _ in range(20):
-                appointment = self.journal.repository.get(UUID(copy["appointment_id"]))
-                assert isinstance(appointment, Appointment)
-                if not appointment.clear_push_failure(cause=cause):
-                    # Nothing recorded on the appointment; touch it so the worker looks again.
-                    break
-                try:
-                    self.journal.save(appointment)
-                    break
-                except IntegrityError:
-                    continue
+            self.store.clear_failure(copy.appointment_id)
+            # Returns False (nothing saved) when no failure is recorded on the appointment.
+            apply(
+                self.journal,
+                UUID(copy.appointment_id),
+                lambda appointment: appointment.clear_push_failure(cause=cause),
+                Appointment,
+            )
         return len(failed)
 
 

@@ -27,20 +27,27 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from eventsourcing.application import AggregateNotFoundError
-
-from caljournal.adapters.calendar_reader import CalendarReader, Delta, SyncTokenInvalidError
 from caljournal.adapters.ical import ICalendarError, from_ical
 from caljournal.adapters.journal import Journal
+from caljournal.adapters.journal_ops import apply, find
 from caljournal.adapters.providers import get_profile
-from caljournal.adapters.readmodel import CHECKS, INBOUND, OUTBOUND, QUARANTINE, Row
+from caljournal.adapters.storage import CalendarStorage, Delta, SyncTokenInvalid
+from caljournal.adapters.syncstate import (
+    CalendarCheck,
+    CopyRecord,
+    Quarantined,
+    StateWrites,
+    SyncStateStore,
+)
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause
 from caljournal.domain.link import CalendarLink
 from caljournal.domain.values import RemoteFields
+from caljournal.projections.executor import BOOKING_SYSTEM_WINS
 from caljournal.projections.inbound_decide import (
     MAX_OBJECT_BYTES,
     Decision,
+    DecisionKind,
     decide,
     imported_id,
     remote_fields,
@@ -99,7 +106,8 @@ class Poller:
     def __init__(
         self,
         journal: Journal,
-        reader: CalendarReader,
+        storage: CalendarStorage,
+        store: SyncStateStore,
         account_id: str,
         link: dict[str, Any],
         cause: Callable[[], Cause],
@@ -107,14 +115,14 @@ class Poller:
         check: CheckPolicy | None = None,
     ) -> None:
         self.journal = journal
-        self.reader = reader
+        self.storage = storage
+        self.store = store
         self.account_id = account_id
         self.link = link
         self.calendar_url = str(link["calendar_url"])
         self.cause = cause
         self.breaker = breaker or BreakerPolicy()
         self.check = check or CheckPolicy()
-        self.recorder = journal.journal_recorder
         # Appointment ids one poll found unknown here, so an import looks once.
         self._unknown: set[str] = set()
 
@@ -125,51 +133,51 @@ class Poller:
         """
         report = PollReport()
         self._unknown = set()
-        state = self.recorder.inbound_state(self.account_id)
-        checks = self.recorder.calendar_check(self.account_id)
-        same_calendar = state.get("calendar_url") == self.calendar_url
-        token = state.get("sync_token") if same_calendar else None
+        state = self.store.inbound_state(self.account_id)
+        checks = self.store.calendar_check(self.account_id)
+        same_calendar = state.calendar_url == self.calendar_url
+        token = state.sync_token if same_calendar else None
         ctag = None
         now_us = int(time.time() * 1e6)
         blind = not get_profile(self.link.get("provider") or "generic").detects_invalid_sync_token
-        due = now_us - (state.get("last_full_us") or 0) > FULL_COMPARE_EVERY_US
-        check = self._check_due(checks if same_calendar else {}, now_us)
+        due = now_us - (state.last_full_us or 0) > FULL_COMPARE_EVERY_US
+        check = self._check_due(checks if same_calendar else CalendarCheck(self.account_id), now_us)
         if self.link.get("sync_tokens") and token and blind and due:
             # Servers that answer an expired token with an empty 207 (DAViCal, SOGo,
             # OX, Zimbra…) cannot tell us it expired: compare everything now and then.
             log.info("account %s: periodic full compare (server hides bad tokens)", self.account_id)
-            delta = self.reader.changes_since(None)
+            delta = self.storage.changes_since(None)
             report.requests += 1
         elif self.link.get("sync_tokens"):
             try:
-                delta = self.reader.changes_since(token)
+                delta = self.storage.changes_since(token)
                 report.requests += 1
-            except SyncTokenInvalidError:
+            except SyncTokenInvalid:
                 report.requests += 1
                 log.info("account %s: sync token refused; comparing everything", self.account_id)
-                delta = self.reader.changes_since(None)
+                delta = self.storage.changes_since(None)
                 report.requests += 1
         else:
-            ctag = self.reader.state_tag()
+            ctag = self.storage.state_tag()
             report.requests += 1
-            if ctag is not None and same_calendar and ctag == state.get("ctag") and not check:
+            if ctag is not None and same_calendar and ctag == state.ctag and not check:
                 report.idle = True
-                self._finish(report, [], token=None, ctag=ctag)
+                self._finish(report, token=None, ctag=ctag)
                 return report
-            delta = self.reader.listing()
+            delta = self.storage.listing()
             report.requests += 1
             # A listing asked for although the CTag had not moved is a check.
-            report.checked = ctag is not None and same_calendar and ctag == state.get("ctag")
+            report.checked = ctag is not None and same_calendar and ctag == state.ctag
         # What the server's own answer named; a check counts what it found beyond that.
         mentioned = set() if report.checked else set(delta.changed) | set(delta.deleted)
         if check and not delta.complete:
-            delta = _with_listing(delta, self.reader.listing())
+            delta = _with_listing(delta, self.storage.listing())
             report.requests += 1
             report.checked = True
         report.full = delta.complete
         if not delta.complete and not delta.changed and not delta.deleted:
             # Nothing changed: record the poll (and the server's new token) only.
-            self.recorder.update_inbound(
+            self.store.update_inbound(
                 self.account_id,
                 last_poll_us=int(time.time() * 1e6),
                 last_requests=report.requests,
@@ -179,8 +187,8 @@ class Poller:
             report.idle = True
             return report
         wanted_hrefs = None if delta.complete else set(delta.changed) | set(delta.deleted)
-        copies = self.recorder.copies_by_href(self.account_id, self.calendar_url, wanted_hrefs)
-        quarantine = self.recorder.quarantined(self.account_id)
+        copies = self.store.copies_by_href(self.account_id, self.calendar_url, wanted_hrefs)
+        quarantine = self.store.quarantined(self.account_id)
         wanted = {
             href: etag
             for href, etag in delta.changed.items()
@@ -191,26 +199,24 @@ class Poller:
             # A copy recorded after this poll began may have been written after the
             # listing was taken (a backfill in another process): its absence proves
             # nothing. The next check looks at it (it counts as a write since then).
-            gone |= {
-                h for h in set(copies) - set(delta.changed) if copies[h]["updated_us"] < now_us
-            }
+            gone |= {h for h in set(copies) - set(delta.changed) if copies[h].updated_us < now_us}
         gone &= set(copies) | set(quarantine)
-        if state.get("sync_token") is None and not same_calendar:
-            self.recorder.update_inbound(
+        if state.sync_token is None and not same_calendar:
+            self.store.update_inbound(
                 self.account_id, import_total=len(wanted), import_done=0, calendar_url=None
             )
-        loaded = self.reader.load(sorted(wanted))
+        loaded = self.storage.load(sorted(wanted))
         report.requests += loaded.requests
         gone |= loaded.missing & (set(copies) | set(quarantine))
         decisions = self._decide(loaded.objects, gone, copies)
         if delta.complete:
             decisions += self._missing_without_deletion(set(delta.changed), decisions)
-        cancels = sum(1 for d in decisions if d.kind == "cancel")
-        live = self.recorder.count_copies(self.account_id)
+        cancels = sum(1 for d in decisions if d.kind is DecisionKind.CANCEL)
+        live = self.store.count_copies(self.account_id)
         if (
             cancels >= self.breaker.minimum
             and cancels > self.breaker.share * max(live, 1)
-            and not state.get("confirm_deletes")
+            and not state.confirm_deletes
         ):
             reason = (
                 f"one poll would cancel {cancels} of {live} appointments; nothing was "
@@ -232,9 +238,9 @@ class Poller:
         self._apply(decisions, report, delta.token, ctag, quarantine, checks, now_us)
         return report
 
-    def _check_due(self, checks: dict[str, Any], now_us: int) -> bool:
+    def _check_due(self, checks: CalendarCheck, now_us: int) -> bool:
         """Return whether this poll compares the full listing (see :class:`CheckPolicy`)."""
-        last_us = checks.get("last_us")
+        last_us = checks.last_us
         if last_us is None:
             return True
         elapsed = (now_us - last_us) / 1e6
@@ -242,22 +248,22 @@ class Poller:
             return True
         if elapsed < self.check.spacing:
             return False
-        return (checks.get("written_us") or 0) > last_us
+        return (checks.written_us or 0) > last_us
 
     def _decide(
         self,
         objects: dict[str, tuple[bytes, str | None]],
         gone: set[str],
-        copies: dict[str, dict[str, Any]],
+        copies: dict[str, CopyRecord],
     ) -> list[Decision]:
-        involved = {c["appointment_id"] for h, c in copies.items() if h in objects or h in gone}
+        involved = {c.appointment_id for h, c in copies.items() if h in objects or h in gone}
         states = self._states(involved)
         decisions: list[Decision] = []
         seen_uids: dict[str, str] = {}
         for href in sorted(objects):
             data, etag = objects[href]
             copy = copies.get(href)
-            appointment = states.get(copy["appointment_id"]) if copy else None
+            appointment = states.get(copy.appointment_id) if copy else None
             if copy is None:
                 copy, appointment = self._owner(data, states)
             decision = decide(
@@ -269,10 +275,14 @@ class Poller:
                 lambda uid: imported_id(self.account_id, self.calendar_url, uid),
             )
             uid = decision.fields.calendar_uid if decision.fields else None
-            if uid and decision.kind in ("import", "apply", "reinstate"):
+            if uid and decision.kind in (
+                DecisionKind.IMPORT,
+                DecisionKind.APPLY,
+                DecisionKind.REINSTATE,
+            ):
                 if uid in seen_uids:
                     decision = Decision(
-                        "quarantine",
+                        DecisionKind.QUARANTINE,
                         href,
                         etag=etag,
                         reason=f"the same UID as {seen_uids[uid]} (duplicate UID)",
@@ -282,11 +292,11 @@ class Poller:
             decisions.append(decision)
         for href in sorted(gone):
             copy = copies.get(href)
-            state = states.get(copy["appointment_id"]) if copy else None
+            state = states.get(copy.appointment_id) if copy else None
             decisions.append(
                 decide(href, None, None, copy, state, lambda uid: uid)
                 if copy
-                else Decision("forget", href)
+                else Decision(DecisionKind.FORGET, href)
             )
         return decisions
 
@@ -301,14 +311,14 @@ class Poller:
         """
         decided = {d.appointment_id for d in decisions}
         return [
-            Decision("repush", record["href"], record["appointment_id"])
-            for record in self.recorder.absent_live_copies(self.account_id, self.calendar_url)
-            if record["href"] not in listed and record["appointment_id"] not in decided
+            Decision(DecisionKind.REPUSH, record.href, record.appointment_id)
+            for record in self.store.absent_live_copies(self.account_id, self.calendar_url)
+            if record.href not in listed and record.appointment_id not in decided
         ]
 
     def _owner(
         self, data: bytes, states: dict[str, dict[str, Any]]
-    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    ) -> tuple[CopyRecord | None, dict[str, Any] | None]:
         """Return the absent-copy record and the state of the appointment an object names.
 
         For an object at an href without a present copy: ours (by its appointment
@@ -330,8 +340,8 @@ class Poller:
         state = states.get(owner)
         if state is None:
             return None, None
-        record = self.recorder.copy_of(owner)
-        if record and record["calendar_url"] == self.calendar_url and not record["present"]:
+        record = self.store.copy_of(owner)
+        if record and record.calendar_url == self.calendar_url and not record.present:
             return record, state
         return None, state
 
@@ -349,85 +359,84 @@ class Poller:
         report: PollReport,
         token: str | None,
         ctag: str | None,
-        quarantine: dict[str, dict[str, Any]],
-        checks: dict[str, Any],
+        quarantine: dict[str, Quarantined],
+        checks: CalendarCheck,
         began_us: int,
     ) -> None:
         batches = [decisions[i : i + BATCH] for i in range(0, len(decisions), BATCH)] or [[]]
         done = 0
         for number, batch in enumerate(batches):
             aggregates: list[Appointment] = []
-            rows: list[Row] = []
+            writes = StateWrites(self.account_id)
             cause = self.cause()
             for decision in batch:
-                aggregate, decision_rows = self._execute(decision, cause, quarantine)
+                aggregate = self._execute(decision, cause, quarantine, writes)
                 if aggregate is not None:
                     aggregates.append(aggregate)
-                rows.extend(decision_rows)
             done += len(batch)
             last = number == len(batches) - 1
-            rows.append(self._inbound_row(report, token if last else None, ctag, done, last))
+            writes.inbound = self._inbound_values(report, token if last else None, ctag, done, last)
             if last and (report.full or report.checked):
-                rows.append(self._check_row(report, checks, began_us))
-            self.journal.save(*aggregates, extra_rows=rows)
+                writes.check = self._check_record(report, checks, began_us)
+            self.store.commit(aggregates, writes)
 
     def _execute(
-        self, decision: Decision, cause: Cause, quarantine: dict[str, dict[str, Any]]
-    ) -> tuple[Appointment | None, list[Row]]:
-        rows: list[Row] = []
-        if decision.href in quarantine and decision.kind != "quarantine":
-            rows.append(
-                Row(QUARANTINE, {"id": self._qid(decision.href)}, versioned=False, delete=True)
-            )
+        self,
+        decision: Decision,
+        cause: Cause,
+        quarantine: dict[str, Quarantined],
+        writes: StateWrites,
+    ) -> Appointment | None:
+        """Carry out one decision: return the appointment it changed; add its state writes."""
         kind = decision.kind
-        if kind == "quarantine":
-            rows.append(
-                Row(
-                    QUARANTINE,
-                    {
-                        "id": self._qid(decision.href),
-                        "account_id": self.account_id,
-                        "href": decision.href,
-                        "etag": decision.etag,
-                        "reason": decision.reason,
-                        "at_us": int(time.time() * 1e6),
-                    },
-                    versioned=False,
+        if decision.href in quarantine and kind is not DecisionKind.QUARANTINE:
+            writes.released.append(decision.href)
+        if kind is DecisionKind.QUARANTINE:
+            writes.quarantine.append(
+                Quarantined(
+                    self.account_id,
+                    decision.href,
+                    decision.etag,
+                    decision.reason or "",
+                    int(time.time() * 1e6),
                 )
             )
-            return None, rows
-        if kind == "forget":
+            return None
+        copies = writes.copies
+        if kind is DecisionKind.FORGET:
             if decision.appointment_id:
-                rows.append(self._copy_row(decision, None, present=False))
-            return None, rows
-        if kind == "repush":  # recorded as never pushed: the worker's next pass creates it
-            rows.append(self._copy_row(decision, -1, present=False))
-            return None, rows
-        if kind == "echo":
-            rows.append(self._copy_row(decision, None, present=True, keep_sequence=True))
-            return None, rows
-        if kind == "adopt":
-            rows.append(self._copy_row(decision, decision.sequence, present=True))
-            return None, rows
+                copies.append(self._copy_record(decision, None, present=False))
+            return None
+        if (
+            kind is DecisionKind.REPUSH
+        ):  # recorded as never pushed: the worker's next pass creates it
+            copies.append(self._copy_record(decision, -1, present=False))
+            return None
+        if kind is DecisionKind.ECHO:
+            copies.append(self._copy_record(decision, None, present=True, keep_sequence=True))
+            return None
+        if kind is DecisionKind.ADOPT:
+            copies.append(self._copy_record(decision, decision.sequence, present=True))
+            return None
         appointment = self._load_or_none(decision.appointment_id)
-        if kind == "import" and appointment is None:
-            assert decision.fields is not None
+        if kind is DecisionKind.IMPORT and appointment is None:
+            assert decision.fields is not None and decision.appointment_id is not None
             appointment = Appointment.import_from_calendar(
                 appointment_id=uuid.UUID(decision.appointment_id),
                 account_id=uuid.UUID(self.account_id),
                 remote=decision.fields,
                 cause=cause,
             )
-            rows.append(self._copy_row(decision, appointment.sequence, present=True))
-            return appointment, rows
+            copies.append(self._copy_record(decision, appointment.sequence, present=True))
+            return appointment
         if appointment is None:
-            return None, rows
-        if kind == "reinstate":
+            return None
+        if kind is DecisionKind.REINSTATE:
             assert decision.fields is not None
             appointment.reinstate_from_calendar(remote=decision.fields, cause=cause)
-            rows.append(self._copy_row(decision, appointment.sequence, present=True))
-            return appointment, rows
-        if kind == "conflict":
+            copies.append(self._copy_record(decision, appointment.sequence, present=True))
+            return appointment
+        if kind is DecisionKind.CONFLICT:
             local = {"title": appointment.title, "start": appointment.start.isoformat()}
             remote: dict[str, Any] = (
                 {"title": decision.fields.title, "start": decision.fields.start.isoformat()}
@@ -437,31 +446,31 @@ class Poller:
             if decision.fields and decision.reason:
                 remote["note"] = decision.reason
             appointment.record_conflict(
-                local=local, remote=remote, winner="booking system", cause=cause
+                local=local, remote=remote, winner=BOOKING_SYSTEM_WINS, cause=cause
             )
             # The push that follows overwrites, re-creates or deletes the calendar
             # copy. The record takes the remote ETag and the remote content's hash,
             # so that push happens even when the journal's content equals what was
             # pushed before; a restored copy is recorded behind the journal.
-            rows.append(
-                self._copy_row(
+            copies.append(
+                self._copy_record(
                     decision,
                     decision.sequence,
                     present=decision.fields is not None,
                     keep_sequence=decision.sequence is None,
                 )
             )
-            return appointment, rows
-        if kind == "cancel":
+            return appointment
+        if kind is DecisionKind.CANCEL:
             appointment.apply_calendar_change(remote=_cancelled(appointment), cause=cause)
-            rows.append(self._copy_row(decision, appointment.sequence, present=False))
-            return appointment, rows
+            copies.append(self._copy_record(decision, appointment.sequence, present=False))
+            return appointment
         assert decision.fields is not None
         appointment.apply_calendar_change(remote=decision.fields, cause=cause)
-        rows.append(self._copy_row(decision, appointment.sequence, present=True))
-        return appointment, rows
+        copies.append(self._copy_record(decision, appointment.sequence, present=True))
+        return appointment
 
-    def _copy_row(
+    def _copy_record(
         self,
         decision: Decision,
         sequence: int | None,
@@ -469,39 +478,30 @@ class Poller:
         present: bool,
         keep_sequence: bool = False,
         keep_hash: bool = False,
-    ) -> Row:
+    ) -> CopyRecord:
         needs_current = keep_sequence or keep_hash or sequence is None
-        current = (
-            (self.recorder.copy_of(str(decision.appointment_id)) or {}) if needs_current else {}
-        )
-        return Row(
-            OUTBOUND,
-            {
-                "appointment_id": decision.appointment_id,
-                "account_id": self.account_id,
-                "calendar_url": self.calendar_url,
-                "href": decision.href,
-                "etag": decision.etag if present else None,
-                "pushed_sequence": (
-                    current.get("pushed_sequence", -1)
-                    if keep_sequence or sequence is None
-                    else sequence
-                ),
-                "content_hash": current.get("content_hash") if keep_hash else decision.digest,
-                "present": 1 if present else 0,
-                "failed_sequence": None,
-                "failure": None,
-                "updated_us": int(time.time() * 1e6),
-            },
-            key="appointment_id",
-            versioned=False,
+        current = self.store.copy_of(str(decision.appointment_id)) if needs_current else None
+        known_sequence = current.pushed_sequence if current is not None else -1
+        return CopyRecord(
+            appointment_id=str(decision.appointment_id),
+            account_id=self.account_id,
+            calendar_url=self.calendar_url,
+            href=decision.href,
+            etag=decision.etag if present else None,
+            pushed_sequence=(known_sequence if keep_sequence or sequence is None else sequence),
+            content_hash=(
+                (current.content_hash if current is not None else None)
+                if keep_hash
+                else decision.digest
+            ),
+            present=present,
+            updated_us=int(time.time() * 1e6),
         )
 
-    def _inbound_row(
+    def _inbound_values(
         self, report: PollReport, token: str | None, ctag: str | None, done: int, last: bool
-    ) -> Row:
+    ) -> dict[str, Any]:
         values: dict[str, Any] = {
-            "account_id": self.account_id,
             "last_poll_us": int(time.time() * 1e6),
             "last_requests": report.requests,
             "import_done": done,
@@ -512,34 +512,33 @@ class Poller:
                 calendar_url=self.calendar_url,
                 sync_token=token,
                 ctag=ctag,
-                confirm_deletes=0,
+                confirm_deletes=False,
                 breaker=None,
             )
             if report.full:
                 values["last_full_us"] = int(time.time() * 1e6)
-        return Row(INBOUND, values, key="account_id", versioned=False)
+        return values
 
-    def _check_row(self, report: PollReport, checks: dict[str, Any], began_us: int) -> Row:
+    def _check_record(
+        self, report: PollReport, checks: CalendarCheck, began_us: int
+    ) -> CalendarCheck:
         """Return the record of a full comparison (and what only it found).
 
         It is dated when the poll began: copies recorded since are compared next time.
         """
         now_us = int(time.time() * 1e6)
         found = sum(report.found.values())
-        values: dict[str, Any] = {
-            "account_id": self.account_id,
-            "last_us": began_us,
-            "checks": int(checks.get("checks") or 0) + (1 if report.checked else 0),
-            "differences": int(checks.get("differences") or 0) + found,
-            "last_found": json.dumps(report.found) if found else checks.get("last_found"),
-            "last_found_us": now_us if found else checks.get("last_found_us"),
-        }
-        return Row(CHECKS, values, key="account_id", versioned=False)
+        return CalendarCheck(
+            account_id=self.account_id,
+            last_us=began_us,
+            checks=checks.checks + (1 if report.checked else 0),
+            differences=checks.differences + found,
+            last_found=json.dumps(report.found) if found else checks.last_found,
+            last_found_us=now_us if found else checks.last_found_us,
+        )
 
-    def _finish(
-        self, report: PollReport, rows: list[Row], token: str | None, ctag: str | None
-    ) -> None:
-        self.recorder.update_inbound(
+    def _finish(self, report: PollReport, token: str | None, ctag: str | None) -> None:
+        self.store.update_inbound(
             self.account_id,
             last_poll_us=int(time.time() * 1e6),
             last_requests=report.requests,
@@ -548,29 +547,26 @@ class Poller:
         )
 
     def _trip_breaker(self, reason: str) -> None:
-        self.recorder.update_inbound(
+        self.store.update_inbound(
             self.account_id, breaker=reason, last_poll_us=int(time.time() * 1e6)
         )
-        link = self.journal.repository.get(CalendarLink.id_for(uuid.UUID(self.account_id)))
-        assert isinstance(link, CalendarLink)
-        if link.pause(reason=reason, cause=self.cause()):
-            self.journal.save(link)
+        cause = self.cause()
+        apply(
+            self.journal,
+            CalendarLink.id_for(uuid.UUID(self.account_id)),
+            lambda link: link.pause(reason=reason, cause=cause),
+            CalendarLink,
+        )
 
     def _load_or_none(self, appointment_id: str | None) -> Appointment | None:
         """Return this account's appointment, or None when it is unknown here."""
         if appointment_id is None or appointment_id in self._unknown:
             return None
-        try:
-            found = self.journal.repository.get(uuid.UUID(appointment_id))
-        except AggregateNotFoundError:  # not in the journal
-            found = None
-        if isinstance(found, Appointment) and str(found.account_id) == self.account_id:
+        found = find(self.journal, uuid.UUID(appointment_id), Appointment)
+        if found is not None and str(found.account_id) == self.account_id:
             return found
         self._unknown.add(appointment_id)
         return None
-
-    def _qid(self, href: str) -> str:
-        return f"{self.account_id}|{href}"
 
 
 def _with_listing(delta: Delta, listing: Delta) -> Delta:
@@ -583,8 +579,8 @@ def _with_listing(delta: Delta, listing: Delta) -> Delta:
     )
 
 
-def _known(record: dict[str, Any] | None, etag: str | None) -> bool:
-    return bool(record and etag and record.get("etag") == etag)
+def _known(record: CopyRecord | Quarantined | None, etag: str | None) -> bool:
+    return bool(record and etag and record.etag == etag)
 
 
 def _cancelled(appointment: Appointment) -> RemoteFields:
@@ -602,6 +598,7 @@ __all__ = [
     "BreakerPolicy",
     "CheckPolicy",
     "Decision",
+    "DecisionKind",
     "PollReport",
     "Poller",
     "decide",

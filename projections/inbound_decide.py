@@ -12,11 +12,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from datetime import time as dtime
+from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
 from caljournal.adapters.ical_parse import RemoteEvent
+from caljournal.adapters.syncstate import CopyRecord
 from caljournal.domain.cause import Origin
 from caljournal.domain.errors import DomainError
 from caljournal.domain.values import RemoteFields, remote_text, rfc3339
@@ -24,6 +26,21 @@ from caljournal.domain.values import RemoteFields, remote_text, rfc3339
 IMPORT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://caljournal.invalid/imported")
 MAX_OBJECT_BYTES = 5_000_000
 RESTORED = "restored in the calendar"
+
+
+class DecisionKind(StrEnum):
+    """What a remote object (or its deletion) means for the journal."""
+
+    IMPORT = "import"  # a foreign object: a new appointment
+    APPLY = "apply"  # a change made in the calendar: apply it
+    ADOPT = "adopt"  # our own write whose record was lost: record it
+    REINSTATE = "reinstate"  # a cancellation the calendar made, taken back there
+    ECHO = "echo"  # our own write read back: only its ETag is new
+    CONFLICT = "conflict"  # changed on both sides: the booking system wins
+    CANCEL = "cancel"  # deleted (or cancelled) in the calendar
+    FORGET = "forget"  # gone, and nothing to do in the journal
+    QUARANTINE = "quarantine"  # unusable: kept aside with the reason
+    REPUSH = "repush"  # a live appointment missing from the calendar: push it again
 
 
 @dataclass(frozen=True)
@@ -34,9 +51,7 @@ class Decision:
     when the decision fixes one (``adopt``, and ``conflict`` on a restored object).
     """
 
-    # import | apply | adopt | reinstate | echo | conflict | cancel | forget | quarantine,
-    # and repush (a live appointment missing from the calendar, found by a full listing)
-    kind: str
+    kind: DecisionKind
     href: str
     appointment_id: str | None = None
     fields: RemoteFields | None = None
@@ -115,7 +130,7 @@ def decide(
     href: str,
     etag: str | None,
     data: bytes | None,
-    copy: dict[str, Any] | None,
+    copy: CopyRecord | None,
     appointment: dict[str, Any] | None,
     new_id: Callable[[str], str],
 ) -> Decision:
@@ -131,47 +146,53 @@ def decide(
     local_newer = (
         copy is not None
         and appointment is not None
-        and appointment["sequence"] > copy["pushed_sequence"]
+        and appointment["sequence"] > copy.pushed_sequence
     )
-    restored = copy is not None and not copy["present"]
+    restored = copy is not None and not copy.present
     if data is None:
         if restored or copy is None or appointment is None or appointment["status"] == "cancelled":
-            return Decision("forget", href, copy and copy["appointment_id"])
+            return Decision(DecisionKind.FORGET, href, copy.appointment_id if copy else None)
         if local_newer:
-            return Decision("conflict", href, appointment["id"], reason="deleted in the calendar")
-        return Decision("cancel", href, appointment["id"])
+            return Decision(
+                DecisionKind.CONFLICT, href, appointment["id"], reason="deleted in the calendar"
+            )
+        return Decision(DecisionKind.CANCEL, href, appointment["id"])
     if len(data) > MAX_OBJECT_BYTES:
-        return Decision("quarantine", href, etag=etag, reason="object larger than 5 MB")
+        return Decision(DecisionKind.QUARANTINE, href, etag=etag, reason="object larger than 5 MB")
     try:
         events = from_ical(data)
         fields = remote_fields(events)
         fields.check()
     except (ICalendarError, DomainError) as exc:
         reason = getattr(exc, "message", None) or str(exc)
-        return Decision("quarantine", href, etag=etag, reason=reason[:500])
+        return Decision(DecisionKind.QUARANTINE, href, etag=etag, reason=reason[:500])
     except OverflowError:  # a date near year 1 or 9999 moved into its zone
         reason = "a time lies too close to year 1 or 9999"
-        return Decision("quarantine", href, etag=etag, reason=reason[:500])
+        return Decision(DecisionKind.QUARANTINE, href, etag=etag, reason=reason[:500])
     digest = content_hash(data)
-    if copy is not None and not restored and digest == copy["content_hash"]:
-        return Decision("echo", href, copy["appointment_id"], etag=etag, digest=digest)
+    if copy is not None and not restored and digest == copy.content_hash:
+        return Decision(DecisionKind.ECHO, href, copy.appointment_id, etag=etag, digest=digest)
     if copy is not None and appointment is not None:
         uncancelled = appointment["status"] == "cancelled" and not fields.cancelled
         if restored or uncancelled:
             return _back(href, etag, fields, digest, copy, appointment)
     if copy is not None:
         if local_newer:
-            return Decision("conflict", href, copy["appointment_id"], fields, etag, digest)
-        return Decision("apply", href, copy["appointment_id"], fields, etag, digest)
+            return Decision(DecisionKind.CONFLICT, href, copy.appointment_id, fields, etag, digest)
+        return Decision(DecisionKind.APPLY, href, copy.appointment_id, fields, etag, digest)
     ours = next((e.appointment_id for e in events if e.appointment_id), None)
     if ours is not None and appointment is not None and appointment["id"] == ours:
         remote_sequence = max(e.sequence or 0 for e in events)
         if remote_sequence <= appointment["sequence"]:
             # Our own write whose record was lost (a crash between the server's
             # answer and the record): adopt it; the push brings it up to date.
-            return Decision("adopt", href, ours, fields, etag, digest, sequence=remote_sequence)
-        return Decision("apply", href, ours, fields, etag, digest)
-    return Decision("import", href, new_id(fields.calendar_uid or href), fields, etag, digest)
+            return Decision(
+                DecisionKind.ADOPT, href, ours, fields, etag, digest, sequence=remote_sequence
+            )
+        return Decision(DecisionKind.APPLY, href, ours, fields, etag, digest)
+    return Decision(
+        DecisionKind.IMPORT, href, new_id(fields.calendar_uid or href), fields, etag, digest
+    )
 
 
 def _back(
@@ -179,7 +200,7 @@ def _back(
     etag: str | None,
     fields: RemoteFields,
     digest: str,
-    copy: dict[str, Any],
+    copy: CopyRecord,
     appointment: dict[str, Any],
 ) -> Decision:
     """Decide on an object the calendar shows again (restored, or no longer cancelled).
@@ -193,29 +214,44 @@ def _back(
     (other clients raise it too).
     """
     appointment_id = appointment["id"]
-    pushed = copy["pushed_sequence"]
+    pushed = copy.pushed_sequence
     local_newer = appointment["sequence"] > pushed
     if appointment["status"] == "cancelled":
         calendars_own = appointment.get("cancel_origin") == Origin.CALDAV.value
         if calendars_own and not local_newer:
             if fields.cancelled:  # back, but cancelled: the calendar agrees with the journal
-                return Decision("apply", href, appointment_id, fields, etag, digest)
-            return Decision("reinstate", href, appointment_id, fields, etag, digest)
+                return Decision(DecisionKind.APPLY, href, appointment_id, fields, etag, digest)
+            return Decision(DecisionKind.REINSTATE, href, appointment_id, fields, etag, digest)
         behind = min(pushed, appointment["sequence"] - 1)
         return Decision(
-            "conflict", href, appointment_id, fields, etag, digest, RESTORED, sequence=behind
+            DecisionKind.CONFLICT,
+            href,
+            appointment_id,
+            fields,
+            etag,
+            digest,
+            RESTORED,
+            sequence=behind,
         )
     if local_newer:
         return Decision(
-            "conflict", href, appointment_id, fields, etag, digest, RESTORED, sequence=pushed
+            DecisionKind.CONFLICT,
+            href,
+            appointment_id,
+            fields,
+            etag,
+            digest,
+            RESTORED,
+            sequence=pushed,
         )
-    return Decision("apply", href, appointment_id, fields, etag, digest)
+    return Decision(DecisionKind.APPLY, href, appointment_id, fields, etag, digest)
 
 
 __all__ = [
     "IMPORT_NAMESPACE",
     "MAX_OBJECT_BYTES",
     "Decision",
+    "DecisionKind",
     "decide",
     "imported_id",
     "remote_fields",

@@ -32,11 +32,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from caljournal.adapters.caldav_client import CalDAVError
-from caljournal.adapters.calendar_reader import CalendarReader
-from caljournal.adapters.calendar_writer import CalendarWriter
+from caljournal.adapters.caldav_storage import CalDAVStorage
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import get_profile
 from caljournal.adapters.retry import RetryPolicy
+from caljournal.adapters.syncstate import SyncStateStore
+from caljournal.adapters.syncstate_sql import SQLSyncState
 from caljournal.domain.cause import Cause, Origin
 from caljournal.links import LinkFailedError, LinkService
 from caljournal.projections.inbound import CheckPolicy, Poller, PollReport
@@ -103,7 +104,7 @@ class AccountPusher(threading.Thread):
         self.watermark = self.baseline
         self._pusher: Pusher | None = None
         self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
-        self._reader: CalendarReader | None = None
+        self._reader: CalDAVStorage | None = None
         self.next_poll = 0.0  # poll at once when the account is taken
         self.poll_requests_seen = int(link.get("poll_requests", 0))
         self.last_poll: PollReport | None = None
@@ -131,14 +132,16 @@ class AccountPusher(threading.Thread):
             return None
         if self._reader is None:
             stored = self.worker.links._get(uuid.UUID(self.account_id))  # noqa: SLF001
-            self._reader = CalendarReader(
+            self._reader = CalDAVStorage(
                 self.worker.links.access(stored),
                 self.link["calendar_url"],
-                retry=self.worker.config.retry,
+                get_profile(stored.provider),
+                self.worker.config.retry,
             )
         poller = Poller(
             self.worker.journal,
             self._reader,
+            self.worker.store,
             self.account_id,
             self.link,
             self.worker.cause,
@@ -148,7 +151,7 @@ class AccountPusher(threading.Thread):
         try:
             report = poller.poll()
         except CalDAVError as exc:
-            self.worker.recorder.update_inbound(self.account_id, last_error=exc.message)
+            self.worker.store.update_inbound(self.account_id, last_error=exc.message)
             self.next_poll = time.monotonic() + (
                 min(interval, self.worker.config.max_backoff) if exc.transient else interval
             )
@@ -216,7 +219,7 @@ class AccountPusher(threading.Thread):
             if self._reader is not None:
                 self._reader.close()
             if self._pusher is not None:
-                self._pusher.writer.close()
+                self._pusher.storage.close()
 
     def _back_off(self, seconds: float) -> None:
         """Wait ``seconds``, or less when a poll is requested or the pusher stops."""
@@ -225,7 +228,7 @@ class AccountPusher(threading.Thread):
         self._interrupt.clear()
 
     def _note_error(self, message: str) -> None:
-        self.worker.recorder.update_sync_status(
+        self.worker.store.update_sync_status(
             self.account_id, last_error=message, last_error_us=int(time.time() * 1e6)
         )
 
@@ -234,14 +237,16 @@ class AccountPusher(threading.Thread):
             link_service = self.worker.links
             stored = link_service._get(uuid.UUID(self.account_id))  # noqa: SLF001
             access = link_service.access(stored)
-            writer = CalendarWriter(
-                access.at(self.link["calendar_url"]),
+            storage = CalDAVStorage(
+                access,
+                self.link["calendar_url"],
                 get_profile(stored.provider),
                 self.worker.config.retry,
             )
             self._pusher = Pusher(
                 self.worker.journal,
-                writer,
+                storage,
+                self.worker.store,
                 self.account_id,
                 self.link["calendar_url"],
                 self.worker.cause,
@@ -260,7 +265,7 @@ class AccountPusher(threading.Thread):
         pusher = self._pusher_for_link()
         handled = 0
         while self.leased():
-            items = self.worker.recorder.pending_pushes(
+            items = self.worker.store.pending_pushes(
                 self.account_id,
                 self.link["calendar_url"],
                 self.watermark,
@@ -277,12 +282,12 @@ class AccountPusher(threading.Thread):
                 for item, action in zip(items, actions, strict=True):
                     if not self.leased():
                         return handled
-                    succeeded = pusher.push(item, action) != "failed" or succeeded
+                    succeeded = pusher.push(item, action) is not None or succeeded
                     handled += 1
             finally:
                 pusher.flush()
                 if succeeded:
-                    self.worker.recorder.update_sync_status(
+                    self.worker.store.update_sync_status(
                         self.account_id, last_success_us=int(time.time() * 1e6)
                     )
         else:
@@ -290,7 +295,7 @@ class AccountPusher(threading.Thread):
         # Everything recorded before this pass is on the calendar: later passes need
         # only look at newer positions.
         self.watermark = max(self.baseline, started)
-        self.worker.recorder.update_sync_status(
+        self.worker.store.update_sync_status(
             self.account_id,
             pushed_position=position,
             last_error=self.poll_error,
@@ -309,12 +314,14 @@ class OutboundWorker:
         config: WorkerConfig | None = None,
         owner: str | None = None,
         postgres_listen: Callable[[], Any] | None = None,
+        store: SyncStateStore | None = None,
     ) -> None:
         self.journal = journal
         self.links = links
         self.config = config or WorkerConfig()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.recorder = journal.journal_recorder
+        self.store = store or SQLSyncState(journal)
         self.pushers: dict[str, AccountPusher] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -357,10 +364,10 @@ class OutboundWorker:
         for pusher in pushers:
             pusher.join(timeout=30)
             if release:
-                self.recorder.release_lease(pusher.account_id, self.owner)
+                self.store.release_lease(pusher.account_id, self.owner)
         for thread in self._threads:
             thread.join(timeout=10)
-        self.recorder.retire(self.owner)
+        self.store.retire(self.owner)
 
     # -- the reader -------------------------------------------------------------
 
@@ -420,7 +427,7 @@ class OutboundWorker:
     def _renew_leases(self) -> None:
         now_us = int(time.time() * 1e6)
         ttl_us = int(self.config.lease_ttl * 1e6)
-        live = self.recorder.heartbeat(self.owner, now_us, ttl_us)
+        live = self.store.heartbeat(self.owner, now_us, ttl_us)
         active = {link["account_id"]: link for link in self.recorder.select_links("active")}
         # Each live worker serves at most its fair share, so adding a worker adds
         # capacity: a worker over its share lets the excess go for others to take.
@@ -430,16 +437,12 @@ class OutboundWorker:
         for account_id in held[share:]:
             self._drop(account_id)
         held = held[:share]
-        leases = self.recorder.leases()
+        leases = self.store.leases()
         free = [
             a
             for a in sorted(active)
             if a not in held
-            and (
-                a not in leases
-                or leases[a]["expires_us"] < now_us
-                or leases[a]["owner"] == self.owner
-            )
+            and (a not in leases or leases[a].expires_us < now_us or leases[a].owner == self.owner)
         ]
         for account_id in held + free:
             if self._stopping.is_set():
@@ -456,7 +459,7 @@ class OutboundWorker:
 
     def _hold(self, account_id: str, link: dict[str, Any], ttl_us: int) -> None:
         asked = time.monotonic()
-        held = self.recorder.claim_lease(account_id, self.owner, int(time.time() * 1e6), ttl_us)
+        held = self.store.claim_lease(account_id, self.owner, int(time.time() * 1e6), ttl_us)
         with self._lock:
             # Checked under the lock: stop() collects the pushers under it, so a
             # pusher started after that would outlive the worker and its journal.
@@ -478,7 +481,7 @@ class OutboundWorker:
                 pusher.start()
                 log.info("serving account %s", account_id)
         if held and stopping:
-            self.recorder.release_lease(account_id, self.owner)
+            self.store.release_lease(account_id, self.owner)
 
     def _drop(self, account_id: str) -> None:
         with self._lock:
@@ -486,7 +489,7 @@ class OutboundWorker:
         if pusher is not None:
             pusher.stop()
             pusher.join(timeout=30)
-        self.recorder.release_lease(account_id, self.owner)
+        self.store.release_lease(account_id, self.owner)
         log.info("released account %s", account_id)
 
     def served_accounts(self) -> set[str]:

@@ -25,14 +25,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from caljournal.adapters.caldav_client import CalDAVError, PreconditionFailedError, ServerAccess
-from caljournal.adapters.calendar_reader import CalendarReader
-from caljournal.adapters.calendar_writer import CalendarWriter
 from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
 from caljournal.adapters.journal import Journal
-from caljournal.adapters.providers import ProviderProfile
-from caljournal.adapters.readmodel import APPOINTMENTS
-from caljournal.adapters.retry import RetryPolicy
+from caljournal.adapters.journal_ops import state_as_of
+from caljournal.adapters.storage import CalendarStorage, StorageError
+from caljournal.adapters.syncstate import SyncStateStore
+from caljournal.domain.cause import Cause
+from caljournal.projections.executor import Action, ActionKind, CopyLog, Executor, Subject
 from caljournal.projections.push import href_for, render
 
 SCAN_BATCH = 100
@@ -52,15 +51,20 @@ class RemoteCopy:
 
 @dataclass(frozen=True)
 class Step:
-    """One planned write."""
+    """One planned write (``RECORD``: the calendar holds it already).
 
-    kind: str  # create | update | delete | present
+    ``digest`` is the content hash of what is written, ``remote_digest`` that of
+    the object the scan found (for an update).
+    """
+
+    kind: ActionKind
     appointment_id: str
     href: str
     etag: str | None = None
     digest: str | None = None
     sequence: int = 0
     title: str = ""
+    remote_digest: str | None = None
 
 
 @dataclass
@@ -118,7 +122,7 @@ class RateLimiter:
 
 
 def scan(
-    reader: CalendarReader, progress: Callable[[int, int], None] | None = None
+    reader: CalendarStorage, progress: Callable[[int, int], None] | None = None
 ) -> tuple[dict[str, RemoteCopy], set[str]]:
     """Read the calendar once; return its objects by UID, and UIDs seen more than once."""
     listing = reader.listing()
@@ -148,40 +152,25 @@ def appointment_states(
     """Yield every appointment of the account (at ``as_of`` when given), page by page."""
     recorder = journal.journal_recorder
     last = ""
-    p = recorder.placeholder
     while True:
-        rows = recorder._fetch(  # noqa: SLF001 - a paged scan of the query table
-            f"SELECT id, doc FROM {recorder.qualify}{APPOINTMENTS} WHERE account_id = {p} "
-            f"AND id > {p} ORDER BY id LIMIT {PAGE}",
-            [account_id, last],
-        )
-        if not rows:
+        page = recorder.appointment_page(account_id, last, PAGE)
+        if not page:
             return
-        for row in rows:
-            last = row["id"]
+        for state in page:
+            last = state["id"]
             if as_of is None:
-                import json
-
-                yield json.loads(row["doc"])
+                yield state
                 continue
-            state: Any = None
-            for event in journal.events.get(uuid.UUID(row["id"])):
-                if event.timestamp > as_of:
-                    break
-                state = event.mutate(state)
-            if state is not None:
-                yield state.state()
+            then = state_as_of(journal, uuid.UUID(state["id"]), as_of)
+            if then is not None:
+                yield then.state()
 
 
 def one_state(journal: Journal, appointment_id: str, as_of: datetime | None) -> dict[str, Any]:
     """Return one appointment's state (at ``as_of`` when given)."""
-    state: Any = None
-    for event in journal.events.get(uuid.UUID(appointment_id)):
-        if as_of is not None and event.timestamp > as_of:
-            break
-        state = event.mutate(state)
-    assert state is not None
-    return dict(state.state())
+    then = state_as_of(journal, uuid.UUID(appointment_id), as_of)
+    assert then is not None, f"appointment {appointment_id} did not exist at {as_of}"
+    return dict(then.state())
 
 
 def plan_steps(
@@ -194,34 +183,42 @@ def plan_steps(
     for state in states:
         uid = state.get("calendar_uid") or f"{state['id']}@caljournal"
         copy = remote.get(uid)
+        sequence, title = state["sequence"], state["title"]
         if state["status"] != "booked":
             if delete and copy is not None:
-                yield Step("delete", state["id"], copy.href, copy.etag, title=state["title"])
+                yield Step(
+                    ActionKind.DELETE, state["id"], copy.href, copy.etag, None, sequence, title
+                )
             continue
         # Steps keep no rendered data (it is rendered when written), so a run
         # over 50,000 appointments holds only a small record per appointment.
-        sequence, title = state["sequence"], state["title"]
         if copy is None:
             href = href_for(calendar_url, state["id"])
-            yield Step("create", state["id"], href, None, None, sequence, title)
+            yield Step(ActionKind.CREATE, state["id"], href, None, None, sequence, title)
             continue
         digest = content_hash(render(state)[0])
-        if copy.digest == digest:
-            yield Step("present", state["id"], copy.href, copy.etag, digest, sequence, title)
-        else:
-            yield Step("update", state["id"], copy.href, copy.etag, digest, sequence, title)
+        kind = ActionKind.RECORD if copy.digest == digest else ActionKind.UPDATE
+        yield Step(kind, state["id"], copy.href, copy.etag, digest, sequence, title, copy.digest)
 
 
 class Resync:
-    """One backfill or replay run for one account and one calendar."""
+    """One backfill or replay run for one account and one calendar.
+
+    ``storage`` reads the calendar and makes the writes; with ``concurrency``
+    above 1 each further writing thread gets its own from ``open_storage``
+    (closed by the run). Writes go through the worker's executor, so a
+    precondition that fails on an object someone else changed is resolved and
+    recorded (``ConflictResolved``, with ``cause``) exactly as the worker does.
+    """
 
     def __init__(
         self,
         journal: Journal,
+        storage: CalendarStorage,
+        store: SyncStateStore,
         account_id: str,
-        access: ServerAccess,
-        profile: ProviderProfile,
         calendar_url: str,
+        cause: Callable[[], Cause],
         *,
         delete: bool,
         record: bool,
@@ -230,13 +227,16 @@ class Resync:
         concurrency: int = 1,
         rate: float | None = None,
         progress: Callable[[str, int, int], None] | None = None,
-        retry: RetryPolicy | None = None,
+        open_storage: Callable[[], CalendarStorage] | None = None,
     ) -> None:
+        if concurrency > 1 and open_storage is None:
+            raise ValueError("writing with more than one thread needs open_storage")
         self.journal = journal
+        self.storage = storage
+        self.open_storage = open_storage
         self.account_id = account_id
-        self.access = access.at(calendar_url)
-        self.profile = profile
         self.calendar_url = calendar_url if calendar_url.endswith("/") else calendar_url + "/"
+        self.cause = cause
         self.delete = delete
         self.record = record
         self.as_of = as_of
@@ -244,29 +244,25 @@ class Resync:
         self.concurrency = max(1, concurrency)
         self.limiter = RateLimiter(rate)
         self.progress = progress or (lambda phase, done, total: None)
-        self.retry = retry or RetryPolicy.patient(300.0)
+        self.copies = CopyLog(store, flush_at=CHUNK) if record else None
         self._local = threading.local()
+        self._opened: list[CalendarStorage] = []
         self._lock = threading.Lock()
-        self._unrecorded: list[dict[str, Any]] = []
         self._stopping = threading.Event()
 
     def plan(self) -> tuple[list[Step], Summary]:
         """Read the calendar and return the writes to make (nothing is written).
 
-        :raises CalDAVError: when the calendar cannot be read (transient faults
-            are retried as the run's retry policy allows).
+        :raises StorageError: when the calendar cannot be read (transient faults
+            are retried as the storage's retry policy allows).
         """
-        reader = CalendarReader(self.access, self.calendar_url, retry=self.retry)
-        try:
-            remote, _ = scan(reader, lambda d, t: self.progress("reading the calendar", d, t))
-        finally:
-            reader.close()
+        remote, _ = scan(self.storage, lambda d, t: self.progress("reading the calendar", d, t))
         states = appointment_states(self.journal, self.account_id, self.as_of)
         steps = list(plan_steps(states, remote, self.calendar_url, self.delete))
         ours = {s.href for s in steps}
         summary = Summary(dry_run=self.dry_run)
         summary.foreign_left_alone = sum(1 for c in remote.values() if c.href not in ours)
-        summary.already_present = sum(1 for s in steps if s.kind == "present")
+        summary.already_present = sum(1 for s in steps if s.kind is ActionKind.RECORD)
         return steps, summary
 
     def run(self, steps: list[Step], summary: Summary, write: bool = True) -> Summary:
@@ -277,7 +273,7 @@ class Resync:
         (a later run finishes the rest).
         """
         began = time.monotonic()
-        writes = [s for s in steps if s.kind != "present"]
+        writes = [s for s in steps if s.kind is not ActionKind.RECORD]
         for step in writes[:10]:
             summary.sample.append(f"{step.kind} {step.title!r} ({step.appointment_id})")
         if self.dry_run or not write:
@@ -286,7 +282,10 @@ class Resync:
             summary.seconds = time.monotonic() - began
             return summary
         if self.record:
-            self._record([s for s in steps if s.kind == "present"], present=True)
+            executor = self._executor()
+            for step in steps:
+                if step.kind is ActionKind.RECORD:
+                    executor.perform(self._action(step, None), self._subject(step))
             self._flush()
         total = len(writes)
         self.progress("writing", 0, total)
@@ -299,10 +298,13 @@ class Resync:
                 ThreadPoolExecutor(max_workers=self.concurrency) as pool,
             ):
                 self._write_chunks(chunks, summary, renderer, pool, total)
-        except CalDAVError as exc:
+        except StorageError as exc:
             summary.stopped = exc.message
         finally:
             self._flush()  # after the pools: writes still in flight were confirmed or not
+            for opened in self._opened:
+                opened.close()
+            self._opened.clear()
         summary.seconds = time.monotonic() - began
         return summary
 
@@ -336,8 +338,14 @@ class Resync:
                 self.progress("writing", done, total)
             self._flush()
 
+    def _state(self, appointment_id: str) -> dict[str, Any]:
+        if self.as_of is not None:
+            return one_state(self.journal, appointment_id, self.as_of)
+        (state,) = self.journal.journal_recorder.appointment_docs([appointment_id])
+        return state
+
     def _render_chunk(self, chunk: list[Step]) -> dict[str, tuple[bytes, str]]:
-        ids = [s.appointment_id for s in chunk if s.kind in ("create", "update")]
+        ids = [s.appointment_id for s in chunk if s.kind in (ActionKind.CREATE, ActionKind.UPDATE)]
         if self.as_of is not None:
             states = [one_state(self.journal, i, self.as_of) for i in ids]
         else:
@@ -345,97 +353,62 @@ class Resync:
         return {state["id"]: render(state) for state in states}
 
     @staticmethod
-    def _count(summary: Summary, kind: str) -> None:
-        if kind == "create":
+    def _count(summary: Summary, kind: ActionKind) -> None:
+        if kind is ActionKind.CREATE:
             summary.created += 1
-        elif kind == "update":
+        elif kind is ActionKind.UPDATE:
             summary.updated += 1
-        elif kind == "delete":
+        elif kind is ActionKind.DELETE:
             summary.deleted += 1
 
-    def _writer(self) -> CalendarWriter:
-        writer = getattr(self._local, "writer", None)
-        if writer is None:
-            writer = CalendarWriter(self.access, self.profile, self.retry)
-            self._local.writer = writer
-        return writer
+    def _executor(self) -> Executor:
+        executor: Executor | None = getattr(self._local, "executor", None)
+        if executor is None:
+            if threading.current_thread() is threading.main_thread() or self.concurrency == 1:
+                storage = self.storage
+            else:
+                assert self.open_storage is not None
+                storage = self.open_storage()
+                with self._lock:
+                    self._opened.append(storage)
+            executor = Executor(
+                self.journal,
+                storage,
+                self.copies,
+                self.account_id,
+                self.calendar_url,
+                self.cause,
+                states=self._state,
+            )
+            self._local.executor = executor
+        return executor
+
+    @staticmethod
+    def _action(step: Step, body: tuple[bytes, str] | None) -> Action:
+        if body is None:
+            return Action(step.kind, step.href, digest=step.digest, etag=step.etag)
+        data, digest = body
+        return Action(step.kind, step.href, data, digest, step.etag)
+
+    @staticmethod
+    def _subject(step: Step) -> Subject:
+        return Subject(step.appointment_id, step.sequence, step.remote_digest)
 
     def _execute(self, step: Step, body: tuple[bytes, str] | None) -> tuple[Step, str | None]:
         if self._stopping.is_set():  # another write gave up on the server: do not start more
             return step, STOPPED
-        writer = self._writer()
+        executor = self._executor()
         try:
             self.limiter.wait()
-            if step.kind == "delete":
-                try:
-                    writer.delete(step.href, step.etag)
-                except PreconditionFailedError:
-                    writer.delete(step.href, None)
-                self._record([step], present=False)
-                return step, None
-            assert body is not None
-            data, digest = body
-            step = Step(
-                step.kind,
-                step.appointment_id,
-                step.href,
-                step.etag,
-                digest,
-                step.sequence,
-                step.title,
-            )
-            try:
-                if step.kind == "create":
-                    written = writer.create(step.href, data)
-                else:
-                    written = writer.update(step.href, data, step.etag)
-            except PreconditionFailedError:
-                # Written meanwhile (by the worker, or a run before a crash): look again.
-                found = writer.fetch(step.href)
-                if found is not None and content_hash(found[0]) == digest:
-                    written_etag = found[1]
-                else:
-                    self.limiter.wait()
-                    written_etag = writer.update(step.href, data, found[1] if found else None).etag
-                self._record([step], present=True, etag=written_etag)
-                return step, None
-            self._record([step], present=True, etag=written.etag)
+            executor.perform(self._action(step, body), self._subject(step))
             return step, None
-        except CalDAVError as exc:
+        except StorageError as exc:
             if exc.transient:  # the server kept failing past the retry policy: stop the run
                 self._stopping.set()
                 raise
             return step, exc.message
 
-    def _record(self, steps: list[Step], *, present: bool, etag: str | None = None) -> None:
-        if not self.record or not steps:
-            return
-        now = int(time.time() * 1e6)
-        records = [
-            {
-                "appointment_id": s.appointment_id,
-                "account_id": self.account_id,
-                "calendar_url": self.calendar_url,
-                "href": s.href,
-                "etag": etag if etag is not None else s.etag,
-                "pushed_sequence": s.sequence,
-                "content_hash": s.digest,
-                "present": 1 if present else 0,
-                "failed_sequence": None,
-                "failure": None,
-                "updated_us": now,
-            }
-            for s in steps
-        ]
-        with self._lock:
-            self._unrecorded.extend(records)
-            full = len(self._unrecorded) >= CHUNK
-        if full:
-            self._flush()
-
     def _flush(self) -> None:
         """Record confirmed writes (batched: a crash only repeats unrecorded ones)."""
-        with self._lock:
-            batch, self._unrecorded = self._unrecorded, []
-        if batch:
-            self.journal.journal_recorder.record_copies(batch)
+        if self.copies is not None:
+            self.copies.flush()

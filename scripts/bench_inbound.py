@@ -39,7 +39,8 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from caljournal.adapters.calendar_reader import CalendarReader  # noqa: E402
+from caljournal.adapters.caldav_storage import CalDAVStorage  # noqa: E402
+from caljournal.adapters.providers import get_profile  # noqa: E402
 from caljournal.adapters.secrets import Credentials  # noqa: E402
 from caljournal.bootstrap import Container, bootstrap  # noqa: E402
 from caljournal.domain.cause import Cause, Origin  # noqa: E402
@@ -76,12 +77,15 @@ def fill_storage(radicale: RadicaleProcess, cal_id: str, count: int) -> None:
 
 def poller_for(
     container: Container, account_id: uuid.UUID, url: str
-) -> tuple[Poller, CalendarReader]:
+) -> tuple[Poller, CalDAVStorage]:
     stored: CalendarLink = container.journal.repository.get(CalendarLink.id_for(account_id))
-    reader = CalendarReader(container.links.access(stored), url)
+    reader = CalDAVStorage(container.links.access(stored), url, get_profile(stored.provider))
     state = container.links.get(account_id)
     cause = lambda: Cause(Origin.CALDAV, "bench", f"poll-{uuid.uuid4()}")  # noqa: E731
-    return Poller(container.journal, reader, str(account_id), state, cause), reader
+    return (
+        Poller(container.journal, reader, container.sync_state, str(account_id), state, cause),
+        reader,
+    )
 
 
 def timed(call: Any) -> tuple[Any, float]:
@@ -137,7 +141,7 @@ def run_backend(
                 "ms": round(seconds * 1000, 1),
                 "events": sum(report.counts.values()),
             }
-            token = container.journal.journal_recorder.inbound_state(str(account_id))["sync_token"]
+            token = container.sync_state.inbound_state(str(account_id)).sync_token
             proxy.clear_log()
             _, seconds = timed(lambda: reader.changes_since(token))
             results["server's empty sync delta alone (comparison)"] = {

@@ -175,12 +175,12 @@ def _worker_push(
         start = datetime(2027, 3, 1, 6, tzinfo=BERLIN) + timedelta(minutes=30 * i)
         booking = Booking(f"push {i}", start, start + timedelta(minutes=30), "Europe/Berlin")
         states.append(container.appointments.book(account_id, booking, API).state)
-    recorder = container.journal.journal_recorder
+    store = container.sync_state
     worker = container.outbound_worker()
     began = time.perf_counter()
     worker.start()
     try:
-        while recorder.count_copies(str(account_id)) < count:
+        while store.count_copies(str(account_id)) < count:
             time.sleep(0.05)
         return time.perf_counter() - began, states
     finally:

@@ -262,8 +262,8 @@ def poll(
 
     with container() as built:
         account_id = built.accounts.find_account(account).id
-        recorder = built.journal.journal_recorder
-        before = recorder.inbound_state(str(account_id)).get("last_poll_us") or 0
+        store = built.sync_state
+        before = store.inbound_state(str(account_id)).last_poll_us or 0
         built.links.request_poll(account_id, operator_cause())
         err.print(f"poll of {account!r} requested")
         if not wait:
@@ -273,12 +273,12 @@ def poll(
         with Progress(*Progress.get_default_columns()[:1], *columns, console=err) as progress:
             task = progress.add_task("polling", total=None)
             while time.monotonic() < deadline:
-                state = recorder.inbound_state(str(account_id))
-                if state.get("import_total"):
+                state = store.inbound_state(str(account_id))
+                if state.import_total:
                     progress.update(
-                        task, total=state["import_total"], completed=state.get("import_done") or 0
+                        task, total=state.import_total, completed=state.import_done or 0
                     )
-                if (state.get("last_poll_us") or 0) > before and state.get("calendar_url"):
+                if (state.last_poll_us or 0) > before and state.calendar_url:
                     break
                 time.sleep(0.2)
             else:

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from caljournal.adapters.calendar_reader import CalendarReader
+from caljournal.adapters.caldav_storage import CalDAVStorage
+from caljournal.adapters.providers import get_profile
 from caljournal.adapters.secrets import Credentials
 from caljournal.appointments import Booking
 from caljournal.bootstrap import Container
@@ -78,11 +79,14 @@ class Linked:
 
     def poll(self) -> PollReport:
         stored = self.container.journal.repository.get(CalendarLink.id_for(self.tenant.account_id))
-        reader = CalendarReader(self.container.links.access(stored), self.url)
+        reader = CalDAVStorage(
+            self.container.links.access(stored), self.url, get_profile(stored.provider)
+        )
         try:
             return Poller(
                 self.container.journal,
                 reader,
+                self.container.sync_state,
                 self.account,
                 self.container.links.get(self.tenant.account_id),
                 lambda: Cause(Origin.CALDAV, "worker:test", f"poll-{uuid.uuid4()}"),
@@ -102,7 +106,7 @@ class Linked:
         finally:
             pusher._renderer.shutdown()
             if pusher._pusher:
-                pusher._pusher.writer.close()
+                pusher._pusher.storage.close()
 
     def book(self, title: str, day: int) -> dict[str, Any]:
         start = datetime(2026, 4, day, 10, tzinfo=BERLIN)
@@ -175,8 +179,8 @@ def test_the_worker_notices_the_deletion_xandikos_never_reports(
     )
     assert linked.status_code == 201, linked.text
     url = linked.json()["link"]["calendar_url"]
-    records = container.journal.journal_recorder
-    wait_until(lambda: records.inbound_state(str(acme.account_id)).get("sync_token"), timeout=30)
+    records = container.sync_state
+    wait_until(lambda: records.inbound_state(str(acme.account_id)).sync_token, timeout=30)
     start = datetime(2026, 4, 7, 10, tzinfo=BERLIN).isoformat()
     end = datetime(2026, 4, 7, 11, tzinfo=BERLIN).isoformat()
     booked = client.post(
@@ -185,7 +189,7 @@ def test_the_worker_notices_the_deletion_xandikos_never_reports(
         headers=acme.headers,
     ).json()
     href = href_for(url, booked["id"])
-    wait_until(lambda: (records.copy_of(booked["id"]) or {}).get("present") == 1, timeout=30)
+    wait_until(lambda: getattr(records.copy_of(booked["id"]), "present", False), timeout=30)
     server.delete(href)
 
     assert client.post("/link/poll", headers=acme.headers).status_code == 202

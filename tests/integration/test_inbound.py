@@ -12,7 +12,8 @@ from zoneinfo import ZoneInfo
 import caldav
 import pytest
 
-from caljournal.adapters.calendar_reader import CalendarReader
+from caljournal.adapters.caldav_storage import CalDAVStorage
+from caljournal.adapters.providers import get_profile
 from caljournal.adapters.secrets import Credentials
 from caljournal.appointments import Booking
 from caljournal.bootstrap import Container
@@ -54,11 +55,14 @@ class Linked:
 
     def poll(self) -> PollReport:
         stored = self.container.journal.repository.get(CalendarLink.id_for(self.tenant.account_id))
-        reader = CalendarReader(self.container.links.access(stored), self.url)
+        reader = CalDAVStorage(
+            self.container.links.access(stored), self.url, get_profile(stored.provider)
+        )
         try:
             return Poller(
                 self.container.journal,
                 reader,
+                self.container.sync_state,
                 self.account,
                 self.link_state(),
                 lambda: Cause(Origin.CALDAV, "worker:test", f"poll-{uuid.uuid4()}"),
@@ -75,7 +79,7 @@ class Linked:
         finally:
             pusher._renderer.shutdown()
             if pusher._pusher:
-                pusher._pusher.writer.close()
+                pusher._pusher.storage.close()
 
     def book(self, title: str, day: int, hour: int = 10) -> dict[str, Any]:
         start = datetime(2026, 4, day, hour, tzinfo=BERLIN)
@@ -268,7 +272,7 @@ def test_a_bogus_sync_token_falls_back_to_a_full_compare_that_finds_deletions(
     linked.poll()
     linked.push()
     linked.poll()
-    linked.container.journal.journal_recorder.update_inbound(
+    linked.container.sync_state.update_inbound(
         linked.account, sync_token="http://radicale.org/ns/sync/bogus"
     )
     linked.calendar.get_object_by_uid(f"{deleted['id']}@caljournal").delete()
@@ -291,16 +295,16 @@ def test_a_foreign_event_whose_href_needs_escaping_is_tracked_by_one_spelling(
         uid="phone-1@example.org",
     )
     assert linked.poll().counts == {"import": 1}
-    (copy,) = linked.container.journal.journal_recorder.copies(linked.account)
-    assert copy["href"].endswith("/phone-1%40example.org.ics")
-    linked.container.journal.journal_recorder.update_inbound(
+    (copy,) = linked.container.sync_state.copies(linked.account)
+    assert copy.href.endswith("/phone-1%40example.org.ics")
+    linked.container.sync_state.update_inbound(
         linked.account, sync_token="http://radicale.org/ns/sync/bogus"
     )
     full = linked.poll()
     assert full.full and full.counts == {}  # still there: neither cancelled nor re-imported
     linked.calendar.get_object_by_uid("phone-1@example.org").delete()
     assert linked.poll().counts == {"cancel": 1}
-    assert linked.state(copy["appointment_id"])["status"] == "cancelled"
+    assert linked.state(copy.appointment_id)["status"] == "cancelled"
 
 
 def test_a_crash_between_fetching_and_committing_imports_nothing_twice(
@@ -347,8 +351,8 @@ def test_mass_deletion_pauses_the_link_instead_of_cancelling(linked: Linked) -> 
     assert report.paused and "10 of 12" in report.paused
     assert all(linked.state(a["id"])["status"] == "booked" for a in made)
     assert linked.link_state()["status"] == "paused"
-    inbound = linked.container.journal.journal_recorder.inbound_state(linked.account)
-    assert "confirm" in inbound["breaker"]
+    inbound = linked.container.sync_state.inbound_state(linked.account)
+    assert "confirm" in (inbound.breaker or "")
 
     linked.container.links.resume(linked.tenant.account_id, operator(), confirm_deletes=True)
     assert linked.poll().counts == {"cancel": 10}
@@ -386,8 +390,8 @@ def test_bad_remote_objects_are_quarantined_and_the_rest_syncs(linked: Linked) -
         assert refused.status_code == 409
     report = linked.poll()
     assert report.counts.get("import") == 2, report.counts
-    quarantined = linked.container.journal.journal_recorder.quarantined(linked.account)
-    reasons = {href.rsplit("/", 1)[1]: row["reason"] for href, row in quarantined.items()}
+    quarantined = linked.container.sync_state.quarantined(linked.account)
+    reasons = {href.rsplit("/", 1)[1]: q.reason for href, q in quarantined.items()}
     assert set(reasons) == {"todo.ics", "tz.ics", "huge.ics"}
     assert "VTODO" in reasons["todo.ics"]
     assert "Mars/Olympus" in reasons["tz.ics"]
@@ -426,9 +430,7 @@ def test_poll_now_through_the_api_reaches_the_worker(
     try:
         wait_until(lambda: linked.account in worker.served_accounts(), timeout=10)
         wait_until(
-            lambda: container.journal.journal_recorder.inbound_state(linked.account).get(
-                "last_poll_us"
-            ),
+            lambda: container.sync_state.inbound_state(linked.account).last_poll_us,
             timeout=10,
         )
         linked.calendar.save_event(
@@ -459,10 +461,13 @@ def test_duplicate_uids_are_quarantined(linked: Linked) -> None:
         "SUMMARY:{title}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
     )
     stored = linked.container.journal.repository.get(CalendarLink.id_for(linked.tenant.account_id))
-    reader = CalendarReader(linked.container.links.access(stored), linked.url)
+    reader = CalDAVStorage(
+        linked.container.links.access(stored), linked.url, get_profile(stored.provider)
+    )
     poller = Poller(
         linked.container.journal,
         reader,
+        linked.container.sync_state,
         linked.account,
         linked.link_state(),
         lambda: Cause(Origin.CALDAV, "worker:test", "dup"),
@@ -495,14 +500,12 @@ def test_a_stream_of_api_changes_through_the_worker_produces_no_inbound_events(
             lambda: not differences(container, linked.tenant.account_id, linked.calendar),
             timeout=30,
         )
-        recorder = container.journal.journal_recorder
+        store = container.sync_state
         for _ in range(2):
-            before = recorder.inbound_state(linked.account).get("last_poll_us") or 0
+            before = store.inbound_state(linked.account).last_poll_us or 0
             container.links.request_poll(linked.tenant.account_id, operator())
             wait_until(
-                lambda b=before: (
-                    (recorder.inbound_state(linked.account).get("last_poll_us") or 0) > b
-                ),
+                lambda b=before: (store.inbound_state(linked.account).last_poll_us or 0) > b,
                 timeout=10,
             )
         assert linked.caldav_events() == 0
@@ -576,7 +579,7 @@ def test_servers_that_hide_bad_tokens_get_a_periodic_full_compare(linked: Linked
     linked.poll()
     linked.push()
     linked.poll()
-    recorder = linked.container.journal.journal_recorder
+    recorder = linked.container.sync_state
     # Pretend the server is one that hides expired tokens and the token silently died:
     # Radicale's answer to a token from before the deletion still lists it, so simulate
     # the blind server by handing the poller a profile without detection.
@@ -584,11 +587,14 @@ def test_servers_that_hide_bad_tokens_get_a_periodic_full_compare(linked: Linked
     linked.calendar.get_object_by_uid(f"{gone['id']}@caljournal").delete()
     recorder.update_inbound(linked.account, last_full_us=0)
     stored = linked.container.journal.repository.get(CalendarLink.id_for(linked.tenant.account_id))
-    reader = CalendarReader(linked.container.links.access(stored), linked.url)
+    reader = CalDAVStorage(
+        linked.container.links.access(stored), linked.url, get_profile(stored.provider)
+    )
     try:
         poller = Poller(
             linked.container.journal,
             reader,
+            linked.container.sync_state,
             linked.account,
             link,
             lambda: Cause(Origin.CALDAV, "worker:test", "full"),

@@ -34,7 +34,7 @@ def test_a_requested_poll_runs_now_while_the_worker_backs_off(
 ) -> None:
     cal_id = f"ask-{uuid.uuid4().hex[:8]}"
     calendar = radicale.make_calendar("alice", "secret", cal_id, cal_id=cal_id)
-    records = container.journal.journal_recorder
+    records = container.sync_state
     account = str(acme.account_id)
     with FaultProxy(radicale.url) as proxy:
         container.links.link(
@@ -46,13 +46,13 @@ def test_a_requested_poll_runs_now_while_the_worker_backs_off(
         container.links.set_poll_interval(acme.account_id, 3600, operator())
         worker = container.outbound_worker(PATIENT_WORKER).start()
         try:
-            wait_until(lambda: records.inbound_state(account).get("last_poll_us"), timeout=30)
+            wait_until(lambda: records.inbound_state(account).last_poll_us, timeout=30)
             # The server asks for five minutes' rest: the worker backs off that long.
             proxy.fail_next(1, 503, retry_after=300, method="REPORT")
             assert client.post("/link/poll", headers=acme.headers).status_code == 202
-            wait_until(lambda: records.inbound_state(account).get("last_error"), timeout=30)
+            wait_until(lambda: records.inbound_state(account).last_error, timeout=30)
             assert proxy.pending_rules() == 0
-            polled_before = records.inbound_state(account)["last_poll_us"]
+            polled_before = records.inbound_state(account).last_poll_us
             # Then it answers again, with a few transient faults of its own.
             proxy.fail_next(1, 503, retry_after=1, method="REPORT")
             proxy.reset_next(1, method="REPORT")
@@ -68,13 +68,13 @@ def test_a_requested_poll_runs_now_while_the_worker_backs_off(
 
             # Well within the five minutes the backoff would last.
             wait_until(
-                lambda: records.inbound_state(account)["last_poll_us"] > polled_before,
+                lambda: records.inbound_state(account).last_poll_us > polled_before,
                 timeout=90,
             )
         finally:
             worker.stop()
     assert proxy.pending_rules() == 0  # the poll rode out all three faults
-    assert records.inbound_state(account)["last_error"] is None
+    assert records.inbound_state(account).last_error is None
     imported = container.appointments.list_window(
         acme.account_id, datetime(2026, 4, 12, tzinfo=BERLIN), datetime(2026, 4, 13, tzinfo=BERLIN)
     )
@@ -86,7 +86,7 @@ def test_a_failing_poll_stays_in_the_status_while_pushes_go_through(
 ) -> None:
     cal_id = f"keep-{uuid.uuid4().hex[:8]}"
     radicale.make_calendar("alice", "secret", cal_id, cal_id=cal_id)
-    records = container.journal.journal_recorder
+    records = container.sync_state
     account = str(acme.account_id)
     with FaultProxy(radicale.url) as proxy:
         container.links.link(
@@ -98,7 +98,7 @@ def test_a_failing_poll_stays_in_the_status_while_pushes_go_through(
         container.links.set_poll_interval(acme.account_id, 3600, operator())
         worker = container.outbound_worker(PATIENT_WORKER).start()
         try:
-            wait_until(lambda: records.inbound_state(account).get("last_poll_us"), timeout=30)
+            wait_until(lambda: records.inbound_state(account).last_poll_us, timeout=30)
             # A permanent refusal of the poll (not retried), while PUTs still work.
             proxy.fail_for(600, 400, method="REPORT")
             assert client.post("/link/poll", headers=acme.headers).status_code == 202

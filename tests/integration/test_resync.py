@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -207,9 +208,9 @@ def test_replay_repairs_damage_done_behind_our_back_and_asks_before_deleting(
         uid="foreign@example.org",
     )
     # A cancellation the worker never pushed: its object is still on the calendar.
-    container.journal.journal_recorder.record_copy(
-        {**container.journal.journal_recorder.copy_of(made[3]["id"]), "pushed_sequence": 99}
-    )
+    copy = container.sync_state.copy_of(made[3]["id"])
+    assert copy is not None
+    container.sync_state.record_copies([replace(copy, pushed_sequence=99)])
     container.appointments.cancel(acme.account_id, UUID(made[3]["id"]), API)
 
     dry = container.sync.replay(acme.account_id, operator(), dry_run=True)

@@ -172,12 +172,12 @@ def test_two_workers_share_twenty_accounts_and_take_over_from_a_killed_one(
     first = WorkerProcess(env, tmp_path / "first.log").start()
     second = WorkerProcess(env, tmp_path / "second.log").start()
     try:
-        recorder = container.journal.journal_recorder
+        store = container.sync_state
 
         def owners() -> dict[str, str]:
             now = time.time() * 1e6
-            leases = recorder.leases().items()
-            return {a: lease["owner"] for a, lease in leases if lease["expires_us"] > now}
+            leases = store.leases().items()
+            return {a: lease.owner for a, lease in leases if lease.expires_us > now}
 
         def balanced() -> dict[str, str] | None:
             held = owners()

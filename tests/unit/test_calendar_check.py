@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from caljournal.adapters.memory_storage import MemoryStorage
+from caljournal.adapters.syncstate import CalendarCheck, PendingPush
 from caljournal.appointments import Booking
 from caljournal.bootstrap import Container, bootstrap
 from caljournal.domain.cause import Cause, Origin
@@ -65,21 +66,23 @@ class World:
         link = {"calendar_url": URL, "sync_tokens": True, "provider": "xandikos"}
         return Poller(
             self.container.journal,
-            self.reader,  # type: ignore[arg-type]
+            self.reader,
+            self.container.sync_state,
             self.account,
             link,
             lambda: Cause(Origin.CALDAV, "worker:test", f"poll-{uuid.uuid4()}"),
             check=check,
         ).poll()
 
-    def pending(self) -> list[dict[str, Any]]:
-        return self.container.journal.journal_recorder.pending_pushes(self.account, URL, 0, 100)
+    def pending(self) -> list[PendingPush]:
+        return self.container.sync_state.pending_pushes(self.account, URL, 0, 100)
 
     def push(self) -> list[str]:
         """Push what is pending, as the worker does; return the actions taken."""
         pusher = Pusher(
             self.container.journal,
-            self.calendar,  # type: ignore[arg-type]
+            self.calendar,
+            self.container.sync_state,
             self.account,
             URL,
             lambda: Cause(Origin.CALDAV, "worker:test", f"push-{uuid.uuid4()}"),
@@ -91,8 +94,8 @@ class World:
     def events(self) -> int:
         return self.container.journal.journal_recorder.max_notification_id() or 0
 
-    def check_record(self) -> dict[str, Any]:
-        return self.container.journal.journal_recorder.calendar_check(self.account)
+    def check_record(self) -> CalendarCheck:
+        return self.container.sync_state.calendar_check(self.account)
 
 
 @pytest.fixture
@@ -122,7 +125,7 @@ def test_an_object_created_and_deleted_between_polls_is_found_and_cancels(world:
     state = world.state(booked["id"])
     assert state["status"] == "cancelled" and state["cancel_origin"] == "caldav"
     check = world.check_record()
-    assert check["differences"] == 1 and '"cancel": 1' in check["last_found"]
+    assert check.differences == 1 and '"cancel": 1' in (check.last_found or "")
     assert world.push() == []  # nothing to write back: the journal agrees with the calendar
 
 
@@ -141,7 +144,7 @@ def test_a_check_costs_one_listing_when_nothing_differs_and_is_spaced(world: Wor
     assert not world.poll(spaced).checked  # written since, but the last listing is too recent
     assert world.reader.requests == ["sync-collection"]
     assert world.poll(AFTER_WRITES).checked  # no listing too recent: compare now
-    assert world.check_record()["checks"] == 2
+    assert world.check_record().checks == 2
 
     idle = world.poll(AFTER_WRITES)  # no writes since the last check: the delta suffices
     assert not idle.checked and world.reader.requests == ["sync-collection"]
@@ -186,7 +189,7 @@ def test_every_difference_a_lost_delta_hides_follows_the_delta_rules(world: Worl
     ]
     assert len(imported) == 1
     assert world.state(moved["id"])["status"] == "booked"
-    assert [p["appointment"]["id"] for p in world.pending()] == [moved["id"]]
+    assert [p.appointment["id"] for p in world.pending()] == [moved["id"]]
     assert world.push() == ["create"]  # the live appointment's missing object is re-pushed
     assert href_for(URL, moved["id"]) in world.calendar.objects
 
@@ -227,10 +230,12 @@ def test_a_live_appointment_missing_without_a_deletion_is_pushed_again(world: Wo
     booked = world.book("Lost", 6)
     world.poll(AFTER_WRITES)
     assert world.push() == ["create"]
-    records = world.container.journal.journal_recorder
+    records = world.container.sync_state
     # The record says the calendar holds no copy, yet the appointment is booked and
     # nothing is pending: no remote deletion explains it (one would have cancelled it).
-    records.record_copy({**records.copy_of(booked["id"]), "present": 0, "etag": None})
+    copy = records.copy_of(booked["id"])
+    assert copy is not None
+    records.record_copies([replace(copy, present=False, etag=None)])
     world.calendar.remove(href_for(URL, booked["id"]))
     assert world.pending() == []
 

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from caljournal.adapters.ical import content_hash, from_ical
+from caljournal.adapters.syncstate import CopyRecord, PendingPush
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause, Origin
 from caljournal.projections.inbound import decide, remote_fields
@@ -39,15 +40,17 @@ def appointment() -> Appointment:
     )
 
 
-def copy_of(state: dict[str, Any], data: bytes, sequence: int) -> dict[str, Any]:
-    return {
-        "appointment_id": state["id"],
-        "href": "h",
-        "etag": '"1"',
-        "pushed_sequence": sequence,
-        "content_hash": content_hash(data),
-        "present": 1,
-    }
+def copy_of(state: dict[str, Any], data: bytes, sequence: int) -> CopyRecord:
+    return CopyRecord(
+        appointment_id=state["id"],
+        account_id=state["account_id"],
+        calendar_url=URL,
+        href="h",
+        etag='"1"',
+        pushed_sequence=sequence,
+        content_hash=content_hash(data),
+        present=True,
+    )
 
 
 def test_an_older_copy_of_ours_without_a_record_is_adopted_not_applied() -> None:
@@ -95,16 +98,18 @@ def test_foreign_objects_are_imported_under_a_stable_id_and_garbage_is_quarantin
 # -- an object deleted in the calendar and restored there (undo, trash bin) -------------
 
 
-def absent(state: dict[str, Any], sequence: int) -> dict[str, Any]:
+def absent(state: dict[str, Any], sequence: int) -> CopyRecord:
     """Return the record of a calendar copy whose deletion was recorded."""
-    return {
-        "appointment_id": state["id"],
-        "href": "h",
-        "etag": None,
-        "pushed_sequence": sequence,
-        "content_hash": None,
-        "present": 0,
-    }
+    return CopyRecord(
+        appointment_id=state["id"],
+        account_id=state["account_id"],
+        calendar_url=URL,
+        href="h",
+        etag=None,
+        pushed_sequence=sequence,
+        content_hash=None,
+        present=False,
+    )
 
 
 def with_sequence(data: bytes, sequence: int) -> bytes:
@@ -112,16 +117,19 @@ def with_sequence(data: bytes, sequence: int) -> bytes:
     return data.replace(b"SEQUENCE:0", f"SEQUENCE:{sequence}".encode())
 
 
-def pending_push(state: dict[str, Any], decision: Any) -> dict[str, Any]:
-    """Return the pending-push item the record written for ``decision`` gives."""
-    return {
-        "appointment": state,
-        "href": decision.href,
-        "etag": decision.etag,
-        "pushed_sequence": decision.sequence,
-        "content_hash": decision.digest,
-        "present": 1,
-    }
+def pending_push(state: dict[str, Any], decision: Any) -> PendingPush:
+    """Return the pending push the record written for ``decision`` gives."""
+    record = CopyRecord(
+        appointment_id=state["id"],
+        account_id=state["account_id"],
+        calendar_url=URL,
+        href=decision.href,
+        etag=decision.etag,
+        pushed_sequence=decision.sequence,
+        content_hash=decision.digest,
+        present=True,
+    )
+    return PendingPush(state, record)
 
 
 def imported() -> Appointment:
