@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import replace
+from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -29,7 +30,7 @@ from caljournal.adapters.caldav_client import (
 )
 from caljournal.adapters.retry import RetryPolicy
 from caljournal.adapters.storage import Delta, Loaded, SyncTokenInvalid
-from caljournal.adapters.transport import DISCOVERY, LISTING, MULTIGET
+from caljournal.adapters.transport import DISCOVERY, LISTING, MULTIGET, GuardedSession
 
 T = TypeVar("T")
 
@@ -200,7 +201,7 @@ class CalendarReader:
             batch = batches.pop(0)
             asked = {unquote(h): h for h in batch}
             try:
-                objects = self._call(lambda batch=batch: self._multiget(batch))
+                objects = self._call(partial(self._multiget, batch))
             except ResponseTooLargeError:
                 if len(batch) == 1:
                     raise
@@ -226,7 +227,9 @@ class CalendarReader:
         return loaded
 
     def _multiget(self, batch: list[str]) -> list[Any]:
-        with translate("loading changed objects"), self.client.session.kind(MULTIGET):
+        session = self.client.session
+        assert isinstance(session, GuardedSession)  # open_client installs it
+        with translate("loading changed objects"), session.kind(MULTIGET):
             return list(
                 self.calendar.multiget([URL.objectify(h) for h in batch], raise_notfound=False)
             )

@@ -346,17 +346,17 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         # an explicit BEGIN … ROLLBACK around it would cost two more round trips
         # (measured: 0.28 ms → 0.1 ms for the token lookup of every API request).
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
-            curs.execute(sql.encode(), list(params))  # type: ignore[call-overload]
+            curs.execute(sql.encode(), list(params))
             return list(curs.fetchall())
 
     def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
         with self.datastore.transaction(commit=True) as curs:
             for sql, params in statements:
-                curs.execute(sql.encode(), list(params))  # type: ignore[call-overload]
+                curs.execute(sql.encode(), list(params))
 
     def _update(self, sql: str, params: Sequence[Any]) -> int:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(sql.encode(), list(params))  # type: ignore[call-overload]
+            curs.execute(sql.encode(), list(params))
             return int(curs.rowcount)
 
 

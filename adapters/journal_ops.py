@@ -21,6 +21,7 @@ from typing import Any, Generic, TypeVar
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.persistence import IntegrityError
 from tenacity import (
     RetryError,
@@ -135,6 +136,8 @@ def state_as_of(journal: Journal, aggregate_id: UUID, when: datetime | None) -> 
     """Return the aggregate as it was at ``when`` (now when None), or None if it did not exist."""
     aggregate: Any = None
     for event in journal.events.get(aggregate_id):
+        if not isinstance(event, CanMutateAggregate):
+            raise TypeError(f"{type(event).__name__} cannot rebuild an aggregate")
         if when is not None and event.timestamp > when:
             break
         aggregate = event.mutate(aggregate)

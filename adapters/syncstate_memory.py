@@ -70,7 +70,7 @@ class MemorySyncState:
         for appointment_id, position in self._positions.items():
             cached = self._states.get(appointment_id)
             if cached is None or cached[0] != position:
-                state = self.journal.repository.get(UUID(appointment_id)).state()
+                state: dict[str, Any] = self.journal.repository.get(UUID(appointment_id)).state()
                 cached = (position, state)
                 self._states[appointment_id] = cached
             found.append(cached)

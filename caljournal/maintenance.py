@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 from uuid import UUID
 
 from caljournal.adapters.journal import Journal
@@ -51,7 +52,7 @@ def rebuild_read_models(
     recorder.clear_read_model()
     batch = []
     for aggregate_id, (version, at) in last.items():
-        aggregate = journal.repository.get(aggregate_id)
+        aggregate: Any = journal.repository.get(aggregate_id)
         if aggregate.version != version:
             # Changed since the scan: its row needs the position of its new last event.
             at = recorder.select_positions(aggregate_id)[aggregate.version]
