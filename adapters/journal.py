@@ -41,13 +41,14 @@ from caljournal.adapters.readmodel import (
     upsert_statement,
     window_query,
 )
+from caljournal.adapters.resync_store import ResyncQueries, resync_statements
 from caljournal.settings import Settings, database_config
 
 APPLICATION_NAME = "caljournal"
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
-class ReadModelQueries(OutboundQueries):
+class ReadModelQueries(OutboundQueries, ResyncQueries):
     """Queries over the query tables, shared by both recorders.
 
     The recorders supply ``_fetch``/``_execute``/``_update`` (see ``OutboundQueries``).
@@ -139,7 +140,11 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
         super().__init__(datastore, events_table_name)
 
     def construct_create_table_statements(self) -> list[str]:
-        return super().construct_create_table_statements() + create_statements("")
+        return (
+            super().construct_create_table_statements()
+            + create_statements("")
+            + resync_statements("")
+        )
 
     def _insert_events(
         self,
@@ -188,7 +193,7 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
         self.qualify = f'"{datastore.schema}".'
-        for statement in create_statements(self.qualify):
+        for statement in create_statements(self.qualify) + resync_statements(self.qualify):
             self.sql_create_statements.append(SQL(statement))  # type: ignore[arg-type]
 
     def create_table(self) -> None:

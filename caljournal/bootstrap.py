@@ -17,6 +17,7 @@ from caljournal.appointments import AppointmentService
 from caljournal.links import LinkPolicy, LinkService
 from caljournal.projections.inbound import CheckPolicy
 from caljournal.projections.outbound import OutboundWorker, WorkerConfig
+from caljournal.resyncs import ResyncService
 from caljournal.settings import Settings, load_settings
 from caljournal.sync import SyncService
 
@@ -31,6 +32,7 @@ class Container:
     appointments: AppointmentService = field(init=False)
     links: LinkService = field(init=False)
     sync: SyncService = field(init=False)
+    resyncs: ResyncService = field(init=False)
     _box: SecretBox | None = field(init=False, default=None, repr=False)
     _box_stamp: bytes | None = field(init=False, default=None, repr=False)
     _box_lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
@@ -48,6 +50,9 @@ class Container:
         self.sync = SyncService(
             self.journal, self.links, RetryPolicy.patient(self.settings.caldav_retry_budget)
         )
+        self.resyncs = ResyncService(
+            self.journal, self.links, self.sync, self.settings.worker_lease_ttl
+        )
 
     def outbound_worker(self, config: WorkerConfig | None = None) -> OutboundWorker:
         """Return a (not yet started) outbound worker on this container's journal."""
@@ -61,6 +66,7 @@ class Container:
                     interval=self.settings.calendar_check_interval,
                     spacing=self.settings.calendar_check_spacing,
                 ),
+                resync_retry=RetryPolicy.patient(self.settings.caldav_retry_budget),
             )
         return OutboundWorker(
             self.journal, self.links, config=config, postgres_listen=self.journal.listener

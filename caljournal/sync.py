@@ -15,10 +15,12 @@ from caljournal.adapters.caldav_client import CalDAVError, ServerAccess
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import ProviderProfile, get_profile
 from caljournal.adapters.readmodel import to_us
+from caljournal.adapters.resync_store import DONE, FAILED, resync_row
 from caljournal.adapters.retry import RetryPolicy
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause
 from caljournal.domain.link import CalendarLink
+from caljournal.errors import ConflictError
 from caljournal.links import LinkFailedError, LinkService
 from caljournal.projections.resync import MassDeleteRefusedError, Resync, Step, Summary
 
@@ -127,11 +129,14 @@ class SyncService:
         concurrency: int = 1,
         rate: float | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> Summary:
         """Push every live appointment missing from (or differing in) the linked calendar.
 
         Transient server faults are retried as ``self.retry`` allows; a server
         that keeps failing while writing stops the run (``Summary.stopped``).
+        ``request`` is the resync request this run serves (see ``caljournal.resyncs``):
+        its row is finished with the recorded outcome.
 
         :raises LinkFailedError: when the account has no active calendar, or the
             calendar cannot be read (nothing is written then).
@@ -154,7 +159,7 @@ class SyncService:
         steps, summary = self._plan(run, "backfill")
         summary = run.run(steps, summary)
         if not dry_run:
-            self._record_run(account_id, "backfill", summary, cause)
+            self._record_run(account_id, "backfill", summary, cause, request)
         return summary
 
     def replay(
@@ -170,13 +175,14 @@ class SyncService:
         concurrency: int = 1,
         rate: float | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> Summary:
         """Make a calendar equal to the journal (now, or at ``as_of``).
 
         ``to_calendar`` writes into another calendar of the same server and switches
         the link to it when done (not with ``as_of``). Deletions need ``confirm``;
         more than half of the account's objects (and at least 10) also need
-        ``allow_mass_delete``.
+        ``allow_mass_delete``. ``request``: see :meth:`backfill`.
 
         :raises LinkFailedError: when the target cannot be used.
         :raises MassDeleteRefusedError: when the deletions exceed the limit.
@@ -227,7 +233,7 @@ class SyncService:
             return summary
         if switching and as_of is None and summary.stopped is None:
             self.links.choose(account_id, target, cause)
-        self._record_run(account_id, "replay", summary, cause)
+        self._record_run(account_id, "replay", summary, cause, request)
         return summary
 
     @staticmethod
@@ -250,18 +256,50 @@ class SyncService:
             )
         return link, self.links.access(link), get_profile(link.provider)
 
-    def _record_run(self, account_id: UUID, kind: str, summary: Summary, cause: Cause) -> None:
+    def _record_run(
+        self,
+        account_id: UUID,
+        kind: str,
+        summary: Summary,
+        cause: Cause,
+        request: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the run as ``ResyncRan``; finish its request's row in the same transaction.
+
+        :raises ConflictError: when the link kept changing under every attempt.
+        """
         counts = summary.as_dict()
         counts["failed"] = len(summary.failed)
         counts.pop("sample", None)
-        for _ in range(20):
+        rows = []
+        if request is not None:
+            current = self.recorder.resync(request["request_id"]) or request
+            rows.append(
+                resync_row(
+                    {
+                        **current,
+                        "state": FAILED if summary.stopped else DONE,
+                        "finished_us": int(time.time() * 1e6),
+                        "summary": counts,
+                        "error": summary.stopped,
+                    }
+                )
+            )
+        for _ in range(50):
             link = self.links._get(account_id)  # noqa: SLF001
-            link.record_resync(kind=kind, summary=counts, cause=cause)
+            link.record_resync(
+                kind=kind,
+                summary=counts,
+                cause=cause,
+                request_id=request["request_id"] if request else None,
+                error=summary.stopped,
+            )
             try:
-                self.journal.save(link)
+                self.journal.save(link, extra_rows=rows)
                 return
             except IntegrityError:
                 continue
+        raise ConflictError("the link kept changing; the outcome of the run was not recorded")
 
     def retry_failed(self, account_id: UUID, cause: Cause) -> int:
         """Clear the account's failed pushes so the worker tries them again; return how many.
