@@ -13,6 +13,7 @@ same transaction that finishes the row.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -25,7 +26,7 @@ from uuid import UUID
 from eventsourcing.persistence import IntegrityError
 
 from caljournal.adapters.journal import Journal
-from caljournal.adapters.resync_store import FAILED, REQUESTED, RUNNING, resync_row
+from caljournal.adapters.resync_store import DONE, FAILED, REQUESTED, RUNNING, resync_row
 from caljournal.domain.cause import Cause
 from caljournal.domain.errors import DomainError
 from caljournal.errors import ApplicationError, ConflictError
@@ -136,9 +137,12 @@ class ResyncService:
         owner: str,
         leased: Callable[[], bool],
         progress: Progress | None = None,
+        confirm: Callable[[Summary], bool] | None = None,
     ) -> Summary:
         """Run a request here; the caller holds the account's lease.
 
+        A replay's deletions are confirmed by ``confirm`` (a person answering
+        here), else up to the request's ``delete_limit`` option (None: any).
         The outcome is recorded (``ResyncRan`` and the row) whether it succeeds or
         fails; a failure is raised again after that.
 
@@ -160,7 +164,7 @@ class ResyncService:
         reporter = _Reporter(self, request["request_id"], leased, progress)
         cause = cause_of(request)
         try:
-            return self._execute(request, cause, reporter)
+            return self._execute(request, cause, reporter, confirm)
         except ResyncInterruptedError:
             raise
         except (ApplicationError, DomainError, MassDeleteRefusedError) as exc:
@@ -168,7 +172,13 @@ class ResyncService:
             self._record_failure(request, cause, message)
             raise
 
-    def _execute(self, request: dict[str, Any], cause: Cause, progress: Progress) -> Summary:
+    def _execute(
+        self,
+        request: dict[str, Any],
+        cause: Cause,
+        progress: Progress,
+        confirm: Callable[[Summary], bool] | None,
+    ) -> Summary:
         options = request["options"]
         account_id = UUID(request["account_id"])
         common: dict[str, Any] = {
@@ -186,7 +196,7 @@ class ResyncService:
             cause,
             to_calendar=options.get("to_calendar"),
             as_of=datetime.fromisoformat(as_of) if as_of else None,
-            confirm=lambda preview: _confirmed(preview, limit),
+            confirm=confirm or (lambda preview: _confirmed(preview, limit)),
             allow_mass_delete=bool(options.get("allow_mass_delete")),
             **common,
         )
@@ -213,6 +223,70 @@ class ResyncService:
         raise ConflictError("the link kept changing; the failure could not be recorded")
 
     # -- the command line's own runs ------------------------------------------------
+
+    def run_here(
+        self,
+        account_id: UUID,
+        kind: str,
+        options: dict[str, Any],
+        cause: Cause,
+        owner: str,
+        progress: Progress | None = None,
+        confirm: Callable[[Summary], bool] | None = None,
+    ) -> Summary:
+        """Take the account's lease, then run the request in this process and give it up.
+
+        An open request of the same kind and options (one whose run was
+        interrupted, e.g. a command killed halfway) is taken over instead of
+        recording another.
+
+        :raises AccountBusyError: when another command holds the lease.
+        """
+        with self.lease(account_id, owner) as held:
+            same = json.loads(json.dumps(options, sort_keys=True))
+            open_requests = [
+                r
+                for r in self.open_requests(str(account_id))
+                if r["kind"] == kind and r["options"] == same
+            ]
+            if open_requests:
+                request = open_requests[0]
+            else:
+                request = self.request(account_id, kind, options, cause, worker=owner)
+            return self.run(request, owner, held.held, progress, confirm)
+
+    def wait(
+        self,
+        request_id: str,
+        owner: str,
+        progress: Progress | None = None,
+        confirm: Callable[[Summary], bool] | None = None,
+    ) -> Summary:
+        """Wait for a request handed to a worker; return its outcome.
+
+        Shows the run's progress through ``progress``. When no worker serves
+        the account any more (longer than a lease lasts), the request is taken
+        over and run here.
+
+        :raises LinkFailedError: when the run failed before writing (its error).
+        """
+        orphaned_since: float | None = None
+        while True:
+            row = self.get(request_id)
+            assert row is not None
+            if row["state"] in (DONE, FAILED):
+                return _finished(row)
+            if progress is not None and row["phase"] is not None and row["total"] is not None:
+                progress(row["phase"], int(row["done"] or 0), int(row["total"]))
+            account_id = UUID(row["account_id"])
+            if self.serving_worker(account_id) is not None:
+                orphaned_since = None
+            elif orphaned_since is None:
+                orphaned_since = time.monotonic()
+            elif time.monotonic() - orphaned_since > self.lease_ttl + 2.0:
+                with self.lease(account_id, owner) as held:
+                    return self.run(row, owner, held.held, progress, confirm)
+            time.sleep(0.2)
 
     @contextmanager
     def lease(self, account_id: UUID, owner: str, wait: float | None = None) -> Iterator[Lease]:
@@ -313,6 +387,28 @@ class _Reporter:
             self.service.recorder.update_resync(
                 self.request_id, phase=phase, done=done, total=total
             )
+
+
+def _finished(row: dict[str, Any]) -> Summary:
+    """Return the outcome of a finished request as a summary.
+
+    :raises LinkFailedError: when it failed before writing anything.
+    """
+    found = row["summary"]
+    if found is None:
+        raise LinkFailedError(row["error"] or f"the {row['kind']} failed")
+    return Summary(
+        created=found["created"],
+        already_present=found["already_present"],
+        updated=found["updated"],
+        deleted=found["deleted"],
+        failed=[(f["appointment_id"], f["reason"]) for f in found["failed"]],
+        foreign_left_alone=found["foreign_left_alone"],
+        dry_run=found["dry_run"],
+        sample=list(found["sample"]),
+        seconds=found["seconds"],
+        stopped=found["stopped"],
+    )
 
 
 def _progress_of(row: dict[str, Any]) -> dict[str, Any]:

@@ -86,7 +86,30 @@ class SyncService:
             "last_error_at": _iso(sync.get("last_error_us")),
             "worker": lease["owner"] if lease and lease["expires_us"] > now_us else None,
             "inbound": self._inbound(account),
+            "resyncs": self._resyncs(account),
         }
+
+    def _resyncs(self, account: str) -> list[dict[str, Any]]:
+        """Return the account's latest backfill and replay requests, newest first."""
+        return [
+            {
+                "request_id": r["request_id"],
+                "kind": r["kind"],
+                "state": r["state"],
+                "options": r["options"],
+                "requested": _iso(r["requested_us"]),
+                "requested_by": r["actor"],
+                "worker": r["worker"],
+                "started": _iso(r["started_us"]),
+                "finished": _iso(r["finished_us"]),
+                "phase": r["phase"],
+                "done": r["done"],
+                "total": r["total"],
+                "summary": r["summary"],
+                "error": r["error"],
+            }
+            for r in self.recorder.recent_resyncs(account)
+        ]
 
     def _inbound(self, account: str) -> dict[str, Any]:
         state = self.recorder.inbound_state(account)
@@ -280,7 +303,7 @@ class SyncService:
                         **current,
                         "state": FAILED if summary.stopped else DONE,
                         "finished_us": int(time.time() * 1e6),
-                        "summary": counts,
+                        "summary": summary.as_dict(),
                         "error": summary.stopped,
                     }
                 )
