@@ -1,8 +1,10 @@
 """The journal: the eventsourcing application, its recorders and query tables.
 
 The library's own SQLite and PostgreSQL recorders store the events; the small
-subclasses here add the query tables of ``adapters.readmodel`` and write their
-rows inside the library's insert transaction.
+subclasses here add the query tables of ``adapters.readmodel`` (created and
+migrated by ``adapters.schema`` when the journal opens) and write their rows,
+with the journal positions of the new events, inside the library's insert
+transaction.
 """
 
 from __future__ import annotations
@@ -34,18 +36,23 @@ from caljournal.adapters.readmodel import (
     TOKENS,
     Row,
     Window,
-    create_statements,
     docs,
     recurring_query,
     rows_for,
     upsert_statement,
     window_query,
+    with_positions,
 )
-from caljournal.adapters.resync_store import ResyncQueries, resync_statements
+from caljournal.adapters.resync_store import ResyncQueries
+from caljournal.adapters.schema import LOCK_KEY, Target, migrate
+from caljournal.domain.link import CalendarLink
 from caljournal.settings import Settings, database_config
 
 APPLICATION_NAME = "caljournal"
+CALENDAR_CHOSEN = "caljournal:CalendarLink.CalendarChosen"
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+LOCK = f"SELECT pg_advisory_lock(hashtext('{LOCK_KEY}'))"
+UNLOCK = f"SELECT pg_advisory_unlock(hashtext('{LOCK_KEY}'))"
 
 
 class ReadModelQueries(OutboundQueries, ResyncQueries):
@@ -139,12 +146,16 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
     def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name)
 
-    def construct_create_table_statements(self) -> list[str]:
-        return (
-            super().construct_create_table_statements()
-            + create_statements("")
-            + resync_statements("")
-        )
+    def create_table(self) -> None:
+        """Create the library's event table, then bring caljournal's tables up to date."""
+        super().create_table()
+        with self.datastore.get_connection(commit=True) as conn, conn.cursor() as curs:
+            migrate(curs, self.schema_target)
+
+    @property
+    def schema_target(self) -> Target:
+        """Return where ``adapters.schema`` migrations run for this recorder."""
+        return Target("sqlite", "", self.events_table_name)
 
     def _insert_events(
         self,
@@ -155,7 +166,7 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
         **kwargs: Any,
     ) -> Sequence[int] | None:
         ids = super()._insert_events(c, stored_events, **kwargs)
-        for row in read_model:
+        for row in with_positions(read_model, latest_positions(stored_events, ids)):
             c.execute(*upsert_statement(row, "", "?"))
         return ids
 
@@ -166,6 +177,14 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
             "WHERE originator_id = ?"
         )
         return {r["v"]: r["n"] for r in self._fetch(sql, [originator_id.hex])}
+
+    def select_last_position(self, originator_id: UUID, topic: str) -> int | None:
+        """Return the journal position of one aggregate's last event of ``topic``, or None."""
+        sql = (
+            f"SELECT MAX(rowid) AS n FROM {self.events_table_name} "
+            "WHERE originator_id = ? AND topic = ?"
+        )
+        return self._fetch(sql, [originator_id.hex, topic])[0]["n"]
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
         # The library's connections are in autocommit mode: a lone SELECT is its
@@ -192,35 +211,57 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
+        if datastore.enable_db_functions:
+            # That insert path skips the hook that writes the query-table rows.
+            raise ValueError(
+                "POSTGRES_ENABLE_DB_FUNCTIONS is not supported: caljournal writes its "
+                "query tables in the library's own insert transaction"
+            )
         self.qualify = f'"{datastore.schema}".'
-        for statement in create_statements(self.qualify) + resync_statements(self.qualify):
-            self.sql_create_statements.append(SQL(statement))  # type: ignore[arg-type]
+
+    @property
+    def schema_target(self) -> Target:
+        """Return where ``adapters.schema`` migrations run for this recorder."""
+        return Target("postgresql", self.qualify, f'{self.qualify}"{self.events_table_name}"')
 
     def create_table(self) -> None:
-        """Create the tables, one process at a time.
+        """Create the library's event table, then bring caljournal's tables up to date.
 
-        Several workers starting together would otherwise run the same DDL
-        concurrently, which PostgreSQL refuses ("tuple concurrently updated").
+        One process at a time: several workers starting together would otherwise
+        run the same DDL concurrently, which PostgreSQL refuses ("tuple
+        concurrently updated"). ``migrate`` takes the same advisory lock again
+        (session locks nest) for its own steps.
         """
-        with self.datastore.get_connection() as conn:
-            conn.execute("SELECT pg_advisory_lock(hashtext('caljournal-schema'))")
+        with self.datastore.get_connection() as conn, conn.cursor() as curs:
+            curs.execute(LOCK.encode())
             try:
                 super().create_table()
+                migrate(curs, self.schema_target)
             finally:
-                conn.execute("SELECT pg_advisory_unlock(hashtext('caljournal-schema'))")
+                curs.execute(UNLOCK.encode())
 
-    def _insert_events(
+    def _fetch_ids_after_insert_events(
         self,
         curs: Any,
         stored_events: Sequence[StoredEvent],
         *,
         read_model: Sequence[Row] = (),
         **kwargs: Any,
-    ) -> None:
-        # Runs inside the library's insert transaction, before the events insert:
-        # a version conflict on the events rolls these rows back too.
-        for row in read_model:
-            curs.execute(*upsert_statement(row, self.qualify, "%s"))
+    ) -> Sequence[int] | None:
+        # The library calls this inside its insert transaction and pipeline, once
+        # the events are in (its own ``_insert_events`` hook runs before them, when
+        # the positions are not known yet). A version conflict on the events
+        # raises before this point and rolls everything back.
+        ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        rows = with_positions(read_model, latest_positions(stored_events, ids))
+        if rows:
+            # A nested pipeline syncs when it ends: an error in these rows (a
+            # duplicate token hash) is raised here, where the library expects one,
+            # and the transaction with the events is rolled back.
+            with curs.connection.pipeline():
+                for row in rows:
+                    curs.execute(*upsert_statement(row, self.qualify, "%s"))
+        return ids
 
     def select_positions(self, originator_id: UUID) -> dict[int, int]:
         """Return notification id by version for one aggregate's events."""
@@ -229,6 +270,14 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
             f'{self.events_table_name}" WHERE originator_id = %s'
         )
         return {r["v"]: r["n"] for r in self._fetch(sql, [originator_id])}
+
+    def select_last_position(self, originator_id: UUID, topic: str) -> int | None:
+        """Return the journal position of one aggregate's last event of ``topic``, or None."""
+        sql = (
+            f'SELECT MAX(notification_id) AS n FROM {self.qualify}"{self.events_table_name}" '
+            "WHERE originator_id = %s AND topic = %s"
+        )
+        return self._fetch(sql, [originator_id, topic])[0]["n"]
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[DictRow]:
         # One statement on the pool's autocommit connection is its own snapshot;
@@ -247,6 +296,17 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(sql.encode(), list(params))  # type: ignore[call-overload]
             return int(curs.rowcount)
+
+
+def latest_positions(
+    stored_events: Sequence[StoredEvent], ids: Sequence[int] | None
+) -> dict[str, int]:
+    """Return the journal position of each aggregate's last event among those just inserted."""
+    positions: dict[str, int] = {}
+    for stored, position in zip(stored_events, ids or (), strict=False):
+        key = str(stored.originator_id)
+        positions[key] = max(positions.get(key, 0), position)
+    return positions
 
 
 JournalRecorder = SQLiteJournalRecorder | PostgresJournalRecorder
@@ -328,6 +388,16 @@ class Journal(Application[UUID]):
         for callback in list(self._listeners):
             callback()
         return recordings
+
+    def calendar_chosen_position(self, account_id: UUID | str) -> int:
+        """Return the journal position of the event that chose the link's current calendar.
+
+        Appointment changes after it are pushed by the worker; older ones are the
+        backfill's job. 0 when no calendar was ever chosen.
+        """
+        link_id = CalendarLink.id_for(UUID(str(account_id)))
+        position = self.journal_recorder.select_last_position(link_id, CALENDAR_CHOSEN)
+        return int(position or 0)
 
     @property
     def journal_recorder(self) -> SQLiteJournalRecorder | PostgresJournalRecorder:

@@ -63,13 +63,14 @@ class OutboundQueries:
     # -- calendar copies --------------------------------------------------------
 
     def pending_pushes(
-        self, account_id: str, calendar_url: str, since_us: int, limit: int
+        self, account_id: str, calendar_url: str, after_position: int, limit: int
     ) -> list[dict[str, Any]]:
         """Return appointments whose calendar copy is missing or older than the journal.
 
-        An appointment without a copy counts only when it was changed at or after
-        ``since_us`` (older ones are the backfill's job); a copy on another
-        calendar counts like no copy. A change whose push failed for good waits
+        Only appointments whose latest event is past the journal position
+        ``after_position`` count (older ones are the backfill's job, or were
+        pushed by an earlier pass), in journal order; a copy on another calendar
+        counts like no copy. A change whose push failed for good waits
         for the next change or an operator's retry.
         """
         p = self.placeholder
@@ -79,14 +80,14 @@ class OutboundQueries:
             f"o.pushed_sequence AS pushed_sequence, o.content_hash AS content_hash, "
             f"o.present AS present, o.calendar_url AS copy_calendar "
             f"FROM {a} a LEFT JOIN {o} o ON o.appointment_id = a.id "
-            f"WHERE a.account_id = {p} AND a.modified_us >= {p} AND ("
+            f"WHERE a.account_id = {p} AND a.position > {p} AND ("
             f"(o.appointment_id IS NULL AND a.status = 'booked') "
             f"OR (o.calendar_url <> {p} AND a.status = 'booked') "
             f"OR (o.calendar_url = {p} AND a.sequence > o.pushed_sequence "
             f"AND (o.failed_sequence IS NULL OR o.failed_sequence < a.sequence))"
-            f") ORDER BY a.modified_us, a.id LIMIT {p}"
+            f") ORDER BY a.position, a.id LIMIT {p}"
         )
-        rows = self._fetch(sql, [account_id, since_us, calendar_url, calendar_url, limit])
+        rows = self._fetch(sql, [account_id, after_position, calendar_url, calendar_url, limit])
         result = []
         for row in rows:
             item = dict(row)
@@ -97,9 +98,9 @@ class OutboundQueries:
             result.append(item)
         return result
 
-    def count_pending(self, account_id: str, calendar_url: str, since_us: int) -> int:
+    def count_pending(self, account_id: str, calendar_url: str, after_position: int) -> int:
         """Return how many appointments wait for a push (see :meth:`pending_pushes`)."""
-        return len(self.pending_pushes(account_id, calendar_url, since_us, 1_000_000))
+        return len(self.pending_pushes(account_id, calendar_url, after_position, 1_000_000))
 
     def record_copy(self, values: dict[str, Any]) -> None:
         """Write what the calendar now holds for one appointment."""

@@ -5,14 +5,20 @@ T2" needs a table of its own. Rows are written by the recorder in the very
 transaction that inserts the events (see ``adapters.journal``), so the tables
 can never disagree with the journal, and they can be rebuilt from it at any time.
 Times are stored as integer microseconds since the epoch (UTC), which compares
-the same way on SQLite and PostgreSQL.
+the same way on SQLite and PostgreSQL. The tables' DDL and its versions live in
+``adapters.schema``.
+
+An appointment row carries ``position``: the journal position (notification id)
+of the appointment's latest event. The recorder adds it once the events insert
+has returned their ids (:func:`with_positions`); the outbound projection finds
+pending pushes by it, so a writer's clock cannot hide a change.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -139,76 +145,23 @@ def rows_for(aggregate: object, state: dict[str, Any] | None = None) -> list[Row
     return []
 
 
+def with_positions(rows: Sequence[Row], positions: Mapping[str, int]) -> list[Row]:
+    """Return ``rows`` with the journal position set on the appointment rows.
+
+    ``positions`` maps aggregate ids (as ``str``) to the notification id of their
+    latest event; appointment rows of other aggregates are left as they are.
+    """
+    return [
+        replace(row, values={**row.values, "position": positions[row.values["id"]]})
+        if row.table == APPOINTMENTS and not row.delete and row.values.get("id") in positions
+        else row
+        for row in rows
+    ]
+
+
 def secret_row(link: CalendarLink, sealed: str) -> Row:
     """Return the row holding a link's sealed credentials ("" once erased)."""
     return Row(SECRETS, {"id": str(link.id), "sealed": sealed, "version": link.version})
-
-
-def create_statements(qualify: str) -> list[str]:
-    """Return the DDL of the query tables; ``qualify`` prefixes table names (a schema)."""
-    ib, qu, ck = qualify + INBOUND, qualify + QUARANTINE, qualify + CHECKS
-    a, c, t, lk, sc, ob, ls, ss, wk = (
-        qualify + name
-        for name in (
-            APPOINTMENTS,
-            ACCOUNTS,
-            TOKENS,
-            LINKS,
-            SECRETS,
-            OUTBOUND,
-            LEASES,
-            SYNC_STATUS,
-            WORKERS,
-        )
-    )
-    return [
-        f"CREATE TABLE IF NOT EXISTS {a} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
-        "start_us BIGINT NOT NULL, end_us BIGINT NOT NULL, status TEXT NOT NULL, "
-        "version INTEGER NOT NULL, sequence INTEGER NOT NULL, modified_us BIGINT NOT NULL, "
-        "recurring INTEGER NOT NULL, doc TEXT NOT NULL)",
-        f"CREATE INDEX IF NOT EXISTS {APPOINTMENTS}_recurring ON {a} (account_id, recurring)",
-        f"CREATE INDEX IF NOT EXISTS {APPOINTMENTS}_window ON {a} (account_id, start_us)",
-        f"CREATE INDEX IF NOT EXISTS {APPOINTMENTS}_modified ON {a} (account_id, modified_us)",
-        f"CREATE TABLE IF NOT EXISTS {c} (id TEXT PRIMARY KEY, name TEXT NOT NULL, "
-        "created_us BIGINT NOT NULL, version INTEGER NOT NULL)",
-        f"CREATE TABLE IF NOT EXISTS {t} (id TEXT PRIMARY KEY, account_id TEXT, "
-        "account_name TEXT, name TEXT NOT NULL, token_hash TEXT NOT NULL UNIQUE, "
-        "revoked INTEGER NOT NULL, "
-        "created_us BIGINT NOT NULL, version INTEGER NOT NULL)",
-        f"CREATE INDEX IF NOT EXISTS {TOKENS}_account ON {t} (account_id)",
-        f"CREATE TABLE IF NOT EXISTS {lk} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
-        "status TEXT NOT NULL, calendar_url TEXT, version INTEGER NOT NULL, doc TEXT NOT NULL)",
-        f"CREATE TABLE IF NOT EXISTS {sc} (id TEXT PRIMARY KEY, sealed TEXT NOT NULL, "
-        "version INTEGER NOT NULL)",
-        # What each appointment looks like on its calendar, recorded only after the
-        # server confirmed a write (see projections.outbound).
-        f"CREATE TABLE IF NOT EXISTS {ob} (appointment_id TEXT PRIMARY KEY, "
-        "account_id TEXT NOT NULL, calendar_url TEXT NOT NULL, href TEXT NOT NULL, etag TEXT, "
-        "pushed_sequence INTEGER NOT NULL, content_hash TEXT, present INTEGER NOT NULL, "
-        "failed_sequence INTEGER, failure TEXT, updated_us BIGINT NOT NULL)",
-        f"CREATE INDEX IF NOT EXISTS {OUTBOUND}_account ON {ob} (account_id)",
-        f"CREATE INDEX IF NOT EXISTS {OUTBOUND}_href ON {ob} (account_id, href)",
-        f"CREATE TABLE IF NOT EXISTS {ls} (account_id TEXT PRIMARY KEY, owner TEXT NOT NULL, "
-        "expires_us BIGINT NOT NULL)",
-        f"CREATE TABLE IF NOT EXISTS {ss} (account_id TEXT PRIMARY KEY, pushed_position BIGINT, "
-        "last_success_us BIGINT, last_error TEXT, last_error_us BIGINT, worker TEXT)",
-        f"CREATE TABLE IF NOT EXISTS {wk} (owner TEXT PRIMARY KEY, expires_us BIGINT NOT NULL)",
-        # Where each account's inbound poll stands; written with the events a poll
-        # produced, so a crash never loses or repeats a remote change.
-        f"CREATE TABLE IF NOT EXISTS {ib} (account_id TEXT PRIMARY KEY, calendar_url TEXT, "
-        "sync_token TEXT, ctag TEXT, last_poll_us BIGINT, last_requests INTEGER, "
-        "import_total INTEGER, import_done INTEGER, last_error TEXT, "
-        "confirm_deletes INTEGER NOT NULL DEFAULT 0, breaker TEXT, last_full_us BIGINT)",
-        f"CREATE TABLE IF NOT EXISTS {qu} (id TEXT PRIMARY KEY, account_id TEXT NOT NULL, "
-        "href TEXT NOT NULL, etag TEXT, reason TEXT NOT NULL, at_us BIGINT NOT NULL)",
-        f"CREATE INDEX IF NOT EXISTS {QUARANTINE}_account ON {qu} (account_id)",
-        # When each account's calendar was last compared in full with the copy
-        # records, what such comparisons found that the server's delta missed, and
-        # when caljournal last wrote to the calendar (pushes, backfills, replays).
-        f"CREATE TABLE IF NOT EXISTS {ck} (account_id TEXT PRIMARY KEY, last_us BIGINT, "
-        "checks INTEGER NOT NULL DEFAULT 0, differences INTEGER NOT NULL DEFAULT 0, "
-        "last_found TEXT, last_found_us BIGINT, written_us BIGINT)",
-    ]
 
 
 def upsert_statement(row: Row, qualify: str, placeholder: str) -> tuple[str, list[Any]]:

@@ -43,23 +43,6 @@ RESYNC_COLUMNS = (
 )
 
 
-def resync_statements(qualify: str) -> list[str]:
-    """Return the DDL of the resync requests table.
-
-    Kept here, in one place, until the project's tables are made by versioned
-    migrations; then this becomes one migration.
-    """
-    table = qualify + RESYNCS
-    return [
-        f"CREATE TABLE IF NOT EXISTS {table} (request_id TEXT PRIMARY KEY, "
-        "account_id TEXT NOT NULL, kind TEXT NOT NULL, options TEXT NOT NULL, "
-        "origin TEXT NOT NULL, actor TEXT NOT NULL, correlation_id TEXT NOT NULL, "
-        "state TEXT NOT NULL, requested_us BIGINT NOT NULL, worker TEXT, started_us BIGINT, "
-        "finished_us BIGINT, phase TEXT, done INTEGER, total INTEGER, summary TEXT, error TEXT)",
-        f"CREATE INDEX IF NOT EXISTS {RESYNCS}_account ON {table} (account_id, state)",
-    ]
-
-
 def resync_row(values: dict[str, Any]) -> Row:
     """Return a request's row, to be written with the event that changes it.
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from uuid import UUID
 
 from caljournal.adapters.journal import Journal
-from caljournal.adapters.readmodel import rows_for
+from caljournal.adapters.readmodel import rows_for, with_positions
 
 TOPICS = (
     "caljournal:Appointment",
@@ -23,13 +23,15 @@ def rebuild_read_models(
 ) -> tuple[int, float]:
     """Rebuild appointments, accounts, tokens and links tables; return (events read, seconds).
 
-    Sync state (calendar copies, sealed credentials, poll positions) is not derived
-    from the journal alone and is kept.
+    Appointment rows get the journal position of their latest event, by which the
+    outbound worker finds pending pushes. Sync state (calendar copies, sealed
+    credentials, poll positions) is not derived from the journal alone and is kept.
     """
     began = time.monotonic()
     recorder = journal.journal_recorder
     total = recorder.max_notification_id() or 0
-    ids: dict[UUID, None] = {}
+    # Each aggregate's (version, journal position) of its last event read.
+    last: dict[UUID, tuple[int, int]] = {}
     position = 0
     read = 0
     while True:
@@ -38,15 +40,22 @@ def rebuild_read_models(
             break
         for notification in page:
             if notification.topic.split(".")[0] in TOPICS:
-                ids.setdefault(UUID(str(notification.originator_id)), None)
+                last[UUID(str(notification.originator_id))] = (
+                    notification.originator_version,
+                    notification.id,
+                )
         read += len(page)
         position = page[-1].id
         if progress:
             progress(position, total)
     recorder.clear_read_model()
     batch = []
-    for aggregate_id in ids:
-        batch.extend(rows_for(journal.repository.get(aggregate_id)))
+    for aggregate_id, (version, at) in last.items():
+        aggregate = journal.repository.get(aggregate_id)
+        if aggregate.version != version:
+            # Changed since the scan: its row needs the position of its new last event.
+            at = recorder.select_positions(aggregate_id)[aggregate.version]
+        batch.extend(with_positions(rows_for(aggregate), {str(aggregate_id): at}))
         if len(batch) >= 500:
             recorder.upsert_rows(batch)
             batch = []

@@ -14,7 +14,6 @@ from eventsourcing.persistence import IntegrityError
 from caljournal.adapters.caldav_client import CalDAVError, ServerAccess
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.providers import ProviderProfile, get_profile
-from caljournal.adapters.readmodel import to_us
 from caljournal.adapters.resync_store import DONE, FAILED, resync_row
 from caljournal.adapters.retry import RetryPolicy
 from caljournal.domain.appointment import Appointment
@@ -55,8 +54,8 @@ class SyncService:
         sync = self.recorder.sync_status(account)
         pending: list[dict[str, Any]] = []
         if link["calendar_url"] and link["calendar_chosen_on"]:
-            since = to_us(datetime.fromisoformat(link["calendar_chosen_on"]))
-            pending = self.recorder.pending_pushes(account, link["calendar_url"], since, 100_000)
+            baseline = self.journal.calendar_chosen_position(account_id)
+            pending = self.recorder.pending_pushes(account, link["calendar_url"], baseline, 100_000)
         oldest = min(
             (datetime.fromisoformat(p["appointment"]["modified_on"]) for p in pending), default=None
         )

@@ -14,14 +14,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from caljournal.adapters.caldav_client import CalDAVError
 from caljournal.adapters.calendar_reader import CalendarReader
 from caljournal.adapters.calendar_writer import CalendarWriter
 from caljournal.adapters.providers import get_profile
-from caljournal.adapters.readmodel import to_us
 from caljournal.domain.errors import DomainError
 from caljournal.errors import ApplicationError
 from caljournal.projections.inbound import Poller, PollReport
@@ -117,9 +115,11 @@ class PushReconciler:
         self.link = link
         self.leased = leased
         self.routed_position = worker.position
-        chosen = link.get("calendar_chosen_on")
-        self.baseline_us = to_us(datetime.fromisoformat(chosen)) if chosen else 0
-        self.watermark_us = self.baseline_us
+        # Journal positions: changes after the event that chose the calendar are
+        # pushed (older ones are the backfill's job); a complete pass moves the
+        # watermark to the position read before it started.
+        self.baseline = worker.journal.calendar_chosen_position(account_id)
+        self.watermark = self.baseline
         self._woken = True
         self._next_pass = 0.0
         self._pusher: Pusher | None = None
@@ -137,7 +137,7 @@ class PushReconciler:
         elif isinstance(news, RanNews) and news.name != self.name:
             if isinstance(news.outcome, PollReport) and news.outcome.counts.get("repush"):
                 # Re-pushed appointments may have changed long before the watermark.
-                self.watermark_us = self.baseline_us
+                self.watermark = self.baseline
             self._woken = True
         elif isinstance(news, LinkNews):
             self.link = news.link
@@ -159,7 +159,10 @@ class PushReconciler:
         if not self.leased():
             return 0
         position = self.routed_position
-        started_us = int(time.time() * 1e6)
+        # Read before anything is queried. Positions commit in order (the library
+        # inserts events under a table lock on PostgreSQL; SQLite has one writer),
+        # so every change at or below this position is visible to this pass.
+        started = self.worker.recorder.max_notification_id() or 0
         if self._pusher is None:
             self._pusher = make_pusher(self.worker, self.account_id, self.link)
         pusher = self._pusher
@@ -169,7 +172,7 @@ class PushReconciler:
             items = recorder.pending_pushes(
                 self.account_id,
                 self.link["calendar_url"],
-                self.watermark_us,
+                self.watermark,
                 self.worker.config.batch,
             )
             if not items:
@@ -193,9 +196,9 @@ class PushReconciler:
                     )
         else:
             return handled
-        # Everything changed before this pass is on the calendar: later passes need
-        # only look at newer changes (with a margin for clock differences).
-        self.watermark_us = max(self.baseline_us, started_us - 60_000_000)
+        # Everything recorded before this pass is on the calendar: later passes need
+        # only look at newer positions.
+        self.watermark = max(self.baseline, started)
         recorder.update_sync_status(
             self.account_id, pushed_position=position, worker=self.worker.owner
         )
