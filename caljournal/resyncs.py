@@ -274,10 +274,10 @@ class ResyncService:
         while True:
             row = self.get(request_id)
             assert row is not None
-            if row["state"] in (DONE, FAILED):
-                return _finished(row)
             if progress is not None and row["phase"] is not None and row["total"] is not None:
                 progress(row["phase"], int(row["done"] or 0), int(row["total"]))
+            if row["state"] in (DONE, FAILED):
+                return _finished(row)
             account_id = UUID(row["account_id"])
             if self.serving_worker(account_id) is not None:
                 orphaned_since = None

@@ -128,7 +128,7 @@ class RunRecord:
 
     account_id: str
     reconciler: str
-    started: float  # time.monotonic()
+    started: float  # time.time(), comparable with other processes' clocks on the machine
     ended: float
     error: str | None
 
@@ -273,7 +273,7 @@ class AccountRuntime(threading.Thread):
                     log.exception("closing %s of %s failed", reconciler.name, self.account_id)
 
     def _run_one(self, reconciler: Reconciler) -> None:
-        started = time.monotonic()
+        started = time.time()
         error: str | None = None
         try:
             outcome = reconciler.run()
@@ -287,7 +287,7 @@ class AccountRuntime(threading.Thread):
             error = f"internal error: {type(exc).__name__}: {exc}"
             raise
         finally:
-            ended = time.monotonic()
+            ended = time.time()
             self._settle(reconciler.name, error)
             for observe in self._observers:
                 observe(RunRecord(self.account_id, reconciler.name, started, ended, error))
