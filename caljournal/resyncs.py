@@ -14,11 +14,10 @@ same transaction that finishes the row.
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -30,6 +29,7 @@ from caljournal.adapters.resync_store import DONE, FAILED, REQUESTED, RUNNING, r
 from caljournal.domain.cause import Cause
 from caljournal.domain.errors import DomainError
 from caljournal.errors import ApplicationError, ConflictError
+from caljournal.lease import AccountBusyError, Lease, hold_lease
 from caljournal.links import LinkFailedError, LinkService
 from caljournal.projections.resync import Summary
 from caljournal.sync import MassDeleteRefusedError, SyncService
@@ -42,10 +42,6 @@ Progress = Callable[[str, int, int], None]
 
 class ResyncInterruptedError(Exception):
     """The lease may have passed to another process: the run stopped (it is resumable)."""
-
-
-class AccountBusyError(ConflictError):
-    """Another process that is not a worker (another command) holds the account's lease."""
 
 
 def _now_us() -> int:
@@ -288,74 +284,12 @@ class ResyncService:
                     return self.run(row, owner, held.held, progress, confirm)
             time.sleep(0.2)
 
-    @contextmanager
-    def lease(self, account_id: UUID, owner: str, wait: float | None = None) -> Iterator[Lease]:
-        """Hold the account's lease (renewed in a thread) for a run in this process.
+    def lease(self, account_id: UUID, owner: str) -> AbstractContextManager[Lease]:
+        """Hold the account's lease for a run in this process (see ``caljournal.lease``).
 
-        A lease held by another process that is not a worker (a command killed
-        moments ago) is waited for until it expires, at most ``wait`` seconds
-        (default: the lease's time to live and a bit).
-
-        :raises AccountBusyError: when the lease stays taken.
+        :raises AccountBusyError: when another command keeps holding it.
         """
-        held = Lease(self, str(account_id), owner)
-        deadline = time.monotonic() + (wait if wait is not None else self.lease_ttl + 2.0)
-        while not held.claim():
-            if time.monotonic() >= deadline:
-                holder = self.recorder.leases().get(str(account_id), {}).get("owner")
-                raise AccountBusyError(
-                    f"the account is busy: {holder} holds it; wait for it to finish, then try again"
-                )
-            time.sleep(0.2)
-        held.start()
-        try:
-            yield held
-        finally:
-            held.release()
-
-
-class Lease:
-    """An account's lease held by this process, renewed by a thread until released."""
-
-    def __init__(self, service: ResyncService, account_id: str, owner: str) -> None:
-        self.service = service
-        self.account_id = account_id
-        self.owner = owner
-        self.deadline = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._renew, name="lease", daemon=True)
-
-    def claim(self) -> bool:
-        """Take or renew the lease; return whether this process holds it."""
-        ttl = self.service.lease_ttl
-        asked = time.monotonic()
-        recorder = self.service.recorder
-        if recorder.claim_lease(self.account_id, self.owner, _now_us(), int(ttl * 1e6)):
-            self.deadline = asked + ttl - 1.0
-            return True
-        return False
-
-    def held(self) -> bool:
-        """Return True while the lease is certainly still ours."""
-        return time.monotonic() < self.deadline
-
-    def start(self) -> None:
-        """Renew the lease in a thread from now on."""
-        self._thread.start()
-
-    def _renew(self) -> None:
-        while not self._stop.wait(max(self.service.lease_ttl / 5, 0.2)):
-            try:
-                self.claim()
-            except Exception:  # a database hiccup: held() turns False in time
-                continue
-
-    def release(self) -> None:
-        """Stop renewing and give the lease up."""
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=10)
-        self.service.recorder.release_lease(self.account_id, self.owner)
+        return hold_lease(self.recorder, str(account_id), owner, self.lease_ttl)
 
 
 class _Reporter:
