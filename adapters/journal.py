@@ -240,6 +240,22 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
             finally:
                 curs.execute(UNLOCK.encode())
 
+    def _insert_events(
+        self,
+        curs: Any,
+        stored_events: Sequence[StoredEvent],
+        *,
+        read_model: Sequence[Row] = (),
+        **kwargs: Any,
+    ) -> None:
+        # Rows saved without any event (a poll that found nothing new) have no
+        # positions to wait for, and the library calls the hook below only when
+        # there are events: write them here, in the library's transaction.
+        super()._insert_events(curs, stored_events, **kwargs)
+        if not stored_events:
+            for row in read_model:
+                curs.execute(*upsert_statement(row, self.qualify, "%s"))
+
     def _fetch_ids_after_insert_events(
         self,
         curs: Any,

@@ -184,6 +184,7 @@ class AccountRuntime(threading.Thread):
         self.reconcilers: list[Reconciler] = list(reconcilers(self))
         # The failure each reconciler last had, until it runs cleanly again.
         self._errors: dict[str, str] = {}
+        self._last_run: dict[str, float] = {}
         self._shown: str | None | object = _UNKNOWN
 
     # -- what the worker calls ---------------------------------------------------
@@ -223,14 +224,19 @@ class AccountRuntime(threading.Thread):
         self.wakeup.set()
 
     def _next(self, now: float) -> tuple[Reconciler | None, float]:
-        """Return the reconciler to run now (asked-for ones first), or how long to wait."""
+        """Return the reconciler to run now, or None and how long to wait.
+
+        Asked-for runs go first. Among the others that are due, the one that
+        waited longest since its last run goes next (list order breaks ties),
+        so a push kept busy by a stream of changes never starves the poll.
+        """
         waits = [(r.due(now), i, r) for i, r in enumerate(self.reconcilers)]
         asked = [r for d, _, r in waits if d == ASKED]
         if asked:
             return asked[0], 0.0
-        ready = [r for d, _, r in waits if d <= 0]
+        ready = [(self._last_run.get(r.name, 0.0), i, r) for d, i, r in waits if d <= 0]
         if ready:
-            return ready[0], 0.0
+            return min(ready, key=lambda entry: entry[:2])[2], 0.0
         return None, min((d for d, _, _ in waits), default=math.inf)
 
     def run(self) -> None:
@@ -288,6 +294,7 @@ class AccountRuntime(threading.Thread):
             raise
         finally:
             ended = time.time()
+            self._last_run[reconciler.name] = time.monotonic()
             self._settle(reconciler.name, error)
             for observe in self._observers:
                 observe(RunRecord(self.account_id, reconciler.name, started, ended, error))
