@@ -23,7 +23,7 @@ from caljournal.projections.outbound import RunRecord
 from caljournal.settings import load_settings
 from tests.conftest import Tenant, operator
 from tests.integration.test_outbound import FAST, book
-from tests.integration.test_resync import book_many, new_calendar
+from tests.integration.test_resync import API, book_many, new_calendar
 from tests.integration.test_worker_processes import worker_env
 from tests.support.calendars import differences, remote_events, wait_until
 from tests.support.faultproxy import FaultProxy
@@ -224,3 +224,40 @@ def test_a_cli_backfill_while_a_worker_serves_the_account_is_run_by_the_worker(
     assert not differences(container, tenant.account_id, calendar)
     events = remote_events(calendar)
     assert len(events) == 30 and all(len(v) == 1 for v in events.values())
+
+
+def test_a_replay_handed_to_the_worker_deletes_no_more_than_was_agreed_to(
+    container: Container, client: TestClient, acme: Tenant, radicale: RadicaleProcess
+) -> None:
+    made = book_many(container, acme, 6)
+    calendar, cal_id = new_calendar(radicale)
+    url = f"{radicale.url}alice/{cal_id}/"
+    container.links.link(acme.account_id, url, Credentials("alice", "secret"), operator())
+    container.sync.backfill(acme.account_id, operator())
+    recorder = container.journal.journal_recorder
+    for appointment in made[:2]:
+        # Cancellations the worker will not push (their copies say they are pushed
+        # already): only a replay deletes these objects.
+        recorder.record_copy({**recorder.copy_of(appointment["id"]), "pushed_sequence": 99})
+        container.appointments.cancel(acme.account_id, uuid.UUID(appointment["id"]), API)
+    worker = container.outbound_worker(FAST).start()
+    try:
+        wait_until(lambda: str(acme.account_id) in worker.served_accounts(), timeout=10)
+        # Agreed to one deletion; the replay would make two.
+        refused = container.resyncs.request(
+            acme.account_id, "replay", {"delete_limit": 1}, operator()
+        )
+        wait_until(
+            lambda: (container.resyncs.get(refused["request_id"]) or {}).get("state") == "failed",
+            timeout=30,
+        )
+    finally:
+        worker.stop()
+    row = container.resyncs.get(refused["request_id"])
+    assert row is not None
+    status = client.get("/link/status", headers=acme.headers).json()["resyncs"][0]
+    assert status["state"] == "failed" and status["error"] == row["error"]
+    assert "more than the 1 confirmed; nothing written" in row["error"]
+    ran = [e for e in container.links.history(acme.account_id) if e["type"] == "ResyncRan"][-1]
+    assert ran["changes"]["last_resync"]["new"]["error"] == row["error"]
+    assert len(remote_events(calendar)) == 6
