@@ -89,7 +89,8 @@ def test_a_backfill_requested_over_the_api_runs_in_the_worker_and_never_overlaps
     row = container.resyncs.get(request_id)
     assert row is not None and row["state"] == "done", row
     assert row["worker"] == worker.owner and row["error"] is None
-    assert (row["phase"], row["done"], row["total"]) == ("writing", 40, 40)
+    # Appointments booked before it read the journal are part of the backfill too.
+    assert row["phase"] == "writing" and row["done"] == row["total"] >= 40
     assert during, "appointments were booked while the backfill ran"
     events = remote_events(calendar)
     wanted = {f"{a['id']}@caljournal" for a in before + during}
