@@ -42,6 +42,7 @@ from caljournal.adapters.readmodel import (
     window_query,
     with_positions,
 )
+from caljournal.adapters.resync_store import ResyncQueries
 from caljournal.adapters.schema import LOCK_KEY, Target, migrate
 from caljournal.domain.link import CalendarLink
 from caljournal.settings import Settings, database_config
@@ -53,7 +54,7 @@ LOCK = f"SELECT pg_advisory_lock(hashtext('{LOCK_KEY}'))"
 UNLOCK = f"SELECT pg_advisory_unlock(hashtext('{LOCK_KEY}'))"
 
 
-class ReadModelQueries:
+class ReadModelQueries(ResyncQueries):
     """Queries over the query tables, shared by both recorders.
 
     The recorders supply ``_fetch``/``_execute``/``_update`` and the placeholder

@@ -98,12 +98,15 @@ def apply(
     *,
     load: Callable[[UUID], A] | None = None,
     attempts: int = ATTEMPTS,
+    extra_rows: Callable[[], Iterable[Any]] | None = None,
 ) -> Applied[A]:
     """Load an aggregate, run ``command`` on it and save it, retrying on concurrency conflicts.
 
     ``command`` returning False means "nothing to record": nothing is saved.
     ``load`` replaces :func:`load_or_not_found` (e.g. to check the caller's
-    scope). Errors of the command or of ``load`` are not retried.
+    scope). ``extra_rows`` gives query-table rows written in the same
+    transaction (asked again on every attempt). Errors of the command or of
+    ``load`` are not retried.
 
     :raises NotFoundError: when there is no such aggregate.
     :raises ConflictError: when other writers won every one of ``attempts`` tries.
@@ -115,7 +118,8 @@ def apply(
         if command(aggregate) is False:
             return Applied(aggregate, aggregate.state(), saved=False)  # type: ignore[attr-defined]
         state = aggregate.state()  # type: ignore[attr-defined]
-        journal.save(aggregate, states={aggregate_id: state})
+        rows = list(extra_rows()) if extra_rows is not None else []
+        journal.save(aggregate, states={aggregate_id: state}, extra_rows=rows)
         return Applied(aggregate, state, saved=True)
 
     retrying = Retrying(

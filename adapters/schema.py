@@ -54,6 +54,7 @@ from caljournal.adapters.readmodel import (
     TOKENS,
     WORKERS,
 )
+from caljournal.adapters.resync_store import RESYNCS
 
 SCHEMA_TABLE = "caljournal_schema"
 # The key of the PostgreSQL advisory lock held while the schema is checked or changed
@@ -199,6 +200,19 @@ def _appointment_positions(target: Target) -> list[str]:
     ]
 
 
+def _resync_requests(target: Target) -> list[str]:
+    # Backfill and replay requests, their progress and outcome (adapters.resync_store).
+    table = target.qualify + RESYNCS
+    return [
+        f"CREATE TABLE {table} (request_id TEXT PRIMARY KEY, "
+        "account_id TEXT NOT NULL, kind TEXT NOT NULL, options TEXT NOT NULL, "
+        "origin TEXT NOT NULL, actor TEXT NOT NULL, correlation_id TEXT NOT NULL, "
+        "state TEXT NOT NULL, requested_us BIGINT NOT NULL, worker TEXT, started_us BIGINT, "
+        "finished_us BIGINT, phase TEXT, done INTEGER, total INTEGER, summary TEXT, error TEXT)",
+        f"CREATE INDEX {RESYNCS}_account ON {table} (account_id, state)",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -210,6 +224,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         "appointments: journal position of the latest event, indexed by account "
         "(replacing the index by modification time)",
         statements=_appointment_positions,
+    ),
+    Migration(
+        3,
+        "resync requests: backfills and replays asked for, who runs them, their progress",
+        statements=_resync_requests,
     ),
 )
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import threading
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 from uuid import UUID
@@ -133,8 +131,9 @@ class LinkIn(BaseModel):
     )
     backfill: bool = Field(
         default=False,
-        description="also push the account's existing appointments (in the background; the "
-        "outcome shows as ResyncRan in /link/history)",
+        description="also request a backfill of the account's existing appointments (run by "
+        "the worker serving the account; progress in /link/status, the outcome as ResyncRan "
+        "in /link/history)",
     )
 
 
@@ -194,8 +193,19 @@ async def link(
     )
     answer = result.as_dict()
     answer["backfill"] = "not requested"
+    answer["backfill_request"] = None
     if body.backfill:
-        answer["backfill"] = _start_backfill(container, account_id, cause, result.state)
+        if result.state["status"] != "active":
+            answer["backfill"] = (
+                "not started: choose a calendar first (PUT /link/calendar), "
+                "then POST /link/backfill"
+            )
+        else:
+            request = await run_in_threadpool(
+                container.resyncs.request, account_id, "backfill", {}, cause
+            )
+            answer["backfill"] = "requested"
+            answer["backfill_request"] = request["request_id"]
     return answer
 
 
@@ -203,23 +213,15 @@ async def link(
 async def backfill(
     container: ContainerDep, cause: CauseDep, account_id: TargetAccountDep
 ) -> dict[str, Any]:
-    """Push the account's existing appointments to the calendar (in the background)."""
-    state = await run_in_threadpool(container.links.get, account_id)
-    return {"backfill": _start_backfill(container, account_id, cause, state)}
+    """Request a push of the account's existing appointments to the calendar.
 
-
-def _start_backfill(container: Any, account_id: Any, cause: Any, state: dict[str, Any]) -> str:
-    if state["status"] != "active":
-        return "not started: choose a calendar first (PUT /link/calendar), then POST /link/backfill"
-
-    def run() -> None:
-        try:
-            container.sync.backfill(account_id, cause)
-        except Exception:  # recorded for operators; the request has long been answered
-            logging.getLogger("caljournal.api").exception("backfill of %s failed", account_id)
-
-    threading.Thread(target=run, name=f"backfill-{account_id}", daemon=True).start()
-    return "started"
+    The worker serving the account runs it (never at the same time as its
+    pushes); its phase and counts show in ``GET /link/status`` under
+    ``resyncs``, its outcome as ``ResyncRan`` in ``GET /link/history``.
+    A link without an active calendar is refused (422).
+    """
+    request = await run_in_threadpool(container.resyncs.request, account_id, "backfill", {}, cause)
+    return {"backfill": "requested", "request_id": request["request_id"], "status": "/link/status"}
 
 
 @router.get("", responses=_ERRORS)

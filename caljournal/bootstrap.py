@@ -19,6 +19,7 @@ from caljournal.appointments import AppointmentService
 from caljournal.links import LinkPolicy, LinkService
 from caljournal.projections.inbound import CheckPolicy
 from caljournal.projections.outbound import OutboundWorker, WorkerConfig
+from caljournal.resyncs import ResyncService
 from caljournal.settings import Settings, load_settings
 from caljournal.sync import SyncService
 
@@ -34,6 +35,7 @@ class Container:
     appointments: AppointmentService = field(init=False)
     links: LinkService = field(init=False)
     sync: SyncService = field(init=False)
+    resyncs: ResyncService = field(init=False)
     _box: SecretBox | None = field(init=False, default=None, repr=False)
     _box_stamp: bytes | None = field(init=False, default=None, repr=False)
     _box_lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
@@ -55,6 +57,9 @@ class Container:
             RetryPolicy.patient(self.settings.caldav_retry_budget),
             self.sync_state,
         )
+        self.resyncs = ResyncService(
+            self.journal, self.links, self.sync, self.settings.worker_lease_ttl
+        )
 
     def outbound_worker(self, config: WorkerConfig | None = None) -> OutboundWorker:
         """Return a (not yet started) outbound worker on this container's journal."""
@@ -68,6 +73,7 @@ class Container:
                     interval=self.settings.calendar_check_interval,
                     spacing=self.settings.calendar_check_spacing,
                 ),
+                resync_retry=RetryPolicy.patient(self.settings.caldav_retry_budget),
             )
         return OutboundWorker(
             self.journal,

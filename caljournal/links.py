@@ -114,7 +114,7 @@ class LinkService:
         credentials = replace(credentials, url_query=query)
         access = self._access(url, credentials, profile, auth)
         found = self._run_discovery(url, access, profile)
-        fields = {
+        fields: dict[str, Any] = {
             "server_url": found.used_url,
             "username": credentials.username,
             "auth": auth,

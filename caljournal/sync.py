@@ -14,6 +14,8 @@ from caljournal.adapters.caldav_storage import CalDAVStorage
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.journal_ops import apply
 from caljournal.adapters.providers import ProviderProfile, get_profile
+from caljournal.adapters.readmodel import Row
+from caljournal.adapters.resync_store import DONE, FAILED, resync_row
 from caljournal.adapters.retry import RetryPolicy
 from caljournal.adapters.storage import StorageError
 from caljournal.adapters.syncstate import PendingPush, SyncStateStore
@@ -45,6 +47,8 @@ class SyncService:
         self.journal = journal
         self.links = links
         self.store = store or SQLSyncState(journal)
+        # Backfill and replay requests (adapters.resync_store), kept with the journal.
+        self.recorder = journal.journal_recorder
         # Operator runs wait out a flaky server (minutes); see Settings.caldav_retry_budget.
         self.retry = retry or RetryPolicy.patient(300.0)
 
@@ -91,7 +95,30 @@ class SyncService:
             "last_error_at": _iso(sync.last_error_us),
             "worker": lease.owner if lease and lease.expires_us > now_us else None,
             "inbound": self._inbound(account),
+            "resyncs": self._resyncs(account),
         }
+
+    def _resyncs(self, account: str) -> list[dict[str, Any]]:
+        """Return the account's latest backfill and replay requests, newest first."""
+        return [
+            {
+                "request_id": r["request_id"],
+                "kind": r["kind"],
+                "state": r["state"],
+                "options": r["options"],
+                "requested": _iso(r["requested_us"]),
+                "requested_by": r["actor"],
+                "worker": r["worker"],
+                "started": _iso(r["started_us"]),
+                "finished": _iso(r["finished_us"]),
+                "phase": r["phase"],
+                "done": r["done"],
+                "total": r["total"],
+                "summary": r["summary"],
+                "error": r["error"],
+            }
+            for r in self.recorder.recent_resyncs(account)
+        ]
 
     def _inbound(self, account: str) -> dict[str, Any]:
         state = self.store.inbound_state(account)
@@ -134,17 +161,20 @@ class SyncService:
         concurrency: int = 1,
         rate: float | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> Summary:
         """Push every live appointment missing from (or differing in) the linked calendar.
 
         Transient server faults are retried as ``self.retry`` allows; a server
         that keeps failing while writing stops the run (``Summary.stopped``).
+        ``request`` is the resync request this run serves (see ``caljournal.resyncs``):
+        its row is finished with the recorded outcome.
 
         :raises LinkFailedError: when the account has no active calendar, or the
             calendar cannot be read (nothing is written then).
         """
-        link, access, profile = self._target(account_id)
-        open_storage = self._storage(access, link.calendar_url, profile)
+        link, url, access, profile = self._target(account_id)
+        open_storage = self._storage(access, url, profile)
         storage = open_storage()
         try:
             run = Resync(
@@ -152,7 +182,7 @@ class SyncService:
                 storage,
                 self.store,
                 str(account_id),
-                link.calendar_url,
+                url,
                 lambda: cause,
                 delete=False,
                 record=True,
@@ -167,7 +197,7 @@ class SyncService:
         finally:
             storage.close()
         if not dry_run:
-            self._record_run(account_id, "backfill", summary, cause)
+            self._record_run(account_id, "backfill", summary, cause, request)
         return summary
 
     def replay(
@@ -183,27 +213,26 @@ class SyncService:
         concurrency: int = 1,
         rate: float | None = None,
         progress: Callable[[str, int, int], None] | None = None,
+        request: dict[str, Any] | None = None,
     ) -> Summary:
         """Make a calendar equal to the journal (now, or at ``as_of``).
 
         ``to_calendar`` writes into another calendar of the same server and switches
         the link to it when done (not with ``as_of``). Deletions need ``confirm``;
         more than half of the account's objects (and at least 10) also need
-        ``allow_mass_delete``.
+        ``allow_mass_delete``. ``request``: see :meth:`backfill`.
 
         :raises LinkFailedError: when the target cannot be used.
         :raises MassDeleteRefusedError: when the deletions exceed the limit.
         """
-        link, access, profile = self._target(account_id, allow_paused=True)
-        target = to_calendar or link.calendar_url
+        link, url, access, profile = self._target(account_id, allow_paused=True)
+        target = to_calendar or url
         if as_of is not None and to_calendar is None and link.status != "paused":
             raise LinkFailedError(
                 "pause the link first (caljournal link pause), or the worker would bring the "
                 "calendar back to the present; or replay into another calendar with --to-calendar"
             )
-        switching = to_calendar is not None and to_calendar.rstrip("/") != link.calendar_url.rstrip(
-            "/"
-        )
+        switching = to_calendar is not None and to_calendar.rstrip("/") != url.rstrip("/")
         open_storage = self._storage(access, target, profile)
         storage = open_storage()
         try:
@@ -234,7 +263,7 @@ class SyncService:
             return summary
         if switching and as_of is None and summary.stopped is None:
             self.links.choose(account_id, target, cause)
-        self._record_run(account_id, "replay", summary, cause)
+        self._record_run(account_id, "replay", summary, cause, request)
         return summary
 
     @staticmethod
@@ -284,24 +313,57 @@ class SyncService:
 
     def _target(
         self, account_id: UUID, allow_paused: bool = False
-    ) -> tuple[CalendarLink, ServerAccess, ProviderProfile]:
+    ) -> tuple[CalendarLink, str, ServerAccess, ProviderProfile]:
+        """Return the account's link, its calendar URL, its server access and profile."""
         link = self.links._get(account_id)  # noqa: SLF001
         usable = ("active", "paused") if allow_paused else ("active",)
         if link.status not in usable or not link.calendar_url:
             raise LinkFailedError(
                 f"the account's calendar link is {link.status}; link a calendar first"
             )
-        return link, self.links.access(link), get_profile(link.provider)
+        return link, link.calendar_url, self.links.access(link), get_profile(link.provider)
 
-    def _record_run(self, account_id: UUID, kind: str, summary: Summary, cause: Cause) -> None:
+    def _record_run(
+        self,
+        account_id: UUID,
+        kind: str,
+        summary: Summary,
+        cause: Cause,
+        request: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the run as ``ResyncRan``; finish its request's row in the same transaction.
+
+        :raises ConflictError: when the link kept changing under every attempt.
+        """
         counts = summary.as_dict()
         counts["failed"] = len(summary.failed)
         counts.pop("sample", None)
+        request_id = request["request_id"] if request else None
+
+        def finished() -> list[Row]:
+            if request is None:
+                return []
+            current = self.recorder.resync(request["request_id"]) or request
+            return [
+                resync_row(
+                    {
+                        **current,
+                        "state": FAILED if summary.stopped else DONE,
+                        "finished_us": int(time.time() * 1e6),
+                        "summary": summary.as_dict(),
+                        "error": summary.stopped,
+                    }
+                )
+            ]
+
         apply(
             self.journal,
             CalendarLink.id_for(account_id),
-            lambda link: link.record_resync(kind=kind, summary=counts, cause=cause),
+            lambda link: link.record_resync(
+                kind=kind, summary=counts, cause=cause, request_id=request_id, error=summary.stopped
+            ),
             CalendarLink,
+            extra_rows=finished,
         )
 
     def retry_failed(self, account_id: UUID, cause: Cause) -> int:

@@ -20,6 +20,8 @@ LINK_NAMESPACE = uuid5(NAMESPACE_URL, "https://caljournal.invalid/calendar-link"
 DEFAULT_POLL_INTERVAL = 60
 MIN_POLL_INTERVAL = 5
 MAX_POLL_INTERVAL = 86_400
+#: What a resync request can ask for, and the link states each may run in.
+RESYNC_KINDS = {"backfill": ("active",), "replay": ("active", "paused")}
 
 
 class LinkStateError(DomainError):
@@ -99,7 +101,7 @@ class CalendarLink(Aggregate):
         self.resolution = resolution
         self.calendar_url: str | None = None
         self.calendar_name: str | None = None
-        self.calendar_chosen_on = None
+        self.calendar_chosen_on: datetime | None = None
         self.sync_tokens = False
         self.paused = False
         self.pause_reason: str | None = None
@@ -108,6 +110,8 @@ class CalendarLink(Aggregate):
         self.poll_interval = getattr(self, "poll_interval", DEFAULT_POLL_INTERVAL)
         self.poll_requests = getattr(self, "poll_requests", 0)
         self.last_resync: dict[str, Any] | None = getattr(self, "last_resync", None)
+        self.resync_requests: int = getattr(self, "resync_requests", 0)
+        self.resync_requested: dict[str, Any] | None = getattr(self, "resync_requested", None)
 
     def relink(
         self,
@@ -185,7 +189,7 @@ class CalendarLink(Aggregate):
         self.calendar_name = name
         self.sync_tokens = sync_tokens
         # Changes from this moment on are pushed; older appointments need a backfill.
-        self.calendar_chosen_on: datetime | None = chosen_at
+        self.calendar_chosen_on = chosen_at
 
     def rotate_credentials(self, *, username: str | None, cause: Cause) -> None:
         """Record that new credentials were stored (the secret itself is not recorded).
@@ -236,15 +240,80 @@ class CalendarLink(Aggregate):
     def _poll_requested(self, *, origin: str, actor: str, correlation_id: str) -> None:
         self.poll_requests += 1
 
-    def record_resync(self, *, kind: str, summary: dict[str, Any], cause: Cause) -> None:
-        """Record that a backfill or replay ran against the calendar, with its outcome."""
-        self._resync_ran(kind=kind, summary=summary, **cause.fields())
+    def request_resync(
+        self, *, request_id: str, kind: str, options: dict[str, Any], cause: Cause
+    ) -> None:
+        """Ask for a backfill or replay, run by whoever holds the account's lease.
+
+        :raises LinkStateError: when the kind is unknown, or the link is not in a
+            state the kind can run in (a backfill needs an active link; a replay
+            an active or paused one).
+        """
+        self._check_linked(kind)
+        states = RESYNC_KINDS.get(kind)
+        if states is None:
+            raise LinkStateError(
+                f"unknown resync kind {kind!r}; expected one of {', '.join(RESYNC_KINDS)}",
+                field="kind",
+            )
+        if self.status not in states or not self.calendar_url:
+            raise LinkStateError(
+                f"the account's calendar link is {self.status}; "
+                + ("resume it first" if self.status == "paused" else "link a calendar first")
+            )
+        self._resync_requested(request_id=request_id, kind=kind, options=options, **cause.fields())
+
+    @event("ResyncRequested", topic="caljournal:CalendarLink.ResyncRequested")
+    def _resync_requested(
+        self,
+        *,
+        request_id: str,
+        kind: str,
+        options: dict[str, Any],
+        origin: str,
+        actor: str,
+        correlation_id: str,
+    ) -> None:
+        self.resync_requests += 1
+        self.resync_requested = {"request_id": request_id, "kind": kind, "options": options}
+
+    def record_resync(
+        self,
+        *,
+        kind: str,
+        summary: dict[str, Any],
+        cause: Cause,
+        request_id: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Record that a backfill or replay ran against the calendar, with its outcome.
+
+        ``request_id`` names the request it ran for (None: run directly);
+        ``error`` says why it failed or stopped.
+        """
+        self._resync_ran(
+            kind=kind, summary=summary, request_id=request_id, error=error, **cause.fields()
+        )
 
     @event("ResyncRan", topic="caljournal:CalendarLink.ResyncRan")
     def _resync_ran(
-        self, *, kind: str, summary: dict[str, Any], origin: str, actor: str, correlation_id: str
+        self,
+        *,
+        kind: str,
+        summary: dict[str, Any],
+        origin: str,
+        actor: str,
+        correlation_id: str,
+        request_id: str | None = None,
+        error: str | None = None,
     ) -> None:
-        self.last_resync = {"kind": kind, **summary}
+        # Runs recorded before requests existed carry neither field.
+        outcome: dict[str, Any] = {"kind": kind, **summary}
+        if request_id is not None:
+            outcome["request_id"] = request_id
+        if error is not None:
+            outcome["error"] = error
+        self.last_resync = outcome
 
     def pause(self, *, reason: str, cause: Cause) -> bool:
         """Pause syncing; return False when paused already.
@@ -326,5 +395,7 @@ class CalendarLink(Aggregate):
             "poll_requests": self.poll_requests,
             "credentials_serial": self.credentials_serial,
             "last_resync": self.last_resync,
+            "resync_requests": self.resync_requests,
+            "resync_requested": self.resync_requested,
             "modified_on": self.modified_on.isoformat(),
         }

@@ -22,7 +22,7 @@ from caljournal.scripts.common import (
     when,
 )
 from caljournal.scripts.link_cli import link_app, secrets_app
-from caljournal.sync import MassDeleteRefusedError
+from caljournal.scripts.resync_cli import backfill, replay, run_with_progress
 
 app = Commands(
     help="caljournal: appointments in a journal, synced to CalDAV.", no_args_is_help=True
@@ -134,7 +134,7 @@ def status(
     if json:
         out.print_json(data=report)
         return
-    rows = [[k, v] for k, v in report.items() if k not in ("failed", "inbound")]
+    rows = [[k, v] for k, v in report.items() if k not in ("failed", "inbound", "resyncs")]
     inbound = report["inbound"]
     shown_apart = ("quarantined", "calendar_check")
     rows += [[f"inbound {k}", v] for k, v in inbound.items() if k not in shown_apart]
@@ -146,182 +146,25 @@ def status(
     if report["failed"]:
         failed = [[f["appointment_id"], f["at"], f["error"]] for f in report["failed"]]
         table("failed pushes", ["appointment", "at", "error"], failed)
+    if report["resyncs"]:
+        resyncs = [
+            [
+                r["kind"],
+                r["state"],
+                r["requested"],
+                r["worker"] or "",
+                f"{r['phase'] or ''} {r['done'] or 0}/{r['total'] or '?'}".strip(),
+                r["error"] or "",
+                r["request_id"],
+            ]
+            for r in report["resyncs"]
+        ]
+        columns = ["kind", "state", "requested", "run by", "progress", "error", "request"]
+        table("backfills and replays", columns, resyncs)
 
 
-def _progress_bar() -> Any:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TaskProgressColumn,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TaskProgressColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeRemainingColumn(),
-        console=err,
-    )
-
-
-def _run_with_progress(call: Any) -> Any:
-    bar = _progress_bar()
-    tasks: dict[str, Any] = {}
-
-    def progress(phase: str, done: int, total: int) -> None:
-        if not tasks:
-            # Shown from the first report on: a run refused before it starts
-            # leaves no empty bar (a blank line) above its error.
-            bar.start()
-        if phase not in tasks:
-            tasks[phase] = bar.add_task(phase, total=total or None, rate="")
-        speed = bar.tasks[tasks[phase]].speed
-        rate = f"{speed:.0f}/s" if speed else ""
-        bar.update(tasks[phase], completed=done, total=total or None, rate=rate)
-
-    try:
-        return call(progress)
-    finally:
-        if tasks:
-            bar.stop()
-
-
-def _print_summary(kind: str, summary: Any) -> None:
-    data = summary.as_dict()
-    rate = (
-        f"{(data['created'] + data['updated'] + data['deleted']) / data['seconds']:.1f}/s"
-        if data["seconds"]
-        else "-"
-    )
-    rows = [
-        ["created", data["created"]],
-        ["already present", data["already_present"]],
-        ["updated", data["updated"]],
-        ["deleted", data["deleted"]],
-        ["failed", len(data["failed"])],
-        ["foreign objects left alone", data["foreign_left_alone"]],
-        ["seconds", data["seconds"]],
-        ["writes per second", rate],
-    ]
-    table(f"{kind}{' (dry run: nothing written)' if data['dry_run'] else ''}", ["", "count"], rows)
-    for line in data["sample"]:
-        out.print(f"  would {line}" if data["dry_run"] else f"  {line}", highlight=False)
-    for failure in data["failed"]:
-        err.print(f"  failed {failure['appointment_id']}: {failure['reason']}", highlight=False)
-    if data["stopped"]:
-        err.print(
-            f"[red]error:[/red] the {kind} stopped, the calendar server kept failing: "
-            f"{data['stopped']}; run it again to finish",
-            highlight=False,
-        )
-
-
-@app.command()
-def backfill(
-    account: Annotated[str, typer.Option("--account", help="the account's name")],
-    dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="only show what would be written")
-    ] = False,
-    concurrency: Annotated[int, typer.Option(min=1, max=16, help="parallel requests")] = 1,
-    rate: Annotated[
-        float | None, typer.Option(min=0.1, help="at most this many requests per second")
-    ] = None,
-) -> None:
-    """Push every live appointment that is not yet on the linked calendar."""
-    with container() as built:
-        account_id = built.accounts.find_account(account).id
-        summary = _run_with_progress(
-            lambda progress: built.sync.backfill(
-                account_id,
-                operator_cause(),
-                dry_run=dry_run,
-                concurrency=concurrency,
-                rate=rate,
-                progress=progress,
-            )
-        )
-    _print_summary("backfill", summary)
-    if summary.failed or summary.stopped:
-        raise typer.Exit(1)
-
-
-@app.command()
-def replay(
-    account: Annotated[str, typer.Option("--account", help="the account's name")],
-    to_calendar: Annotated[
-        str | None,
-        typer.Option(metavar="URL", help="resync into this calendar and switch the link to it"),
-    ] = None,
-    as_of: Annotated[
-        str | None,
-        typer.Option(
-            metavar="TIME", help="rebuild the state at this moment (ISO time with offset)"
-        ),
-    ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="only show the differences")] = False,
-    yes: Annotated[bool, typer.Option("--yes", help="delete without asking")] = False,
-    allow_mass_delete: Annotated[
-        bool,
-        typer.Option(
-            "--allow-mass-delete",
-            help="let the run delete more than half of the account's objects (and at least 10)",
-        ),
-    ] = False,
-    concurrency: Annotated[int, typer.Option(min=1, max=16, help="parallel requests")] = 1,
-    rate: Annotated[
-        float | None, typer.Option(min=0.1, help="at most this many requests per second")
-    ] = None,
-) -> None:
-    """Make the account's calendar equal to the journal (creates, updates, deletes own objects)."""
-    from datetime import datetime
-
-    moment = None
-    if as_of is not None:
-        try:
-            moment = datetime.fromisoformat(as_of)
-        except ValueError:
-            moment = None
-        if moment is None or moment.tzinfo is None:
-            err.print(f"[red]error:[/red] --as-of {as_of!r} is not an ISO time with offset")
-            raise typer.Exit(1)
-
-    def confirm(preview: Any) -> bool:
-        if yes:
-            return True
-        if not sys.stdin.isatty():
-            err.print("[red]error:[/red] the replay deletes objects; add --yes to confirm")
-            return False
-        _print_summary("replay would", preview)
-        return typer.confirm(f"delete {preview.deleted} objects from the calendar?")
-
-    with container() as built:
-        account_id = built.accounts.find_account(account).id
-        try:
-            summary = _run_with_progress(
-                lambda progress: built.sync.replay(
-                    account_id,
-                    operator_cause(),
-                    to_calendar=to_calendar,
-                    as_of=moment,
-                    dry_run=dry_run,
-                    confirm=confirm,
-                    allow_mass_delete=allow_mass_delete,
-                    concurrency=concurrency,
-                    rate=rate,
-                    progress=progress,
-                )
-            )
-        except MassDeleteRefusedError as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False)
-            raise typer.Exit(1) from None
-    _print_summary("replay", summary)
-    if summary.failed or summary.stopped:
-        raise typer.Exit(1)
+app.command()(backfill)
+app.command()(replay)
 
 
 @app.command("rebuild-read-models")
@@ -330,7 +173,7 @@ def rebuild_read_models_command() -> None:
     from caljournal.maintenance import rebuild_read_models
 
     with container() as built:
-        read, seconds = _run_with_progress(
+        read, seconds = run_with_progress(
             lambda progress: rebuild_read_models(
                 built.journal, lambda done, total: progress("reading the journal", done, total)
             )

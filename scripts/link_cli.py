@@ -18,6 +18,7 @@ from caljournal.scripts.common import (
     out,
     table,
 )
+from caljournal.scripts.resync_cli import run_resync
 
 link_app = Commands(help="Link an account to its CalDAV calendar.", no_args_is_help=True)
 secrets_app = Commands(help="Manage the keys that seal calendar credentials.", no_args_is_help=True)
@@ -142,7 +143,7 @@ def add(
         if existing and backfill is None and sys.stdin.isatty():
             backfill = typer.confirm(f"push the account's {existing} existing appointments now?")
         if existing and backfill:
-            summary = built.sync.backfill(account_id, operator_cause())
+            summary = run_resync(built, account_id, "backfill", {}, operator_cause())
             err.print(
                 f"backfill: {summary.created} created, {summary.already_present} already "
                 f"present, {summary.updated} updated, {len(summary.failed)} failed"

@@ -25,7 +25,7 @@ from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.link import CalendarLink
 from caljournal.projections.inbound import CheckPolicy, Poller, PollReport
-from caljournal.projections.outbound import AccountPusher, OutboundWorker
+from caljournal.projections.outbound import OutboundWorker, PushReconciler
 from caljournal.projections.push import href_for
 from tests.conftest import Tenant, operator
 from tests.integration.test_cli import run
@@ -97,16 +97,13 @@ class Linked:
 
     def push(self) -> int:
         worker = OutboundWorker(self.container.journal, self.container.links, FAST)
-        pusher = AccountPusher(
-            worker, self.account, self.container.links.get(self.tenant.account_id)
+        push = PushReconciler(
+            worker, self.account, self.container.links.get(self.tenant.account_id), lambda: True
         )
-        pusher.lease_deadline = float("inf")
         try:
-            return pusher.run_pass()
+            return push.run_pass()
         finally:
-            pusher._renderer.shutdown()
-            if pusher._pusher:
-                pusher._pusher.storage.close()
+            push.close()
 
     def book(self, title: str, day: int) -> dict[str, Any]:
         start = datetime(2026, 4, day, 10, tzinfo=BERLIN)

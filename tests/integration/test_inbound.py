@@ -20,7 +20,7 @@ from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.link import CalendarLink
 from caljournal.projections.inbound import Poller, PollReport
-from caljournal.projections.outbound import AccountPusher, OutboundWorker
+from caljournal.projections.outbound import OutboundWorker, PushReconciler
 from tests.conftest import Tenant, operator
 from tests.integration.test_outbound import FAST
 from tests.support.calendars import differences, remote_events, wait_until
@@ -72,14 +72,11 @@ class Linked:
 
     def push(self) -> int:
         worker = OutboundWorker(self.container.journal, self.container.links, FAST)
-        pusher = AccountPusher(worker, self.account, self.link_state())
-        pusher.lease_deadline = float("inf")
+        push = PushReconciler(worker, self.account, self.link_state(), lambda: True)
         try:
-            return pusher.run_pass()
+            return push.run_pass()
         finally:
-            pusher._renderer.shutdown()
-            if pusher._pusher:
-                pusher._pusher.storage.close()
+            push.close()
 
     def book(self, title: str, day: int, hour: int = 10) -> dict[str, Any]:
         start = datetime(2026, 4, day, hour, tzinfo=BERLIN)

@@ -302,7 +302,10 @@ def test_the_worker_pushes_through_a_link_without_login_with_a_url_secret(
             assert linked.status_code == 201, linked.text
             booked = book(client, acme, "Sealed", day=3)
             wait_until(lambda: len(calendar.events()) == 1, timeout=30)
-            puts = [r for r in proxy.requests("PUT") if booked["id"] in r.path]
+            # The proxy logs a PUT just after the server stored it: wait for the entry.
+            puts = wait_until(
+                lambda: [r for r in proxy.requests("PUT") if booked["id"] in r.path], timeout=30
+            )
     finally:
         worker.stop()
     assert "Sealed" in calendar.events()[0].data

@@ -150,13 +150,17 @@ def test_a_database_of_the_last_release_opens_intact_and_migrated(
         rows = after["caljournal_appointments"]
         positions = {row["id"]: row.pop("position") for row in rows}
         after.pop(SCHEMA_TABLE)
+        assert after.pop("caljournal_resyncs") == []  # new in version 3, empty
         assert after == before
         recorder = container.journal.journal_recorder
         for appointment_id, position in positions.items():
             assert position == max(recorder.select_positions(UUID(appointment_id)).values())
 
         account_id = UUID(old["account_id"])
-        assert container.links.get(account_id) == old["link"]
+        link = container.links.get(account_id)
+        # The link's state has every field the release showed, and the newer ones.
+        assert {key: link[key] for key in old["link"]} == old["link"]
+        assert (link["resync_requests"], link["resync_requested"]) == (0, None)
         with OpenAPIValidatingClient(create_app(container)) as client:
             for token in old["tokens"]:
                 listing = client.get(

@@ -136,8 +136,7 @@ def test_book_move_change_cancel_each_reach_the_calendar(
     # nothing pending (which is true a moment earlier).
     status = wait_until(
         lambda: (
-            (s := nothing_pending(client, synced))["pushed_position"] == s["journal_position"]
-            and s
+            (s := nothing_pending(client, synced))["pushed_position"] == s["journal_position"] and s
         )
     )
     assert status["failed"] == []

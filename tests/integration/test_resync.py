@@ -28,6 +28,7 @@ from caljournal.maintenance import rebuild_read_models
 from caljournal.projections.push import href_for, render
 from caljournal.sync import MassDeleteRefusedError
 from tests.conftest import Tenant, operator
+from tests.integration.test_outbound import FAST
 from tests.support.calendars import differences, journal_appointments, remote_events, wait_until
 from tests.support.faultproxy import FaultProxy
 from tests.support.patience import HTTP_TIMEOUT
@@ -304,13 +305,25 @@ def test_linking_with_backfill_through_the_api_pushes_existing_appointments(
         },
         headers=acme.headers,
     )
-    assert response.status_code == 201 and response.json()["backfill"] == "started"
-    wait_until(lambda: len(remote_events(calendar)) == 5, timeout=20)
-    wait_until(
-        lambda: any(e["type"] == "ResyncRan" for e in container.links.history(acme.account_id)),
-        timeout=10,
-    )
+    answer = response.json()
+    assert response.status_code == 201 and answer["backfill"] == "requested"
+    request_id = answer["backfill_request"]
+    # Requested, not run: the API never runs a backfill itself.
+    status = client.get("/link/status", headers=acme.headers).json()
+    assert [(r["request_id"], r["state"]) for r in status["resyncs"]] == [(request_id, "requested")]
+    worker = container.outbound_worker(FAST).start()
+    try:
+        wait_until(lambda: len(remote_events(calendar)) == 5, timeout=20)
+        wait_until(
+            lambda: any(e["type"] == "ResyncRan" for e in container.links.history(acme.account_id)),
+            timeout=10,
+        )
+    finally:
+        worker.stop()
     assert differences(container, acme.account_id, calendar) == []
+    done = client.get("/link/status", headers=acme.headers).json()["resyncs"][0]
+    assert (done["request_id"], done["state"], done["worker"]) == (request_id, "done", worker.owner)
+    assert done["summary"]["created"] + done["summary"]["already_present"] == 5
 
 
 def test_link_add_with_backfill_and_the_backfill_command_at_the_command_line(
