@@ -405,6 +405,6 @@ def test_rows_saved_without_events_are_written(database_url: str, tmp_path: Path
         account = str(uuid4())
         row = Row(INBOUND, {"account_id": account, "sync_token": "t1"}, "account_id", False)
         journal.save(extra_rows=[row])
-        assert journal.journal_recorder.inbound_state(account)["sync_token"] == "t1"
+        assert container.sync_state.inbound_state(account).sync_token == "t1"
     finally:
         container.close()
