@@ -43,9 +43,9 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import icalendar
-from hypothesis import HealthCheck, event, settings
+import pytest
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.control import currently_in_test_context
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -55,17 +55,18 @@ from hypothesis.stateful import (
 )
 
 from caljournal.adapters.ical import content_hash
-from caljournal.appointments import AppointmentService, Booking
+from caljournal.appointments import Booking
 from caljournal.domain.cause import Cause, Origin
-from caljournal.projections.inbound import PollReport, imported_id
-from caljournal.projections.resync import appointment_states
+from caljournal.projections.inbound import imported_id
 from tests.support.sync_model import (
     Expected,
+    SyncModel,
     expected_of,
     master_event,
     replace,
     shown,
     slot,
+    tally,
 )
 from tests.support.sync_world import ACCOUNT, MODES, URL, Crash, PollCrash, PollMode, SyncWorld
 
@@ -81,190 +82,10 @@ PICK = st.integers(min_value=0, max_value=3)
 # Few appointments at a time, so that steps often meet on the same one.
 MAX_BOOKED = 3
 MAX_OBJECTS = 4
-# Events a poll records when it takes the calendar's version into the journal.
-BOOKKEEPING = {
-    "caljournal:Appointment.ConflictResolved",
-    "caljournal:Appointment.PushFailed",
-    "caljournal:Appointment.PushRetried",
-}
 
 
-def tally(what: str) -> None:
-    """Count ``what`` in hypothesis's statistics (``--hypothesis-show-statistics``)."""
-    if currently_in_test_context():
-        event(what)
-
-
-class SyncMachine(RuleBasedStateMachine):
+class SyncMachine(SyncModel, RuleBasedStateMachine):
     """Journal, calendar copy records and a calendar, driven by both sides."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._world: SyncWorld | None = None
-        self.expected: dict[str, Expected] = {}
-        self.undo_stack: dict[str, list[tuple[str, datetime, datetime]]] = {}
-        # What the calendar-copy record says the calendar holds, per appointment.
-        self.synced: dict[str, Expected] = {}
-        # The last calendar change neither polled nor overwritten by a write of
-        # the sync code, with ``synced`` before the first such change.
-        self.contested: dict[str, tuple[Expected, Expected]] = {}
-        self.counter = 0
-
-    @property
-    def world(self) -> SyncWorld:
-        assert self._world is not None, "the machine starts with linked()"
-        return self._world
-
-    # -- the journal, as the model reads it -------------------------------------------
-
-    def states(self) -> dict[str, dict[str, Any]]:
-        """Return every appointment of the account by id (from the query table)."""
-        return {s["id"]: s for s in appointment_states(self.world.journal, ACCOUNT, None)}
-
-    def _booked(self) -> list[str]:
-        """Return the booked appointments, the most recently changed first."""
-        booked = [s for s in self.states().values() if s["status"] == "booked"]
-        booked.sort(key=lambda s: (datetime.fromisoformat(s["modified_on"]), s["id"]), reverse=True)
-        return [s["id"] for s in booked]
-
-    def _copies(self) -> dict[str, dict[str, Any]]:
-        """Return the calendar-copy records by appointment id."""
-        return {c["appointment_id"]: c for c in self.world.recorder.copies(ACCOUNT)}
-
-    def _pending_locally(self, appointment_id: str) -> bool:
-        """Tell whether the appointment has a change that is not on the calendar yet."""
-        state = self.states().get(appointment_id)
-        if state is None:
-            return False
-        copy = self._copies().get(appointment_id)
-        if copy is None:
-            return state["status"] == "booked"
-        return bool(state["sequence"] > copy["pushed_sequence"])
-
-    @property
-    def service(self) -> AppointmentService:
-        return AppointmentService(self.world.journal)
-
-    # -- the worker's jobs, and what they mean for the expectations ---------------------
-
-    def _push(self) -> set[str]:
-        """Push until nothing is pending; return the appointments whose objects were written."""
-        before = self._copies()
-        self.world.calendar.written.clear()
-        try:
-            self.world.push_pass()
-        finally:
-            written = self._sync_wrote(resync=False)
-            self._recorded(before)
-        return written
-
-    def _poll(self, crash: PollCrash | None = None) -> tuple[PollReport, list[Any]]:
-        """Poll once; return the report and the events recorded."""
-        position = self.world.position()
-        try:
-            report = self.world.poll(crash)
-        finally:
-            events = self.world.notifications_since(position)
-            for appointment_id in {
-                str(e.originator_id) for e in events if e.topic not in BOOKKEEPING
-            }:
-                self._absorbed(appointment_id)
-        assert report.paused is None, report.paused
-        for kind in report.counts:
-            tally(f"a poll decided {kind}")
-        return report, events
-
-    def _resync(self, *, delete: bool) -> None:
-        before = self._copies()
-        self.world.calendar.written.clear()
-        try:
-            summary = self.world.resync(delete=delete)
-        finally:
-            self._sync_wrote(resync=True)
-            self._recorded(before)
-        assert not summary.failed and summary.stopped is None, summary.as_dict()
-
-    def _sync_wrote(self, *, resync: bool) -> set[str]:
-        """Note that the sync code overwrote (or deleted) the objects it wrote.
-
-        A calendar change made meanwhile is gone. A resync makes the calendar
-        equal the journal whether or not a local change waited: the journal's
-        content wins then.
-        """
-        by_href = {c["href"]: a for a, c in self._copies().items()}
-        owners = set()
-        for href in self.world.calendar.written:
-            owner = by_href.get(href)
-            if owner is None:
-                found = self.world.calendar.objects.get(href)
-                owner = self._owner(href, shown(found[0])[0]) if found else None
-            if owner is None:
-                continue
-            owners.add(owner)
-            self.contested.pop(owner, None)
-            if resync:
-                self.expected[owner] = expected_of(self.states()[owner])
-        self.world.calendar.written.clear()
-        return owners
-
-    def _recorded(self, before: dict[str, dict[str, Any]]) -> None:
-        """Note what the records written by a push or a resync say the calendar holds."""
-        states = self.states()
-        for appointment_id, copy in self._copies().items():
-            if before.get(appointment_id) != copy:
-                self.synced[appointment_id] = expected_of(
-                    states[appointment_id], present=bool(copy["present"])
-                )
-
-    def _absorbed(self, appointment_id: str) -> None:
-        """A poll took the calendar's version into the journal: settle what it means."""
-        now = expected_of(self.states()[appointment_id])
-        self.synced[appointment_id] = now
-        remote, base = self.contested.pop(appointment_id, (None, None))
-        if remote is not None and now == remote and self.expected.get(appointment_id) == base:
-            self.expected[appointment_id] = remote
-
-    # -- the other calendar client -------------------------------------------------------
-
-    def _owner(self, href: str, uid: str) -> str:
-        """Return the id of the appointment a calendar object belongs to (or would)."""
-        for appointment_id, copy in self._copies().items():
-            if copy["href"] == href:
-                return appointment_id
-        if uid.endswith("@caljournal"):
-            return uid.removesuffix("@caljournal")
-        return imported_id(ACCOUNT, URL, uid)
-
-    def _changed_remotely(self, owner: str, remote: Expected) -> None:
-        """Note what a calendar change means for the appointment it belongs to.
-
-        Made while no local change waits, it must end up in the journal (unless a
-        later local change or a resync wins). Made while one waits, the local
-        side wins. Either way it may also stand when, by the time a poll takes it
-        in, the journal's content is back where the record says the calendar was
-        (a change and its undo): then the booking system has nothing to push
-        that could win.
-
-        An object of a cancelled appointment is on the calendar only when it was
-        restored after its deletion: the calendar may take back only a
-        cancellation it caused itself, one from the booking system wins.
-        """
-        state = self.states().get(owner)
-        if state is not None and state["status"] == "cancelled" and remote.status == "booked":
-            if state["cancel_origin"] == Origin.CALDAV.value and not self._pending_locally(owner):
-                self.expected[owner] = remote
-            return
-        if not self._pending_locally(owner):
-            self.expected[owner] = remote
-        if owner in self.synced:
-            base = self.contested.get(owner, (remote, self.synced[owner]))[1]
-            self.contested[owner] = (remote, base)
-
-    def _href(self, pick: int) -> str:
-        """Return the href of a calendar object, counted from the most recently written."""
-        objects = self.world.calendar.objects
-        hrefs = sorted(objects, key=lambda h: -int(objects[h][1][1:-1]))
-        return hrefs[pick % len(hrefs)]
 
     # -- rules: the booking system ---------------------------------------------------------
 
@@ -616,15 +437,21 @@ def test_change_taken_back_while_the_calendar_copy_was_edited_reaches_the_calend
     machine.teardown()
 
 
-def test_a_deletion_polled_and_then_undone_in_the_calendar_reinstates_the_appointment() -> None:
+@pytest.mark.parametrize("bump", [True, False], ids=["sequence-raised", "as-it-was"])
+def test_a_deletion_polled_and_then_undone_in_the_calendar_reinstates_the_appointment(
+    bump: bool,
+) -> None:
     """A deletion polled as a cancellation, then undone in the calendar: booked again.
 
-    The customer restores the object from the trash, with a raised SEQUENCE.
+    The customer restores the object from the trash, with a raised SEQUENCE or
+    exactly as it was.
     """
     machine = _started([(0, 30, "Haircut", "Europe/Berlin")])
     machine.remote_delete(pick=0)
     machine.sync(poll_first=False)
-    machine.remote_restore(pick=0, bump=True)
+    (state,) = machine.states().values()
+    assert state["status"] == "cancelled" and state["cancel_origin"] == "caldav"
+    machine.remote_restore(pick=0, bump=bump)
     machine.sync(poll_first=False)
     (state,) = machine.states().values()
     assert state["status"] == "booked"
