@@ -128,7 +128,7 @@ class SyncModel:
         booked.sort(key=lambda s: (datetime.fromisoformat(s["modified_on"]), s["id"]), reverse=True)
         return [s["id"] for s in booked]
 
-    def _copies(self) -> dict[str, dict[str, Any]]:
+    def copies(self) -> dict[str, dict[str, Any]]:
         """Return the calendar-copy records by appointment id."""
         return {c["appointment_id"]: c for c in self.world.recorder.copies(ACCOUNT)}
 
@@ -137,7 +137,7 @@ class SyncModel:
         state = self.states().get(appointment_id)
         if state is None:
             return False
-        copy = self._copies().get(appointment_id)
+        copy = self.copies().get(appointment_id)
         if copy is None:
             return state["status"] == "booked"
         return bool(state["sequence"] > copy["pushed_sequence"])
@@ -150,7 +150,7 @@ class SyncModel:
 
     def _push(self) -> set[str]:
         """Push until nothing is pending; return the appointments whose objects were written."""
-        before = self._copies()
+        before = self.copies()
         self.world.calendar.written.clear()
         try:
             self.world.push_pass()
@@ -176,7 +176,7 @@ class SyncModel:
         return report, events
 
     def _resync(self, *, delete: bool) -> None:
-        before = self._copies()
+        before = self.copies()
         self.world.calendar.written.clear()
         try:
             summary = self.world.resync(delete=delete)
@@ -192,7 +192,7 @@ class SyncModel:
         equal the journal whether or not a local change waited: the journal's
         content wins then.
         """
-        by_href = {c["href"]: a for a, c in self._copies().items()}
+        by_href = {c["href"]: a for a, c in self.copies().items()}
         owners = set()
         for href in self.world.calendar.written:
             owner = by_href.get(href)
@@ -211,7 +211,7 @@ class SyncModel:
     def _recorded(self, before: dict[str, dict[str, Any]]) -> None:
         """Note what the records written by a push or a resync say the calendar holds."""
         states = self.states()
-        for appointment_id, copy in self._copies().items():
+        for appointment_id, copy in self.copies().items():
             if before.get(appointment_id) != copy:
                 self.synced[appointment_id] = expected_of(
                     states[appointment_id], present=bool(copy["present"])
@@ -229,7 +229,7 @@ class SyncModel:
 
     def _owner(self, href: str, uid: str) -> str:
         """Return the id of the appointment a calendar object belongs to (or would)."""
-        for appointment_id, copy in self._copies().items():
+        for appointment_id, copy in self.copies().items():
             if copy["href"] == href:
                 return appointment_id
         if uid.endswith("@caljournal"):

@@ -210,7 +210,6 @@ class SyncWorld:
         self.mode = mode
         self.calendar = SyncCalendar(drops_short_lived=mode.drops_short_lived)
         self._dbname = f"file:sync-machine-{uuid.uuid4().hex}?mode=memory&cache=shared"
-        self._closed: list[Journal] = []
         self.journal = self._open()
         self.pusher = make_pusher(self.journal, self.calendar)
         self.poller = make_poller(self.journal, self.calendar, mode)
@@ -228,15 +227,14 @@ class SyncWorld:
     def restart(self) -> None:
         """Start the process anew: a new journal handle, pusher and poller."""
         old, self.journal = self.journal, self._open()
-        self._closed.append(old)  # closed at the end: closing it now could drop the database
+        old.close()  # the new handle keeps the in-memory database alive
         self.pusher = make_pusher(self.journal, self.calendar)
         self.poller = make_poller(self.journal, self.calendar, self.mode)
         self.restarts += 1
 
     def close(self) -> None:
-        """Close every journal handle (the in-memory database goes with the last)."""
-        for journal in [*self._closed, self.journal]:
-            journal.close()
+        """Close the journal (the in-memory database goes with it)."""
+        self.journal.close()
 
     @property
     def recorder(self) -> SQLiteJournalRecorder:

@@ -351,7 +351,7 @@ class SyncMachine(SyncModel, RuleBasedStateMachine):
     @invariant()
     def records_never_run_ahead(self) -> None:
         states = self.states()
-        for appointment_id, copy in self._copies().items():
+        for appointment_id, copy in self.copies().items():
             sequence = states[appointment_id]["sequence"]
             assert copy["pushed_sequence"] <= sequence, (appointment_id, copy, sequence)
 
@@ -373,7 +373,7 @@ class SyncMachine(SyncModel, RuleBasedStateMachine):
         for href, (data, _) in objects.items():
             uid, title, start, end = shown(data)
             by_uid.setdefault(uid, []).append((href, title, start, end))
-        copies = self._copies()
+        copies = self.copies()
         expected_uids = set()
         for appointment_id, state in self.states().items():
             uid = state["calendar_uid"] or f"{appointment_id}@caljournal"
@@ -483,4 +483,22 @@ def test_a_poll_that_dies_after_committing_its_first_batch_loses_nothing_on_the_
     )
     machine.crash_in_a_poll(batch=0, when="after")
     assert machine.world.restarts == 1
+    machine.teardown()
+
+
+def test_a_write_whose_answer_died_with_the_process_is_recognised_after_the_restart() -> None:
+    """The calendar took a new appointment, the process died before recording it.
+
+    After the restart the pusher finds the object it meant to write and
+    records it: no second object, no conflict.
+    """
+    machine = _started([(0, 30, "Haircut", "UTC")])
+    machine.book(start=4, minutes=60, title="Beard trim", zone="Europe/Berlin")
+    position = machine.world.position()
+    machine.crash_after_a_write(survive=0, job="push")
+    assert machine.world.restarts == 1 and len(machine.world.calendar.objects) == 2
+    assert len(machine.copies()) == 1  # the second write was never recorded
+    machine.sync(poll_first=False)
+    assert len(machine.copies()) == 2
+    assert not machine.world.notifications_since(position)  # no conflict was recorded
     machine.teardown()
