@@ -502,3 +502,39 @@ def test_a_write_whose_answer_died_with_the_process_is_recognised_after_the_rest
     assert len(machine.copies()) == 2
     assert not machine.world.notifications_since(position)  # no conflict was recorded
     machine.teardown()
+
+
+def test_a_backfilled_copy_at_a_new_href_outweighs_the_deletion_of_the_recorded_one() -> None:
+    """One poll finds an appointment's object at a new href and its recorded one gone.
+
+    Another client deleted an imported event; a backfill wrote it again under
+    the appointment's own href and died before recording that. The next poll
+    sees both: the appointment is still on the calendar, so it stays booked
+    and its record names the new object (it was cancelled, with the object
+    left on the calendar, and polls that found the calendar unchanged never
+    looked again).
+    """
+    machine = _started([(0, 30, "Haircut", "UTC")])
+    machine.remote_create(title="Färben ✂", start=4, minutes=60, zone="UTC", vtimezone=False)
+    machine.sync(poll_first=True)
+    machine.remote_delete(pick=0)  # the imported event, the most recently written object
+    machine.crash_after_a_write(survive=0, job="backfill")
+    machine.sync(poll_first=True)
+    assert all(s["status"] == "booked" for s in machine.states().values())
+    machine.teardown()
+
+
+def test_an_imported_event_stored_again_under_a_new_href_stays_booked() -> None:
+    """Another client deletes an event and stores it again under a new name (same UID)."""
+    machine = _started([(0, 30, "Haircut", "UTC")])
+    machine.remote_create(title="Färben ✂", start=4, minutes=60, zone="UTC", vtimezone=False)
+    machine.sync(poll_first=True)
+    calendar = machine.world.calendar
+    old = f"{URL}foreign-{machine.counter}.ics"
+    data = calendar.objects[old][0]
+    calendar.remove(old)
+    calendar.put(f"{URL}renamed.ics", data)
+    machine.sync(poll_first=True)
+    assert all(s["status"] == "booked" for s in machine.states().values())
+    assert {c["href"] for c in machine.copies().values()} >= {f"{URL}renamed.ics"}
+    machine.teardown()
