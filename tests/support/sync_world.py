@@ -6,10 +6,14 @@ the handles opened on it, so a *restart* (:meth:`SyncWorld.restart`) opens a new
 journal and builds new pushers and pollers: nothing in memory survives it, only
 the database and the calendar. The calendar is :class:`SyncCalendar`, a
 :class:`MemoryStorage` with a trash bin that can also let one write of the sync
-code through and then stop the process (:class:`Crash`).
+code through and then stop the process (:class:`Crash`); a poll can die at one
+batch's commit, before it, inside its transaction or after it
+(:meth:`SyncWorld.poll`).
 
 Production objects are built in one place only: :func:`make_pusher`,
-:func:`make_poller` and :func:`make_resync`.
+:func:`make_poller` and :func:`make_resync` (``Resync`` builds its own reader
+and writer from a server access, so :func:`_resync_storage` hands it the
+storage instead).
 """
 
 from __future__ import annotations

@@ -30,6 +30,11 @@ see ``_changed_remotely``); the next poll records no events and decides nothing
 but ``echo``; and a second poll decides nothing at all. Another client storing
 an object again without changing it must leave its content hash alone.
 
+Each run draws how the server reports changes (``sync_world.MODES``): a CTag
+and a full listing, sync-collection deltas, or deltas that leave out objects
+created and deleted between two polls (like Xandikos) made up for by a
+comparison with the full listing after our own writes.
+
 The run starts from appointments already on the calendar, keeps few
 appointments at a time and picks the most recently touched ones first, so that
 both sides often change the same appointment between two syncs.
