@@ -196,7 +196,14 @@ def plan_steps(
         copy = remote.get(uid)
         if state["status"] != "booked":
             if delete and copy is not None:
-                yield Step("delete", state["id"], copy.href, copy.etag, title=state["title"])
+                yield Step(
+                    "delete",
+                    state["id"],
+                    copy.href,
+                    copy.etag,
+                    sequence=state["sequence"],
+                    title=state["title"],
+                )
             continue
         # Steps keep no rendered data (it is rendered when written), so a run
         # over 50,000 appointments holds only a small record per appointment.

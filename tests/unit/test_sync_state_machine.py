@@ -543,3 +543,24 @@ def test_an_imported_event_stored_again_under_a_new_href_stays_booked() -> None:
     assert all(s["status"] == "booked" for s in machine.states().values())
     assert {c["href"] for c in machine.copies().values()} >= {f"{URL}renamed.ics"}
     machine.teardown()
+
+
+def test_a_replay_records_its_deletions_at_the_appointments_sequence() -> None:
+    """A replay deletes the restored copy of an appointment the calendar cancelled.
+
+    Its record must say the calendar is up to date with the journal: restored
+    once more, the object then takes back the calendar's own cancellation (a
+    record behind the journal made the next poll treat the cancellation as a
+    local change still to push, and the push deleted the object again).
+    """
+    machine = _started([(0, 30, "Haircut", "Europe/Berlin")])
+    machine.remote_delete(pick=0)
+    machine.sync(poll_first=False)  # polled: cancelled by the calendar
+    machine.remote_restore(pick=0, bump=False)
+    machine.resync(delete=True)  # the replay deletes the restored copy
+    ((appointment_id, state),) = machine.states().items()
+    assert machine.copies()[appointment_id]["pushed_sequence"] == state["sequence"]
+    machine.remote_restore(pick=0, bump=False)
+    machine.sync(poll_first=True)
+    assert machine.states()[appointment_id]["status"] == "booked"
+    machine.teardown()
