@@ -290,12 +290,15 @@ class Poller:
                 else:
                     seen_uids[uid] = href
             decisions.append(decision)
+        # An appointment whose object this poll found under another href is still
+        # on the calendar: the deletion of its recorded href is no deletion of it.
+        found = {d.appointment_id for d in decisions if d.appointment_id}
         for href in sorted(gone):
             copy = copies.get(href)
             state = states.get(copy.appointment_id) if copy else None
             decisions.append(
                 decide(href, None, None, copy, state, lambda uid: uid)
-                if copy
+                if copy and copy.appointment_id not in found
                 else Decision(DecisionKind.FORGET, href)
             )
         return decisions

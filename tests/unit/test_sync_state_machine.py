@@ -1,29 +1,39 @@
-"""Stateful test of the two-way sync decisions, without a database or a server.
+"""Stateful test of the two-way sync: the production pusher, poller and resync, with crashes.
 
-The journal is a dict of real :class:`Appointment` aggregates, the calendar a
-:class:`MemoryCalendar`, and the calendar-copy records a dict keyed by
-appointment id. Pushing uses the real ``plan`` and ``render`` and an executor
-that does with the calendar and the records what ``Pusher.push`` does; polling
-compares the calendar's ETags with the records like ``Poller.poll`` does for a
-full listing, asks the real ``decide`` and executes its decisions like
-``Poller._execute``. Local commands and another calendar client's edits,
-deletions, restores (an undo or a trash bin bringing a deleted object back) and
-new events are interleaved with pushes and polls in any order.
+The journal is a real :class:`Journal` on SQLite (in memory), local commands go
+through :class:`AppointmentService`, and the worker's jobs are the production
+code: pushes are ``plan`` + ``Pusher.push`` + ``flush`` over the pending-pushes
+query (as ``AccountPusher.run_pass`` runs them), polls are ``Poller.poll``, and
+backfills and replays are ``Resync`` runs; the copy records live in the
+journal's database. The calendar is the storage port in memory
+(``tests.support.sync_world.SyncCalendar``). Local commands and another
+calendar client's edits, deletions, restores (an undo or a trash bin bringing a
+deleted object back) and new events are interleaved with pushes, polls and
+resyncs in any order, and with crashes: the process dies after the calendar
+accepted a write but before it was recorded, or inside a poll's commit (before
+it, inside the transaction, or after it); then it starts anew with only the
+database and the calendar.
 
 Checked after every step: no UID is on the calendar twice, and no record claims
 a newer push than its appointment has. Checked whenever a push is followed by a
 poll: the poll records no event for what the push wrote (echo suppression).
-Checked at the end, after a push, a poll and a push: every booked appointment
-is on the calendar exactly once with the journal's title, start and end, and
-its record names that object, its ETag and the appointment's sequence;
-cancelled ones are not on the calendar; every calendar object belongs to a
-booked appointment (so every foreign event was imported); each appointment
-shows what the conflict policy lets win (a local change wins over calendar
-edits made while it waited to be pushed; a calendar edit made while nothing
-waited is kept unless a later local change wins; see ``_changed_remotely``);
-the next poll records no events and decides nothing but ``echo``; and a second
-poll decides nothing at all. Another client storing an object again without
-changing it must leave its content hash alone.
+Checked when a poll dies inside or before its commit: the database holds
+nothing of that batch. Checked at the end, after a push, a poll and a push:
+every booked appointment is on the calendar exactly once with the journal's
+title, start and end, and its record names that object, its ETag and the
+appointment's sequence; cancelled ones are not on the calendar; every calendar
+object belongs to a booked appointment (so every foreign event was imported);
+each appointment shows what the conflict policy lets win (a local change wins
+over calendar edits made while it waited to be pushed; a calendar edit made
+while nothing waited is kept unless a later local change, or a resync, wins;
+see ``_changed_remotely``); the next poll records no events and decides nothing
+but ``echo``; and a second poll decides nothing at all. Another client storing
+an object again without changing it must leave its content hash alone.
+
+Each run draws how the server reports changes (``sync_world.MODES``): a CTag
+and a full listing, sync-collection deltas, or deltas that leave out objects
+created and deleted between two polls (like Xandikos) made up for by a
+comparison with the full listing after our own writes.
 
 The run starts from appointments already on the calendar, keeps few
 appointments at a time and picks the most recently touched ones first, so that
@@ -32,15 +42,13 @@ both sides often change the same appointment between two syncs.
 
 from __future__ import annotations
 
-import json
-import uuid
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import icalendar
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -51,26 +59,24 @@ from hypothesis.stateful import (
     rule,
 )
 
-from caljournal.adapters.ical import content_hash, from_ical
-from caljournal.domain.appointment import Appointment
+from caljournal.adapters.ical import content_hash
+from caljournal.appointments import Booking
 from caljournal.domain.cause import Cause, Origin
-from caljournal.projections.inbound import Decision, _cancelled, decide, imported_id
-from caljournal.projections.push import (
-    BOOKING_SYSTEM_WINS,
-    Action,
-    Pusher,
-    plan,
-    summary_of_remote,
-    summary_of_state,
+from caljournal.projections.inbound import imported_id
+from tests.support.sync_model import (
+    Expected,
+    SyncModel,
+    expected_of,
+    master_event,
+    replace,
+    shown,
+    slot,
+    tally,
 )
-from tests.support.memory_calendar import MemoryCalendar, PreconditionFailed
+from tests.support.sync_world import ACCOUNT, MODES, URL, Crash, PollCrash, PollMode, SyncWorld
 
-ACCOUNT = "3f2c8a64-5b1e-4d7a-9c0e-2a6b8d4f1e90"
-URL = "https://dav.example.org/calendars/alice/work/"
 API = Cause(Origin.API, "token:acme/default", "req-state-machine")
-SYNC = Cause(Origin.CALDAV, "sync:state-machine", "poll-state-machine")
 
-BASE = datetime(2026, 3, 26, tzinfo=UTC)  # the span covers the spring DST change in Europe
 SLOTS = st.integers(min_value=0, max_value=6 * 48 - 1)  # half hours
 MINUTES = st.sampled_from([30, 60, 90, 120])
 TITLES = st.sampled_from(["Haircut", "Beard trim", "Cut, wash; dry", "Färben ✂"])
@@ -83,479 +89,18 @@ MAX_BOOKED = 3
 MAX_OBJECTS = 4
 
 
-def slot(number: int) -> datetime:
-    return BASE + timedelta(minutes=30 * number)
-
-
-@dataclass(frozen=True)
-class Expected:
-    """What the journal must show of one appointment once everything settled."""
-
-    status: str  # "booked" | "gone" (cancelled, or a foreign event never imported)
-    title: str | None = None
-    start: datetime | None = None
-    end: datetime | None = None
-
-
-def expected_of(appointment: Appointment) -> Expected:
-    if appointment.cancelled:
-        return Expected("gone")
-    return Expected("booked", appointment.title, appointment.start, appointment.end)
-
-
-def expected_of_state(state: dict[str, Any], present: bool = True) -> Expected:
-    if state["status"] == "cancelled" or not present:
-        return Expected("gone")
-    return Expected(
-        "booked",
-        state["title"],
-        datetime.fromisoformat(state["start"]),
-        datetime.fromisoformat(state["end"]),
-    )
-
-
-def master_event(calendar: icalendar.Calendar) -> icalendar.Event:
-    return next(e for e in calendar.walk("VEVENT") if "RECURRENCE-ID" not in e)
-
-
-@lru_cache(maxsize=4096)
-def shown(data: bytes) -> tuple[str, str, datetime, datetime]:
-    """Return UID, SUMMARY, DTSTART and DTEND of an object, read by icalendar."""
-    event = master_event(icalendar.Calendar.from_ical(data))
-    return (
-        str(event["UID"]),
-        str(event.get("SUMMARY", "")),
-        event.decoded("DTSTART"),
-        event.decoded("DTEND"),
-    )
-
-
-def replace(event: icalendar.Event, name: str, value: Any) -> None:
-    event.pop(name, None)
-    event.add(name, value)
-
-
-class SyncMachine(RuleBasedStateMachine):
+class SyncMachine(SyncModel, RuleBasedStateMachine):
     """Journal, calendar copy records and a calendar, driven by both sides."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calendar = MemoryCalendar()
-        self.appointments: dict[str, Appointment] = {}
-        self.copies: dict[str, dict[str, Any]] = {}
-        self.quarantine: dict[str, dict[str, Any]] = {}
-        self.expected: dict[str, Expected] = {}
-        self.undo_stack: dict[str, list[tuple[str, datetime, datetime]]] = {}
-        # What the calendar-copy record says the calendar holds, per appointment.
-        self.synced: dict[str, Expected] = {}
-        # The last calendar change neither polled nor overwritten by a push, with
-        # ``synced`` before the first such change.
-        self.contested: dict[str, tuple[Expected, Expected]] = {}
-        # The last content of each deleted object, as a trash bin keeps it.
-        self.trash: dict[str, bytes] = {}
-        # Where each cancellation came from ("api" or "caldav"), per appointment.
-        self.cancelled_by: dict[str, str] = {}
-        self.counter = 0
-
-    # -- the journal ------------------------------------------------------------------
-
-    def _save(self, appointment: Appointment) -> list[Any]:
-        """Keep the aggregate and return the events it recorded since the last save."""
-        self.appointments[str(appointment.id)] = appointment
-        return list(appointment.collect_events())
-
-    def _booked(self) -> list[str]:
-        """Return the booked appointments, the most recently changed first."""
-        booked = [ap for ap in self.appointments.values() if not ap.cancelled]
-        booked.sort(key=lambda ap: (ap.modified_on, str(ap.id)), reverse=True)
-        return [str(ap.id) for ap in booked]
-
-    def _pending_locally(self, appointment_id: str) -> bool:
-        """Tell whether the appointment has a change that is not on the calendar yet."""
-        appointment = self.appointments.get(appointment_id)
-        if appointment is None:
-            return False
-        copy = self.copies.get(appointment_id)
-        if copy is None:
-            return not appointment.cancelled
-        return appointment.sequence > copy["pushed_sequence"]
-
-    # -- push: pending_pushes + plan + Pusher.push --------------------------------------
-
-    def _pending_pushes(self) -> list[dict[str, Any]]:
-        items = []
-        for appointment_id, appointment in self.appointments.items():
-            state = appointment.state()
-            copy = self.copies.get(appointment_id)
-            if copy is None or copy["calendar_url"] != URL:
-                due = state["status"] == "booked"
-            else:
-                due = state["sequence"] > copy["pushed_sequence"] and (
-                    copy["failed_sequence"] is None or copy["failed_sequence"] < state["sequence"]
-                )
-            if not due:
-                continue
-            on_this = copy is not None and copy["calendar_url"] == URL
-            items.append(
-                {
-                    "appointment": json.loads(json.dumps(state)),
-                    "sequence": state["sequence"],
-                    "href": copy["href"] if on_this else None,
-                    "etag": copy["etag"] if on_this else None,
-                    "pushed_sequence": copy["pushed_sequence"] if on_this else None,
-                    "content_hash": copy["content_hash"] if on_this else None,
-                    "present": copy["present"] if on_this else None,
-                }
-            )
-        items.sort(key=lambda i: (i["appointment"]["modified_on"], i["appointment"]["id"]))
-        return items
-
-    def _push(self) -> tuple[set[str], list[Any]]:
-        """Push until nothing is pending; return the appointments written and the events."""
-        pushed: set[str] = set()
-        events: list[Any] = []
-        for _ in range(3):
-            items = self._pending_pushes()
-            if not items:
-                return pushed, events
-            for item in items:
-                action = plan(item, URL)
-                events.extend(self._push_one(item, action))
-                if action.kind in ("create", "update", "delete"):
-                    pushed.add(item["appointment"]["id"])
-                    self.contested.pop(item["appointment"]["id"], None)
-        raise AssertionError(f"still pending after three passes: {self._pending_pushes()}")
-
-    def _push_one(self, item: dict[str, Any], action: Action) -> list[Any]:
-        state = item["appointment"]
-        events: list[Any] = []
-        if action.kind == "delete":
-            self._delete(action, state, events)
-            self._record(state, action.href, None, None, present=False)
-        elif action.kind == "forget":
-            self._record(state, action.href, None, None, present=False)
-        elif action.kind == "record":
-            self._record(state, action.href, action.etag, action.digest, present=True)
-        else:
-            etag = self._write(action, state, item["content_hash"], events)
-            self._record(state, action.href, etag, action.digest, present=True)
-        return events
-
-    def _write(
-        self, action: Action, state: dict[str, Any], last_digest: str | None, events: list[Any]
-    ) -> str:
-        assert action.data is not None
-        try:
-            if action.kind == "create":
-                return self.calendar.create(action.href, action.data)
-            return self.calendar.update(action.href, action.data, action.etag)
-        except PreconditionFailed:
-            return self._resolve(action, state, last_digest, events)
-
-    def _resolve(
-        self, action: Action, state: dict[str, Any], last_digest: str | None, events: list[Any]
-    ) -> str:
-        assert action.data is not None
-        remote = self.calendar.fetch(action.href)
-        if remote is None:
-            if action.kind == "update":
-                events.extend(self._push_conflict(state, None))
-            return self.calendar.create(action.href, action.data)
-        data, etag = remote
-        digest = content_hash(data)
-        if digest == action.digest:
-            return etag
-        if action.kind == "update":
-            ours = digest == last_digest
-        else:
-            ours = Pusher._is_copy_of_ours(data, state)
-        if not ours:
-            events.extend(self._push_conflict(state, data))
-        return self.calendar.update(action.href, action.data, etag)
-
-    def _delete(self, action: Action, state: dict[str, Any], events: list[Any]) -> None:
-        before = self.calendar.fetch(action.href)
-        try:
-            self.calendar.delete(action.href, action.etag)
-        except PreconditionFailed:
-            remote = self.calendar.fetch(action.href)
-            if remote is None:
-                return
-            events.extend(self._push_conflict(state, remote[0]))
-            self.calendar.delete(action.href, remote[1])
-            before = remote
-        if before is not None:
-            self.trash[action.href] = before[0]
-
-    def _push_conflict(self, state: dict[str, Any], remote: bytes | None) -> list[Any]:
-        appointment = self.appointments[state["id"]]
-        appointment.record_conflict(
-            local=summary_of_state(state),
-            remote=summary_of_remote(remote),
-            winner=BOOKING_SYSTEM_WINS,
-            cause=SYNC,
-        )
-        return self._save(appointment)
-
-    def _record(
-        self,
-        state: dict[str, Any],
-        href: str,
-        etag: str | None,
-        digest: str | None,
-        *,
-        present: bool,
-    ) -> None:
-        self.copies[state["id"]] = {
-            "appointment_id": state["id"],
-            "calendar_url": URL,
-            "href": href,
-            "etag": etag,
-            "pushed_sequence": state["sequence"],
-            "content_hash": digest,
-            "present": 1 if present else 0,
-            "failed_sequence": None,
-        }
-        self.synced[state["id"]] = expected_of_state(state, present)
-
-    # -- poll: Poller.poll with a full listing + decide + Poller._execute ---------------
-
-    def _poll(self) -> tuple[list[Decision], list[Any]]:
-        """Poll once; return the decisions taken and the events recorded."""
-        current = {a: dict(c) for a, c in self.copies.items()}
-        copies = {
-            c["href"]: c for c in current.values() if c["calendar_url"] == URL and c["present"]
-        }
-        listing = self.calendar.listing()
-
-        def known(record: dict[str, Any] | None, etag: str | None) -> bool:
-            return bool(record and etag and record.get("etag") == etag)
-
-        wanted = {
-            href: etag
-            for href, etag in listing.items()
-            if not known(copies.get(href), etag) and not known(self.quarantine.get(href), etag)
-        }
-        gone = set(copies) - set(listing)
-        gone &= set(copies) | set(self.quarantine)
-        objects = {href: self.calendar.objects[href] for href in sorted(wanted)}
-        decisions = self._decide(objects, gone, copies)
-        events: list[Any] = []
-        for decision in decisions:
-            events.extend(self._execute(decision, current))
-        return decisions, events
-
-    def _state(self, appointment_id: str | None) -> dict[str, Any] | None:
-        appointment = self.appointments.get(appointment_id) if appointment_id else None
-        return appointment.state() if appointment is not None else None
-
-    def _named(self, data: bytes) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
-        """Return the absent-copy record and the state of the appointment an object names."""
-        events = from_ical(data)
-        owner = next((e.appointment_id for e in events if e.appointment_id), None)
-        if owner is None:
-            master = next(e for e in events if e.recurrence_id is None)
-            owner = imported_id(ACCOUNT, URL, master.uid)
-        state = self._state(owner)
-        if state is None:
-            return None, None
-        record = self.copies.get(owner)
-        if record and record["calendar_url"] == URL and not record["present"]:
-            return dict(record), state
-        return None, state
-
-    def _decide(
-        self,
-        objects: dict[str, tuple[bytes, str]],
-        gone: set[str],
-        copies: dict[str, dict[str, Any]],
-    ) -> list[Decision]:
-        involved = {c["appointment_id"] for h, c in copies.items() if h in objects or h in gone}
-        states = {a: s for a in involved if (s := self._state(a)) is not None}
-        decisions: list[Decision] = []
-        seen_uids: dict[str, str] = {}
-        for href in sorted(objects):
-            data, etag = objects[href]
-            copy = copies.get(href)
-            appointment = states.get(copy["appointment_id"]) if copy else None
-            if copy is None:
-                copy, appointment = self._named(data)
-            decision = decide(
-                href,
-                etag,
-                data,
-                copy,
-                appointment,
-                lambda uid: imported_id(ACCOUNT, URL, uid),
-            )
-            uid = decision.fields.calendar_uid if decision.fields else None
-            if uid and decision.kind in ("import", "apply", "reinstate"):
-                if uid in seen_uids:
-                    decision = Decision(
-                        "quarantine", href, etag=etag, reason=f"duplicate UID {seen_uids[uid]}"
-                    )
-                else:
-                    seen_uids[uid] = href
-            decisions.append(decision)
-        for href in sorted(gone):
-            copy = copies.get(href)
-            state = states.get(copy["appointment_id"]) if copy else None
-            decisions.append(
-                decide(href, None, None, copy, state, lambda uid: uid)
-                if copy
-                else Decision("forget", href)
-            )
-        return decisions
-
-    def _execute(self, decision: Decision, current: dict[str, dict[str, Any]]) -> list[Any]:
-        kind = decision.kind
-        if decision.href in self.quarantine and kind != "quarantine":
-            del self.quarantine[decision.href]
-        if kind == "quarantine":
-            self.quarantine[decision.href] = {"etag": decision.etag, "reason": decision.reason}
-            return []
-        if kind == "forget":
-            if decision.appointment_id:
-                self._copy_row(decision, current, None, present=False)
-            return []
-        if kind == "echo":
-            self._copy_row(decision, current, None, present=True, keep_sequence=True)
-            return []
-        if kind == "adopt":
-            self._copy_row(decision, current, decision.sequence, present=True)
-            return []
-        appointment = self.appointments.get(str(decision.appointment_id))
-        if kind == "import" and appointment is None:
-            assert decision.fields is not None
-            appointment = Appointment.import_from_calendar(
-                appointment_id=uuid.UUID(decision.appointment_id),
-                account_id=uuid.UUID(ACCOUNT),
-                remote=decision.fields,
-                cause=SYNC,
-            )
-            self._copy_row(decision, current, appointment.sequence, present=True)
-            self._absorbed(appointment)
-            return self._save(appointment)
-        if appointment is None:
-            return []
-        if kind == "reinstate":
-            assert decision.fields is not None
-            appointment.reinstate_from_calendar(remote=decision.fields, cause=SYNC)
-            self.cancelled_by.pop(str(appointment.id), None)
-            self._copy_row(decision, current, appointment.sequence, present=True)
-            self._absorbed(appointment)
-            return self._save(appointment)
-        if kind == "conflict":
-            local = {"title": appointment.title, "start": appointment.start.isoformat()}
-            remote: dict[str, Any] = (
-                {"title": decision.fields.title, "start": decision.fields.start.isoformat()}
-                if decision.fields
-                else {"deleted": True}
-            )
-            if decision.fields and decision.reason:
-                remote["note"] = decision.reason
-            appointment.record_conflict(
-                local=local, remote=remote, winner="booking system", cause=SYNC
-            )
-            self._copy_row(
-                decision,
-                current,
-                decision.sequence,
-                present=decision.fields is not None,
-                keep_sequence=decision.sequence is None,
-            )
-            return self._save(appointment)
-        if kind == "cancel":
-            appointment.apply_calendar_change(remote=_cancelled(appointment), cause=SYNC)
-            self.cancelled_by[str(appointment.id)] = "caldav"
-            self._copy_row(decision, current, appointment.sequence, present=False)
-            self._absorbed(appointment)
-            return self._save(appointment)
-        assert decision.fields is not None
-        appointment.apply_calendar_change(remote=decision.fields, cause=SYNC)
-        self._copy_row(decision, current, appointment.sequence, present=True)
-        self._absorbed(appointment)
-        return self._save(appointment)
-
-    def _copy_row(
-        self,
-        decision: Decision,
-        current: dict[str, dict[str, Any]],
-        sequence: int | None,
-        *,
-        present: bool,
-        keep_sequence: bool = False,
-        keep_hash: bool = False,
-    ) -> None:
-        needs_current = keep_sequence or keep_hash or sequence is None
-        before = (current.get(str(decision.appointment_id)) or {}) if needs_current else {}
-        self.copies[str(decision.appointment_id)] = {
-            "appointment_id": decision.appointment_id,
-            "calendar_url": URL,
-            "href": decision.href,
-            "etag": decision.etag if present else None,
-            "pushed_sequence": (
-                before.get("pushed_sequence", -1) if keep_sequence or sequence is None else sequence
-            ),
-            "content_hash": before.get("content_hash") if keep_hash else decision.digest,
-            "present": 1 if present else 0,
-            "failed_sequence": None,
-        }
-
-    # -- the other calendar client -------------------------------------------------------
-
-    def _owner(self, href: str, uid: str) -> str:
-        """Return the id of the appointment a calendar object belongs to (or would)."""
-        for appointment_id, copy in self.copies.items():
-            if copy["href"] == href:
-                return appointment_id
-        if uid.endswith("@caljournal"):
-            return uid.removesuffix("@caljournal")
-        return imported_id(ACCOUNT, URL, uid)
-
-    def _changed_remotely(self, owner: str, remote: Expected) -> None:
-        """Note what a calendar change means for the appointment it belongs to.
-
-        Made while no local change waits, it must end up in the journal (unless a
-        later local change wins). Made while one waits, the local side wins. Either
-        way it may also stand when, by the time a poll takes it in, the journal's
-        content is back where the record says the calendar was (a change and its
-        undo): then the booking system has nothing to push that could win.
-
-        An object of a cancelled appointment is on the calendar only when it was
-        restored after its deletion: the calendar may take back only a
-        cancellation it caused itself, one from the booking system wins.
-        """
-        appointment = self.appointments.get(owner)
-        if appointment is not None and appointment.cancelled and remote.status == "booked":
-            if self.cancelled_by.get(owner) == "caldav" and not self._pending_locally(owner):
-                self.expected[owner] = remote
-            return
-        if not self._pending_locally(owner):
-            self.expected[owner] = remote
-        if owner in self.synced:
-            base = self.contested.get(owner, (remote, self.synced[owner]))[1]
-            self.contested[owner] = (remote, base)
-
-    def _absorbed(self, appointment: Appointment) -> None:
-        """A poll took the calendar's version into the journal: settle what it means."""
-        appointment_id = str(appointment.id)
-        now = expected_of(appointment)
-        self.synced[appointment_id] = now
-        remote, base = self.contested.pop(appointment_id, (None, None))
-        if remote is not None and now == remote and self.expected.get(appointment_id) == base:
-            self.expected[appointment_id] = remote
-
-    def _href(self, pick: int) -> str:
-        """Return the href of a calendar object, counted from the most recently written."""
-        hrefs = sorted(self.calendar.objects, key=lambda h: -int(self.calendar.objects[h][1][1:-1]))
-        return hrefs[pick % len(hrefs)]
 
     # -- rules: the booking system ---------------------------------------------------------
 
-    @initialize(booked=st.lists(st.tuples(SLOTS, MINUTES, TITLES, ZONES), min_size=1, max_size=2))
-    def linked(self, booked: list[tuple[int, int, str, str]]) -> None:
+    @initialize(
+        booked=st.lists(st.tuples(SLOTS, MINUTES, TITLES, ZONES), min_size=1, max_size=2),
+        mode=st.sampled_from(MODES),
+    )
+    def linked(self, booked: list[tuple[int, int, str, str]], mode: PollMode) -> None:
         """Start from an account whose appointments are on its calendar already."""
+        self._world = SyncWorld(mode)
         for start, minutes, title, zone in booked:
             self.book(start, minutes, title, zone)
         self._push()
@@ -564,31 +109,21 @@ class SyncMachine(RuleBasedStateMachine):
     @rule(start=SLOTS, minutes=MINUTES, title=TITLES, zone=ZONES)
     def book(self, start: int, minutes: int, title: str, zone: str) -> None:
         self.counter += 1
-        appointment = Appointment.book(
-            appointment_id=uuid.uuid5(uuid.NAMESPACE_URL, f"booked-{self.counter}"),
-            account_id=uuid.UUID(ACCOUNT),
-            title=title,
-            start=slot(start),
-            end=slot(start) + timedelta(minutes=minutes),
-            timezone=zone,
-            cause=API,
-        )
-        self._save(appointment)
-        self.expected[str(appointment.id)] = expected_of(appointment)
+        booking = Booking(title, slot(start), slot(start) + timedelta(minutes=minutes), zone)
+        booked = self.service.book(UUID(ACCOUNT), booking, API, f"booked-{self.counter}")
+        self.expected[booked.state["id"]] = expected_of(booked.state)
 
     def _change_locally(
-        self, appointment: Appointment, title: str, start: datetime, end: datetime
+        self, appointment_id: str, title: str, start: datetime, end: datetime
     ) -> bool:
         """Retitle and move an appointment; return whether anything changed."""
-        changed = appointment.change_details(changes={"title": title}, cause=API)
-        changed = appointment.move(start=start, end=end, cause=API) or changed
-        self._save(appointment)
+        before = self.states()[appointment_id]["sequence"]
+        self.service.change_details(None, UUID(appointment_id), {"title": title}, API)
+        state = self.service.move(None, UUID(appointment_id), start, end, API)
+        changed = bool(state["sequence"] > before)
         if changed:
-            self.expected[str(appointment.id)] = expected_of(appointment)
+            self.expected[appointment_id] = expected_of(state)
         return changed
-
-    def _remember(self, appointment: Appointment) -> tuple[str, datetime, datetime]:
-        return appointment.title, appointment.start, appointment.end
 
     @precondition(lambda self: self._booked())
     @rule(
@@ -602,22 +137,25 @@ class SyncMachine(RuleBasedStateMachine):
     def change(self, pick: int, change: tuple[Any, ...]) -> None:
         """Move, retitle or cancel a booked appointment."""
         booked = self._booked()
-        appointment = self.appointments[booked[pick % len(booked)]]
+        appointment_id = booked[pick % len(booked)]
         if change[0] == "cancel":
-            appointment.cancel(cause=API, reason="customer cancelled")
-            self.cancelled_by[str(appointment.id)] = "api"
-            self._save(appointment)
-            self.expected[str(appointment.id)] = expected_of(appointment)
+            state = self.service.cancel(None, UUID(appointment_id), API, "customer cancelled")
+            self.expected[appointment_id] = expected_of(state)
             return
-        before = self._remember(appointment)
+        current = self.states()[appointment_id]
+        before = (
+            current["title"],
+            datetime.fromisoformat(current["start"]),
+            datetime.fromisoformat(current["end"]),
+        )
         if change[0] == "move":
-            title = appointment.title
+            title = current["title"]
             start = slot(change[1])
             end = start + timedelta(minutes=change[2])
         else:
-            title, start, end = change[1], appointment.start, appointment.end
-        if self._change_locally(appointment, title, start, end):
-            self.undo_stack.setdefault(str(appointment.id), []).append(before)
+            title, start, end = change[1], before[1], before[2]
+        if self._change_locally(appointment_id, title, start, end):
+            self.undo_stack.setdefault(appointment_id, []).append(before)
 
     def _undoable(self) -> list[str]:
         return [a for a in self._booked() if self.undo_stack.get(a)]
@@ -627,12 +165,12 @@ class SyncMachine(RuleBasedStateMachine):
     def undo(self, pick: int) -> None:
         """A user takes back the last move or retitle of an appointment."""
         undoable = self._undoable()
-        appointment = self.appointments[undoable[pick % len(undoable)]]
-        self._change_locally(appointment, *self.undo_stack[str(appointment.id)].pop())
+        appointment_id = undoable[pick % len(undoable)]
+        self._change_locally(appointment_id, *self.undo_stack[appointment_id].pop())
 
     # -- rules: another calendar client --------------------------------------------------
 
-    @precondition(lambda self: self.calendar.objects)
+    @precondition(lambda self: self.world.calendar.objects)
     @rule(
         pick=PICK,
         change=st.one_of(
@@ -648,7 +186,7 @@ class SyncMachine(RuleBasedStateMachine):
     def remote_edit(self, pick: int, change: tuple[Any, ...]) -> None:
         """Another client changes the title or the period, or stores the object again."""
         href = self._href(pick)
-        data, _ = self.calendar.objects[href]
+        data, _ = self.world.calendar.objects[href]
         calendar = icalendar.Calendar.from_ical(data)
         event = master_event(calendar)
         if change[0] == "rewrite":
@@ -656,7 +194,7 @@ class SyncMachine(RuleBasedStateMachine):
             event.add("X-SERVER-REVISION", str(self.counter))
             new = calendar.to_ical()
             assert content_hash(new) == content_hash(data)
-            self.calendar.put(href, new)
+            self.world.calendar.put(href, new)
             return
         if change[0] == "title":
             replace(event, "SUMMARY", change[1])
@@ -671,26 +209,25 @@ class SyncMachine(RuleBasedStateMachine):
         replace(event, "SEQUENCE", int(event.get("SEQUENCE", 0)) + 1)
         replace(event, "LAST-MODIFIED", datetime.now(UTC).replace(microsecond=0))
         new = calendar.to_ical()
-        self.calendar.put(href, new)
+        self.world.calendar.put(href, new)
         uid, title, start, end = shown(new)
         self._changed_remotely(self._owner(href, uid), Expected("booked", title, start, end))
 
-    @precondition(lambda self: self.calendar.objects)
+    @precondition(lambda self: self.world.calendar.objects)
     @rule(pick=PICK)
     def remote_delete(self, pick: int) -> None:
         href = self._href(pick)
-        data = self.calendar.objects[href][0]
-        uid = shown(data)[0]
-        self.calendar.remove(href)
-        self.trash[href] = data
+        uid = shown(self.world.calendar.objects[href][0])[0]
+        self.world.calendar.remove(href)
         self._changed_remotely(self._owner(href, uid), Expected("gone"))
 
     def _restorable(self) -> list[str]:
-        on_calendar = {shown(data)[0] for data, _ in self.calendar.objects.values()}
+        calendar = self.world.calendar
+        on_calendar = {shown(data)[0] for data, _ in calendar.objects.values()}
         return sorted(
             href
-            for href, data in self.trash.items()
-            if href not in self.calendar.objects and shown(data)[0] not in on_calendar
+            for href, data in calendar.trash.items()
+            if href not in calendar.objects and shown(data)[0] not in on_calendar
         )
 
     @precondition(lambda self: self._restorable())
@@ -705,18 +242,18 @@ class SyncMachine(RuleBasedStateMachine):
         """
         restorable = self._restorable()
         href = restorable[pick % len(restorable)]
-        data = self.trash.pop(href)
+        data = self.world.calendar.trash.pop(href)
         if bump:
             calendar = icalendar.Calendar.from_ical(data)
             event = master_event(calendar)
             replace(event, "SEQUENCE", int(event.get("SEQUENCE", 0)) + 1)
             replace(event, "LAST-MODIFIED", datetime.now(UTC).replace(microsecond=0))
             data = calendar.to_ical()
-        self.calendar.put(href, data)
+        self.world.calendar.put(href, data)
         uid, title, start, end = shown(data)
         self._changed_remotely(self._owner(href, uid), Expected("booked", title, start, end))
 
-    @precondition(lambda self: len(self.calendar.objects) < MAX_OBJECTS)
+    @precondition(lambda self: len(self.world.calendar.objects) < MAX_OBJECTS)
     @rule(title=TITLES, start=SLOTS, minutes=MINUTES, zone=ZONES, vtimezone=st.booleans())
     def remote_create(
         self, title: str, start: int, minutes: int, zone: str, vtimezone: bool
@@ -737,7 +274,7 @@ class SyncMachine(RuleBasedStateMachine):
         if vtimezone:
             calendar.add_missing_timezones()
         data = calendar.to_ical()
-        self.calendar.put(f"{URL}foreign-{self.counter}.ics", data)
+        self.world.calendar.put(f"{URL}foreign-{self.counter}.ics", data)
         _, title, begin, end = shown(data)
         self.expected[imported_id(ACCOUNT, URL, uid)] = Expected("booked", title, begin, end)
 
@@ -750,76 +287,127 @@ class SyncMachine(RuleBasedStateMachine):
             self._poll()
             self._push()
             return
-        written, _ = self._push()
-        decisions, events = self._poll()
+        written = self._push()
+        report, events = self._poll()
         echoed = [e for e in events if str(e.originator_id) in written]
         assert not echoed, (
             f"the poll right after a push recorded {echoed} for what it wrote; "
-            f"decisions: {decisions}"
+            f"decisions: {report.counts}"
         )
 
+    @rule(delete=st.booleans())
+    def resync(self, delete: bool) -> None:
+        """An operator runs a backfill (or, with ``delete``, a replay) of the account."""
+        self._resync(delete=delete)
+
+    @rule(
+        survive=st.integers(min_value=0, max_value=2),
+        job=st.sampled_from(["push", "backfill", "replay"]),
+    )
+    def crash_after_a_write(self, survive: int, job: str) -> None:
+        """The process dies after the calendar accepted a write, before it was recorded.
+
+        ``survive`` writes are answered first; then one more is made and the
+        process dies (if the job writes that much), and starts anew.
+        """
+        self.world.calendar.crash_after = survive
+        try:
+            if job == "push":
+                self._push()
+            else:
+                self._resync(delete=job == "replay")
+        except Crash:
+            tally(f"crashed after a write ({job})")
+        finally:
+            self.world.calendar.crash_after = None
+        self.world.restart()
+
+    @rule(
+        batch=st.integers(min_value=0, max_value=2),
+        when=st.sampled_from(["before", "inside", "after"]),
+    )
+    def crash_in_a_poll(self, batch: int, when: str) -> None:
+        """The process dies at a poll's commit of one batch (if it has that many), then restarts.
+
+        The poll commits one decision per batch; the database must then hold
+        all of the batch ("after") or none of it.
+        """
+        try:
+            self._poll(PollCrash(batch, when))
+        except Crash:
+            tally(f"crashed {when} a poll's commit")
+        self.world.restart()
+
     def teardown(self) -> None:
-        self._settle_and_check()
+        if self._world is None:
+            return
+        try:
+            self._settle_and_check()
+        finally:
+            self.world.close()
 
     # -- checks -----------------------------------------------------------------------------
 
     @invariant()
     def each_uid_on_the_calendar_once(self) -> None:
-        uids = [shown(data)[0] for data, _ in self.calendar.objects.values()]
+        uids = [shown(data)[0] for data, _ in self.world.calendar.objects.values()]
         assert len(uids) == len(set(uids)), f"a UID is on the calendar twice: {sorted(uids)}"
 
     @invariant()
     def records_never_run_ahead(self) -> None:
-        for appointment_id, copy in self.copies.items():
-            sequence = self.appointments[appointment_id].sequence
+        states = self.states()
+        for appointment_id, copy in self.copies().items():
+            sequence = states[appointment_id]["sequence"]
             assert copy["pushed_sequence"] <= sequence, (appointment_id, copy, sequence)
 
     def _settle_and_check(self) -> None:
         self._push()
         self._poll()
         self._push()
-        decisions, events = self._poll()
-        assert not events, f"a poll after settling recorded {events}; decisions: {decisions}"
-        assert all(d.kind == "echo" for d in decisions), decisions
-        decisions, events = self._poll()
-        assert not decisions and not events, (decisions, events)
+        report, events = self._poll()
+        assert not events, f"a poll after settling recorded {events}; decisions: {report.counts}"
+        assert set(report.counts) <= {"echo"}, report.counts
+        report, events = self._poll()
+        assert not report.counts and not events, (report.counts, events)
         self._check_calendar_matches_journal()
         self._check_expected()
 
     def _check_calendar_matches_journal(self) -> None:
         by_uid: dict[str, list[tuple[str, str, datetime, datetime]]] = {}
-        for href, (data, _) in self.calendar.objects.items():
+        objects = self.world.calendar.objects
+        for href, (data, _) in objects.items():
             uid, title, start, end = shown(data)
             by_uid.setdefault(uid, []).append((href, title, start, end))
+        copies = self.copies()
         expected_uids = set()
-        for appointment_id, appointment in self.appointments.items():
-            uid = appointment.calendar_uid or f"{appointment_id}@caljournal"
-            objects = by_uid.get(uid, [])
-            if appointment.cancelled:
-                assert not objects, f"cancelled appointment {appointment_id} is on the calendar"
+        for appointment_id, state in self.states().items():
+            uid = state["calendar_uid"] or f"{appointment_id}@caljournal"
+            found = by_uid.get(uid, [])
+            if state["status"] == "cancelled":
+                assert not found, f"cancelled appointment {appointment_id} is on the calendar"
                 continue
             expected_uids.add(uid)
-            assert len(objects) == 1, f"booked {appointment_id} is on the calendar {len(objects)}x"
-            href, title, start, end = objects[0]
-            assert (title, start, end) == (
-                appointment.title,
-                appointment.start,
-                appointment.end,
-            ), f"calendar shows {(title, start, end)} for {appointment.state()}"
-            copy = self.copies[appointment_id]
+            assert len(found) == 1, f"booked {appointment_id} is on the calendar {len(found)}x"
+            href, title, start, end = found[0]
+            journal = expected_of(state)
+            assert (title, start, end) == (journal.title, journal.start, journal.end), (
+                f"calendar shows {(title, start, end)} for {state}"
+            )
+            copy = copies[appointment_id]
             assert copy["present"] and copy["href"] == href, copy
-            assert copy["etag"] == self.calendar.objects[href][1], copy
-            assert copy["pushed_sequence"] == appointment.sequence, copy
+            assert copy["etag"] == objects[href][1], copy
+            assert copy["pushed_sequence"] == state["sequence"], copy
         strays = set(by_uid) - expected_uids
         assert not strays, f"calendar objects without a booked appointment: {sorted(strays)}"
 
     def _check_expected(self) -> None:
+        states = self.states()
         for appointment_id, expected in self.expected.items():
-            appointment = self.appointments.get(appointment_id)
-            if appointment is None:
+            state = states.get(appointment_id)
+            if state is None:
                 assert expected.status == "gone", f"{appointment_id} was never imported"
                 continue
-            actual = expected_of(appointment)
+            actual = expected_of(state)
             assert actual == expected, f"{appointment_id}: journal {actual} != expected {expected}"
 
 
@@ -831,6 +419,12 @@ SyncMachine.TestCase.settings = settings(
 TestSyncStateMachine = SyncMachine.TestCase
 
 
+def _started(booked: list[tuple[int, int, str, str]], mode: PollMode = MODES[0]) -> SyncMachine:
+    machine = SyncMachine()
+    machine.linked(booked=booked, mode=mode)
+    return machine
+
+
 def test_change_taken_back_while_the_calendar_copy_was_edited_reaches_the_calendar() -> None:
     """A local change taken back while another client edits the calendar copy.
 
@@ -840,8 +434,7 @@ def test_change_taken_back_while_the_calendar_copy_was_edited_reaches_the_calend
     record must then describe the remote content, so the next push overwrites it
     even though the journal's content equals what was pushed before.
     """
-    machine = SyncMachine()
-    machine.linked(booked=[(0, 30, "Haircut", "UTC")])
+    machine = _started([(0, 30, "Haircut", "UTC")])
     machine.change(pick=0, change=("retitle", "Beard trim"))
     machine.remote_edit(pick=0, change=("time", 2, 30))
     machine.undo(pick=0)
@@ -849,28 +442,150 @@ def test_change_taken_back_while_the_calendar_copy_was_edited_reaches_the_calend
     machine.teardown()
 
 
-def test_a_deletion_polled_and_then_undone_in_the_calendar_reinstates_the_appointment() -> None:
+@pytest.mark.parametrize("bump", [True, False], ids=["sequence-raised", "as-it-was"])
+def test_a_deletion_polled_and_then_undone_in_the_calendar_reinstates_the_appointment(
+    bump: bool,
+) -> None:
     """A deletion polled as a cancellation, then undone in the calendar: booked again.
 
-    The customer restores the object from the trash, with a raised SEQUENCE.
+    The customer restores the object from the trash, with a raised SEQUENCE or
+    exactly as it was.
     """
-    machine = SyncMachine()
-    machine.linked(booked=[(0, 30, "Haircut", "Europe/Berlin")])
+    machine = _started([(0, 30, "Haircut", "Europe/Berlin")])
     machine.remote_delete(pick=0)
     machine.sync(poll_first=False)
-    machine.remote_restore(pick=0, bump=True)
+    (state,) = machine.states().values()
+    assert state["status"] == "cancelled" and state["cancel_origin"] == "caldav"
+    machine.remote_restore(pick=0, bump=bump)
     machine.sync(poll_first=False)
-    (appointment,) = machine.appointments.values()
-    assert appointment.status == "booked"
+    (state,) = machine.states().values()
+    assert state["status"] == "booked"
     machine.teardown()
 
 
 def test_a_copy_restored_after_a_cancellation_in_the_booking_system_is_deleted_again() -> None:
-    machine = SyncMachine()
-    machine.linked(booked=[(0, 30, "Haircut", "Europe/Berlin")])
+    machine = _started([(0, 30, "Haircut", "Europe/Berlin")])
     machine.change(pick=0, change=("cancel",))
     machine.sync(poll_first=False)
     machine.remote_restore(pick=0, bump=True)
     machine.sync(poll_first=True)
-    assert not machine.calendar.objects
+    assert not machine.world.calendar.objects
     machine.teardown()
+
+
+def test_a_poll_that_dies_after_committing_its_first_batch_loses_nothing_on_the_next() -> None:
+    """Two remote changes, polled in batches of one; the process dies after the first commit.
+
+    The sync token moves only with the last batch, so the next poll asks again
+    and takes in the second change; the first, recorded with its ETag, is not
+    taken in twice.
+    """
+    machine = _started([(0, 30, "Haircut", "UTC")], mode=MODES[1])
+    machine.sync(poll_first=True)  # the poll after this one asks for a delta
+    machine.remote_edit(pick=0, change=("title", "Beard trim"))
+    machine.remote_create(
+        title="Färben ✂", start=4, minutes=60, zone="Europe/Berlin", vtimezone=True
+    )
+    machine.crash_in_a_poll(batch=0, when="after")
+    assert machine.world.restarts == 1
+    machine.teardown()
+
+
+def test_a_write_whose_answer_died_with_the_process_is_recognised_after_the_restart() -> None:
+    """The calendar took a new appointment, the process died before recording it.
+
+    After the restart the pusher finds the object it meant to write and
+    records it: no second object, no conflict.
+    """
+    machine = _started([(0, 30, "Haircut", "UTC")])
+    machine.book(start=4, minutes=60, title="Beard trim", zone="Europe/Berlin")
+    position = machine.world.position()
+    machine.crash_after_a_write(survive=0, job="push")
+    assert machine.world.restarts == 1 and len(machine.world.calendar.objects) == 2
+    assert len(machine.copies()) == 1  # the second write was never recorded
+    machine.sync(poll_first=False)
+    assert len(machine.copies()) == 2
+    assert not machine.world.notifications_since(position)  # no conflict was recorded
+    machine.teardown()
+
+
+def test_a_backfilled_copy_at_a_new_href_outweighs_the_deletion_of_the_recorded_one() -> None:
+    """One poll finds an appointment's object at a new href and its recorded one gone.
+
+    Another client deleted an imported event; a backfill wrote it again under
+    the appointment's own href and died before recording that. The next poll
+    sees both: the appointment is still on the calendar, so it stays booked
+    and its record names the new object (it was cancelled, with the object
+    left on the calendar, and polls that found the calendar unchanged never
+    looked again).
+    """
+    machine = _started([(0, 30, "Haircut", "UTC")])
+    machine.remote_create(title="Färben ✂", start=4, minutes=60, zone="UTC", vtimezone=False)
+    machine.sync(poll_first=True)
+    machine.remote_delete(pick=0)  # the imported event, the most recently written object
+    machine.crash_after_a_write(survive=0, job="backfill")
+    machine.sync(poll_first=True)
+    assert all(s["status"] == "booked" for s in machine.states().values())
+    machine.teardown()
+
+
+def test_an_imported_event_stored_again_under_a_new_href_stays_booked() -> None:
+    """Another client deletes an event and stores it again under a new name (same UID)."""
+    machine = _started([(0, 30, "Haircut", "UTC")])
+    machine.remote_create(title="Färben ✂", start=4, minutes=60, zone="UTC", vtimezone=False)
+    machine.sync(poll_first=True)
+    calendar = machine.world.calendar
+    old = f"{URL}foreign-{machine.counter}.ics"
+    data = calendar.objects[old][0]
+    calendar.remove(old)
+    calendar.put(f"{URL}renamed.ics", data)
+    machine.sync(poll_first=True)
+    assert all(s["status"] == "booked" for s in machine.states().values())
+    assert {c["href"] for c in machine.copies().values()} >= {f"{URL}renamed.ics"}
+    machine.teardown()
+
+
+def test_a_replay_records_its_deletions_at_the_appointments_sequence() -> None:
+    """A replay deletes the restored copy of an appointment the calendar cancelled.
+
+    Its record must say the calendar is up to date with the journal: restored
+    once more, the object then takes back the calendar's own cancellation (a
+    record behind the journal made the next poll treat the cancellation as a
+    local change still to push, and the push deleted the object again).
+    """
+    machine = _started([(0, 30, "Haircut", "Europe/Berlin")])
+    machine.remote_delete(pick=0)
+    machine.sync(poll_first=False)  # polled: cancelled by the calendar
+    machine.remote_restore(pick=0, bump=False)
+    machine.resync(delete=True)  # the replay deletes the restored copy
+    ((appointment_id, state),) = machine.states().items()
+    assert machine.copies()[appointment_id]["pushed_sequence"] == state["sequence"]
+    machine.remote_restore(pick=0, bump=False)
+    machine.sync(poll_first=True)
+    assert machine.states()[appointment_id]["status"] == "booked"
+    machine.teardown()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known defect: after a crash between a write and its record, a local change taken "
+    "back to the recorded content is only recorded, not written, and the next poll takes the "
+    "unrecorded write for a calendar edit",
+)
+def test_an_unrecorded_write_is_not_taken_for_a_calendar_edit_after_an_undo() -> None:
+    """A retitle is pushed and the process dies before recording it; the user takes it back.
+
+    The record still names the old content, which the journal shows again, so
+    the push only records; the calendar holds the unrecorded write, which the
+    next poll must not apply over the user's undo.
+    """
+    machine = _started([(0, 30, "Haircut", "UTC")])
+    machine.change(pick=0, change=("retitle", "Beard trim"))
+    machine.crash_after_a_write(survive=0, job="push")
+    machine.undo(pick=0)
+    machine.sync(poll_first=False)
+    (state,) = machine.states().values()
+    try:
+        assert state["title"] == "Haircut", f"the journal took back the undo: {state['title']}"
+    finally:
+        machine.world.close()
