@@ -316,18 +316,21 @@ def main() -> None:
     table.add_row("  of which vdirsyncer's own start-up", str(speed["vdirsyncer_start_up_s"]), "")
     table.add_row("backfill / raw", str(speed["ratio"]), "")
     table.add_row("backfill / vdirsyncer", str(speed["backfill_vs_vdirsyncer"]), "")
-    mem = Table(title=f"backfill of {memory['appointments']} appointments into a loopback sink")
-    for column in ("seconds", "peak RSS MB (after booking)", "peak RSS MB (end)"):
-        mem.add_column(column)
-    mem.add_row(
-        str(memory["seconds"]), str(memory["peak_rss_mb_after_booking"]), str(memory["peak_rss_mb"])
-    )
-    console = Console()
-    console.print(table)
-    console.print(mem)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
+    console = Console()
+    console.print(table)
+    if memory is not None:
+        mem = Table(title=f"backfill of {memory['appointments']} appointments into a loopback sink")
+        for column in ("seconds", "peak RSS MB (after booking)", "peak RSS MB (end)"):
+            mem.add_column(column)
+        mem.add_row(
+            str(memory["seconds"]),
+            str(memory["peak_rss_mb_after_booking"]),
+            str(memory["peak_rss_mb"]),
+        )
+        console.print(mem)
     console.print(f"wrote {out}")
 
 
