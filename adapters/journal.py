@@ -57,21 +57,10 @@ UNLOCK = f"SELECT pg_advisory_unlock(hashtext('{LOCK_KEY}'))"
 class ReadModelQueries(ResyncQueries):
     """Queries over the query tables, shared by both recorders.
 
-    The recorders supply ``_fetch``/``_execute``/``_update`` and the placeholder
-    style; the sync-state store (``adapters.syncstate_sql``) uses them too.
+    The recorders supply ``_fetch``/``_execute``/``_update`` (declared in
+    ``ResyncQueries``) and the placeholder style; the sync-state store
+    (``adapters.syncstate_sql``) uses them too.
     """
-
-    qualify: str
-    placeholder: str
-
-    def _fetch(self, sql: str, params: Sequence[Any]) -> list[Any]:
-        raise NotImplementedError
-
-    def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:
-        raise NotImplementedError
-
-    def _update(self, sql: str, params: Sequence[Any]) -> int:
-        raise NotImplementedError
 
     def appointment_page(self, account_id: str, after_id: str, limit: int) -> list[dict[str, Any]]:
         """Return the states of an account's appointments with ids after ``after_id``, by id."""
