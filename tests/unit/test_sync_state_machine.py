@@ -358,7 +358,7 @@ class SyncMachine(SyncModel, RuleBasedStateMachine):
         states = self.states()
         for appointment_id, copy in self.copies().items():
             sequence = states[appointment_id]["sequence"]
-            assert copy["pushed_sequence"] <= sequence, (appointment_id, copy, sequence)
+            assert copy.pushed_sequence <= sequence, (appointment_id, copy, sequence)
 
     def _settle_and_check(self) -> None:
         self._push()
@@ -394,9 +394,9 @@ class SyncMachine(SyncModel, RuleBasedStateMachine):
                 f"calendar shows {(title, start, end)} for {state}"
             )
             copy = copies[appointment_id]
-            assert copy["present"] and copy["href"] == href, copy
-            assert copy["etag"] == objects[href][1], copy
-            assert copy["pushed_sequence"] == state["sequence"], copy
+            assert copy.present and copy.href == href, copy
+            assert copy.etag == objects[href][1], copy
+            assert copy.pushed_sequence == state["sequence"], copy
         strays = set(by_uid) - expected_uids
         assert not strays, f"calendar objects without a booked appointment: {sorted(strays)}"
 
@@ -541,7 +541,7 @@ def test_an_imported_event_stored_again_under_a_new_href_stays_booked() -> None:
     calendar.put(f"{URL}renamed.ics", data)
     machine.sync(poll_first=True)
     assert all(s["status"] == "booked" for s in machine.states().values())
-    assert {c["href"] for c in machine.copies().values()} >= {f"{URL}renamed.ics"}
+    assert {c.href for c in machine.copies().values()} >= {f"{URL}renamed.ics"}
     machine.teardown()
 
 
@@ -559,7 +559,7 @@ def test_a_replay_records_its_deletions_at_the_appointments_sequence() -> None:
     machine.remote_restore(pick=0, bump=False)
     machine.resync(delete=True)  # the replay deletes the restored copy
     ((appointment_id, state),) = machine.states().items()
-    assert machine.copies()[appointment_id]["pushed_sequence"] == state["sequence"]
+    assert machine.copies()[appointment_id].pushed_sequence == state["sequence"]
     machine.remote_restore(pick=0, bump=False)
     machine.sync(poll_first=True)
     assert machine.states()[appointment_id]["status"] == "booked"
