@@ -213,6 +213,8 @@ class SyncModel:
         """Note what the records written by a push or a resync say the calendar holds."""
         states = self.states()
         for appointment_id, copy in self.copies().items():
+            if copy.present and copy.content_hash is None:
+                continue  # in doubt: the record claims nothing about the calendar
             if before.get(appointment_id) != copy:
                 self.synced[appointment_id] = expected_of(
                     states[appointment_id], present=copy.present

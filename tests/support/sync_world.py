@@ -249,6 +249,7 @@ class SyncWorld:
             items = self.store.pending_pushes(ACCOUNT, URL, 0, BATCH)
             if not items:
                 return
+            self.pusher.begin(items)
             for item in items:
                 self.pusher.push(item, plan(item, URL))
             self.pusher.flush()
