@@ -16,7 +16,7 @@ differently but write the same way, through :class:`Executor`:
   (:meth:`CopyLog.doubt`, one store call), so a record whose write was answered
   but never recorded claims no content: the next push writes again instead of
   only recording, and a failed precondition then finds our own earlier write
-  (our appointment id, a SEQUENCE not newer than the appointment's), not a
+  (our appointment id, a SEQUENCE older than the one being written), not a
   conflict;
 * a failure for good is recorded for good (:meth:`Executor.record_failure`):
   a copy record with ``failed_sequence`` and ``PushFailed`` on the appointment.
@@ -261,10 +261,14 @@ class Executor:
         digest = content_hash(data)
         if digest == action.digest:
             return Written(etag)  # our own write whose answer we never got
-        if action.kind is ActionKind.UPDATE and subject.last_digest is not None:
-            ours = digest == subject.last_digest  # unchanged content: only the ETag moved
-        else:  # our copy written before a crash (a create, or an update over a record in doubt)
+        if action.kind is ActionKind.CREATE:  # our copy written before a crash
             ours = is_copy_of_ours(data, subject.appointment_id, subject.sequence)
+        elif subject.last_digest is not None:
+            ours = digest == subject.last_digest  # unchanged content: only the ETag moved
+        else:
+            # Over a record in doubt: our unrecorded write shows an older sequence
+            # (at this one it would hold this content, recognised above).
+            ours = is_copy_of_ours(data, subject.appointment_id, subject.sequence - 1)
         if not ours:
             self._conflict(subject, data)
         return self.storage.update(action.href, action.data, etag)
