@@ -6,7 +6,7 @@ so a worker that restarts (or another worker) carries on where the last one
 stopped. Concerns and vocabulary:
 
 copies (one :class:`CopyRecord` per appointment)
-    ``pending_pushes``, ``count_pending``, ``record_copies``, ``copy_of``,
+    ``pending_pushes``, ``count_pending``, ``record_copies``, ``doubt_copies``, ``copy_of``,
     ``copies``, ``copies_by_href``, ``count_copies``, ``failed_copies``,
     ``clear_failure``, ``absent_live_copies``;
 inbound state (one :class:`InboundState` per account)
@@ -43,6 +43,9 @@ class CopyRecord:
     Recorded only after the server confirmed a write (or a poll saw the object).
     ``pushed_sequence`` is the appointment sequence the copy shows (-1: never
     pushed); ``failed_sequence``/``failure`` name a push that failed for good.
+    A present copy without ``content_hash`` is *in doubt*: a write over it was
+    under way and its answer may never have been recorded (``doubt_copies``),
+    so the calendar may hold our newer write under another ETag.
     """
 
     appointment_id: str
@@ -189,6 +192,16 @@ class SyncStateStore(Protocol):
 
         Each account's ``CalendarCheck.written_us`` becomes the newest
         ``updated_us`` of its records: caljournal wrote to the calendar.
+        """
+        ...
+
+    def doubt_copies(self, appointment_ids: Sequence[str]) -> None:
+        """Mark the present copies of these appointments in doubt (one transaction).
+
+        Called before writes over them are sent: until a confirmed write is
+        recorded, the record claims no content (``content_hash`` None), so a
+        crash between the server's answer and the record never leaves a record
+        that claims the old content while the calendar holds the new.
         """
         ...
 

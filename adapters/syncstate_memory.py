@@ -113,6 +113,14 @@ class MemorySyncState:
                 written = max(check.written_us or 0, record.updated_us)
                 self._checks[record.account_id] = replace(check, written_us=written)
 
+    def doubt_copies(self, appointment_ids: Sequence[str]) -> None:
+        """Mark the present copies of these appointments in doubt (see the port)."""
+        with self._lock:
+            for appointment_id in appointment_ids:
+                copy = self._copies.get(appointment_id)
+                if copy is not None and copy.present:
+                    self._copies[appointment_id] = replace(copy, content_hash=None)
+
     def copy_of(self, appointment_id: str) -> CopyRecord | None:
         """Return the calendar-copy record of an appointment."""
         with self._lock:

@@ -217,6 +217,17 @@ class SQLSyncState:
         statements += [(written, [account, at]) for account, at in sorted(newest.items())]
         self._execute(statements)
 
+    def doubt_copies(self, appointment_ids: Sequence[str]) -> None:
+        """Mark the present copies of these appointments in doubt (see the port)."""
+        if not appointment_ids:
+            return
+        marks = ", ".join(self.p for _ in appointment_ids)
+        self._update(
+            f"UPDATE {self.q}{OUTBOUND} SET content_hash = NULL "
+            f"WHERE present = 1 AND appointment_id IN ({marks})",
+            list(appointment_ids),
+        )
+
     def copy_of(self, appointment_id: str) -> CopyRecord | None:
         """Return the calendar-copy record of an appointment."""
         row = self._one(

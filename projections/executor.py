@@ -11,7 +11,13 @@ differently but write the same way, through :class:`Executor`:
   (the booking system wins) before the object is overwritten or deleted;
 * the outcome is recorded as a :class:`CopyRecord` only after the server
   confirmed it (batched in a :class:`CopyLog`: a crash repeats at most confirmed
-  but unrecorded writes, which land on the same objects);
+  but unrecorded writes, which land on the same objects); before a batch is
+  written, the records of the copies it writes over are marked in doubt
+  (:meth:`CopyLog.doubt`, one store call), so a record whose write was answered
+  but never recorded claims no content: the next push writes again instead of
+  only recording, and a failed precondition then finds our own earlier write
+  (our appointment id, a SEQUENCE older than the one being written), not a
+  conflict;
 * a failure for good is recorded for good (:meth:`Executor.record_failure`):
   a copy record with ``failed_sequence`` and ``PushFailed`` on the appointment.
 """
@@ -66,7 +72,9 @@ class Subject:
 
     ``sequence`` is the appointment sequence the write shows; ``last_digest``
     the content hash the object had when we last knew it (our record, or a
-    backfill's scan): a changed ETag over that content is no one's edit.
+    backfill's scan): a changed ETag over that content is no one's edit. None
+    means we do not know it (a record in doubt): our own earlier write is then
+    recognised by the appointment id and SEQUENCE it carries.
     ``state`` is the appointment state written, or None to load it when needed.
     """
 
@@ -127,6 +135,16 @@ class CopyLog:
             full = self.flush_at is not None and len(self._waiting) >= self.flush_at
         if full:
             self.flush()
+
+    def doubt(self, appointment_ids: Sequence[str]) -> None:
+        """Mark the records of copies about to be written over in doubt (one store call).
+
+        Writes still waiting are recorded first, so the mark always follows them.
+        """
+        if not appointment_ids:
+            return
+        self.flush()
+        self.store.doubt_copies(appointment_ids)
 
     def flush(self) -> None:
         """Record every waiting write (one transaction)."""
@@ -243,10 +261,14 @@ class Executor:
         digest = content_hash(data)
         if digest == action.digest:
             return Written(etag)  # our own write whose answer we never got
-        if action.kind is ActionKind.UPDATE:
-            ours = digest == subject.last_digest  # unchanged content: only the ETag moved
-        else:  # our copy written before a crash
+        if action.kind is ActionKind.CREATE:  # our copy written before a crash
             ours = is_copy_of_ours(data, subject.appointment_id, subject.sequence)
+        elif subject.last_digest is not None:
+            ours = digest == subject.last_digest  # unchanged content: only the ETag moved
+        else:
+            # Over a record in doubt: our unrecorded write shows an older sequence
+            # (at this one it would hold this content, recognised above).
+            ours = is_copy_of_ours(data, subject.appointment_id, subject.sequence - 1)
         if not ours:
             self._conflict(subject, data)
         return self.storage.update(action.href, action.data, etag)

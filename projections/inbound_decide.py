@@ -22,6 +22,7 @@ from caljournal.adapters.syncstate import CopyRecord
 from caljournal.domain.cause import Origin
 from caljournal.domain.errors import DomainError
 from caljournal.domain.values import RemoteFields, remote_text, rfc3339
+from caljournal.projections.push import render
 
 IMPORT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://caljournal.invalid/imported")
 MAX_OBJECT_BYTES = 5_000_000
@@ -172,6 +173,10 @@ def decide(
     digest = content_hash(data)
     if copy is not None and not restored and digest == copy.content_hash:
         return Decision(DecisionKind.ECHO, href, copy.appointment_id, etag=etag, digest=digest)
+    if copy is not None and copy.present and copy.content_hash is None and appointment is not None:
+        adopted = _own_write(href, etag, events, fields, digest, appointment)
+        if adopted is not None:
+            return adopted
     if copy is not None and appointment is not None:
         uncancelled = appointment["status"] == "cancelled" and not fields.cancelled
         if restored or uncancelled:
@@ -192,6 +197,44 @@ def decide(
         return Decision(DecisionKind.APPLY, href, ours, fields, etag, digest)
     return Decision(
         DecisionKind.IMPORT, href, new_id(fields.calendar_uid or href), fields, etag, digest
+    )
+
+
+def _own_write(
+    href: str,
+    etag: str | None,
+    events: Sequence[RemoteEvent],
+    fields: RemoteFields,
+    digest: str,
+    appointment: dict[str, Any],
+) -> Decision | None:
+    """Adopt an object over a record in doubt when it is our own write, else return None.
+
+    A record is in doubt while a write over it is under way (see
+    ``SyncStateStore.doubt_copies``); after a crash the calendar may hold our
+    write, whose answer was never recorded. It is ours when it carries the
+    appointment's id and a SEQUENCE older than the appointment's, or its
+    SEQUENCE and exactly the content the journal shows at that sequence. An
+    object with a newer SEQUENCE, or other content at the same one, is someone
+    else's edit and is decided as one.
+    """
+    ours = {e.appointment_id for e in events}
+    if ours != {appointment["id"]}:
+        return None
+    remote_sequence = max(e.sequence or 0 for e in events)
+    sequence = int(appointment["sequence"])
+    if remote_sequence > sequence:
+        return None
+    if remote_sequence == sequence and digest != render(appointment)[1]:
+        return None
+    return Decision(
+        DecisionKind.ADOPT,
+        href,
+        appointment["id"],
+        fields,
+        etag,
+        digest,
+        sequence=remote_sequence,
     )
 
 

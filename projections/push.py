@@ -12,7 +12,7 @@ recognised by its content hash.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -106,6 +106,25 @@ class Pusher:
         writes, which land on the same objects.
         """
         self.copies.flush()
+
+    def begin(self, items: Sequence[PendingPush]) -> None:
+        """Mark the records of the copies a batch may write over in doubt (one store call).
+
+        Call before pushing ``items``: a crash between the server's answer and
+        the (batched) record then leaves records that claim no content, never
+        the old one (see ``projections.executor``). Copies that turn out to
+        need no write get their content back when recorded.
+        """
+        self.copies.doubt(
+            [
+                item.appointment["id"]
+                for item in items
+                if item.copy is not None
+                and item.copy.present
+                and item.copy.content_hash is not None
+                and item.appointment["status"] != "cancelled"
+            ]
+        )
 
     def push(self, item: PendingPush, action: Action | None = None) -> ActionKind | None:
         """Bring one appointment's calendar copy up to date; return the action taken.

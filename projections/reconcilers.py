@@ -195,6 +195,7 @@ class PushReconciler:
                 # write (the socket wait releases the GIL): the push loop then
                 # runs at the server's speed.
                 actions = self._renderer.map(lambda i: plan(i, pusher.calendar_url), items)
+                pusher.begin(items)
                 for item, action in zip(items, actions, strict=True):
                     if not self.leased():
                         return handled

@@ -323,6 +323,11 @@ class Resync:
             bodies = ahead.result()
             if number + 1 < len(chunks):
                 ahead = renderer.submit(self._render_chunk, chunks[number + 1])
+            if self.copies is not None:
+                # The records of the copies this chunk writes over claim no
+                # content until the writes are recorded (see projections.executor).
+                writing = (ActionKind.CREATE, ActionKind.UPDATE)
+                self.copies.doubt([s.appointment_id for s in chunk if s.kind in writing])
             jobs = [(step, bodies.get(step.appointment_id)) for step in chunk]
             # One request at a time runs here: a pool thread would only add a
             # GIL hand-over per object between it and this loop.

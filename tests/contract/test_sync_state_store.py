@@ -179,6 +179,22 @@ def test_copies_are_found_by_appointment_and_by_href(world: World) -> None:
     assert world.store.copies_by_href(world.account, OTHER) == {}
 
 
+def test_copies_in_doubt_claim_no_content_until_a_write_is_recorded(world: World) -> None:
+    one, two, gone = world.book("one", 1), world.book("two", 2), world.book("gone", 3)
+    records = [world.copy(one), world.copy(two), world.copy(gone, present=False)]
+    world.store.record_copies(records)
+
+    world.store.doubt_copies([one["id"], gone["id"], str(uuid.uuid4())])
+    world.store.doubt_copies([])
+
+    assert world.store.copy_of(one["id"]) == replace(records[0], content_hash=None)
+    assert world.store.copy_of(two["id"]) == records[1]
+    assert world.store.copy_of(gone["id"]) == records[2]
+    confirmed = world.copy(one, etag='"2"', content_hash="h2")
+    world.store.record_copies([confirmed])
+    assert world.store.copy_of(one["id"]) == confirmed
+
+
 def test_recording_copies_notes_that_caljournal_wrote_to_the_calendar(world: World) -> None:
     state = world.book()
     assert world.store.calendar_check(world.account) == CalendarCheck(world.account)

@@ -17,6 +17,7 @@ import icalendar
 from hypothesis import event
 from hypothesis.control import currently_in_test_context
 
+from caljournal.adapters.syncstate import CopyRecord
 from caljournal.appointments import AppointmentService
 from caljournal.domain.cause import Origin
 from caljournal.projections.inbound import PollReport, imported_id
@@ -128,9 +129,9 @@ class SyncModel:
         booked.sort(key=lambda s: (datetime.fromisoformat(s["modified_on"]), s["id"]), reverse=True)
         return [s["id"] for s in booked]
 
-    def copies(self) -> dict[str, dict[str, Any]]:
+    def copies(self) -> dict[str, CopyRecord]:
         """Return the calendar-copy records by appointment id."""
-        return {c["appointment_id"]: c for c in self.world.recorder.copies(ACCOUNT)}
+        return {c.appointment_id: c for c in self.world.store.copies(ACCOUNT)}
 
     def _pending_locally(self, appointment_id: str) -> bool:
         """Tell whether the appointment has a change that is not on the calendar yet."""
@@ -140,7 +141,7 @@ class SyncModel:
         copy = self.copies().get(appointment_id)
         if copy is None:
             return state["status"] == "booked"
-        return bool(state["sequence"] > copy["pushed_sequence"])
+        return bool(state["sequence"] > copy.pushed_sequence)
 
     @property
     def service(self) -> AppointmentService:
@@ -192,7 +193,7 @@ class SyncModel:
         equal the journal whether or not a local change waited: the journal's
         content wins then.
         """
-        by_href = {c["href"]: a for a, c in self.copies().items()}
+        by_href = {c.href: a for a, c in self.copies().items()}
         owners = set()
         for href in self.world.calendar.written:
             owner = by_href.get(href)
@@ -208,13 +209,15 @@ class SyncModel:
         self.world.calendar.written.clear()
         return owners
 
-    def _recorded(self, before: dict[str, dict[str, Any]]) -> None:
+    def _recorded(self, before: dict[str, CopyRecord]) -> None:
         """Note what the records written by a push or a resync say the calendar holds."""
         states = self.states()
         for appointment_id, copy in self.copies().items():
+            if copy.present and copy.content_hash is None:
+                continue  # in doubt: the record claims nothing about the calendar
             if before.get(appointment_id) != copy:
                 self.synced[appointment_id] = expected_of(
-                    states[appointment_id], present=bool(copy["present"])
+                    states[appointment_id], present=copy.present
                 )
 
     def _absorbed(self, appointment_id: str) -> None:
@@ -230,7 +233,7 @@ class SyncModel:
     def _owner(self, href: str, uid: str) -> str:
         """Return the id of the appointment a calendar object belongs to (or would)."""
         for appointment_id, copy in self.copies().items():
-            if copy["href"] == href:
+            if copy.href == href:
                 return appointment_id
         if uid.endswith("@caljournal"):
             return uid.removesuffix("@caljournal")

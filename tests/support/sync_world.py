@@ -11,9 +11,8 @@ batch's commit, before it, inside its transaction or after it
 (:meth:`SyncWorld.poll`).
 
 Production objects are built in one place only: :func:`make_pusher`,
-:func:`make_poller` and :func:`make_resync` (``Resync`` builds its own reader
-and writer from a server access, so :func:`_resync_storage` hands it the
-storage instead).
+:func:`make_poller` and :func:`make_resync`, each over the calendar storage and
+the journal's SQL sync-state store (:class:`SQLSyncState`).
 """
 
 from __future__ import annotations
@@ -29,10 +28,10 @@ from eventsourcing.utils import get_topic
 
 from caljournal.adapters.journal import Journal, SQLiteJournalRecorder
 from caljournal.adapters.memory_storage import MemoryStorage
-from caljournal.adapters.providers import get_profile
 from caljournal.adapters.storage import Written
+from caljournal.adapters.syncstate_sql import SQLSyncState
 from caljournal.domain.cause import Cause, Origin
-from caljournal.projections import inbound, resync
+from caljournal.projections import inbound
 from caljournal.projections.inbound import CheckPolicy, Poller, PollReport
 from caljournal.projections.push import Pusher, plan
 from caljournal.projections.resync import Resync, Summary
@@ -54,17 +53,20 @@ def worker_cause() -> Cause:
 # -- the one place that builds production objects ------------------------------------
 
 
-def make_pusher(journal: Journal, storage: SyncCalendar) -> Pusher:
+def make_pusher(journal: Journal, storage: SyncCalendar, store: SQLSyncState) -> Pusher:
     """Return the production pusher of the account, writing into ``storage``."""
-    return Pusher(journal, storage, ACCOUNT, URL, worker_cause)  # type: ignore[arg-type]
+    return Pusher(journal, storage, store, ACCOUNT, URL, worker_cause)  # type: ignore[arg-type]
 
 
-def make_poller(journal: Journal, storage: SyncCalendar, mode: PollMode) -> Poller:
+def make_poller(
+    journal: Journal, storage: SyncCalendar, store: SQLSyncState, mode: PollMode
+) -> Poller:
     """Return the production poller of the account, reading ``storage``."""
     link = {"calendar_url": URL, "sync_tokens": mode.sync_tokens, "provider": "radicale"}
     return Poller(
         journal,
         storage,  # type: ignore[arg-type]
+        store,
         ACCOUNT,
         link,
         worker_cause,
@@ -72,34 +74,20 @@ def make_poller(journal: Journal, storage: SyncCalendar, mode: PollMode) -> Poll
     )
 
 
-def make_resync(journal: Journal, storage: SyncCalendar, *, delete: bool) -> Resync:
+def make_resync(
+    journal: Journal, storage: SyncCalendar, store: SQLSyncState, *, delete: bool
+) -> Resync:
     """Return a production backfill (``delete`` False) or replay run that records copies."""
     return Resync(
         journal,
+        storage,  # type: ignore[arg-type]
+        store,
         ACCOUNT,
-        _StorageAccess(),  # type: ignore[arg-type]
-        get_profile("radicale"),
         URL,
+        worker_cause,
         delete=delete,
         record=True,
     )
-
-
-@contextlib.contextmanager
-def _resync_storage(storage: SyncCalendar) -> Iterator[None]:
-    """Let a ``Resync`` read and write ``storage`` (it builds its own reader and writer)."""
-    with (
-        mock.patch.object(resync, "CalendarReader", lambda *a, **k: storage),
-        mock.patch.object(resync, "CalendarWriter", lambda *a, **k: storage),
-    ):
-        yield
-
-
-class _StorageAccess:
-    """Stands in for the server access a ``Resync`` is given (the storage is patched in)."""
-
-    def at(self, url: str) -> _StorageAccess:
-        return self
 
 
 # -- the calendar ----------------------------------------------------------------------
@@ -215,8 +203,9 @@ class SyncWorld:
         self.calendar = SyncCalendar(drops_short_lived=mode.drops_short_lived)
         self._dbname = f"file:sync-machine-{uuid.uuid4().hex}?mode=memory&cache=shared"
         self.journal = self._open()
-        self.pusher = make_pusher(self.journal, self.calendar)
-        self.poller = make_poller(self.journal, self.calendar, mode)
+        self.store = SQLSyncState(self.journal)
+        self.pusher = make_pusher(self.journal, self.calendar, self.store)
+        self.poller = make_poller(self.journal, self.calendar, self.store, mode)
         self.restarts = 0
 
     def _open(self) -> Journal:
@@ -229,11 +218,12 @@ class SyncWorld:
         return Journal(env={**env, **{f"CALJOURNAL_{k}": v for k, v in env.items()}})
 
     def restart(self) -> None:
-        """Start the process anew: a new journal handle, pusher and poller."""
+        """Start the process anew: a new journal handle, store, pusher and poller."""
         old, self.journal = self.journal, self._open()
         old.close()  # the new handle keeps the in-memory database alive
-        self.pusher = make_pusher(self.journal, self.calendar)
-        self.poller = make_poller(self.journal, self.calendar, self.mode)
+        self.store = SQLSyncState(self.journal)
+        self.pusher = make_pusher(self.journal, self.calendar, self.store)
+        self.poller = make_poller(self.journal, self.calendar, self.store, self.mode)
         self.restarts += 1
 
     def close(self) -> None:
@@ -242,7 +232,7 @@ class SyncWorld:
 
     @property
     def recorder(self) -> SQLiteJournalRecorder:
-        """Return the journal's recorder (query tables, copy records)."""
+        """Return the journal's recorder (events, query tables)."""
         recorder = self.journal.journal_recorder
         assert isinstance(recorder, SQLiteJournalRecorder)
         return recorder
@@ -256,13 +246,14 @@ class SyncWorld:
             confirmed writes are not recorded (the pusher is gone with them).
         """
         for _ in range(20):
-            items = self.recorder.pending_pushes(ACCOUNT, URL, 0, BATCH)
+            items = self.store.pending_pushes(ACCOUNT, URL, 0, BATCH)
             if not items:
                 return
+            self.pusher.begin(items)
             for item in items:
                 self.pusher.push(item, plan(item, URL))
             self.pusher.flush()
-        pending = self.recorder.pending_pushes(ACCOUNT, URL, 0, 100)
+        pending = self.store.pending_pushes(ACCOUNT, URL, 0, 100)
         raise AssertionError(f"still pending after 20 passes: {pending}")
 
     def poll(self, crash: PollCrash | None = None) -> PollReport:
@@ -277,15 +268,15 @@ class SyncWorld:
 
     def resync(self, *, delete: bool) -> Summary:
         """Run a backfill (or, with ``delete``, a replay) of the account."""
-        run = make_resync(self.journal, self.calendar, delete=delete)
-        with _resync_storage(self.calendar):
-            steps, summary = run.plan()
-            return run.run(steps, summary)
+        run = make_resync(self.journal, self.calendar, self.store, delete=delete)
+        steps, summary = run.plan()
+        return run.run(steps, summary)
 
     @contextlib.contextmanager
     def _dying_save(self, crash: PollCrash) -> Iterator[None]:
-        journal = self.journal
-        real_save: Callable[..., Any] = journal.save
+        """Let the poll's ``crash.save``-th commit die where ``crash.when`` says."""
+        store = self.store
+        real_commit: Callable[..., Any] = store.commit
         recorder = self.recorder
         real_insert = recorder._insert_events
         calls = 0
@@ -294,37 +285,48 @@ class SyncWorld:
             real_insert(*args, **kwargs)
             raise Crash("the process died inside the poll's commit")
 
-        def save(*objs: Any, **kwargs: Any) -> Any:
+        def dying_execute(statements: Any) -> None:
+            # A commit without events writes its rows in a transaction of its own.
+            with recorder.datastore.transaction(commit=True) as cursor:
+                for sql, params in statements:
+                    cursor.execute(sql, list(params))
+                raise Crash("the process died inside the poll's commit")
+
+        def commit(aggregates: Any, writes: Any) -> None:
             nonlocal calls
             calls += 1
             if calls - 1 != crash.save:
-                return real_save(*objs, **kwargs)
+                real_commit(aggregates, writes)
+                return
             before = self.snapshot()
             try:
                 if crash.when == "before":
                     raise Crash("the process died before the poll's commit")
                 if crash.when == "inside":
-                    with mock.patch.object(recorder, "_insert_events", dying_insert):
-                        real_save(*objs, **kwargs)
-                    raise AssertionError("the batch was saved without inserting anything")
-                real_save(*objs, **kwargs)
+                    with (
+                        mock.patch.object(recorder, "_insert_events", dying_insert),
+                        mock.patch.object(recorder, "_execute", dying_execute),
+                    ):
+                        real_commit(aggregates, writes)
+                    raise AssertionError("the batch was committed without writing anything")
+                real_commit(aggregates, writes)
                 raise Crash("the process died after the poll's commit")
             except Crash:
                 if crash.when != "after":
                     assert self.snapshot() == before, "a batch that died was partly committed"
                 raise
 
-        with mock.patch.object(journal, "save", save):
+        with mock.patch.object(store, "commit", commit):
             yield
 
     def snapshot(self) -> tuple[Any, ...]:
         """Return what the database holds of the account's sync (events, copies, inbound)."""
-        recorder = self.recorder
+        store = self.store
         return (
-            recorder.max_notification_id(),
-            recorder.copies(ACCOUNT),
-            recorder.inbound_state(ACCOUNT),
-            recorder.quarantined(ACCOUNT),
+            self.recorder.max_notification_id(),
+            store.copies(ACCOUNT),
+            store.inbound_state(ACCOUNT),
+            store.quarantined(ACCOUNT),
         )
 
     def notifications_since(self, position: int) -> list[Any]:

@@ -87,7 +87,9 @@ class World:
             URL,
             lambda: Cause(Origin.CALDAV, "worker:test", f"push-{uuid.uuid4()}"),
         )
-        done = [pusher.push(item) for item in self.pending()]
+        pending = self.pending()
+        pusher.begin(pending)
+        done = [pusher.push(item) for item in pending]
         pusher.flush()
         return done
 

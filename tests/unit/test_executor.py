@@ -14,6 +14,7 @@ from typing import Any
 from uuid import UUID
 from zoneinfo import ZoneInfo
 
+import icalendar
 import pytest
 
 from caljournal.adapters.ical import content_hash, from_ical
@@ -64,9 +65,25 @@ class World:
             lambda: WORKER,
         )
         pending = self.container.sync_state.pending_pushes(self.account, URL, 0, 100)
+        pusher.begin(pending)
         done = [pusher.push(item) for item in pending]
         pusher.flush()
         return done
+
+    def push_and_die(self) -> None:
+        """Push everything pending; the process dies before the batch is recorded."""
+        pusher = Pusher(
+            self.container.journal,
+            self.calendar,
+            self.container.sync_state,
+            self.account,
+            URL,
+            lambda: WORKER,
+        )
+        pending = self.container.sync_state.pending_pushes(self.account, URL, 0, 100)
+        pusher.begin(pending)
+        for item in pending:
+            pusher.push(item)
 
     def replay(self) -> Resync:
         return Resync(
@@ -175,3 +192,45 @@ def test_a_replay_deleting_an_object_changed_elsewhere_records_the_conflict(
     (conflict,) = world.conflicts(booked["id"])
     assert conflict.remote["title"] == "Kept by the salon"
     assert href_for(URL, booked["id"]) not in world.calendar.objects
+
+
+def test_a_write_answered_but_never_recorded_is_ours_when_the_change_is_taken_back(
+    world: World,
+) -> None:
+    booked = world.book("Haircut")
+    assert world.push() == [ActionKind.CREATE]
+    world.rename(booked["id"], "Haircut and colour")
+    world.push_and_die()
+    copy = world.container.sync_state.copy_of(booked["id"])
+    assert copy is not None and copy.present and copy.content_hash is None  # in doubt
+    world.rename(booked["id"], "Haircut")  # taken back to what the record once claimed
+
+    assert world.push() == [ActionKind.UPDATE]  # written, not only recorded
+
+    assert world.conflicts(booked["id"]) == []
+    assert on_calendar(world, booked["id"]) == "Haircut"
+    copy = world.container.sync_state.copy_of(booked["id"])
+    assert copy is not None
+    assert copy.etag == world.calendar.objects[href_for(URL, booked["id"])][1]
+
+
+def test_an_edit_elsewhere_over_a_record_in_doubt_is_still_a_conflict(world: World) -> None:
+    booked = world.book("Haircut")
+    assert world.push() == [ActionKind.CREATE]
+    world.rename(booked["id"], "Haircut and colour")
+    world.push_and_die()
+    href = href_for(URL, booked["id"])
+    calendar = icalendar.Calendar.from_ical(world.calendar.objects[href][0])
+    (event,) = calendar.walk("VEVENT")
+    event.pop("SUMMARY")
+    event.add("SUMMARY", "Moved by the salon")
+    sequence = int(event.pop("SEQUENCE"))
+    event.add("SEQUENCE", sequence + 1)  # as a client storing an edit does: not our write
+    world.calendar.put(href, calendar.to_ical())
+    world.rename(booked["id"], "Haircut")
+
+    assert world.push() == [ActionKind.UPDATE]
+
+    (conflict,) = world.conflicts(booked["id"])
+    assert conflict.remote["title"] == "Moved by the salon"
+    assert on_calendar(world, booked["id"]) == "Haircut"

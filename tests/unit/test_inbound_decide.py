@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from uuid import uuid4
@@ -86,6 +87,35 @@ def test_a_remote_edit_without_local_changes_is_applied_and_a_deletion_cancels()
     decision = decide("h", '"3"', edited, copy, a.state(), lambda uid: uid)
     assert decision.kind == "apply" and decision.fields and decision.fields.title == "Remote"
     assert decide("h", None, None, copy, a.state(), lambda uid: uid).kind == "cancel"
+
+
+def test_our_unrecorded_write_over_a_record_in_doubt_is_adopted_not_applied() -> None:
+    a = appointment()
+    in_doubt = replace(copy_of(a.state(), render(a.state())[0], 0), content_hash=None)
+    a.change_details(changes={"title": "Haircut and colour"}, cause=CAUSE)
+    ours = render(a.state())[0]  # written; the process died before recording it
+
+    decision = decide("h", '"3"', ours, in_doubt, a.state(), lambda uid: uid)
+    assert decision.kind == "adopt" and decision.sequence == a.sequence
+
+    a.change_details(changes={"title": "Haircut"}, cause=CAUSE)  # taken back
+    decision = decide("h", '"3"', ours, in_doubt, a.state(), lambda uid: uid)
+    assert decision.kind == "adopt" and decision.sequence == a.sequence - 1
+    assert plan(pending_push(a.state(), decision), URL).kind == "update"
+
+
+def test_an_edit_over_a_record_in_doubt_is_decided_as_an_edit() -> None:
+    a = appointment()
+    pushed = render(a.state())[0]
+    in_doubt = replace(copy_of(a.state(), pushed, 0), content_hash=None)
+    same_sequence = pushed.replace(b"SUMMARY:Haircut", b"SUMMARY:Remote")
+    newer = with_sequence(same_sequence, 1)
+    for edited in (same_sequence, newer):
+        decision = decide("h", '"3"', edited, in_doubt, a.state(), lambda uid: uid)
+        assert decision.kind == "apply", edited
+    a.change_details(changes={"title": "Local"}, cause=CAUSE)
+    newer = with_sequence(same_sequence, 2)
+    assert decide("h", '"3"', newer, in_doubt, a.state(), lambda uid: uid).kind == "conflict"
 
 
 def test_foreign_objects_are_imported_under_a_stable_id_and_garbage_is_quarantined() -> None:
