@@ -22,13 +22,13 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import IntegrityError
-
 from caljournal.adapters.journal import Journal
+from caljournal.adapters.journal_ops import apply
 from caljournal.adapters.resync_store import DONE, FAILED, REQUESTED, RUNNING, resync_row
 from caljournal.domain.cause import Cause
 from caljournal.domain.errors import DomainError
-from caljournal.errors import ApplicationError, ConflictError
+from caljournal.domain.link import CalendarLink
+from caljournal.errors import ApplicationError
 from caljournal.lease import AccountBusyError, Lease, hold_lease
 from caljournal.links import LinkFailedError, LinkService
 from caljournal.projections.resync import Summary
@@ -95,16 +95,16 @@ class ResyncService:
             "worker": worker,
             "started_us": _now_us() if worker else None,
         }
-        for _ in range(50):
-            link = self.links._get(account_id)  # noqa: SLF001
-            link.request_resync(request_id=request_id, kind=kind, options=options, cause=cause)
-            try:
-                self.journal.save(link, extra_rows=[resync_row(values)])
-                break
-            except IntegrityError:
-                continue  # the link changed meanwhile: apply to the newer version
-        else:
-            raise ConflictError("the link kept changing; the request was not recorded, try again")
+        apply(
+            self.journal,
+            CalendarLink.id_for(account_id),
+            lambda link: link.request_resync(
+                request_id=request_id, kind=kind, options=options, cause=cause
+            ),
+            CalendarLink,
+            load=lambda _: self.links._get(account_id),  # noqa: SLF001 - its not-found message
+            extra_rows=lambda: [resync_row(values)],
+        )
         found = self.recorder.resync(request_id)
         assert found is not None
         return found
@@ -202,21 +202,21 @@ class ResyncService:
             {**request, "state": FAILED, "finished_us": _now_us(), "error": message}
             | _progress_of(self.recorder.resync(request["request_id"]) or request)
         )
-        for _ in range(50):
-            link = self.links._get(UUID(request["account_id"]))  # noqa: SLF001
-            link.record_resync(
+        account_id = UUID(request["account_id"])
+        apply(
+            self.journal,
+            CalendarLink.id_for(account_id),
+            lambda link: link.record_resync(
                 kind=request["kind"],
                 summary={},
                 cause=cause,
                 request_id=request["request_id"],
                 error=message,
-            )
-            try:
-                self.journal.save(link, extra_rows=[row])
-                return
-            except IntegrityError:
-                continue
-        raise ConflictError("the link kept changing; the failure could not be recorded")
+            ),
+            CalendarLink,
+            load=lambda _: self.links._get(account_id),  # noqa: SLF001 - its not-found message
+            extra_rows=lambda: [row],
+        )
 
     # -- the command line's own runs ------------------------------------------------
 
