@@ -188,9 +188,16 @@ def decide(
     ours = next((e.appointment_id for e in events if e.appointment_id), None)
     if ours is not None and appointment is not None and appointment["id"] == ours:
         remote_sequence = max(e.sequence or 0 for e in events)
-        if remote_sequence <= appointment["sequence"]:
+        sequence = int(appointment["sequence"])
+        if remote_sequence <= sequence:
             # Our own write whose record was lost (a crash between the server's
             # answer and the record): adopt it; the push brings it up to date.
+            # At the appointment's own SEQUENCE it is up to date only with the
+            # journal's exact content: another client raises SEQUENCE too (a
+            # restore from the trash), and a cancellation or change made in the
+            # booking system since must still reach the calendar.
+            if remote_sequence == sequence and digest != render(appointment)[1]:
+                remote_sequence = sequence - 1
             return Decision(
                 DecisionKind.ADOPT, href, ours, fields, etag, digest, sequence=remote_sequence
             )

@@ -178,8 +178,17 @@ def plan_steps(
     remote: dict[str, RemoteCopy],
     calendar_url: str,
     delete: bool,
+    recorded: dict[str, str] | None = None,
 ) -> Iterator[Step]:
-    """Yield what to write so the calendar shows ``states`` (pure but for rendering)."""
+    """Yield what to write so the calendar shows ``states`` (pure but for rendering).
+
+    ``recorded`` maps appointment ids to the href their copy record names on
+    this calendar: a copy missing from the calendar is written there again, as
+    the worker's push would, so a write whose answer is lost in a crash lands
+    where the record (marked in doubt) points and is not made a second time
+    under another name.
+    """
+    recorded = recorded or {}
     for state in states:
         uid = state.get("calendar_uid") or f"{state['id']}@caljournal"
         copy = remote.get(uid)
@@ -193,7 +202,7 @@ def plan_steps(
         # Steps keep no rendered data (it is rendered when written), so a run
         # over 50,000 appointments holds only a small record per appointment.
         if copy is None:
-            href = href_for(calendar_url, state["id"])
+            href = recorded.get(state["id"]) or href_for(calendar_url, state["id"])
             yield Step(ActionKind.CREATE, state["id"], href, None, None, sequence, title)
             continue
         digest = content_hash(render(state)[0])
@@ -233,6 +242,7 @@ class Resync:
             raise ValueError("writing with more than one thread needs open_storage")
         self.journal = journal
         self.storage = storage
+        self.store = store
         self.open_storage = open_storage
         self.account_id = account_id
         self.calendar_url = calendar_url if calendar_url.endswith("/") else calendar_url + "/"
@@ -258,7 +268,12 @@ class Resync:
         """
         remote, _ = scan(self.storage, lambda d, t: self.progress("reading the calendar", d, t))
         states = appointment_states(self.journal, self.account_id, self.as_of)
-        steps = list(plan_steps(states, remote, self.calendar_url, self.delete))
+        recorded = {
+            c.appointment_id: c.href
+            for c in self.store.copies(self.account_id)
+            if c.calendar_url.rstrip("/") == self.calendar_url.rstrip("/")
+        }
+        steps = list(plan_steps(states, remote, self.calendar_url, self.delete, recorded))
         ours = {s.href for s in steps}
         summary = Summary(dry_run=self.dry_run)
         summary.foreign_left_alone = sum(1 for c in remote.values() if c.href not in ours)

@@ -590,3 +590,37 @@ def test_an_unrecorded_write_is_not_taken_for_a_calendar_edit_after_an_undo(
     (data, _) = next(iter(machine.world.calendar.objects.values()))
     assert shown(data)[1] == "Haircut"
     machine.teardown()
+
+
+def test_a_replay_that_dies_rewriting_a_deleted_import_leaves_one_copy() -> None:
+    """A replay writes a remotely deleted, locally moved import again and dies unrecorded.
+
+    The replay writes where the appointment's record points (the import's own
+    href), as the push does; the push after the restart finds that object and
+    does not make a second one under the appointment's own name.
+    """
+    machine = _started([(228, 30, "Haircut", "Europe/Berlin")])
+    machine.remote_create(
+        minutes=30, start=210, title="Haircut", vtimezone=True, zone="Europe/Berlin"
+    )
+    machine.sync(poll_first=True)
+    machine.change(pick=0, change=("move", 3, 30))  # the import, the most recent change
+    machine.remote_delete(pick=0)
+    machine.crash_after_a_write(job="replay", survive=0)
+    machine.teardown()
+
+
+def test_an_unrecorded_copy_restored_after_a_cancellation_in_the_booking_system_goes() -> None:
+    """A replay's unrecorded write is deleted, the appointment cancelled, the copy restored.
+
+    The restored copy carries a SEQUENCE raised by the restoring client, equal
+    to the cancelled appointment's: the poll adopts it as behind the journal,
+    and the push deletes it (the booking system's cancellation wins).
+    """
+    machine = _started([(228, 30, "Haircut", "Europe/Berlin")])
+    machine.book(minutes=30, start=107, title="Haircut", zone="Europe/Berlin")
+    machine.crash_after_a_write(job="replay", survive=0)
+    machine.remote_delete(pick=0)
+    machine.change(change=("cancel",), pick=0)
+    machine.remote_restore(bump=True, pick=0)
+    machine.teardown()
