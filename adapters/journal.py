@@ -22,6 +22,7 @@ from eventsourcing.domain import CanMutateAggregate
 from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
+from caljournal.adapters.audit_chain import chain_key
 from caljournal.adapters.readmodel import (
     rows_for,
 )
@@ -112,7 +113,8 @@ class Journal(Application[UUID]):
             for row in rows_for(obj, known.get(obj.id))
         ]
         rows.extend(kwargs.pop("extra_rows", ()))
-        recordings = super().save(*objs, read_model=rows, **kwargs)
+        chain = {obj.id: chain_key(obj) for obj in objs if obj is not None}
+        recordings = super().save(*objs, read_model=rows, chain=chain, **kwargs)
         for callback in list(self._listeners):
             callback()
         return recordings

@@ -8,7 +8,7 @@ transaction. ``adapters.journal`` builds the application on them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -17,6 +17,16 @@ from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastor
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from psycopg.rows import DictRow
 
+from caljournal.adapters.audit_chain import (
+    CHAIN,
+    OPERATORS,
+    ChainEntry,
+    ChainHead,
+    head_query,
+    insert_statement,
+    new_entries,
+    value,
+)
 from caljournal.adapters.readmodel import (
     ACCOUNTS,
     APPOINTMENTS,
@@ -34,6 +44,7 @@ from caljournal.adapters.readmodel import (
 from caljournal.adapters.resync_store import ResyncQueries
 from caljournal.adapters.schema import LOCK_KEY, Target, migrate
 
+EMPTY: Mapping[UUID, str] = {}
 LOCK = f"SELECT pg_advisory_lock(hashtext('{LOCK_KEY}'))"
 UNLOCK = f"SELECT pg_advisory_unlock(hashtext('{LOCK_KEY}'))"
 
@@ -147,6 +158,73 @@ class ReadModelQueries(ResyncQueries):
         sql = f"UPDATE {self.qualify}{SECRETS} SET sealed = {p} WHERE id = {p} AND sealed = {p}"
         return self._update(sql, [new, link_id, old]) == 1
 
+    # Set by each recorder: the events table's position column and how a chain
+    # row's originator id compares with the events table's.
+    position_column: str
+    chained_id: str
+
+    @property
+    def events_table(self) -> str:
+        """Return the library's event table, qualified."""
+        raise NotImplementedError
+
+    def chain_head(self, account_id: str) -> ChainHead | None:
+        """Return the last entry of an account's audit chain, or None when it has none."""
+        rows = self._fetch(
+            f"SELECT seq, position, entry_hash FROM {self.qualify}{CHAIN} "
+            f"WHERE account_id = {self.placeholder} ORDER BY seq DESC LIMIT 1",
+            [account_id],
+        )
+        if not rows:
+            return None
+        row = rows[0]
+        return ChainHead(account_id, int(row["seq"]), int(row["position"]), row["entry_hash"])
+
+    def chain_accounts(self) -> list[str]:
+        """Return every chain's account id (OPERATORS included), sorted."""
+        rows = self._fetch(f"SELECT DISTINCT account_id FROM {self.qualify}{CHAIN}", [])
+        return sorted(r["account_id"] for r in rows)
+
+    def audit_entries(
+        self, account_id: str, *, after_seq: int = 0, after_position: int = 0, limit: int = 1000
+    ) -> list[ChainEntry]:
+        """Return an account's chain entries in order, each with its stored event as it is now.
+
+        Entries come after both ``after_seq`` and ``after_position``; at most ``limit``.
+        """
+        p = self.placeholder
+        rows = self._fetch(
+            f"SELECT c.seq, c.position, c.originator_id, c.originator_version, c.topic, "
+            f"c.entry_hash, e.{self.position_column} AS stored_position, e.topic AS stored_topic, "
+            f"e.state AS stored_state FROM {self.qualify}{CHAIN} c "
+            f"LEFT JOIN {self.events_table} e ON e.originator_id = {self.chained_id} "
+            f"AND e.originator_version = c.originator_version "
+            f"WHERE c.account_id = {p} AND c.seq > {p} AND c.position > {p} "
+            f"ORDER BY c.seq LIMIT {p}",
+            [account_id, after_seq, after_position, limit],
+        )
+        return [
+            ChainEntry(
+                account_id=account_id,
+                seq=int(r["seq"]),
+                position=int(r["position"]),
+                originator_id=UUID(r["originator_id"]),
+                originator_version=int(r["originator_version"]),
+                topic=r["topic"],
+                entry_hash=r["entry_hash"],
+                stored=None
+                if r["stored_state"] is None
+                else StoredEvent(
+                    originator_id=UUID(r["originator_id"]),
+                    originator_version=int(r["originator_version"]),
+                    topic=r["stored_topic"],
+                    state=bytes(r["stored_state"]),
+                ),
+                stored_position=None if r["stored_position"] is None else int(r["stored_position"]),
+            )
+            for r in rows
+        ]
+
     def upsert_rows(self, rows: Iterable[Row]) -> None:
         """Write rows outside an event transaction (used when rebuilding)."""
         self._execute(upsert_statement(r, self.qualify, self.placeholder) for r in rows)
@@ -163,6 +241,14 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
 
     qualify = ""
     placeholder = "?"
+    position_column = "rowid"
+    # The library stores SQLite originator ids as hex without dashes.
+    chained_id = "replace(c.originator_id, '-', '')"
+
+    @property
+    def events_table(self) -> str:
+        """Return the library's event table, qualified."""
+        return self.events_table_name
 
     def __init__(self, datastore: SQLiteDatastore, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name)
@@ -184,11 +270,23 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         read_model: Sequence[Row] = (),
+        chain: Mapping[UUID, str] = EMPTY,
         **kwargs: Any,
     ) -> Sequence[int] | None:
         ids = super()._insert_events(c, stored_events, **kwargs)
         for row in with_positions(read_model, latest_positions(stored_events, ids)):
             c.execute(*upsert_statement(row, "", "?"))
+        if stored_events and ids:
+            heads = {}
+            for key in dict.fromkeys(
+                chain.get(UUID(str(s.originator_id)), OPERATORS) for s in stored_events
+            ):
+                c.execute(head_query("", "?"), [key])
+                found = c.fetchone()
+                if found is not None:
+                    heads[key] = (int(found[0]), str(found[1]))
+            rows = new_entries(heads, stored_events, ids, chain)
+            c.executemany(insert_statement("", "?"), rows)
         return ids
 
     def select_positions(self, originator_id: UUID) -> dict[int, int]:
@@ -229,6 +327,13 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
     """The library's PostgreSQL recorder plus the query tables."""
 
     placeholder = "%s"
+    position_column = "notification_id"
+    chained_id = "c.originator_id::uuid"
+
+    @property
+    def events_table(self) -> str:
+        """Return the library's event table, qualified."""
+        return f'{self.qualify}"{self.events_table_name}"'
 
     def __init__(self, datastore: PostgresDatastore, *, events_table_name: str = "stored_events"):
         super().__init__(datastore, events_table_name=events_table_name)
@@ -267,6 +372,7 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         read_model: Sequence[Row] = (),
+        chain: Mapping[UUID, str] = EMPTY,
         **kwargs: Any,
     ) -> None:
         # Runs inside the library's insert transaction, before the events insert.
@@ -282,6 +388,7 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         stored_events: Sequence[StoredEvent],
         *,
         read_model: Sequence[Row] = (),
+        chain: Mapping[UUID, str] = EMPTY,
         **kwargs: Any,
     ) -> Sequence[int] | None:
         # The library calls this inside its insert transaction and pipeline, once
@@ -289,6 +396,19 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         # the positions are not known yet). A version conflict on the events
         # raises before this point and rolls everything back.
         ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        if stored_events and ids:
+            # The library's insert holds an exclusive lock on the events table
+            # until commit, so no other writer can move a chain's head meanwhile.
+            heads = {}
+            for key in dict.fromkeys(
+                chain.get(UUID(str(s.originator_id)), OPERATORS) for s in stored_events
+            ):
+                curs.execute(head_query(self.qualify, "%s").encode(), [key])
+                found = curs.fetchone()
+                if found is not None:
+                    heads[key] = (int(value(found, "seq", 0)), str(value(found, "entry_hash", 1)))
+            entries = new_entries(heads, stored_events, ids, chain)
+            curs.executemany(insert_statement(self.qualify, "%s").encode(), entries)
         rows = with_positions(read_model, latest_positions(stored_events, ids))
         if rows:
             # A nested pipeline syncs when it ends: an error in these rows (a

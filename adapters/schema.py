@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from caljournal.adapters.audit_chain import chain_existing, chain_statements
 from caljournal.adapters.readmodel import (
     ACCOUNTS,
     APPOINTMENTS,
@@ -213,6 +214,28 @@ def _resync_requests(target: Target) -> list[str]:
     ]
 
 
+def _audit_chain(cursor: Cursor, target: Target) -> None:
+    for statement in chain_statements(target.qualify):
+        cursor.execute(_sql(target, statement))
+    chain_existing(_Plain(cursor, target), target.dialect, target.qualify, target.events_table)
+
+
+class _Plain:
+    """A cursor that takes SQL as text on both dialects (psycopg wants bytes here)."""
+
+    def __init__(self, cursor: Cursor, target: Target) -> None:
+        self.cursor = cursor
+        self.target = target
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        if params is None:
+            return self.cursor.execute(_sql(self.target, sql))
+        return self.cursor.execute(_sql(self.target, sql), params)
+
+    def fetchall(self) -> Any:
+        return self.cursor.fetchall()
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -229,6 +252,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "resync requests: backfills and replays asked for, who runs them, their progress",
         statements=_resync_requests,
+    ),
+    Migration(
+        4,
+        "audit chain: every account's events chained by hash, the existing ones included",
+        run=_audit_chain,
     ),
 )
 

@@ -19,6 +19,7 @@ from eventsourcing.persistence import IntegrityError
 from psycopg.rows import dict_row
 
 from caljournal.adapters.readmodel import INBOUND, Row
+from caljournal.adapters.audit_chain import GENESIS, entry_hash
 from caljournal.adapters.schema import (
     LATEST_VERSION,
     MIGRATIONS,
@@ -151,8 +152,10 @@ def test_a_database_of_the_last_release_opens_intact_and_migrated(
         positions = {row["id"]: row.pop("position") for row in rows}
         after.pop(SCHEMA_TABLE)
         assert after.pop("caljournal_resyncs") == []  # new in version 3, empty
+        chained = after.pop("caljournal_audit_chain")  # new in version 4: the old events chained
         assert after == before
         recorder = container.journal.journal_recorder
+        assert_chained_whole(recorder, chained)
         for appointment_id, position in positions.items():
             assert position == max(recorder.select_positions(UUID(appointment_id)).values())
 
@@ -186,6 +189,29 @@ def test_a_database_of_the_last_release_opens_intact_and_migrated(
                 worker.stop()
     finally:
         container.close()
+
+
+def assert_chained_whole(recorder: Any, chained: list[dict[str, Any]]) -> None:
+    """Check that every stored event has one chain entry and each chain recomputes."""
+    positions = {
+        (row["originator_id"], row["originator_version"]): row["position"] for row in chained
+    }
+    events = recorder.select_notifications(start=1, limit=100_000)
+    assert len(chained) == len(positions) == len(events) > 0
+    for event in events:
+        key = (str(event.originator_id), event.originator_version)
+        assert positions[key] == event.id
+    for account_id in recorder.chain_accounts():
+        previous = GENESIS
+        entries = recorder.audit_entries(account_id, limit=100_000)
+        assert [e.seq for e in entries] == list(range(1, len(entries) + 1))
+        for entry in entries:
+            stored = entry.stored
+            assert stored is not None and entry.stored_position == entry.position
+            previous = entry_hash(
+                previous, stored.originator_id, entry.originator_version, stored.topic, stored.state
+            )
+            assert previous == entry.entry_hash
 
 
 # -- the lock: processes starting together ---------------------------------------------
