@@ -18,8 +18,8 @@ import pytest
 from eventsourcing.persistence import IntegrityError
 from psycopg.rows import dict_row
 
-from caljournal.adapters.readmodel import INBOUND, Row
 from caljournal.adapters.audit_chain import GENESIS, entry_hash
+from caljournal.adapters.readmodel import INBOUND, Row
 from caljournal.adapters.schema import (
     LATEST_VERSION,
     MIGRATIONS,
