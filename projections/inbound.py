@@ -24,7 +24,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from caljournal.adapters.ical import ICalendarError, from_ical
@@ -381,6 +381,15 @@ class Poller:
             writes.inbound = self._inbound_values(report, token if last else None, ctag, done, last)
             if last and (report.full or report.checked):
                 writes.check = self._check_record(report, checks, began_us)
+            elif not last:
+                # The token moves only with the last batch. Should this poll die
+                # before it, the next one asks again from the old token, and a
+                # server whose deltas leave out objects created and deleted since
+                # (Xandikos) would never report the deletion of one imported here:
+                # until the last batch is in, a full comparison is due.
+                writes.check = replace(checks, last_us=None)
+            elif number:
+                writes.check = checks  # finished: the comparison is as due as before
             self.store.commit(aggregates, writes)
 
     def _execute(

@@ -624,3 +624,22 @@ def test_an_unrecorded_copy_restored_after_a_cancellation_in_the_booking_system_
     machine.change(change=("cancel",), pick=0)
     machine.remote_restore(bump=True, pick=0)
     machine.teardown()
+
+
+def test_an_import_deleted_after_a_poll_died_between_batches_is_cancelled() -> None:
+    """A poll imports one of two new events and dies before its last batch; both are deleted.
+
+    The token did not move, and a server whose deltas leave out objects created
+    and deleted since (like Xandikos) never reports the imported one's
+    deletion: the next poll compares the full listing and cancels it.
+    """
+    machine = _started([(0, 30, "Haircut", "Europe/Berlin")], mode=MODES[2])
+    machine.crash_in_a_poll(batch=1, when="before")  # nothing to poll yet: the token is set
+    for _ in range(2):
+        machine.remote_create(
+            minutes=30, start=0, title="Haircut", vtimezone=False, zone="Europe/Berlin"
+        )
+    machine.crash_in_a_poll(batch=1, when="before")
+    machine.remote_delete(pick=0)
+    machine.remote_delete(pick=0)
+    machine.teardown()
