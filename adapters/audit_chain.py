@@ -39,6 +39,7 @@ from caljournal.adapters.readmodel import ACCOUNTS, APPOINTMENTS, LINKS, TOKENS
 from caljournal.domain.account import Account, ApiToken
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.link import CalendarLink
+from caljournal.domain.quarantine import QuarantineLog
 
 CHAIN = "caljournal_audit_chain"
 GENESIS = "0" * 64
@@ -47,7 +48,7 @@ OPERATORS = "operators"
 
 def chain_key(aggregate: object) -> str:
     """Return the chain an aggregate's events belong to: its account id, or OPERATORS."""
-    if isinstance(aggregate, Appointment | CalendarLink):
+    if isinstance(aggregate, Appointment | CalendarLink | QuarantineLog):
         return str(aggregate.account_id)
     if isinstance(aggregate, Account):
         return str(aggregate.id)

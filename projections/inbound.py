@@ -42,6 +42,7 @@ from caljournal.adapters.syncstate import (
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause
 from caljournal.domain.link import CalendarLink
+from caljournal.domain.quarantine import QuarantineLog
 from caljournal.domain.values import RemoteFields
 from caljournal.projections.executor import BOOKING_SYSTEM_WINS
 from caljournal.projections.inbound_decide import (
@@ -125,6 +126,7 @@ class Poller:
         self.check = check or CheckPolicy()
         # Appointment ids one poll found unknown here, so an import looks once.
         self._unknown: set[str] = set()
+        self._quarantine_log: QuarantineLog | None = None
 
     def poll(self) -> PollReport:
         """Poll once; return what was done.
@@ -133,6 +135,7 @@ class Poller:
         """
         report = PollReport()
         self._unknown = set()
+        self._quarantine_log = None
         state = self.store.inbound_state(self.account_id)
         checks = self.store.calendar_check(self.account_id)
         same_calendar = state.calendar_url == self.calendar_url
@@ -369,13 +372,16 @@ class Poller:
         batches = [decisions[i : i + BATCH] for i in range(0, len(decisions), BATCH)] or [[]]
         done = 0
         for number, batch in enumerate(batches):
-            aggregates: list[Appointment] = []
+            aggregates: list[Appointment | QuarantineLog] = []
             writes = StateWrites(self.account_id)
             cause = self.cause()
             for decision in batch:
                 aggregate = self._execute(decision, cause, quarantine, writes)
                 if aggregate is not None:
                     aggregates.append(aggregate)
+            log = self._log_quarantine(writes, cause)
+            if log is not None:
+                aggregates.append(log)
             done += len(batch)
             last = number == len(batches) - 1
             writes.inbound = self._inbound_values(report, token if last else None, ctag, done, last)
@@ -569,6 +575,26 @@ class Poller:
             lambda link: link.pause(reason=reason, cause=cause),
             CalendarLink,
         )
+
+    def _log_quarantine(self, writes: StateWrites, cause: Cause) -> QuarantineLog | None:
+        """Record a batch's quarantine changes on the account's log; return it if it changed.
+
+        The sync state holds what is quarantined now, for the poller; the log's
+        events, saved in the same transaction, are what auditors read.
+        """
+        if not writes.quarantine and not writes.released:
+            return None
+        log = self._quarantine_log
+        if log is None:
+            account = uuid.UUID(self.account_id)
+            log = find(self.journal, QuarantineLog.id_for(account), QuarantineLog)
+            log = log or QuarantineLog.open(account, cause)
+            self._quarantine_log = log
+        for held in writes.quarantine:
+            log.quarantine(held.href, held.etag, held.reason, cause)
+        for href in writes.released:
+            log.release(href, cause)
+        return log
 
     def _load_or_none(self, appointment_id: str | None) -> Appointment | None:
         """Return this account's appointment, or None when it is unknown here."""

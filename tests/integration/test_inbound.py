@@ -19,6 +19,7 @@ from caljournal.appointments import Booking
 from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.link import CalendarLink
+from caljournal.domain.quarantine import QuarantineLog
 from caljournal.projections.inbound import Poller, PollReport
 from caljournal.projections.outbound import OutboundWorker, PushReconciler
 from tests.conftest import Tenant, operator
@@ -394,6 +395,20 @@ def test_bad_remote_objects_are_quarantined_and_the_rest_syncs(linked: Linked) -
     assert "Mars/Olympus" in reasons["tz.ics"]
     assert "5 MB" in reasons["huge.ics"] or "long" in reasons["huge.ics"]
     assert linked.poll().counts == {}  # quarantined objects are not read again until they change
+
+    # Auditors find each decision in the journal, with the object's version and the reason;
+    # an object that is fixed leaves the quarantine, and that is recorded too.
+    log_id = QuarantineLog.id_for(linked.tenant.account_id)
+    events = list(linked.container.journal.events.get(log_id))
+    held = {e.href: (e.etag, e.reason) for e in events if type(e).__name__ == "ObjectQuarantined"}
+    assert held == {href: (q.etag, q.reason) for href, q in quarantined.items()}
+    assert {e.origin for e in events} == {"caldav"}
+    with httpx.Client(auth=("alice", "secret"), timeout=HTTP_TIMEOUT) as raw:
+        raw.put(url + "todo.ics", content=good.format(uid="t1", title="Fixed").encode())
+    assert linked.poll().counts == {"import": 1}
+    events = list(linked.container.journal.events.get(log_id))
+    assert [e.href for e in events if type(e).__name__ == "ObjectReleased"] == [url + "todo.ics"]
+    assert url + "todo.ics" not in linked.container.sync_state.quarantined(linked.account)
 
 
 def test_a_remote_change_against_a_newer_local_change_is_a_conflict_the_booking_wins(
