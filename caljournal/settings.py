@@ -161,6 +161,19 @@ class Settings(BaseSettings):
         "threads, or auto (inline on SQLite, threads on PostgreSQL)",
     )
 
+    log_format: Literal["auto", "json", "human"] = Field(
+        default="auto",
+        description="log lines as JSON objects, human-readable, or auto (JSON unless stderr "
+        "is a terminal)",
+    )
+    metrics_top_accounts: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="accounts with the largest lag that /metrics names in "
+        "caljournal_account_lag_seconds (all accounts are in caljournal_lag_seconds)",
+    )
+
     _journal_origin: str = PrivateAttr(default="from CALJOURNAL_DATABASE_URL")
     _data_dir: Path | None = PrivateAttr(default=None)
 
