@@ -37,7 +37,7 @@ from uuid import UUID
 from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.journal_ops import apply
-from caljournal.adapters.logs import current_context, sync_context
+from caljournal.adapters.logs import LazyId, current_context, sync_context
 from caljournal.adapters.metrics import PUSHES
 from caljournal.adapters.storage import CalendarStorage, PreconditionFailed, StorageError, Written
 from caljournal.adapters.syncstate import CopyRecord, SyncStateStore
@@ -205,13 +205,16 @@ class Executor:
         """Tag the log lines of a write with the account, the appointment and a correlation id.
 
         The correlation id is the one already set (a backfill's request), else
-        the one recorded with the appointment's latest event: an API request's
-        id is then found on the worker's lines for its push.
+        the one recorded with the appointment's latest event (looked up only
+        when a line is written): an API request's id is then found on the
+        worker's lines for its push.
         """
         now = current_context()
         if now["appointment"] == subject.appointment_id and now["account"] == self.account_id:
             return contextlib.nullcontext()
-        correlation = None if now["correlation_id"] else self._correlation_of(subject)
+        correlation = (
+            None if now["correlation_id"] else LazyId(lambda: self._correlation_of(subject))
+        )
         return sync_context(
             account=self.account_id,
             appointment=subject.appointment_id,

@@ -8,13 +8,13 @@ import logging
 import threading
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from caljournal.adapters.caldav_client import RateLimitedError, ServerFailedError
-from caljournal.adapters.logs import LogFormat, configure_logging, sync_context
+from caljournal.adapters.logs import LazyId, LogFormat, configure_logging, sync_context
 from caljournal.adapters.metrics import StateCollector, status_label
-from caljournal.adapters.retry import retry_cause
+from caljournal.adapters.retry import RetryPolicy, retry_cause
 from caljournal.status import AccountStatus, Overview, sort_rows
 
 
@@ -147,3 +147,46 @@ def test_labels_come_from_fixed_sets() -> None:
     assert retry_cause(RateLimitedError("slow down", status=429)) == "rate_limited"
     assert retry_cause(ServerFailedError("HTTP 502", status=502)) == "server_error"
     assert retry_cause(ValueError("?")) == "other"
+
+
+def test_each_retry_is_counted_under_its_cause() -> None:
+    attempts = iter(
+        [ServerFailedError("HTTP 502", status=502), RateLimitedError("429", status=429)]
+    )
+
+    def flaky() -> str:
+        failure = next(attempts, None)
+        if failure is not None:
+            raise failure
+        return "done"
+
+    def count(cause: str) -> float:
+        value = REGISTRY.get_sample_value("caljournal_caldav_retries_total", {"cause": cause})
+        return value or 0.0
+
+    before = {cause: count(cause) for cause in ("server_error", "rate_limited")}
+
+    assert RetryPolicy(attempts=5).call(flaky, sleep=lambda _: None) == "done"
+    assert count("server_error") == before["server_error"] + 1
+    assert count("rate_limited") == before["rate_limited"] + 1
+
+
+def test_a_lazy_correlation_id_is_looked_up_once_and_only_for_a_written_line() -> None:
+    looked_up: list[int] = []
+    log = logging.getLogger("caljournal.test")
+
+    def load() -> str:
+        looked_up.append(1)
+        return "req-9"
+
+    def write() -> None:
+        with sync_context(account="a-1", correlation_id=LazyId(load)):
+            log.debug("not written at INFO")
+            assert looked_up == []
+            log.info("first")
+            log.info("second")
+
+    lines = [json.loads(line) for line in lines_logged("json", write)]
+
+    assert [line["correlation_id"] for line in lines] == ["req-9", "req-9"]
+    assert looked_up == [1]
