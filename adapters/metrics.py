@@ -57,9 +57,12 @@ PUSHES = Counter(
     ["action", "outcome"],
 )
 POLLS = Counter("caljournal_polls", "Polls of linked calendars, by outcome", ["outcome"])
+# Every metric has labels: an unlabelled one would write its file in the shared
+# directory when this module is imported, before the configuration is checked.
 POLL_SECONDS = Histogram(
     "caljournal_poll_duration_seconds",
-    "Time one poll of a calendar took (all its requests and the journal writes)",
+    "Time one poll of a calendar took (all its requests and the journal writes), by outcome",
+    ["outcome"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0),
 )
 FAILURES = Counter(
@@ -106,6 +109,18 @@ def status_label(status: int | None) -> str:
 def multiprocess_dir() -> str | None:
     """Return the shared metrics directory, or None when each process keeps its own."""
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def multiprocess_dir_problem() -> str | None:
+    """Return why the shared metrics directory cannot be used, or None when it can (or is unset)."""
+    folder = multiprocess_dir()
+    if folder is None:
+        return None
+    if not os.path.isdir(folder):
+        return f"{folder!r} is not a directory; create it (empty) for serve and worker to share"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"{folder!r} is not writable by this user"
+    return None
 
 
 class StateCollector(Collector):
@@ -223,5 +238,6 @@ __all__ = [
     "exposition",
     "method_label",
     "multiprocess_dir",
+    "multiprocess_dir_problem",
     "status_label",
 ]

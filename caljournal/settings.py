@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from caljournal.adapters.metrics import multiprocess_dir_problem
 from caljournal.adapters.transport import TransferLimits
 
 JOURNAL_FILE = "caljournal.sqlite"
@@ -292,7 +293,7 @@ def load_settings(**overrides: object) -> Settings:
     :raises ConfigurationError: naming the variable to fix.
     """
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -300,6 +301,11 @@ def load_settings(**overrides: object) -> Settings:
             message = str(error["msg"]).removeprefix("Value error, ")
             problems.append(f"{name}: {message}")
         raise ConfigurationError("bad configuration: " + "; ".join(problems)) from None
+    # The metrics library's own variable, read when it is first imported.
+    problem = multiprocess_dir_problem()
+    if problem is not None:
+        raise ConfigurationError(f"bad configuration: PROMETHEUS_MULTIPROC_DIR: {problem}")
+    return settings
 
 
 def database_config(url: str) -> dict[str, str]:

@@ -150,7 +150,7 @@ class Poller:
         finally:
             self._poll_cause = None
             POLLS.labels(outcome).inc()
-            POLL_SECONDS.observe(time.monotonic() - began)
+            POLL_SECONDS.labels(outcome).observe(time.monotonic() - began)
 
     def _poll(self) -> PollReport:
         report = PollReport()

@@ -7,7 +7,9 @@ import json
 import logging
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
+import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,6 +17,7 @@ from caljournal.adapters.caldav_client import RateLimitedError, ServerFailedErro
 from caljournal.adapters.logs import LazyId, LogFormat, configure_logging, sync_context
 from caljournal.adapters.metrics import StateCollector, status_label
 from caljournal.adapters.retry import RetryPolicy, retry_cause
+from caljournal.settings import ConfigurationError, load_settings
 from caljournal.status import AccountStatus, Overview, sort_rows
 
 
@@ -190,3 +193,12 @@ def test_a_lazy_correlation_id_is_looked_up_once_and_only_for_a_written_line() -
 
     assert [line["correlation_id"] for line in lines] == ["req-9", "req-9"]
     assert looked_up == [1]
+
+
+def test_a_missing_metrics_directory_is_named_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "missing"))
+
+    with pytest.raises(ConfigurationError, match="PROMETHEUS_MULTIPROC_DIR: .*missing.* is not a"):
+        load_settings(database_url=f"sqlite:///{tmp_path / 'j.sqlite'}")
