@@ -10,6 +10,7 @@ then waits, e.g. the worker's interruptible backoff).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,9 +26,31 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from caljournal.adapters.caldav_client import CalDAVError, DeadlineExceededError
+from caljournal.adapters.caldav_client import (
+    CalDAVError,
+    DeadlineExceededError,
+    RateLimitedError,
+    ServerFailedError,
+    TimedOutError,
+    UnreachableError,
+)
+from caljournal.adapters.metrics import RETRIES
 
 T = TypeVar("T")
+log = logging.getLogger("caljournal.caldav")
+
+# The causes a retry is counted under (a fixed set: a metric label).
+_CAUSES: tuple[tuple[type[CalDAVError], str], ...] = (
+    (RateLimitedError, "rate_limited"),
+    (ServerFailedError, "server_error"),
+    (TimedOutError, "timeout"),
+    (UnreachableError, "unreachable"),
+)
+
+
+def retry_cause(exc: BaseException | None) -> str:
+    """Return the label a retry after ``exc`` is counted under (``other`` when unknown)."""
+    return next((name for kind, name in _CAUSES if isinstance(exc, kind)), "other")
 
 
 def is_transient(exc: BaseException) -> bool:
@@ -85,9 +108,24 @@ class RetryPolicy:
             wait=_RetryAfterOrBackoff(self),
             stop=stop,
             sleep=sleep,
+            before_sleep=_count_retry,
             reraise=True,
         )
         return retrying(fn)
+
+
+def _count_retry(state: RetryCallState) -> None:
+    """Count a retry by its cause and say so in the log."""
+    exc = state.outcome.exception() if state.outcome else None
+    cause = retry_cause(exc)
+    RETRIES.labels(cause).inc()
+    log.info(
+        "retrying a calendar request in %.1f s after attempt %d (%s)",
+        state.upcoming_sleep,
+        state.attempt_number,
+        cause,
+        extra={"retry_cause": cause},
+    )
 
 
 def _retry_after(state: RetryCallState) -> float | None:
@@ -137,4 +175,4 @@ class _RetryAfterOrBackoff:
         return float(self.fallback(state))
 
 
-__all__ = ["RetryPolicy", "is_transient"]
+__all__ = ["RetryPolicy", "is_transient", "retry_cause"]

@@ -22,19 +22,24 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import logging
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import niquests
 from niquests.packages.urllib3 import HTTPConnectionPool, HTTPSConnectionPool
 from niquests.packages.urllib3.connection import HTTPConnection, HTTPSConnection
 from niquests.packages.urllib3.contrib.resolver.system import SystemResolver
 
+from caljournal.adapters.metrics import REQUEST_SECONDS, REQUESTS, method_label, status_label
 from caljournal.adapters.netguard import forbidden_reason
+
+log = logging.getLogger("caljournal.caldav.http")
 
 DISCOVERY = "discovery"
 LISTING = "listing"
@@ -346,6 +351,7 @@ class GuardedSession(niquests.Session):
             raise DeadlinePassedError(self.limits.operation_seconds)
         kwargs["stream"] = True
         kwargs["timeout"] = _within(kwargs.get("timeout"), deadline - now)
+        status: int | None = None
         with self._one_at_a_time:
             ticket = _Ticket(deadline)
             outer = getattr(_current, "ticket", None)
@@ -353,6 +359,7 @@ class GuardedSession(niquests.Session):
             _WATCHDOG.arm(ticket)
             try:
                 response = super().request(method, url, *args, **kwargs)
+                status = getattr(response, "status_code", None)
                 read_capped(response, self.limits.max_bytes(kind), kind)
                 return response
             except (BodyTooLargeError, RefusedAddressError):
@@ -364,6 +371,7 @@ class GuardedSession(niquests.Session):
             finally:
                 ticket.finish()
                 _current.ticket = outer
+                _note_request(method, url, status, time.monotonic() - now)
 
     def _read_redirect_body(self, response: Any, **_: Any) -> Any:
         # niquests reads a redirect's body whole before following it; read it
@@ -372,6 +380,29 @@ class GuardedSession(niquests.Session):
             kind = self.current_kind()
             read_capped(response, self.limits.max_bytes(kind), kind)
         return response
+
+
+def _note_request(method: str, url: str, status: int | None, seconds: float) -> None:
+    """Count one request and log it: method, host and path only (never query or user info)."""
+    label = method_label(method)
+    REQUESTS.labels(label, status_label(status)).inc()
+    REQUEST_SECONDS.labels(label).observe(seconds)
+    parts = urlsplit(url)
+    ms = round(seconds * 1000, 1)
+    log.info(
+        "%s %s -> %s in %.1f ms",
+        method.upper(),
+        parts.path,
+        status if status is not None else "no answer",
+        ms,
+        extra={
+            "method": method.upper(),
+            "host": parts.hostname,
+            "path": parts.path,
+            "status": status,
+            "ms": ms,
+        },
+    )
 
 
 def _within(timeout: Any, remaining: float) -> Any:

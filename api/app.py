@@ -14,6 +14,7 @@ from caljournal.api.appointments import router as appointments_router
 from caljournal.api.deps import ContainerDep
 from caljournal.api.errors import install_error_handlers
 from caljournal.api.links import router as links_router
+from caljournal.api.ops import router as ops_router
 from caljournal.api.schemas import HealthOut
 from caljournal.bootstrap import Container
 
@@ -104,6 +105,7 @@ def create_app(container: Container) -> FastAPI:
 
     app.include_router(appointments_router)
     app.include_router(links_router)
+    app.include_router(ops_router)
     document_auth(app)
     return app
 

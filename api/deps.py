@@ -22,6 +22,7 @@ from uuid import UUID
 from fastapi import Depends, Header, Query, Request
 
 from caljournal.accounts import Principal
+from caljournal.adapters.logs import bind_correlation_id
 from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
 from caljournal.errors import (
@@ -119,6 +120,8 @@ async def get_caller(request: Request) -> Caller:
     given = request.headers.get("x-request-id")
     correlation_id = given if given and _REQUEST_ID.match(given) else str(uuid.uuid4())
     request.state.correlation_id = correlation_id
+    # Log lines of this request (and of the threads its calls run in) carry the id.
+    bind_correlation_id(correlation_id)
     return Caller(request.app.state.container, secret, correlation_id)
 
 

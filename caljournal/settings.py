@@ -18,6 +18,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from caljournal.adapters.metrics import multiprocess_dir_problem
 from caljournal.adapters.transport import TransferLimits
 
 JOURNAL_FILE = "caljournal.sqlite"
@@ -161,6 +162,19 @@ class Settings(BaseSettings):
         "threads, or auto (inline on SQLite, threads on PostgreSQL)",
     )
 
+    log_format: Literal["auto", "json", "human"] = Field(
+        default="auto",
+        description="log lines as JSON objects, human-readable, or auto (JSON unless stderr "
+        "is a terminal)",
+    )
+    metrics_top_accounts: int = Field(
+        default=20,
+        ge=0,
+        le=1000,
+        description="accounts with the largest lag that /metrics names in "
+        "caljournal_account_lag_seconds (all accounts are in caljournal_lag_seconds)",
+    )
+
     _journal_origin: str = PrivateAttr(default="from CALJOURNAL_DATABASE_URL")
     _data_dir: Path | None = PrivateAttr(default=None)
 
@@ -279,7 +293,7 @@ def load_settings(**overrides: object) -> Settings:
     :raises ConfigurationError: naming the variable to fix.
     """
     try:
-        return Settings(**overrides)  # type: ignore[arg-type]
+        settings = Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
@@ -287,6 +301,11 @@ def load_settings(**overrides: object) -> Settings:
             message = str(error["msg"]).removeprefix("Value error, ")
             problems.append(f"{name}: {message}")
         raise ConfigurationError("bad configuration: " + "; ".join(problems)) from None
+    # The metrics library's own variable, read when it is first imported.
+    problem = multiprocess_dir_problem()
+    if problem is not None:
+        raise ConfigurationError(f"bad configuration: PROMETHEUS_MULTIPROC_DIR: {problem}")
+    return settings
 
 
 def database_config(url: str) -> dict[str, str]:

@@ -24,6 +24,7 @@ differently but write the same way, through :class:`Executor`:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -36,7 +37,9 @@ from uuid import UUID
 from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.journal_ops import apply
-from caljournal.adapters.storage import CalendarStorage, PreconditionFailed, Written
+from caljournal.adapters.logs import LazyId, current_context, sync_context
+from caljournal.adapters.metrics import PUSHES
+from caljournal.adapters.storage import CalendarStorage, PreconditionFailed, StorageError, Written
 from caljournal.adapters.syncstate import CopyRecord, SyncStateStore
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause
@@ -188,6 +191,46 @@ class Executor:
 
         :raises StorageError: when the server failed (nothing recorded).
         """
+        with self.context(subject):
+            try:
+                written = self._perform(action, subject)
+            except StorageError as exc:
+                PUSHES.labels(action.kind.value, "transient" if exc.transient else "failed").inc()
+                raise
+            PUSHES.labels(action.kind.value, "ok").inc()
+            log.debug("%s of appointment %s done", action.kind.value, subject.appointment_id)
+            return written
+
+    def context(self, subject: Subject) -> contextlib.AbstractContextManager[None]:
+        """Tag the log lines of a write with the account, the appointment and a correlation id.
+
+        The correlation id is the one already set (a backfill's request), else
+        the one recorded with the appointment's latest event (looked up only
+        when a line is written): an API request's id is then found on the
+        worker's lines for its push.
+        """
+        now = current_context()
+        if now["appointment"] == subject.appointment_id and now["account"] == self.account_id:
+            return contextlib.nullcontext()
+        correlation = (
+            None if now["correlation_id"] else LazyId(lambda: self._correlation_of(subject))
+        )
+        return sync_context(
+            account=self.account_id,
+            appointment=subject.appointment_id,
+            correlation_id=correlation,
+        )
+
+    def _correlation_of(self, subject: Subject) -> str | None:
+        """Return the correlation id of the appointment's latest event (None: no event)."""
+        stored = self.journal.recorder.select_events(
+            UUID(subject.appointment_id), desc=True, limit=1
+        )
+        if not stored:
+            return None
+        return getattr(self.journal.mapper.to_domain_event(stored[0]), "correlation_id", None)
+
+    def _perform(self, action: Action, subject: Subject) -> Written | None:
         written: Written | None = None
         if action.kind is ActionKind.DELETE:
             self._delete(action, subject)
@@ -209,7 +252,10 @@ class Executor:
         The record keeps what the calendar held before (``before``); the
         appointment's next change, or an operator's retry, tries again.
         """
-        log.warning("push of appointment %s failed for good: %s", subject.appointment_id, message)
+        with self.context(subject):
+            log.warning(
+                "push of appointment %s failed for good: %s", subject.appointment_id, message
+            )
         if self.copies is None:
             return
         self.copies.flush()

@@ -30,6 +30,8 @@ from typing import Any
 from caljournal.adapters.ical import ICalendarError, from_ical
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.journal_ops import apply, find, state_at_sequence
+from caljournal.adapters.logs import sync_context
+from caljournal.adapters.metrics import POLL_SECONDS, POLLS
 from caljournal.adapters.providers import get_profile
 from caljournal.adapters.storage import CalendarStorage, Delta, SyncTokenInvalid
 from caljournal.adapters.syncstate import (
@@ -127,12 +129,30 @@ class Poller:
         # Appointment ids one poll found unknown here, so an import looks once.
         self._unknown: set[str] = set()
         self._quarantine_log: QuarantineLog | None = None
+        self._poll_cause: Cause | None = None
 
     def poll(self) -> PollReport:
         """Poll once; return what was done.
 
+        The poll's events and log lines share one correlation id; its outcome
+        and duration are counted (``adapters.metrics``).
+
         :raises CalDAVError: when the server cannot be asked (nothing is recorded).
         """
+        cause = self._poll_cause = self.cause()
+        began = time.monotonic()
+        outcome = "failed"
+        try:
+            with sync_context(account=self.account_id, correlation_id=cause.correlation_id):
+                report = self._poll()
+            outcome = "ok"
+            return report
+        finally:
+            self._poll_cause = None
+            POLLS.labels(outcome).inc()
+            POLL_SECONDS.labels(outcome).observe(time.monotonic() - began)
+
+    def _poll(self) -> PollReport:
         report = PollReport()
         self._unknown = set()
         self._quarantine_log = None
@@ -375,9 +395,10 @@ class Poller:
         for number, batch in enumerate(batches):
             aggregates: list[Appointment | QuarantineLog] = []
             writes = StateWrites(self.account_id)
-            cause = self.cause()
+            cause = self._poll_cause or self.cause()
             for decision in batch:
-                aggregate = self._execute(decision, cause, quarantine, writes)
+                with sync_context(appointment=decision.appointment_id):
+                    aggregate = self._execute(decision, cause, quarantine, writes)
                 if aggregate is not None:
                     aggregates.append(aggregate)
             log = self._log_quarantine(writes, cause)

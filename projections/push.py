@@ -143,14 +143,15 @@ class Pusher:
             item.copy.content_hash if item.copy is not None else None,
             state,
         )
-        try:
-            self.executor.perform(action, subject)
-        except StorageError as exc:
-            if exc.transient:
-                raise TransientPushError(exc) from None
-            self.executor.record_failure(action, subject, item.copy, exc.message)
-            return None
-        log.info("account %s appointment %s %s", self.account_id, state["id"], action.kind)
+        with self.executor.context(subject):
+            try:
+                self.executor.perform(action, subject)
+            except StorageError as exc:
+                if exc.transient:
+                    raise TransientPushError(exc) from None
+                self.executor.record_failure(action, subject, item.copy, exc.message)
+                return None
+            log.info("account %s appointment %s %s", self.account_id, state["id"], action.kind)
         return action.kind
 
 

@@ -28,6 +28,8 @@ from typing import Any
 from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.journal_ops import state_as_of
+from caljournal.adapters.logs import sync_context
+from caljournal.adapters.metrics import RESYNC_WRITES
 from caljournal.adapters.storage import CalendarStorage, StorageError
 from caljournal.adapters.syncstate import SyncStateStore
 from caljournal.domain.cause import Cause
@@ -287,6 +289,11 @@ class Resync:
         writes confirmed so far are recorded and ``summary.stopped`` says why
         (a later run finishes the rest).
         """
+        # The run's log lines (and its CalDAV requests') carry its request's correlation id.
+        with sync_context(account=self.account_id, correlation_id=self.cause().correlation_id):
+            return self._run(steps, summary, write)
+
+    def _run(self, steps: list[Step], summary: Summary, write: bool) -> Summary:
         began = time.monotonic()
         writes = [s for s in steps if s.kind is not ActionKind.RECORD]
         for step in writes[:10]:
@@ -351,6 +358,7 @@ class Resync:
                 if error == STOPPED:
                     continue
                 done += 1
+                RESYNC_WRITES.labels(self.kind, "ok" if error is None else "failed").inc()
                 if error is None:
                     self._count(summary, step.kind)
                 else:
@@ -417,6 +425,14 @@ class Resync:
     def _execute(self, step: Step, body: tuple[bytes, str] | None) -> tuple[Step, str | None]:
         if self._stopping.is_set():  # another write gave up on the server: do not start more
             return step, STOPPED
+        with sync_context(
+            account=self.account_id,
+            appointment=step.appointment_id,
+            correlation_id=self.cause().correlation_id,
+        ):
+            return self._write_one(step, body)
+
+    def _write_one(self, step: Step, body: tuple[bytes, str] | None) -> tuple[Step, str | None]:
         executor = self._executor()
         try:
             self.limiter.wait()
@@ -427,6 +443,11 @@ class Resync:
                 self._stopping.set()
                 raise
             return step, exc.message
+
+    @property
+    def kind(self) -> str:
+        """Return ``replay`` or ``backfill`` (a replay may delete, a backfill never does)."""
+        return "replay" if self.delete else "backfill"
 
     def _flush(self) -> None:
         """Record confirmed writes (batched: a crash only repeats unrecorded ones)."""

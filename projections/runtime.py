@@ -41,6 +41,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from caljournal.adapters.logs import sync_context
+from caljournal.adapters.metrics import FAILURES
 from caljournal.adapters.retry import RetryPolicy
 from caljournal.links import LinkFailedError
 from caljournal.projections.inbound import CheckPolicy
@@ -282,15 +284,19 @@ class AccountRuntime(threading.Thread):
         started = time.time()
         error: str | None = None
         try:
-            outcome = reconciler.run()
+            with sync_context(account=self.account_id):
+                outcome = reconciler.run()
         except TransientPushError as exc:
             error = exc.error.message
+            FAILURES.labels(reconciler.name, "transient").inc()
             raise
         except LinkFailedError as exc:
             error = exc.message
+            FAILURES.labels(reconciler.name, "link").inc()
             raise
         except Exception as exc:
             error = f"internal error: {type(exc).__name__}: {exc}"
+            FAILURES.labels(reconciler.name, "internal").inc()
             raise
         finally:
             ended = time.time()

@@ -229,7 +229,7 @@ class OutboundWorker:
                 runtime.lease_deadline = asked + self.config.lease_ttl - 1.0
                 self.runtimes[account_id] = runtime
                 runtime.start()
-                log.info("serving account %s", account_id)
+                log.info("serving account %s", account_id, extra={"account": account_id})
         if held and stopping:
             self.store.release_lease(account_id, self.owner)
 
@@ -249,7 +249,7 @@ class OutboundWorker:
             runtime.stop()
             runtime.join(timeout=30)
         self.store.release_lease(account_id, self.owner)
-        log.info("released account %s", account_id)
+        log.info("released account %s", account_id, extra={"account": account_id})
 
     def served_accounts(self) -> set[str]:
         """Return the accounts this worker serves now."""

@@ -23,6 +23,7 @@ from caljournal.scripts.common import (
 )
 from caljournal.scripts.link_cli import link_app, secrets_app
 from caljournal.scripts.resync_cli import backfill, replay, run_with_progress
+from caljournal.scripts.status_cli import status
 
 app = Commands(
     help="caljournal: appointments in a journal, synced to CalDAV.", no_args_is_help=True
@@ -44,11 +45,15 @@ def serve(
     ] = False,
 ) -> None:
     """Run the HTTP API and the sync worker (embedded SQLite journal unless configured)."""
+    import logging
+
     import uvicorn
 
+    from caljournal.adapters.logs import configure_logging
     from caljournal.api.app import create_app, server_config
 
     with container() as built:
+        configure_logging(logging.WARNING, built.settings.log_format)
         bind_host = host or built.settings.host
         bind_port = port or built.settings.port
         listening = _listen(bind_host, bind_port)
@@ -106,11 +111,11 @@ def worker(
     import signal
     import threading
 
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(created).6f %(levelname)s %(name)s %(message)s",
-    )
+    from caljournal.adapters.logs import configure_logging
+
     with container() as built:
+        level = logging.INFO if verbose else logging.WARNING
+        configure_logging(level, built.settings.log_format)
         running = built.outbound_worker().start()
         err.print(
             f"outbound worker {running.owner} on the {built.backend} journal", highlight=False
@@ -123,46 +128,7 @@ def worker(
         err.print("outbound worker stopped; its accounts are released")
 
 
-@app.command()
-def status(
-    account: Annotated[str, typer.Argument(help="the account's name")],
-    json: JsonOption = False,
-) -> None:
-    """Show an account's sync status: positions, pending, lag, failures, last success."""
-    with container() as built:
-        report = built.sync.status(built.accounts.find_account(account).id)
-    if json:
-        out.print_json(data=report)
-        return
-    rows = [[k, v] for k, v in report.items() if k not in ("failed", "inbound", "resyncs")]
-    inbound = report["inbound"]
-    shown_apart = ("quarantined", "calendar_check")
-    rows += [[f"inbound {k}", v] for k, v in inbound.items() if k not in shown_apart]
-    rows += [[f"calendar check {k}", v] for k, v in inbound["calendar_check"].items()]
-    table(f"sync status of {account}", ["field", "value"], rows)
-    if inbound["quarantined"]:
-        quarantined = [[q["href"], q["at"], q["reason"]] for q in inbound["quarantined"]]
-        table("quarantined calendar objects", ["href", "at", "reason"], quarantined)
-    if report["failed"]:
-        failed = [[f["appointment_id"], f["at"], f["error"]] for f in report["failed"]]
-        table("failed pushes", ["appointment", "at", "error"], failed)
-    if report["resyncs"]:
-        resyncs = [
-            [
-                r["kind"],
-                r["state"],
-                r["requested"],
-                r["worker"] or "",
-                f"{r['phase'] or ''} {r['done'] or 0}/{r['total'] or '?'}".strip(),
-                r["error"] or "",
-                r["request_id"],
-            ]
-            for r in report["resyncs"]
-        ]
-        columns = ["kind", "state", "requested", "run by", "progress", "error", "request"]
-        table("backfills and replays", columns, resyncs)
-
-
+app.command()(status)
 app.command()(backfill)
 app.command()(replay)
 

@@ -84,6 +84,8 @@ def worker_env(database_url: str, key_file: Path) -> dict[str, str]:
             "CALJOURNAL_ALLOW_PRIVATE_ADDRESSES": "true",
             "CALJOURNAL_WORKER_LEASE_TTL": "3",
             "CALJOURNAL_WORKER_POLL": "0.05",
+            # pushes() reads the human log format (JSON is the default off a terminal).
+            "CALJOURNAL_LOG_FORMAT": "human",
         }
     )
     return env

@@ -54,7 +54,11 @@ def test_help_names_values_like_the_readme_and_explains_every_option(
                 assert param.metavar and param.metavar.isupper(), f"{label}: {param.metavar!r}"
             if isinstance(param, TyperArgument):
                 assert param.metavar == (param.name or "").upper()
-        arguments = [p.metavar for p in params if isinstance(p, TyperArgument)]
+        arguments = [
+            p.metavar if p.required else f"[{p.metavar}]"
+            for p in params
+            if isinstance(p, TyperArgument)
+        ]
     usage = next(line.strip() for line in text.splitlines() if "Usage:" in line)
     expected = " ".join(("Usage: caljournal", *path, "[OPTIONS]", *arguments))
     if isinstance(command, TyperGroup):
