@@ -40,6 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from caljournal.adapters.personal_data import PERSONAL_KEYS
 from caljournal.adapters.readmodel import (
     ACCOUNTS,
     APPOINTMENTS,
@@ -213,6 +214,15 @@ def _resync_requests(target: Target) -> list[str]:
     ]
 
 
+def _personal_keys(target: Target) -> list[str]:
+    # One key per appointment for its personal data (adapters.personal_data); an
+    # erased key is NULL, and the row keeps when and by whom it was erased.
+    return [
+        f"CREATE TABLE {target.qualify}{PERSONAL_KEYS} (appointment_id TEXT PRIMARY KEY, "
+        "key TEXT, created_us BIGINT, erased_us BIGINT, erased_by TEXT)",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -229,6 +239,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         3,
         "resync requests: backfills and replays asked for, who runs them, their progress",
         statements=_resync_requests,
+    ),
+    # Version 4: the audit chain (added separately).
+    Migration(
+        5,
+        "personal-data keys: one per appointment, destroyed when its personal data is erased",
+        statements=_personal_keys,
     ),
 )
 

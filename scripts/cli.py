@@ -21,6 +21,7 @@ from caljournal.scripts.common import (
     table,
     when,
 )
+from caljournal.scripts.erase_cli import erase
 from caljournal.scripts.link_cli import link_app, secrets_app
 from caljournal.scripts.resync_cli import backfill, replay, run_with_progress
 
@@ -165,6 +166,7 @@ def status(
 
 app.command()(backfill)
 app.command()(replay)
+app.command()(erase)
 
 
 @app.command("rebuild-read-models")
