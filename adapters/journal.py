@@ -23,11 +23,8 @@ from eventsourcing.persistence import EventStore, Mapper
 from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
-from caljournal.adapters.personal_data import (
-    PersonalDataMapper,
-    PersonalEventStore,
-    PersonalKeys,
-)
+from caljournal.adapters.personal_data import PersonalDataMapper, PersonalEventStore
+from caljournal.adapters.personal_keys import PersonalKeys
 from caljournal.adapters.readmodel import (
     rows_for,
 )

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from caljournal.adapters.personal_data import PERSONAL_KEYS
+from caljournal.adapters.personal_keys import PERSONAL_KEYS
 from caljournal.adapters.readmodel import (
     ACCOUNTS,
     APPOINTMENTS,

@@ -24,15 +24,18 @@ from fastapi.testclient import TestClient
 
 from caljournal.adapters.secrets import Credentials
 from caljournal.api.app import create_app
+from caljournal.appointments import Booking
 from caljournal.bootstrap import Container, bootstrap
 from caljournal.maintenance import rebuild_read_models
 from caljournal.projections.outbound import OutboundWorker
 from caljournal.settings import load_settings
 from tests.conftest import PG_URL, Tenant, open_tenant, operator
 from tests.integration.test_cli import run
+from tests.integration.test_inbound import Linked, edit_remote
 from tests.integration.test_migrations import LAST_UNVERSIONED_RELEASE
 from tests.integration.test_outbound import FAST
 from tests.support.calendars import remote_events, wait_until
+from tests.support.faultproxy import FaultProxy
 from tests.support.old_release import checkout, write_database
 from tests.support.openapi import OpenAPIValidatingClient
 from tests.support.radicale import RadicaleProcess
@@ -389,3 +392,77 @@ def test_keys_are_stored_sealed_when_the_journal_cipher_key_is_set(
 
     sealed = "journal_cipher_key" in settings_args
     assert stored.startswith(b"sealed:" if sealed else b"plain:")
+
+
+def test_the_calendars_edits_of_an_erased_appointment_move_it_but_bring_nothing_back(
+    erasing: Container, tenant: Tenant, radicale: RadicaleProcess
+) -> None:
+    cal_id = f"in-{uuid.uuid4().hex[:8]}"
+    calendar = radicale.make_calendar("alice", "secret", cal_id, cal_id=cal_id)
+    with FaultProxy(radicale.url) as proxy:
+        result = erasing.links.link(
+            tenant.account_id,
+            f"{proxy.url}alice/{cal_id}/",
+            Credentials("alice", "secret"),
+            operator(),
+        )
+        linked = Linked(erasing, tenant, calendar, proxy, str(result.state["calendar_url"]))
+        start = datetime(2026, 4, 6, 10, tzinfo=BERLIN)
+        ours = erasing.appointments.book(
+            tenant.account_id,
+            Booking(
+                **{**PERSONAL, "start": start, "end": start + timedelta(hours=1)},
+                timezone="Europe/Berlin",
+            ),
+            operator(),
+        ).state
+        calendar.save_event(
+            dtstart=datetime(2026, 4, 7, 9, tzinfo=BERLIN),
+            dtend=datetime(2026, 4, 7, 9, 30, tzinfo=BERLIN),
+            summary=PERSONAL["title"],
+            location=PERSONAL["location"],
+            uid="foreign-1@example.org",
+        )
+        linked.poll()
+        linked.push()
+        linked.poll()
+        [imported] = [
+            s
+            for s in linked.container.appointments.list_window(
+                tenant.account_id, start - timedelta(days=1), start + timedelta(days=3)
+            )
+            if s["calendar_uid"] == "foreign-1@example.org"
+        ]
+        for appointment in (ours, imported):
+            erasing.erasure.erase(None, uuid.UUID(appointment["id"]), "request", operator())
+        linked.push()
+        assert linked.poll().counts == {}
+        assert no_secret_in(b"".join(o.data.encode() for o in calendar.get_events()))
+
+        edit_remote(
+            calendar,
+            f"{ours['id']}@caljournal",
+            summary="Quentin-Zabriskie again",
+            dtstart=datetime(2026, 4, 20, 15, tzinfo=BERLIN),
+            dtend=datetime(2026, 4, 20, 16, tzinfo=BERLIN),
+        )
+        report = linked.poll()
+
+        assert report.counts == {"apply": 1}, report.counts
+        state = linked.state(ours["id"])
+        assert state["start"] == "2026-04-20T15:00:00+02:00"
+        assert_erased(state)
+        assert linked.history(ours["id"])[-1]["type"] == "Moved"
+        assert b"again" not in event_bytes(erasing)
+        # The calendar keeps what its user typed until the next change is pushed.
+        erasing.appointments.move(
+            None,
+            uuid.UUID(ours["id"]),
+            datetime(2026, 4, 21, 15, tzinfo=BERLIN),
+            datetime(2026, 4, 21, 16, tzinfo=BERLIN),
+            operator(),
+        )
+        assert linked.push() == 1
+        event = remote_events(calendar)[f"{ours['id']}@caljournal"][0]
+        assert str(event["SUMMARY"]) == "Appointment"
+        assert event.decoded("DTSTART") == datetime(2026, 4, 21, 15, tzinfo=BERLIN)

@@ -13,12 +13,12 @@ from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, UUIDAsHex
 
 from caljournal.adapters.personal_data import (
     PersonalDataMapper,
-    PersonalKeys,
     open_fields,
     restore_personal,
     seal_fields,
     split_personal,
 )
+from caljournal.adapters.personal_keys import PersonalKeys
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.values import RemoteFields
