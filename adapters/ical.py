@@ -81,6 +81,8 @@ __all__ = [
 ]
 
 PRODID = "-//caljournal//caljournal//EN"
+#: What a calendar shows as the title of an appointment whose personal data was erased.
+ERASED_SUMMARY = "Appointment"
 _STATUS = {"booked": "CONFIRMED", "cancelled": "CANCELLED"}
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 _LINE_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # no line breaks in one content line
@@ -277,6 +279,8 @@ class AppointmentView:
         way the first push carries SEQUENCE:0. The optional ``all_day``,
         ``floating`` and ``recurrence`` keys (see :class:`Recurrence`) describe
         imported events; a floating time keeps the wall clock of its ISO string.
+        A state with ``erased_on`` (personal data erased) shows ``ERASED_SUMMARY``
+        and no location, description or customer, in its instances neither.
 
         :raises ValueError: when a time lacks an offset, the zone is unknown, or the
             version, status or recurrence is unusable.
@@ -292,17 +296,27 @@ class AppointmentView:
             return value.replace(tzinfo=zone) if floating else value.astimezone(zone)
 
         recurrence = state.get("recurrence")
+        erased = bool(state.get("erased_on"))
+        if erased and recurrence and recurrence.get("overrides"):
+            # An erased appointment's instances show only their times.
+            recurrence = {
+                **recurrence,
+                "overrides": [
+                    {k: v for k, v in o.items() if k not in ("title", "location", "description")}
+                    for o in recurrence["overrides"]
+                ],
+            }
         return cls(
             appointment_id=str(state["id"]),
             uid=state.get("calendar_uid") or f"{state['id']}{UID_SUFFIX}",
-            title=state["title"],
+            title=ERASED_SUMMARY if erased else state["title"],
             start=moment("start", state["start"]),
             end=moment("end", state["end"]),
             timezone=state["timezone"],
-            location=state.get("location"),
-            description=state.get("description"),
-            customer_name=state.get("customer_name"),
-            customer_email=state.get("customer_email"),
+            location=None if erased else state.get("location"),
+            description=None if erased else state.get("description"),
+            customer_name=None if erased else state.get("customer_name"),
+            customer_email=None if erased else state.get("customer_email"),
             sequence=int(state["sequence"]) if "sequence" in state else int(state["version"]) - 1,
             status=state["status"],
             all_day=bool(state.get("all_day")),

@@ -19,10 +19,13 @@ from uuid import UUID
 import psycopg
 from eventsourcing.application import Application
 from eventsourcing.domain import CanMutateAggregate
+from eventsourcing.persistence import EventStore, Mapper
 from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
 from caljournal.adapters.audit_chain import chain_key
+from caljournal.adapters.personal_data import PersonalDataMapper, PersonalEventStore
+from caljournal.adapters.personal_keys import PersonalKeys
 from caljournal.adapters.readmodel import (
     rows_for,
 )
@@ -76,6 +79,25 @@ class Journal(Application[UUID]):
         super().__init__(env=env)
         self._listeners: list[Callable[[], None]] = []
         self._env = dict(env or {})
+        self.personal_keys = PersonalKeys(self.journal_recorder, self.mapper.cipher)
+        self.personal_mapper.keys = self.personal_keys
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        """Return the mapper that encrypts personal data with a key per appointment."""
+        return self.factory.mapper(
+            transcoder=self.construct_transcoder(), mapper_class=PersonalDataMapper
+        )
+
+    def construct_event_store(self) -> EventStore[UUID]:
+        """Return the event store whose every read looks the personal-data key up afresh."""
+        return PersonalEventStore(mapper=self.mapper, recorder=self.recorder)
+
+    @property
+    def personal_mapper(self) -> PersonalDataMapper:
+        """Return the mapper, with its personal-data methods."""
+        mapper = self.mapper
+        assert isinstance(mapper, PersonalDataMapper)
+        return mapper
 
     def add_listener(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` after every save of this process has committed."""
@@ -113,8 +135,14 @@ class Journal(Application[UUID]):
             for row in rows_for(obj, known.get(obj.id))
         ]
         rows.extend(kwargs.pop("extra_rows", ()))
+        rows.extend(self.personal_keys.rows_for(objs))
         chain = {obj.id: chain_key(obj) for obj in objs if obj is not None}
-        recordings = super().save(*objs, read_model=rows, chain=chain, **kwargs)
+        try:
+            recordings = super().save(*objs, read_model=rows, chain=chain, **kwargs)
+        except BaseException:
+            self.personal_keys.failed()
+            raise
+        self.personal_keys.saved()
         for callback in list(self._listeners):
             callback()
         return recordings

@@ -32,6 +32,7 @@ from tenacity import (
 )
 
 from caljournal.adapters.journal import Journal
+from caljournal.domain.appointment import Appointment
 from caljournal.errors import ConflictError, NotFoundError
 
 A = TypeVar("A")
@@ -137,12 +138,19 @@ def apply(
 
 
 def state_as_of(journal: Journal, aggregate_id: UUID, when: datetime | None) -> Any | None:
-    """Return the aggregate as it was at ``when`` (now when None), or None if it did not exist."""
+    """Return the aggregate as it was at ``when`` (now when None), or None if it did not exist.
+
+    An appointment whose personal data was erased after ``when`` shows it erased.
+    """
     aggregate: Any = None
-    for event in journal.events.get(aggregate_id):
+    events = iter(journal.events.get(aggregate_id))
+    for event in events:
         if not isinstance(event, CanMutateAggregate):
             raise TypeError(f"{type(event).__name__} cannot rebuild an aggregate")
         if when is not None and event.timestamp > when:
+            erasure = next((e for e in (event, *events) if isinstance(e, Appointment.Erased)), None)
+            if erasure is not None and aggregate is not None:
+                aggregate.show_erased(erasure)
             break
         aggregate = event.mutate(aggregate)
     return aggregate

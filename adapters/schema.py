@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from caljournal.adapters.audit_chain import chain_existing, chain_statements
+from caljournal.adapters.personal_keys import PERSONAL_KEYS
 from caljournal.adapters.readmodel import (
     ACCOUNTS,
     APPOINTMENTS,
@@ -236,6 +237,15 @@ class _Plain:
         return self.cursor.fetchall()
 
 
+def _personal_keys(target: Target) -> list[str]:
+    # One key per appointment for its personal data (adapters.personal_data); an
+    # erased key is NULL, and the row keeps when and by whom it was erased.
+    return [
+        f"CREATE TABLE {target.qualify}{PERSONAL_KEYS} (appointment_id TEXT PRIMARY KEY, "
+        "key TEXT, created_us BIGINT, erased_us BIGINT, erased_by TEXT)",
+    ]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -257,6 +267,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         4,
         "audit chain: every account's events chained by hash, the existing ones included",
         run=_audit_chain,
+    ),
+    Migration(
+        5,
+        "personal-data keys: one per appointment, destroyed when its personal data is erased",
+        statements=_personal_keys,
     ),
 )
 

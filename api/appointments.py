@@ -17,6 +17,7 @@ from caljournal.api.schemas import (
     BookIn,
     CancelIn,
     DetailsIn,
+    EraseIn,
     ErrorOut,
     History,
     Moment,
@@ -191,6 +192,21 @@ async def cancel(
         )
     )
     return _with_etag(state)
+
+
+@router.post("/{appointment_id}/erase", response_model=AppointmentOut, responses=_ERRORS)
+async def erase(appointment_id: UUID, body: EraseIn, caller: CallerDep) -> Response:
+    """Erase the personal data (title, location, description, customer) for good.
+
+    The rest of the appointment and its history stay; the calendar copy is
+    written again without the erased fields. Erasing twice changes nothing.
+    """
+    outcome = await caller.run(
+        lambda: caller.container.erasure.erase(
+            caller.scope(), appointment_id, body.reason, caller.cause()
+        )
+    )
+    return _with_etag(outcome.state)
 
 
 @router.get("/{appointment_id}/history", response_model=History, responses=_ERRORS)

@@ -206,6 +206,16 @@ class CancelIn(BaseModel):
     reason: Text = Field(default=None, max_length=MAX_LOCATION)
 
 
+class EraseIn(BaseModel):
+    """Why an appointment's personal data is erased (recorded with the erasure)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"reason": "customer's request"}]}
+    )
+
+    reason: str = Field(min_length=1, max_length=MAX_LOCATION)
+
+
 # Response models forbid fields they do not name, so the published schema says
 # "additionalProperties: false" and a field the API answers with but does not
 # document fails the suite's OpenAPI check (tests/support/openapi.py).
@@ -279,6 +289,11 @@ class AppointmentOut(BaseModel):
     )
     created_on: Timestamp
     modified_on: Timestamp
+    erased_on: Timestamp | None = Field(
+        default=None,
+        description="when the personal data (title, location, description, customer) was "
+        'erased; the title then reads "[erased]", and the others "[erased]" or null',
+    )
 
 
 class AppointmentList(BaseModel):

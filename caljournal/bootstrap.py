@@ -16,6 +16,7 @@ from caljournal.adapters.secrets import SecretBox, load_keys
 from caljournal.adapters.syncstate import SyncStateStore
 from caljournal.adapters.syncstate_sql import SQLSyncState
 from caljournal.appointments import AppointmentService
+from caljournal.erasure import ErasureService
 from caljournal.links import LinkPolicy, LinkService
 from caljournal.projections.inbound import CheckPolicy
 from caljournal.projections.outbound import OutboundWorker, WorkerConfig
@@ -33,6 +34,7 @@ class Container:
     sync_state: SyncStateStore = field(init=False)
     accounts: AccountService = field(init=False)
     appointments: AppointmentService = field(init=False)
+    erasure: ErasureService = field(init=False)
     links: LinkService = field(init=False)
     sync: SyncService = field(init=False)
     resyncs: ResyncService = field(init=False)
@@ -44,6 +46,7 @@ class Container:
         self.sync_state = SQLSyncState(self.journal)
         self.accounts = AccountService(self.journal, self.settings.token_cache_seconds)
         self.appointments = AppointmentService(self.journal)
+        self.erasure = ErasureService(self.journal)
         policy = LinkPolicy(
             allow_private=self.settings.allow_private_addresses,
             verify_tls=self.settings.verify_tls,

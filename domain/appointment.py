@@ -3,6 +3,15 @@
 Commands validate first and then call a private ``@event`` method that only
 assigns state; event bodies run again on every replay, so they hold no checks,
 no I/O and no clock.
+
+Personal data (``PERSONAL_FIELDS``: title, location, description, customer name
+and e-mail) can be erased (:meth:`Appointment.erase`). The ``Erased`` event
+replaces each held value by its erased form (:func:`erased_value`: the text
+``"[erased]"``, and None for the e-mail, which must stay an address or nothing)
+and from then on the appointment refuses local changes of those fields and
+ignores the calendar's; times and status still change. The journal adapter
+encrypts these fields with a key per appointment and destroys the key when the
+``Erased`` event is written, so older events read back erased too.
 """
 
 from __future__ import annotations
@@ -15,7 +24,11 @@ from zoneinfo import ZoneInfo
 from eventsourcing.domain import Aggregate, event
 
 from caljournal.domain.cause import Cause, Origin
-from caljournal.domain.errors import AppointmentCancelledError, InvalidAppointmentError
+from caljournal.domain.errors import (
+    AppointmentCancelledError,
+    AppointmentErasedError,
+    InvalidAppointmentError,
+)
 from caljournal.domain.values import (
     DETAIL_FIELDS,
     MAX_LOCATION,
@@ -28,6 +41,20 @@ from caljournal.domain.values import (
     rfc3339,
     zone_for,
 )
+
+#: The fields that can hold personal data; erasure removes exactly these.
+PERSONAL_FIELDS = DETAIL_FIELDS
+#: The texts of a recurring appointment's changed instance (in ``recurrence["overrides"]``).
+OVERRIDE_TEXTS = ("title", "location", "description")
+#: What an erased text field shows.
+ERASED_TEXT = "[erased]"
+
+
+def erased_value(name: str, value: str | None) -> str | None:
+    """Return what personal field ``name`` shows once erased (None stays None)."""
+    if value is None or name == "customer_email":
+        return None
+    return ERASED_TEXT
 
 
 class Appointment(Aggregate):
@@ -43,6 +70,17 @@ class Appointment(Aggregate):
     class Created(Event, Aggregate.Created):
         # Unused (``Booked`` creates appointments); pinned so topics stay explicit.
         TOPIC = "caljournal:Appointment.Created"
+
+    class Erased(Event):
+        """The appointment's personal data was erased, by whom and why."""
+
+        TOPIC = "caljournal:Appointment.Erased"
+        reason: str
+
+        def apply(self, aggregate: Any) -> None:
+            """Replace the personal fields by their erased form and note when."""
+            aggregate.show_erased(self)
+            aggregate.sequence += 1
 
     @classmethod
     def book(
@@ -137,6 +175,8 @@ class Appointment(Aggregate):
         self.sequence = 0
         self.push_failure: str | None = None
         self.last_conflict: dict[str, Any] | None = None
+        self.erased_on: datetime | None = None
+        self.erasure_reason: str | None = None
 
     def _set_period(self, start: datetime, end: datetime) -> None:
         # The journal stores datetimes with a fixed offset; re-attach the IANA zone
@@ -216,6 +256,12 @@ class Appointment(Aggregate):
         """
         self._check_not_cancelled("changed")
         check_details(changes, door=True)
+        if self.erased_on is not None and set(changes) & set(PERSONAL_FIELDS):
+            raise AppointmentErasedError(
+                f"the personal data of appointment {self.id} was erased; "
+                f"{', '.join(sorted(set(changes) & set(PERSONAL_FIELDS)))} cannot be set again",
+                field=sorted(set(changes) & set(PERSONAL_FIELDS))[0],
+            )
         effective = {k: v for k, v in changes.items() if getattr(self, k) != v}
         if not effective:
             return False
@@ -255,6 +301,43 @@ class Appointment(Aggregate):
         self.cancel_reason = reason
         self.cancel_origin = origin
         self.sequence += 1
+
+    def erase(self, *, reason: str, cause: Cause) -> bool:
+        """Erase the personal data (see the module docstring); False when erased already.
+
+        Works on cancelled appointments too. The calendar copy is pushed again
+        (``sequence`` rises) and then shows no personal data.
+
+        :raises InvalidAppointmentError: when the reason is empty or too long.
+        """
+        check_text("reason", reason, MAX_LOCATION, required=True, door=True)
+        if self.erased_on is not None:
+            return False
+        self.trigger_event(self.Erased, reason=reason, **cause.fields())
+        return True
+
+    def show_erased(self, erasure: Appointment.Erased) -> None:
+        """Show the personal fields as ``erasure`` left them (also in a state before it).
+
+        A past state (``as_of``) of an appointment erased later must not show
+        what was erased: replays and time travel call this with the later event.
+        """
+        for name in PERSONAL_FIELDS:
+            setattr(self, name, erased_value(name, getattr(self, name)))
+        recurrence = self.recurrence
+        if recurrence and recurrence.get("overrides"):
+            overrides = [
+                {k: erased_value(k, v) if k in OVERRIDE_TEXTS else v for k, v in item.items()}
+                for item in recurrence["overrides"]
+            ]
+            self.recurrence = {**recurrence, "overrides": overrides}
+        self.erased_on = erasure.timestamp
+        self.erasure_reason = erasure.reason
+
+    @property
+    def erased(self) -> bool:
+        """Return whether the personal data was erased."""
+        return self.erased_on is not None
 
     # -- changes that come from the customer's calendar --------------------------
 
@@ -314,7 +397,8 @@ class Appointment(Aggregate):
                 **cause.fields(),
             )
             recorded.append("Moved")
-        changes = self._changed_details(remote)
+        # An erased appointment keeps its personal fields erased whatever the calendar says.
+        changes = {} if self.erased else self._changed_details(remote)
         if changes:
             self._details_changed(changes=changes, **cause.fields())
             recorded.append("DetailsChanged")
@@ -346,7 +430,7 @@ class Appointment(Aggregate):
         if remote.cancelled:
             raise InvalidAppointmentError("the calendar object is cancelled itself", field="status")
         kind_changed = self._kind_changed(remote)
-        changes: dict[str, Any] = self._changed_details(remote)
+        changes: dict[str, Any] = {} if self.erased else self._changed_details(remote)
         if remote.recurrence != self.recurrence:
             changes["recurrence"] = remote.recurrence
         self._reinstated_from_calendar(
@@ -463,7 +547,11 @@ class Appointment(Aggregate):
         return "cancelled" if self.cancelled else "booked"
 
     def state(self) -> dict[str, Any]:
-        """Return the appointment's fields as plain values (for views and diffs)."""
+        """Return the appointment's fields as plain values (for views and diffs).
+
+        ``erased_on`` is when the personal data was erased (None while it is held);
+        the erased fields then show :func:`erased_value`.
+        """
         return {
             "id": str(self.id),
             "account_id": str(self.account_id),
@@ -487,6 +575,7 @@ class Appointment(Aggregate):
             "recurrence": self.recurrence,
             "created_on": self.created_on.isoformat(),
             "modified_on": self.modified_on.isoformat(),
+            "erased_on": self.erased_on.isoformat() if self.erased_on else None,
         }
 
 

@@ -24,6 +24,10 @@ class AppointmentCancelledError(DomainError):
     """The appointment is cancelled and can no longer be changed."""
 
 
+class AppointmentErasedError(DomainError):
+    """The appointment's personal data was erased and cannot be set again."""
+
+
 class InvalidCauseError(DomainError):
     """The origin, actor or correlation id of a change is missing or unknown."""
 

@@ -21,6 +21,7 @@ from caljournal.scripts.common import (
     table,
     when,
 )
+from caljournal.scripts.erase_cli import erase
 from caljournal.scripts.link_cli import link_app, secrets_app
 from caljournal.scripts.resync_cli import backfill, replay, run_with_progress
 from caljournal.scripts.status_cli import status
@@ -131,6 +132,7 @@ def worker(
 app.command()(status)
 app.command()(backfill)
 app.command()(replay)
+app.command()(erase)
 
 
 @app.command("rebuild-read-models")

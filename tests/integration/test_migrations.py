@@ -153,6 +153,7 @@ def test_a_database_of_the_last_release_opens_intact_and_migrated(
         after.pop(SCHEMA_TABLE)
         assert after.pop("caljournal_resyncs") == []  # new in version 3, empty
         chained = after.pop("caljournal_audit_chain")  # new in version 4: the old events chained
+        assert after.pop("caljournal_personal_keys") == []  # new in version 5, empty
         assert after == before
         recorder = container.journal.journal_recorder
         assert_chained_whole(recorder, chained)
