@@ -206,9 +206,14 @@ class PersonalEventStore(EventStore[UUID]):
         desc: bool = False,
         limit: int | None = None,
     ) -> Iterator[DomainEventProtocol[UUID]]:
-        """Return the aggregate's events, looking its key up at most once."""
-        stored = self.recorder.select_events(
-            originator_id=originator_id, gt=gt, lte=lte, desc=desc, limit=limit
-        )
+        """Return the aggregate's events, with its key read in the same query."""
         memo: dict[UUID, Any] = {}
+        both = getattr(self.recorder, "select_events_and_key", None)
+        if both is not None and self.mapper.keys is not None:
+            stored, key = both(originator_id, gt=gt, lte=lte, desc=desc, limit=limit)
+            memo[originator_id] = self.mapper.keys.opened(key) if key else None
+        else:
+            stored = self.recorder.select_events(
+                originator_id=originator_id, gt=gt, lte=lte, desc=desc, limit=limit
+            )
         return (self.mapper.to_domain_event(s, memo) for s in stored)

@@ -8,8 +8,9 @@ journal cipher key set, keys are stored sealed with it.
 
 Caching: reading never trusts a key held in the process beyond one decode
 batch (one ``EventStore.get``, i.e. one aggregate load or history): each batch
-looks its key up once, so an erasure by another process takes effect at the
-next load. Writing keeps keys in a small process cache; that is safe because an
+reads its key with its events (one query, see the recorders'
+``select_events_and_key``), so an erasure by another process takes effect at
+the next load. Writing keeps keys in a small process cache; that is safe because an
 erased appointment records no personal data, and a write racing an erasure
 loses on the aggregate's version.
 """
@@ -195,6 +196,10 @@ class PersonalKeys:
         if self.seal is None:
             return "plain:" + base64.b64encode(key).decode()
         return "sealed:" + base64.b64encode(self.seal.encrypt(key)).decode()
+
+    def opened(self, stored: str) -> bytes:
+        """Return the key of a stored (sealed or plain) key text."""
+        return self._opened(stored)
 
     def _opened(self, stored: str) -> bytes:
         with self._lock:
