@@ -186,22 +186,38 @@ class ReadModelQueries(ResyncQueries):
         return sorted(r["account_id"] for r in rows)
 
     def audit_entries(
-        self, account_id: str, *, after_seq: int = 0, after_position: int = 0, limit: int = 1000
+        self,
+        account_id: str,
+        *,
+        after_seq: int = 0,
+        after_position: int = 0,
+        limit: int = 1000,
+        topics: Sequence[str] = (),
+        originator_id: UUID | None = None,
     ) -> list[ChainEntry]:
         """Return an account's chain entries in order, each with its stored event as it is now.
 
-        Entries come after both ``after_seq`` and ``after_position``; at most ``limit``.
+        Entries come after both ``after_seq`` and ``after_position``; at most
+        ``limit``; only of ``topics`` and of ``originator_id`` when given.
         """
         p = self.placeholder
+        only = ""
+        params: list[Any] = [account_id, after_seq, after_position]
+        if topics:
+            only += f" AND c.topic IN ({', '.join([p] * len(topics))})"
+            params.extend(topics)
+        if originator_id is not None:
+            only += f" AND c.originator_id = {p}"
+            params.append(str(originator_id))
         rows = self._fetch(
             f"SELECT c.seq, c.position, c.originator_id, c.originator_version, c.topic, "
             f"c.entry_hash, e.{self.position_column} AS stored_position, e.topic AS stored_topic, "
             f"e.state AS stored_state FROM {self.qualify}{CHAIN} c "
             f"LEFT JOIN {self.events_table} e ON e.originator_id = {self.chained_id} "
             f"AND e.originator_version = c.originator_version "
-            f"WHERE c.account_id = {p} AND c.seq > {p} AND c.position > {p} "
+            f"WHERE c.account_id = {p} AND c.seq > {p} AND c.position > {p}{only} "
             f"ORDER BY c.seq LIMIT {p}",
-            [account_id, after_seq, after_position, limit],
+            [*params, limit],
         )
         return [
             ChainEntry(
