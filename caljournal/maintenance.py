@@ -8,7 +8,6 @@ from typing import Any
 from uuid import UUID
 
 from caljournal.adapters.journal import Journal
-from caljournal.adapters.journal_ops import apply
 from caljournal.adapters.readmodel import rows_for, with_positions
 from caljournal.domain.account import Account
 from caljournal.domain.cause import Cause
@@ -74,10 +73,7 @@ def rebuild_read_models(
     recorder.upsert_rows(batch)
     if cause is not None:
         for account_id in sorted(accounts):
-            apply(
-                journal,
-                account_id,
-                lambda a: a.record_rebuild(events_read=read, cause=cause),
-                Account,
-            )
+            account: Account = journal.repository.get(account_id)
+            account.record_rebuild(events_read=read, cause=cause)
+            journal.save(account)
     return read, time.monotonic() - began

@@ -62,11 +62,13 @@ def audit(
     actor: Annotated[str | None, typer.Option(help="only changes by this actor")] = None,
     type_: Annotated[
         str | None,
-        typer.Option("--type", help="only this event type (e.g. Moved) or full topic"),
+        typer.Option(
+            "--type", metavar="TYPE", help="only this event type (e.g. Moved) or full topic"
+        ),
     ] = None,
     after: Annotated[int, typer.Option(help="start after this journal position")] = 0,
     format_: Annotated[
-        Format, typer.Option("--format", help="table, json (JSON Lines) or csv")
+        Format, typer.Option("--format", metavar="FORMAT", help="table, json (JSON Lines) or csv")
     ] = Format.TABLE,
 ) -> None:
     """List every recorded change of an account in journal order, with old → new values."""
@@ -127,9 +129,10 @@ def write_tables(records: Iterator[AuditRecord]) -> None:
     shown = 0
     while block := list(islice(records, _TABLE_BLOCK)):
         table = Table(show_header=True)
-        for column in ("position", "time", "change", "origin", "actor", "correlation id"):
+        for column in ("position", "time", "change", "origin"):
+            table.add_column(column, no_wrap=True)
+        for column in ("actor", "correlation id", "changes (field: old → new)"):
             table.add_column(column, overflow="fold")
-        table.add_column("changes (field: old → new)", overflow="fold")
         for record in block:
             cells = (
                 str(record.position),
