@@ -12,15 +12,18 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 from uuid import UUID
 
+import orjson
 from eventsourcing.domain import DomainEvent
 from eventsourcing.utils import get_topic
 
+from caljournal.adapters.audit_chain import ChainEntry
 from caljournal.adapters.journal import Journal
 from caljournal.domain.account import Account, ApiToken
 from caljournal.domain.appointment import Appointment
@@ -135,26 +138,37 @@ class AuditService:
         self.page_size = page
 
     def stream(self, query: AuditQuery, after: int = 0) -> Iterator[AuditRecord]:
-        """Yield the account's changes after journal position ``after`` that pass the filters."""
+        """Yield the account's changes after journal position ``after`` that pass the filters.
+
+        The next page of the chain is read in a second thread while this one
+        is decoded: the database's answer and the decoding overlap.
+        """
         view = AuditView(self.journal.mapper.to_domain_event, self._history, self.cache_size)
         recorder = self.journal.journal_recorder
-        account, topics = str(query.account_id), query.topics
-        seq, position = 0, after
-        while True:
-            entries = recorder.audit_entries(
-                account,
+
+        def read(seq: int, position: int) -> list[ChainEntry]:
+            return recorder.audit_entries(
+                str(query.account_id),
                 after_seq=seq,
                 after_position=position,
                 limit=self.page_size,
-                topics=topics,
+                topics=query.topics,
                 originator_id=query.appointment_id,
             )
-            for record in view.records(entries):
-                if query.matches(record):
-                    yield record
-            if len(entries) < self.page_size:
-                return
-            seq, position = entries[-1].seq, entries[-1].position
+
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="caljournal-audit")
+        try:
+            pending: Future[list[ChainEntry]] | None = reader.submit(read, 0, after)
+            while pending is not None:
+                entries = pending.result()
+                pending = None
+                if len(entries) == self.page_size:
+                    pending = reader.submit(read, entries[-1].seq, entries[-1].position)
+                for record in view.records(entries):
+                    if query.matches(record):
+                        yield record
+        finally:
+            reader.shutdown(wait=True, cancel_futures=True)
 
     def page(
         self, query: AuditQuery, after: int = 0, limit: int = 500
@@ -243,7 +257,7 @@ def csv_rows(record: AuditRecord) -> Iterator[list[str]]:
 
 def json_line(record: AuditRecord) -> str:
     """Return a record as one line of JSON (JSON Lines)."""
-    return json.dumps(record.as_dict(), ensure_ascii=False, default=str)
+    return orjson.dumps(record.as_dict(), default=str).decode()
 
 
 __all__ = [

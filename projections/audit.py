@@ -27,6 +27,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 
 from caljournal.adapters.audit_chain import ChainEntry
+from caljournal.domain.values import rfc3339
 
 #: The fields shown per aggregate type (the class name the topic names).
 AUDITED_FIELDS: dict[str, tuple[str, ...]] = {
@@ -127,18 +128,34 @@ def split_topic(topic: str) -> tuple[str, str]:
 
 
 def audited_state(aggregate: Any) -> dict[str, Any]:
-    """Return the allow-listed fields of an aggregate, nested values flattened to dotted names."""
+    """Return the allow-listed fields of an aggregate, nested values flattened to dotted names.
+
+    Values are read from the aggregate's attributes (as its events set them),
+    written the way its ``state()`` writes them for the API.
+    """
     if aggregate is None:
         return {}
-    names = AUDITED_FIELDS.get(type(aggregate).__name__, ())
-    if not names:
-        return {}
-    full = aggregate.state() if hasattr(aggregate, "state") else {}
+    kind = type(aggregate).__name__
+    formats = _FORMATS.get(kind, {})
     flat: dict[str, Any] = {}
-    for name in names:
-        value = full[name] if name in full else getattr(aggregate, name, None)
-        _flatten(name, value, flat)
+    for name in AUDITED_FIELDS.get(kind, ()):
+        value = getattr(aggregate, name, None)
+        if type(value) in _PLAIN:
+            flat[name] = value
+        elif name in formats:
+            flat[name] = formats[name](value)
+        else:
+            _flatten(name, value, flat)
     return flat
+
+
+# Fields written as the aggregate's ``state()`` writes them (when not None).
+_FORMATS: dict[str, dict[str, Callable[[Any], Any]]] = {
+    "Appointment": {"start": rfc3339, "end": rfc3339},
+}
+
+
+_PLAIN = frozenset({str, int, bool, float, type(None)})
 
 
 def _flatten(name: str, value: Any, into: dict[str, Any]) -> None:
