@@ -17,6 +17,7 @@ event, or caught up from the version it remembers.
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -77,7 +78,7 @@ Change = tuple[str, Any, Any]
 """One changed field: (name, old value, new value); nested values use dotted names."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class AuditRecord:
     """One recorded change of an account, as auditors read it.
 
@@ -120,6 +121,7 @@ class AuditRecord:
         }
 
 
+@functools.cache
 def split_topic(topic: str) -> tuple[str, str]:
     """Return (aggregate type, event type) of a topic like ``caljournal:Appointment.Moved``."""
     name = topic.rsplit(":", 1)[-1]
@@ -176,8 +178,10 @@ def _flatten(name: str, value: Any, into: dict[str, Any]) -> None:
 
 def diff(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
     """Return the fields whose value differs, in the order of ``after`` then removed ones."""
-    changes = [(k, before.get(k), v) for k, v in after.items() if before.get(k) != v]
-    changes.extend((k, v, None) for k, v in before.items() if k not in after and v is not None)
+    changes = [(k, old, v) for k, v in after.items() if (old := before.get(k)) != v]
+    gone = before.keys() - after.keys()
+    if gone:
+        changes.extend((k, v, None) for k, v in before.items() if k in gone and v is not None)
     return changes
 
 
