@@ -10,6 +10,7 @@ JSON, and text a spreadsheet would take for a formula starts with ``'``.
 from __future__ import annotations
 
 import csv
+import os
 import sys
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
@@ -88,12 +89,17 @@ def audit(
             event_type=type_,
         )
         records = AuditService(built.journal).stream(query, after)
-        if format_ is Format.JSON:
-            write_json(records, sys.stdout)
-        elif format_ is Format.CSV:
-            write_csv(records, sys.stdout)
-        else:
-            write_tables(records)
+        try:
+            if format_ is Format.JSON:
+                write_json(records, sys.stdout)
+            elif format_ is Format.CSV:
+                write_csv(records, sys.stdout)
+            else:
+                write_tables(records)
+        except BrokenPipeError:
+            # The reader (e.g. ``head``) has stopped reading: stop quietly, as
+            # Python's own advice has it, without a second error at exit.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 # Subcommands of other modules are registered here (``audit verify``, ``audit head``):

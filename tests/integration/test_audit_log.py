@@ -21,6 +21,7 @@ from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.link import CalendarLink
 from caljournal.errors import InvalidInputError
+from caljournal.maintenance import rebuild_read_models
 from caljournal.projections.executor import BOOKING_SYSTEM_WINS
 from caljournal.scripts.cli import app
 from tests.conftest import Tenant, operator
@@ -395,3 +396,21 @@ def test_operators_name_the_account_and_bad_filters_are_refused(
     assert client.get("/audit?limit=5001", headers=acme.headers).status_code == 422
     with pytest.raises(InvalidInputError):
         AuditQuery(acme.account_id, event_type="Nope")
+
+
+def test_a_rebuild_of_the_query_tables_is_recorded_in_every_account_log(
+    container: Container, acme: Tenant, globex: Tenant
+) -> None:
+    cause = Cause(Origin.OPERATOR, "operator:rebuilder", "corr-rebuild")
+    read, _ = rebuild_read_models(container.journal, cause=cause)
+    service = AuditService(container.journal)
+    for tenant in (acme, globex):
+        query = AuditQuery(tenant.account_id, event_type="ReadModelsRebuilt")
+        (record,) = service.stream(query)
+        assert (record.aggregate_id, record.origin, record.actor, record.correlation_id) == (
+            str(tenant.account_id),
+            "operator",
+            "operator:rebuilder",
+            "corr-rebuild",
+        )
+        assert record.changes == [("last_rebuild.events_read", None, read)]
