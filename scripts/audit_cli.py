@@ -123,9 +123,8 @@ def write_csv(records: Iterable[AuditRecord], stream: Any) -> int:
     writer.writerow(CSV_HEADER)
     count = 0
     for record in records:
-        rows = list(csv_rows(record))
-        writer.writerows(rows)
-        count += len(rows)
+        writer.writerows(csv_rows(record))
+        count += len(record.changes) or 1
     stream.flush()
     return count
 

@@ -9,8 +9,9 @@ journal (batches of aggregates per save, not through the API): appointments
 are booked, then moved and retitled in waves, ten events each, so that every
 wave touches every appointment (``--per-appointment`` changes the ratio).
 Each measurement then runs in a fresh child process, which reports its own
-rate and peak RSS and its RSS at every tenth of the way (flat memory shows
-as equal figures):
+rate (per wall-clock second, and per second of its own CPU time, which a busy
+shared machine disturbs less; PostgreSQL's own CPU is not in it), its peak
+RSS and its RSS at every tenth of the way (flat memory shows as equal figures):
 
 * **notifications**: reading the journal's notifications alone (the baseline);
 * **decode**: the same, decoding every event (what any reader of events pays);
@@ -138,6 +139,8 @@ def child(url: str, key: str, account: str, mode: str, expected: int) -> dict[st
     """Run one measurement in this (fresh) process and return its figures."""
     container = open_container(url, Path(key))
     try:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        cpu_before = usage.ru_utime + usage.ru_stime
         began = time.perf_counter()
         sink = open(os.devnull, "w")  # noqa: SIM115
         if mode in ("notifications", "decode"):
@@ -155,13 +158,16 @@ def child(url: str, key: str, account: str, mode: str, expected: int) -> dict[st
         sink.close()
     finally:
         container.close()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_before
     return {
         "mode": mode,
         "rows": sampled.count,
         "seconds": round(seconds, 3),
         "rows_per_s": round(sampled.count / seconds) if seconds else None,
-        "peak_rss_mb": round(peak / 1024, 1),
+        "cpu_seconds": round(cpu, 3),
+        "rows_per_cpu_s": round(sampled.count / cpu) if cpu else None,
+        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
         "rss_mb_by_tenth": [round(kb / 1024, 1) for kb in sampled.samples],
     }
 
@@ -233,7 +239,17 @@ def main() -> None:
         for backend in args.backends.split(","):
             results.extend(run_backend(backend, args.events, args.per_appointment, Path(work)))
     table = Table(title=f"audit export, one account of {args.events} events")
-    for column in ("backend", "mode", "rows", "s", "rows/s", "peak RSS MB", "RSS MB by tenth"):
+    columns = (
+        "backend",
+        "mode",
+        "rows",
+        "s",
+        "rows/s",
+        "rows/CPU-s",
+        "peak RSS MB",
+        "RSS by tenth",
+    )
+    for column in columns:
         table.add_column(column)
     for r in results:
         table.add_row(
@@ -242,13 +258,18 @@ def main() -> None:
             str(r["rows"]),
             str(r["seconds"]),
             str(r["rows_per_s"]),
+            str(r["rows_per_cpu_s"]),
             str(r["peak_rss_mb"]),
-            " ".join(str(v) for v in r["rss_mb_by_tenth"]),
+            f"{min(r['rss_mb_by_tenth'], default=0)}–{max(r['rss_mb_by_tenth'], default=0)}",
         )
-    Console().print(table)
+    Console(width=150).print(table)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"events": args.events, "results": results}, indent=2) + "\n")
+    load = os.getloadavg()
+    out.write_text(
+        json.dumps({"events": args.events, "load_average": load, "results": results}, indent=2)
+        + "\n"
+    )
 
 
 if __name__ == "__main__":
