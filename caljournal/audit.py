@@ -29,6 +29,7 @@ from caljournal.domain.account import Account, ApiToken
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Origin
 from caljournal.domain.link import CalendarLink
+from caljournal.domain.quarantine import QuarantineLog
 from caljournal.errors import InvalidInputError
 from caljournal.projections.audit import AuditRecord, AuditView
 
@@ -41,7 +42,7 @@ _TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,100}$")
 def known_topics() -> dict[str, tuple[str, ...]]:
     """Return every event topic the journal can hold, by event type name (``Moved``)."""
     by_name: dict[str, list[str]] = {}
-    for aggregate in (Appointment, CalendarLink, Account, ApiToken):
+    for aggregate in (Appointment, CalendarLink, Account, ApiToken, QuarantineLog):
         for name, value in vars(aggregate).items():
             if isinstance(value, type) and issubclass(value, DomainEvent):
                 topic = get_topic(value)

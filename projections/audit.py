@@ -2,10 +2,12 @@
 
 Each event is read from the journal through the account's audit chain (see
 ``adapters.audit_chain``), applied to the aggregate it belongs to, and
-reported as the fields whose value it changed, old → new. Only fields named in
-:data:`AUDITED_FIELDS` are ever compared or shown: an allow-list per aggregate
-type, so a field added later (a secret, a hash) stays out of audit output
-until someone decides it belongs there. Token hashes, link credentials and
+reported as the fields whose value it changed, old → new, plus the facts an
+event records that no field keeps (:data:`EVENT_FACTS`, e.g. why an object was
+quarantined). Only fields named in :data:`AUDITED_FIELDS` and
+:data:`EVENT_FACTS` are ever shown: allow-lists per aggregate type and topic,
+so a field added later (a secret, a hash) stays out of audit output until
+someone decides it belongs there. Token hashes, link credentials and
 sealed values are not on it.
 
 Memory stays flat however long the account's history: the view keeps the
@@ -72,6 +74,16 @@ AUDITED_FIELDS: dict[str, tuple[str, ...]] = {
     ),
     "Account": ("name", "last_rebuild"),
     "ApiToken": ("name", "account_name", "revoked"),
+    # Its state is the set of objects held; each decision is shown by EVENT_FACTS.
+    "QuarantineLog": (),
+}
+
+#: Facts an event records that no audited field keeps, by topic: shown as
+#: changes of ``event.NAME`` from nothing to the recorded value.
+EVENT_FACTS: dict[str, tuple[str, ...]] = {
+    "caljournal:Appointment.PushFailed": ("sequence",),
+    "caljournal:QuarantineLog.ObjectQuarantined": ("href", "etag", "reason"),
+    "caljournal:QuarantineLog.ObjectReleased": ("href",),
 }
 
 Change = tuple[str, Any, Any]
@@ -185,6 +197,17 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> list[Change]:
     return changes
 
 
+def _facts(topic: str, event: Any) -> list[Change]:
+    return [
+        (f"event.{name}", None, _plain(getattr(event, name, None)))
+        for name in EVENT_FACTS.get(topic, ())
+    ]
+
+
+def _plain(value: Any) -> Any:
+    return value if type(value) in _PLAIN else str(value)
+
+
 History = Callable[[UUID, int, int], Iterable[Any]]
 """Return an aggregate's decoded events with ``after < version <= up_to``."""
 
@@ -243,7 +266,7 @@ class AuditView:
             origin=str(getattr(event, "origin", "") or ""),
             actor=str(getattr(event, "actor", "") or ""),
             correlation_id=str(getattr(event, "correlation_id", "") or ""),
-            changes=diff(before, after),
+            changes=diff(before, after) + _facts(entry.topic, event),
             version=version,
             topic=entry.topic,
         )
@@ -275,6 +298,7 @@ class AuditView:
 
 __all__ = [
     "AUDITED_FIELDS",
+    "EVENT_FACTS",
     "AuditRecord",
     "AuditView",
     "Change",

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
@@ -20,12 +21,14 @@ from caljournal.audit import AuditQuery, AuditService
 from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.link import CalendarLink
+from caljournal.domain.quarantine import QuarantineLog
 from caljournal.errors import InvalidInputError
 from caljournal.maintenance import rebuild_read_models
 from caljournal.projections.executor import BOOKING_SYSTEM_WINS
 from caljournal.scripts.cli import app
 from tests.conftest import Tenant, operator
 from tests.integration.test_inbound import Linked, edit_remote
+from tests.support.patience import HTTP_TIMEOUT
 from tests.support.radicale import RadicaleProcess
 
 PASSWORD = "hunter2"
@@ -40,6 +43,8 @@ class Scenario:
     a: str
     b: str
     link_id: str
+    quarantine_id: str
+    todo_href: str
     actor: str
     secrets: list[str]
 
@@ -102,6 +107,19 @@ def scenario(
     edit_remote(calendar, f"{a}@caljournal", summary="Remote")
     assert linked.poll().counts == {"conflict": 1}
 
+    # An object the poll cannot take in is quarantined.
+    todo = (
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:x\r\nBEGIN:VTODO\r\nUID:t1\r\n"
+        "DTSTAMP:20260101T000000Z\r\nSUMMARY:Buy milk\r\nEND:VTODO\r\nEND:VCALENDAR\r\n"
+    )
+    with httpx.Client(auth=("bob", PASSWORD), timeout=HTTP_TIMEOUT) as raw:
+        put = raw.put(
+            url + "todo.ics", content=todo.encode(), headers={"Content-Type": "text/calendar"}
+        )
+        assert put.status_code in (200, 201, 204), put.text
+    linked.poll()
+    assert url + "todo.ics" in container.sync_state.quarantined(str(acme.account_id))
+
     principal = container.accounts.authenticate(acme.token)
     token_rows = container.journal.journal_recorder.select_tokens(str(acme.account_id))
     assert token_rows
@@ -109,6 +127,8 @@ def scenario(
         a=a,
         b=b,
         link_id=str(CalendarLink.id_for(acme.account_id)),
+        quarantine_id=str(QuarantineLog.id_for(acme.account_id)),
+        todo_href=url + "todo.ics",
         actor=principal.actor,
         secrets=[
             PASSWORD,
@@ -256,6 +276,10 @@ def check(rows: list[Row], s: Scenario, *, as_text: bool) -> None:
             assert row.changes.get(name) == want, (event_type, name, row.changes)
         found.append(row.position)
     assert found == sorted(found)
+    (held,) = [r for r in rows if r.event_type == "ObjectQuarantined"]
+    assert held.aggregate_id == s.quarantine_id and held.origin == "caldav"
+    assert held.changes["event.href"] == (text(None) if as_text else None, s.todo_href)
+    assert "VTODO" in held.changes["event.reason"][1]
     link_fields = {f for r in rows if r.aggregate_id == s.link_id for f in r.changes}
     assert "username" not in link_fields and not any("password" in f for f in link_fields)
 
