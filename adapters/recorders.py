@@ -238,44 +238,92 @@ class ReadModelQueries(ResyncQueries):
         return sorted(r["account_id"] for r in rows)
 
     def audit_entries(
-        self, account_id: str, *, after_seq: int = 0, after_position: int = 0, limit: int = 1000
+        self,
+        account_id: str,
+        *,
+        after_seq: int = 0,
+        after_position: int = 0,
+        limit: int = 1000,
+        topics: Sequence[str] = (),
+        originator_id: UUID | None = None,
     ) -> list[ChainEntry]:
         """Return an account's chain entries in order, each with its stored event as it is now.
 
-        Entries come after both ``after_seq`` and ``after_position``; at most ``limit``.
+        Entries come after both ``after_seq`` and ``after_position``; at most
+        ``limit``; only of ``topics`` and of ``originator_id`` when given.
         """
         p = self.placeholder
+        only = ""
+        params: list[Any] = [account_id, after_seq, after_position]
+        if topics:
+            only += f" AND c.topic IN ({', '.join([p] * len(topics))})"
+            params.extend(topics)
+        if originator_id is not None:
+            only += f" AND c.originator_id = {p}"
+            params.append(str(originator_id))
+        # Joined by journal position (the events table's own order, so pages
+        # read it sequentially); an event no longer at its chained position
+        # is looked up by originator id and version below.
         rows = self._fetch(
             f"SELECT c.seq, c.position, c.originator_id, c.originator_version, c.topic, "
-            f"c.entry_hash, e.{self.position_column} AS stored_position, e.topic AS stored_topic, "
+            f"c.entry_hash, e.originator_id AS stored_id, "
+            f"e.originator_version AS stored_version, e.topic AS stored_topic, "
             f"e.state AS stored_state FROM {self.qualify}{CHAIN} c "
-            f"LEFT JOIN {self.events_table} e ON e.originator_id = {self.chained_id} "
-            f"AND e.originator_version = c.originator_version "
-            f"WHERE c.account_id = {p} AND c.seq > {p} AND c.position > {p} "
+            f"LEFT JOIN {self.events_table} e ON e.{self.position_column} = c.position "
+            f"WHERE c.account_id = {p} AND c.seq > {p} AND c.position > {p}{only} "
             f"ORDER BY c.seq LIMIT {p}",
-            [account_id, after_seq, after_position, limit],
+            [*params, limit],
         )
-        return [
-            ChainEntry(
-                account_id=account_id,
-                seq=int(r["seq"]),
-                position=int(r["position"]),
-                originator_id=UUID(r["originator_id"]),
-                originator_version=int(r["originator_version"]),
-                topic=r["topic"],
-                entry_hash=r["entry_hash"],
-                stored=None
-                if r["stored_state"] is None
-                else StoredEvent(
-                    originator_id=UUID(r["originator_id"]),
-                    originator_version=int(r["originator_version"]),
-                    topic=r["stored_topic"],
-                    state=bytes(r["stored_state"]),
-                ),
-                stored_position=None if r["stored_position"] is None else int(r["stored_position"]),
+        entries = []
+        for r in rows:
+            chained = UUID(r["originator_id"])
+            version = int(r["originator_version"])
+            found: tuple[int, str, bytes] | None = None
+            # Compared as hex digits: SQLite keeps ids without dashes, and
+            # parsing a second UUID per row costs a third of this loop.
+            if (
+                r["stored_state"] is not None
+                and int(r["stored_version"]) == version
+                and str(r["stored_id"]).replace("-", "") == chained.hex
+            ):
+                found = (int(r["position"]), r["stored_topic"], bytes(r["stored_state"]))
+            else:
+                found = self._stored_event(chained, version)
+            entries.append(
+                ChainEntry(
+                    account_id=account_id,
+                    seq=int(r["seq"]),
+                    position=int(r["position"]),
+                    originator_id=chained,
+                    originator_version=version,
+                    topic=r["topic"],
+                    entry_hash=r["entry_hash"],
+                    stored=None
+                    if found is None
+                    else StoredEvent(
+                        originator_id=chained,
+                        originator_version=version,
+                        topic=found[1],
+                        state=found[2],
+                    ),
+                    stored_position=None if found is None else found[0],
+                )
             )
-            for r in rows
-        ]
+        return entries
+
+    def _stored_event(self, originator_id: UUID, version: int) -> tuple[int, str, bytes] | None:
+        """Return (position, topic, state) of one stored event, or None when it is gone."""
+        p = self.placeholder
+        rows = self._fetch(
+            f"SELECT e.{self.position_column} AS position, e.topic, e.state "
+            f"FROM {self.events_table} e "
+            f"WHERE e.originator_id = {self.chained_id.replace('c.originator_id', p)} "
+            f"AND e.originator_version = {p}",
+            [str(originator_id), version],
+        )
+        if not rows:
+            return None
+        return int(rows[0]["position"]), rows[0]["topic"], bytes(rows[0]["state"])
 
     def upsert_rows(self, rows: Iterable[Row]) -> None:
         """Write rows outside an event transaction (used when rebuilding)."""

@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from caljournal import __version__
 from caljournal.api.appointments import router as appointments_router
+from caljournal.api.audit import router as audit_router
 from caljournal.api.deps import ContainerDep
 from caljournal.api.errors import install_error_handlers
 from caljournal.api.links import router as links_router
@@ -106,6 +107,7 @@ def create_app(container: Container) -> FastAPI:
     app.include_router(appointments_router)
     app.include_router(links_router)
     app.include_router(ops_router)
+    app.include_router(audit_router)
     document_auth(app)
     return app
 

@@ -9,6 +9,8 @@ from uuid import UUID
 
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.readmodel import rows_for, with_positions
+from caljournal.domain.account import Account
+from caljournal.domain.cause import Cause
 
 TOPICS = (
     "caljournal:Appointment",
@@ -20,19 +22,24 @@ PAGE = 1000
 
 
 def rebuild_read_models(
-    journal: Journal, progress: Callable[[int, int], None] | None = None
+    journal: Journal,
+    progress: Callable[[int, int], None] | None = None,
+    cause: Cause | None = None,
 ) -> tuple[int, float]:
     """Rebuild appointments, accounts, tokens and links tables; return (events read, seconds).
 
     Appointment rows get the journal position of their latest event, by which the
     outbound worker finds pending pushes. Sync state (calendar copies, sealed
     credentials, poll positions) is not derived from the journal alone and is kept.
+    With ``cause``, the rebuild is recorded on every account (``ReadModelsRebuilt``)
+    so that it shows in each account's change log.
     """
     began = time.monotonic()
     recorder = journal.journal_recorder
     total = recorder.max_notification_id() or 0
     # Each aggregate's (version, journal position) of its last event read.
     last: dict[UUID, tuple[int, int]] = {}
+    accounts: set[UUID] = set()
     position = 0
     read = 0
     while True:
@@ -40,11 +47,14 @@ def rebuild_read_models(
         if not page:
             break
         for notification in page:
-            if notification.topic.split(".")[0] in TOPICS:
+            kind = notification.topic.split(".")[0]
+            if kind in TOPICS:
                 last[UUID(str(notification.originator_id))] = (
                     notification.originator_version,
                     notification.id,
                 )
+            if kind == "caljournal:Account":
+                accounts.add(UUID(str(notification.originator_id)))
         read += len(page)
         position = page[-1].id
         if progress:
@@ -61,4 +71,9 @@ def rebuild_read_models(
             recorder.upsert_rows(batch)
             batch = []
     recorder.upsert_rows(batch)
+    if cause is not None:
+        for account_id in sorted(accounts):
+            account: Account = journal.repository.get(account_id)
+            account.record_rebuild(events_read=read, cause=cause)
+            journal.save(account)
     return read, time.monotonic() - began

@@ -74,6 +74,17 @@ class Account(Aggregate):
         correlation_id: str,  # noqa: A002
     ) -> None:
         self.name = name
+        self.last_rebuild: dict[str, int] | None = None
+
+    def record_rebuild(self, *, events_read: int, cause: Cause) -> None:
+        """Record that an operator rebuilt the query tables from the journal."""
+        self._read_models_rebuilt(events_read=events_read, **cause.fields())
+
+    @event("ReadModelsRebuilt", topic="caljournal:Account.ReadModelsRebuilt")
+    def _read_models_rebuilt(
+        self, *, events_read: int, origin: str, actor: str, correlation_id: str
+    ) -> None:
+        self.last_rebuild = {"events_read": events_read}
 
 
 class ApiToken(Aggregate):

@@ -11,6 +11,7 @@ from uuid import UUID
 
 import typer
 
+from caljournal.scripts.audit_cli import audit_app
 from caljournal.scripts.common import (
     Commands,
     JsonOption,
@@ -35,6 +36,7 @@ app.add_typer(account_app, name="account")
 app.add_typer(token_app, name="token")
 app.add_typer(link_app, name="link")
 app.add_typer(secrets_app, name="secrets")
+app.add_typer(audit_app, name="audit")
 
 
 @app.command()
@@ -143,7 +145,9 @@ def rebuild_read_models_command() -> None:
     with container() as built:
         read, seconds = run_with_progress(
             lambda progress: rebuild_read_models(
-                built.journal, lambda done, total: progress("reading the journal", done, total)
+                built.journal,
+                lambda done, total: progress("reading the journal", done, total),
+                operator_cause(),
             )
         )
     rate = read / seconds if seconds else 0.0
