@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Cipher
 
 from caljournal.adapters.personal_data import split_personal
-from caljournal.adapters.readmodel import Row
+from caljournal.adapters.readmodel import APPOINTMENTS, Row
 from caljournal.domain.appointment import Appointment
 
 PERSONAL_KEYS = "caljournal_personal_keys"
@@ -171,6 +171,39 @@ class PersonalKeys:
         if memo is not None:
             memo[appointment_id] = key
         return key
+
+    def keys_for(self, appointment_ids: Sequence[UUID]) -> dict[UUID, bytes | None]:
+        """Return the keys of many appointments (None when erased or absent), 500 per query.
+
+        A memo for :meth:`for_read` when one batch decodes events of many
+        appointments (the audit log's pages).
+        """
+        q = self.queries
+        found: dict[UUID, bytes | None] = {UUID(str(i)): None for i in appointment_ids}
+        ids = [str(i) for i in found]
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ", ".join(q.placeholder for _ in chunk)
+            rows = q._fetch(
+                f"SELECT appointment_id, key FROM {q.qualify}{PERSONAL_KEYS} "
+                f"WHERE appointment_id IN ({marks})",
+                chunk,
+            )
+            for row in rows:
+                if row["key"]:
+                    found[UUID(row["appointment_id"])] = self._opened(row["key"])
+        return found
+
+    def erased_of(self, account_id: str) -> set[UUID]:
+        """Return the ids of the account's appointments whose personal data was erased."""
+        q = self.queries
+        rows = q._fetch(
+            f"SELECT k.appointment_id FROM {q.qualify}{PERSONAL_KEYS} k "
+            f"JOIN {q.qualify}{APPOINTMENTS} a ON a.id = k.appointment_id "
+            f"WHERE a.account_id = {q.placeholder} AND k.erased_us IS NOT NULL",
+            [account_id],
+        )
+        return {UUID(row["appointment_id"]) for row in rows}
 
     def status(self, appointment_id: UUID) -> dict[str, Any] | None:
         """Return the key row without its key (created_us, erased_us, erased_by), or None."""

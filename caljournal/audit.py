@@ -21,6 +21,7 @@ from uuid import UUID
 
 import orjson
 from eventsourcing.domain import DomainEvent
+from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
 
 from caljournal.adapters.audit_chain import ChainEntry
@@ -34,6 +35,7 @@ from caljournal.errors import InvalidInputError
 from caljournal.projections.audit import AuditRecord, AuditView
 
 PAGE = 1000
+APPOINTMENT = "caljournal:Appointment."
 MAX_LIMIT = 5000
 _TYPE = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,100}$")
 
@@ -144,7 +146,14 @@ class AuditService:
         The next page of the chain is read in a second thread while this one
         is decoded: the database's answer and the decoding overlap.
         """
-        view = AuditView(self.journal.mapper.to_domain_event, self._history, self.cache_size)
+        keys = self.journal.personal_keys
+        memo: dict[UUID, Any] = {}
+
+        def decode(stored: StoredEvent) -> Any:
+            return self.journal.personal_mapper.to_domain_event(stored, memo)
+
+        erased = keys.erased_of(str(query.account_id))
+        view = AuditView(decode, self._history, self.cache_size, erased)
         recorder = self.journal.journal_recorder
 
         def read(seq: int, position: int) -> list[ChainEntry]:
@@ -165,6 +174,13 @@ class AuditService:
                 pending = None
                 if len(entries) == self.page_size:
                     pending = reader.submit(read, entries[-1].seq, entries[-1].position)
+                # One query for the page's personal-data keys, not one per event.
+                memo.clear()
+                memo.update(
+                    keys.keys_for(
+                        list({e.originator_id for e in entries if e.topic.startswith(APPOINTMENT)})
+                    )
+                )
                 for record in view.records(entries):
                     if query.matches(record):
                         yield record

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -30,6 +30,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 
 from caljournal.adapters.audit_chain import ChainEntry
+from caljournal.domain.appointment import OVERRIDE_TEXTS, PERSONAL_FIELDS, erased_value
 from caljournal.domain.values import rfc3339
 
 #: The fields shown per aggregate type (the class name the topic names).
@@ -53,6 +54,7 @@ AUDITED_FIELDS: dict[str, tuple[str, ...]] = {
         "push_failure",
         "last_conflict",
         "calendar_uid",
+        "erased_on",
     ),
     "CalendarLink": (
         "status",
@@ -82,6 +84,7 @@ AUDITED_FIELDS: dict[str, tuple[str, ...]] = {
 #: changes of ``event.NAME`` from nothing to the recorded value.
 EVENT_FACTS: dict[str, tuple[str, ...]] = {
     "caljournal:Appointment.PushFailed": ("sequence",),
+    "caljournal:Appointment.Erased": ("reason",),
     "caljournal:QuarantineLog.ObjectQuarantined": ("href", "etag", "reason"),
     "caljournal:QuarantineLog.ObjectReleased": ("href",),
 }
@@ -216,9 +219,16 @@ class AuditView:
     """Turn chain entries into :class:`AuditRecord` s, keeping a bounded cache of states."""
 
     def __init__(
-        self, decode: Callable[[StoredEvent], Any], history: History, cache_size: int = 10_000
+        self,
+        decode: Callable[[StoredEvent], Any],
+        history: History,
+        cache_size: int = 10_000,
+        erased: Collection[UUID] = (),
     ) -> None:
         self._decode = decode
+        # Appointments whose personal data was erased: their older events show
+        # it erased too, also events written before personal data was encrypted.
+        self._erased = frozenset(erased)
         self._history = history
         self._cache_size = cache_size
         # aggregate id -> (version, aggregate, audited state at that version)
@@ -266,10 +276,24 @@ class AuditView:
             origin=str(getattr(event, "origin", "") or ""),
             actor=str(getattr(event, "actor", "") or ""),
             correlation_id=str(getattr(event, "correlation_id", "") or ""),
-            changes=diff(before, after) + _facts(entry.topic, event),
+            changes=self._masked(entry.originator_id, diff(before, after))
+            + _facts(entry.topic, event),
             version=version,
             topic=entry.topic,
         )
+
+    def _masked(self, aggregate_id: UUID, changes: list[Change]) -> list[Change]:
+        if aggregate_id not in self._erased:
+            return changes
+        masked = []
+        for name, old, new in changes:
+            last = name.rsplit(".", 1)[-1]
+            if last in PERSONAL_FIELDS or last in OVERRIDE_TEXTS:
+                old, new = erased_value(last, old), erased_value(last, new)
+                if old == new:
+                    continue
+            masked.append((name, old, new))
+        return masked
 
     def _before(self, aggregate_id: UUID, version: int) -> tuple[Any, dict[str, Any]]:
         """Return the aggregate at ``version - 1`` and its audited state."""

@@ -7,6 +7,7 @@ import io
 import json
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -17,6 +18,7 @@ from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
 from caljournal.accounts import hash_token
+from caljournal.appointments import Booking
 from caljournal.audit import AuditQuery, AuditService
 from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
@@ -438,3 +440,51 @@ def test_a_rebuild_of_the_query_tables_is_recorded_in_every_account_log(
             "corr-rebuild",
         )
         assert record.changes == [("last_rebuild.events_read", None, read)]
+
+
+def test_an_erased_appointment_shows_erased_in_every_record_of_the_log(
+    container: Container, acme: Tenant
+) -> None:
+    """After an erasure the log keeps every change of the appointment, its texts erased."""
+    start = datetime(2027, 5, 3, 9, tzinfo=UTC)
+    booked = container.appointments.book(
+        acme.account_id,
+        Booking(
+            "Colour for Ms Example",
+            start,
+            start + timedelta(hours=1),
+            "Europe/Berlin",
+            description="allergic to ammonia",
+            customer_name="Erika Example",
+            customer_email="erika@example.org",
+        ),
+        Cause(Origin.API, "token:acme/default", "req-book"),
+    )
+    appointment_id = UUID(booked.state["id"])
+    container.appointments.change_details(
+        None, appointment_id, {"title": "Colour and cut for Ms Example"}, operator()
+    )
+    erasing = Cause(Origin.OPERATOR, "operator:dpo", "req-erase")
+    container.erasure.erase(None, appointment_id, "erasure request 2027-05", erasing)
+
+    records = list(
+        AuditService(container.journal).stream(
+            AuditQuery(acme.account_id, appointment_id=appointment_id)
+        )
+    )
+    assert [r.event_type for r in records] == ["Booked", "DetailsChanged", "Erased"]
+    shown = json.dumps([r.as_dict() for r in records])
+    for secret in ("Ms Example", "ammonia", "Erika", "erika@example.org"):
+        assert secret not in shown
+    booked_record = records[0].as_dict()["changes"]
+    titles = [c for c in booked_record if c["field"] == "title"]
+    assert titles == [{"field": "title", "old": None, "new": "[erased]"}]
+    erased = records[-1]
+    assert (erased.origin, erased.actor, erased.correlation_id) == (
+        "operator",
+        "operator:dpo",
+        "req-erase",
+    )
+    assert ("event.reason", None, "erasure request 2027-05") in erased.changes
+    # Times and status stay readable.
+    assert any(c[0] == "start" for c in records[0].changes)
