@@ -21,7 +21,7 @@ from __future__ import annotations
 import base64
 import copy
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -154,7 +154,7 @@ class PersonalDataMapper(Mapper[UUID]):
         return super().to_stored_event(copy)
 
     def to_domain_event(
-        self, stored_event: StoredEvent, memo: dict[UUID, Any] | None = None
+        self, stored_event: StoredEvent, memo: MutableMapping[UUID, Any] | None = None
     ) -> DomainEventProtocol[UUID]:
         """Return the domain event with its personal fields opened, or erased without a key.
 

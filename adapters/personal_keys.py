@@ -160,7 +160,9 @@ class PersonalKeys:
         with self._lock:
             return self._written.get(appointment_id)
 
-    def for_read(self, appointment_id: UUID, memo: dict[UUID, Any] | None) -> bytes | None:
+    def for_read(
+        self, appointment_id: UUID, memo: MutableMapping[UUID, Any] | None
+    ) -> bytes | None:
         """Return the key to decrypt with, looked up once per decode batch (``memo``)."""
         if memo is not None:
             hit = memo.get(appointment_id, _ABSENT)
@@ -179,7 +181,9 @@ class PersonalKeys:
         appointments (the audit log's pages).
         """
         q = self.queries
-        found: dict[UUID, bytes | None] = {UUID(str(i)): None for i in appointment_ids}
+        found: dict[UUID, bytes | None] = {
+            i if isinstance(i, UUID) else UUID(str(i)): None for i in appointment_ids
+        }
         ids = [str(i) for i in found]
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]

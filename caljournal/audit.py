@@ -20,6 +20,7 @@ from typing import Any
 from uuid import UUID
 
 import orjson
+from cachetools import LRUCache
 from eventsourcing.domain import DomainEvent
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.utils import get_topic
@@ -147,7 +148,8 @@ class AuditService:
         is decoded: the database's answer and the decoding overlap.
         """
         keys = self.journal.personal_keys
-        memo: dict[UUID, Any] = {}
+        # Personal-data keys of the appointments met lately: bounded like the view's states.
+        memo: LRUCache[UUID, Any] = LRUCache(maxsize=self.cache_size)
 
         def decode(stored: StoredEvent) -> Any:
             return self.journal.personal_mapper.to_domain_event(stored, memo)
@@ -174,13 +176,14 @@ class AuditService:
                 pending = None
                 if len(entries) == self.page_size:
                     pending = reader.submit(read, entries[-1].seq, entries[-1].position)
-                # One query for the page's personal-data keys, not one per event.
-                memo.clear()
-                memo.update(
-                    keys.keys_for(
-                        list({e.originator_id for e in entries if e.topic.startswith(APPOINTMENT)})
-                    )
-                )
+                # One query for the page's personal-data keys not met yet, not one per event.
+                wanted = {
+                    e.originator_id
+                    for e in entries
+                    if e.topic.startswith(APPOINTMENT) and e.originator_id not in memo
+                }
+                if wanted:
+                    memo.update(keys.keys_for(list(wanted)))
                 for record in view.records(entries):
                     if query.matches(record):
                         yield record
