@@ -8,7 +8,9 @@ differs from caljournal's own href → ETag map (so our own writes are never rea
 back as changes), and commits the events together with the map and the new
 sync token, in one transaction per batch: the token moves only with the last
 batch, so a crash repeats the poll and the map makes the repeat import nothing
-twice.
+twice. Objects are fetched (unless the delta carried them), parsed once,
+decided and recorded a chunk at a time, so a first import's counter moves from
+its first chunk and memory holds one chunk, not the calendar.
 
 No server's delta is trusted alone (Xandikos, for one, never reports an object
 created and deleted after the client's token): on a schedule, and after our own
