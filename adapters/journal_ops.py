@@ -148,6 +148,26 @@ def state_as_of(journal: Journal, aggregate_id: UUID, when: datetime | None) -> 
     return aggregate
 
 
+def state_at_sequence(journal: Journal, aggregate_id: UUID, sequence: int) -> Any | None:
+    """Return the aggregate's last state at appointment ``sequence`` (None if it never had it).
+
+    An appointment's sequence counts the changes its calendar copy shows: the
+    state at a sequence is what a push at that moment rendered.
+    """
+    found: Any = None
+    aggregate: Any = None
+    for event in journal.events.get(aggregate_id):
+        if not isinstance(event, CanMutateAggregate):
+            raise TypeError(f"{type(event).__name__} cannot rebuild an aggregate")
+        aggregate = event.mutate(aggregate)
+        current = getattr(aggregate, "sequence", None)
+        if current == sequence:
+            found = aggregate.state()
+        elif current is not None and current > sequence:
+            break
+    return found
+
+
 __all__ = [
     "Applied",
     "apply",
@@ -155,4 +175,5 @@ __all__ = [
     "load_or_not_found",
     "replay",
     "state_as_of",
+    "state_at_sequence",
 ]

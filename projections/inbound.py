@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from caljournal.adapters.journal import Journal
-from caljournal.adapters.journal_ops import apply, find
+from caljournal.adapters.journal_ops import apply, find, state_at_sequence
 from caljournal.adapters.providers import get_profile
 from caljournal.adapters.storage import CalendarStorage, Delta, SyncTokenInvalid
 from caljournal.adapters.syncstate import (
@@ -332,7 +332,8 @@ class Poller:
                 copy,
                 appointment,
                 lambda uid: imported_id(self.account_id, self.calendar_url, uid),
-                parsed[href],
+                past=self._past(appointment),
+                parsed=parsed[href],
             )
             uid = decision.fields.calendar_uid if decision.fields else None
             if uid and decision.kind in (
@@ -671,6 +672,16 @@ class Poller:
             lambda link: link.pause(reason=reason, cause=cause),
             CalendarLink,
         )
+
+    def _past(self, appointment: dict[str, Any] | None) -> Callable[[int], dict[str, Any] | None]:
+        """Return how to look up the appointment's state at an older sequence (read on demand)."""
+
+        def at(sequence: int) -> dict[str, Any] | None:
+            if appointment is None:
+                return None
+            return state_at_sequence(self.journal, uuid.UUID(appointment["id"]), sequence)
+
+        return at
 
     def _log_quarantine(self, writes: StateWrites, cause: Cause) -> QuarantineLog | None:
         """Record a batch's quarantine changes on the account's log; return it if it changed.

@@ -168,6 +168,7 @@ def decide(
     copy: CopyRecord | None,
     appointment: dict[str, Any] | None,
     new_id: Callable[[str], str],
+    past: Callable[[int], dict[str, Any] | None] | None = None,
     parsed: Parsed | None = None,
 ) -> Decision:
     """Decide what a remote object (``data``; None when deleted) means (pure).
@@ -203,7 +204,7 @@ def decide(
     if copy is not None and not restored and digest == copy.content_hash:
         return Decision(DecisionKind.ECHO, href, copy.appointment_id, etag=etag, digest=digest)
     if copy is not None and copy.present and copy.content_hash is None and appointment is not None:
-        adopted = _own_write(href, etag, events, fields, digest, appointment)
+        adopted = _own_write(href, etag, events, fields, digest, appointment, past)
         if adopted is not None:
             return adopted
     if copy is not None and appointment is not None:
@@ -230,7 +231,13 @@ def decide(
             return Decision(
                 DecisionKind.ADOPT, href, ours, fields, etag, digest, sequence=remote_sequence
             )
-        return Decision(DecisionKind.APPLY, href, ours, fields, etag, digest)
+        # A newer SEQUENCE: our write whose answer was lost, edited since by
+        # another client. Without a record nothing tells whether a local change
+        # waited when it was edited; as over a record in doubt, the booking
+        # system wins (recorded as a conflict) and the push overwrites it.
+        return Decision(
+            DecisionKind.CONFLICT, href, ours, fields, etag, digest, sequence=sequence - 1
+        )
     return Decision(
         DecisionKind.IMPORT, href, new_id(fields.calendar_uid or href), fields, etag, digest
     )
@@ -243,16 +250,19 @@ def _own_write(
     fields: RemoteFields,
     digest: str,
     appointment: dict[str, Any],
+    past: Callable[[int], dict[str, Any] | None] | None,
 ) -> Decision | None:
     """Adopt an object over a record in doubt when it is our own write, else return None.
 
     A record is in doubt while a write over it is under way (see
     ``SyncStateStore.doubt_copies``); after a crash the calendar may hold our
     write, whose answer was never recorded. It is ours when it carries the
-    appointment's id and a SEQUENCE older than the appointment's, or its
-    SEQUENCE and exactly the content the journal shows at that sequence. An
-    object with a newer SEQUENCE, or other content at the same one, is someone
-    else's edit and is decided as one.
+    appointment's id, a SEQUENCE no newer than the appointment's, and exactly
+    the content the journal showed at that SEQUENCE (``past`` returns the
+    appointment's state at an older sequence; without it an older SEQUENCE
+    alone counts). Anything else is someone else's edit and is decided as one:
+    another client raises SEQUENCE by one, which may still be older than the
+    appointment's when local changes were pushed without a write (an undo).
     """
     ours = {e.appointment_id for e in events}
     if ours != {appointment["id"]}:
@@ -261,7 +271,12 @@ def _own_write(
     sequence = int(appointment["sequence"])
     if remote_sequence > sequence:
         return None
-    if remote_sequence == sequence and digest != render(appointment)[1]:
+    then = appointment if remote_sequence == sequence else None
+    if then is None and past is not None:
+        then = past(remote_sequence)
+        if then is None:
+            return None
+    if then is not None and digest != render(then)[1]:
         return None
     return Decision(
         DecisionKind.ADOPT,

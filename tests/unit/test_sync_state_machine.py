@@ -643,3 +643,48 @@ def test_an_import_deleted_after_a_poll_died_between_batches_is_cancelled() -> N
     machine.remote_delete(pick=0)
     machine.remote_delete(pick=0)
     machine.teardown()
+
+
+def test_an_edit_by_another_client_is_not_taken_for_our_write_when_a_replay_died() -> None:
+    """A retitle and its undo are recorded without a write; another client moves the copy.
+
+    The copy still carries the SEQUENCE of its first write, so the other
+    client's edit has a SEQUENCE older than the appointment's. A replay marks
+    the record in doubt and dies before writing it: the poll must not adopt
+    the edit as the replay's own write (it holds other content than the
+    journal showed at that SEQUENCE), and takes it in as a calendar edit.
+    """
+    machine = _started([(242, 30, "Haircut", "Europe/Berlin"), (23, 30, "Beard trim", "UTC")])
+    machine.change(change=("retitle", "Haircut"), pick=0)
+    machine.undo(pick=0)
+    machine.sync(poll_first=True)
+    machine.remote_create(
+        minutes=120, start=44, title="Cut, wash; dry", vtimezone=True, zone="America/New_York"
+    )
+    machine.sync(poll_first=True)
+    (retitled,) = [a for a, s in machine.states().items() if s["sequence"] == 2]
+    href = machine.copies()[retitled].href
+    pick = next(p for p in range(MAX_OBJECTS) if machine._href(p) == href)
+    machine.remote_edit(change=("time", 1, 120), pick=pick)
+    machine.crash_after_a_write(job="replay", survive=0)
+    machine.teardown()
+
+
+def test_an_unrecorded_write_edited_by_another_client_is_overwritten_as_a_conflict() -> None:
+    """The push's write lands, the process dies before recording it, another client edits it.
+
+    Without a record nothing tells whether a local change waited: as over a
+    record in doubt, the booking system wins, the poll records a conflict, and
+    the push writes the journal's content over the edit.
+    """
+    machine = _started([(118, 30, "Beard trim", "Europe/Berlin")])
+    machine.book(minutes=30, start=185, title="Haircut", zone="Europe/Berlin")
+    machine.crash_after_a_write(job="push", survive=0)
+    machine.remote_edit(change=("time", 5, 120), pick=0)  # the unrecorded object
+    position = machine.world.position()
+    machine.sync(poll_first=True)
+    conflicts = [
+        n for n in machine.world.notifications_since(position) if "ConflictResolved" in n.topic
+    ]
+    assert len(conflicts) == 1
+    machine.teardown()
