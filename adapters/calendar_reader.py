@@ -1,40 +1,51 @@
 """Read what changed in a remote calendar: sync tokens, ETag listings, batched loads.
 
-The port the inbound poller talks to. Everything goes through the caldav
-library (sync-collection REPORT with 507 truncation handling, calendar-multiget,
-PROPFIND); this module only chooses the cheapest question for the server at
-hand and turns the library's answers into plain href → ETag maps.
+The port the inbound poller talks to. Requests go through the caldav client's
+guarded session; the REPORT bodies (sync-collection, calendar-multiget) are
+written here to ask only for ETags and calendar data (``adapters.multistatus``)
+and their answers are read as a stream. This module chooses the cheapest
+question for the server at hand and turns the answers into plain href → ETag
+maps, with the objects' data where the server sent it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from caldav.compatibility_hints import at_spelling_is_significant
 from caldav.elements import dav
-from caldav.lib import error as dav_error
-from caldav.lib.url import URL, normalise_path
+from caldav.lib.url import normalise_path
 from lxml import etree
 
 from caljournal.adapters.caldav_client import (
+    CalDAVError,
     NotCalDAVError,
     ResponseTooLargeError,
     ServerAccess,
+    check_response,
     open_client,
     request,
     translate,
 )
+from caljournal.adapters.multistatus import (
+    Answer,
+    Member,
+    MultistatusError,
+    calendar_query_body,
+    multiget_body,
+    read_multistatus,
+    sync_collection_body,
+)
 from caljournal.adapters.retry import RetryPolicy
 from caljournal.adapters.storage import Delta, Loaded, SyncTokenInvalid
-from caljournal.adapters.transport import DISCOVERY, LISTING, MULTIGET, GuardedSession
+from caljournal.adapters.transport import DISCOVERY, LISTING, MULTIGET
 
 T = TypeVar("T")
 
-VALID_SYNC_TOKEN = "{DAV:}valid-sync-token"
 MULTIGET_BATCH = 100
 NS = {"d": "DAV:", "cs": "http://calendarserver.org/ns/"}
 
@@ -65,6 +76,9 @@ class CalendarReader:
         self.full_timeout = full_timeout
         self.retry = retry or RetryPolicy(attempts=1)
         self._full_client: Any = None
+        # Whether sync-collection may ask for calendar data (a refusal turns it off).
+        self.inline_data = True
+        self.multiget_batch = MULTIGET_BATCH
 
     def _call(self, fn: Callable[[], T]) -> T:
         return self.retry.call(fn)
@@ -80,43 +94,167 @@ class CalendarReader:
     def changes_since(self, token: str | None) -> Delta:
         """Return the changes since ``token`` (all objects when None) by sync-collection.
 
+        The REPORT asks for each changed object's calendar data as well (RFC
+        6578 allows any property), so one request can answer a first sync
+        entirely; a server that leaves the data out answers with ETags only, and
+        the objects are loaded by multiget. A server that refuses the question,
+        or whose answer would pass the listing cap, is asked for ETags only.
+
         :raises SyncTokenInvalidError: when the server refuses the token.
         """
-        calendar = (
-            self.calendar if token is not None else self._full().calendar(url=self.calendar_url)
-        )
+        if self.inline_data:
+            try:
+                delta = self._sync(token, with_data=True)
+                if token is None and len(delta.data) < len(delta.changed):
+                    # The server leaves data out of sync answers (Xandikos): one
+                    # calendar-query brings every object rather than many multigets.
+                    delta = self._with_everything(delta)
+                return delta
+            except ResponseTooLargeError:
+                pass  # too much at once: ETags now, the objects by multiget
+            except CalDAVError as exc:
+                if exc.status not in (400, 403, 415, 422, 501):
+                    raise
+                # Refused with data but not for the token: this server wants ETags only.
+                self.inline_data = False
+        return self._sync(token, with_data=False)
+
+    def _with_everything(self, delta: Delta) -> Delta:
+        """Return ``delta`` with the data of its objects from one calendar-query.
+
+        Only objects whose ETag is the one the delta names are taken: anything
+        changed since is loaded on its own (or reported by the next delta). A
+        server that refuses the query, or whose answer passes the listing cap,
+        leaves the delta as it was.
+        """
+        try:
+            raw = self._call(
+                partial(
+                    self._report,
+                    self._full(),
+                    calendar_query_body(),
+                    "1",
+                    LISTING,
+                    None,
+                    "loading every object",
+                )
+            )
+        except ResponseTooLargeError:
+            return replace(delta, requests=delta.requests + 1)
+        except CalDAVError as exc:
+            if exc.status not in (400, 403, 415, 422, 501):
+                raise
+            return replace(delta, requests=delta.requests + 1)
+        data = dict(delta.data)
+        for item in _read(raw, "loading every object"):
+            if isinstance(item, Answer) or item.data is None:
+                continue
+            href = self._spelled(item.href)
+            if href in delta.changed and item.etag == delta.changed[href]:
+                data[href] = item.data
+        return replace(delta, data=data, requests=delta.requests + 1)
+
+    def _sync(self, token: str | None, with_data: bool) -> Delta:
+        """Ask sync-collection from ``token``, following truncated answers (507)."""
+        client = self._full() if token is None else self.client
         # A delta is small unless much changed: it gets the listing's cap, but
         # only a first (full) sync gets the listing's patient deadline.
         seconds = None if token is None else self.access.limits.request_seconds
-
-        def ask() -> Any:
-            with (
-                translate("asking the calendar what changed"),
-                calendar.client.session.kind(LISTING, seconds),
-            ):
-                try:
-                    return calendar.get_objects_by_sync_token(
-                        sync_token=token, load_objects=False, disable_fallback=True
-                    )
-                except dav_error.DAVError as exc:
-                    if VALID_SYNC_TOKEN in (getattr(exc, "preconditions", None) or []):
-                        raise SyncTokenInvalidError(
-                            "the server no longer knows the sync token", status=exc.status
-                        ) from None
-                    raise
-
-        result = self._call(ask)
-        changed = {
-            self._spelled(str(obj.url)): _etag(obj.props.get(dav.GetEtag.tag))
-            for obj in result.objects
-        }
-        deleted = frozenset(self._spelled(str(u)) for u in result.deleted_urls)
+        changed: dict[str, str | None] = {}
+        data: dict[str, bytes] = {}
+        deleted: set[str] = set()
+        asked = token
+        requests = 0
+        while True:
+            body = sync_collection_body(asked, with_data)
+            raw = self._call(
+                partial(
+                    self._report, client, body, "1", LISTING, seconds, "asking what changed", asked
+                )
+            )
+            requests += 1
+            answer = Answer(members=[])
+            for item in _read(raw, "asking what changed", urlsplit(self.calendar_url).path):
+                if isinstance(item, Answer):
+                    answer = item
+                    continue
+                href = self._spelled(item.href)
+                if href.rstrip("/") == self.calendar_url.rstrip("/") or href.endswith("/"):
+                    continue
+                if item.status == 404:
+                    deleted.add(href)
+                    changed.pop(href, None)
+                    data.pop(href, None)
+                    continue
+                deleted.discard(href)
+                changed[href] = item.etag
+                if item.data is not None:
+                    data[href] = item.data
+                else:
+                    data.pop(href, None)
+            if not answer.truncated or not answer.token or answer.token == asked:
+                break
+            asked = answer.token
         return Delta(
-            changed={h: e for h, e in changed.items() if h not in deleted},
-            deleted=deleted,
-            token=str(result.sync_token) if result.sync_token else None,
+            changed=changed,
+            deleted=frozenset(deleted),
+            token=answer.token,
             complete=token is None,
+            requests=requests,
+            data=data,
         )
+
+    def _report(
+        self,
+        client: Any,
+        body: bytes,
+        depth: str,
+        kind: str,
+        seconds: float | None,
+        what: str,
+        token: str | None = None,
+    ) -> bytes:
+        """Send one REPORT to the calendar; return the multistatus body.
+
+        It goes through the client's guarded session (caps, deadline, address
+        checks) but not through the library's answer object, which would parse
+        the whole body into one tree before anything could be read.
+
+        :raises SyncTokenInvalidError: when ``token`` was sent and the server refuses it.
+        """
+        session = client.session
+        headers = {
+            **client.headers,
+            "Depth": depth,
+            "Content-Type": "application/xml; charset=utf-8",
+        }
+        for attempt in range(2):
+            with translate(what), session.kind(kind, seconds):
+                response = session.request(
+                    "REPORT",
+                    self.calendar_url,
+                    data=body,
+                    headers=headers,
+                    auth=client.auth,
+                    timeout=client.timeout,
+                    verify=client.ssl_verify_cert,
+                    cert=client.ssl_cert,
+                )
+                content = response.content or b""
+            if response.status_code == 401 and client.auth is None and attempt == 0:
+                # Let the library find out how this server wants credentials, then ask again.
+                self._propfind(client, DISCOVERY, "0", _CTAG_BODY, what)
+                continue
+            break
+        status = int(response.status_code)
+        if (
+            token is not None
+            and status in (403, 409, 412)
+            and (b"valid-sync-token" in content or status == 412)
+        ):
+            raise SyncTokenInvalidError("the server no longer knows the sync token", status=status)
+        check_response(_Status(status, response.headers), what, (207,))
+        return bytes(content)
 
     def listing(self) -> Delta:
         """Return every object's href and ETag (one PROPFIND, no calendar data)."""
@@ -157,13 +295,8 @@ class CalendarReader:
 
     def state_tag(self) -> str | None:
         """Return the collection's CTag or sync-token property (None if it has neither)."""
-        body = (
-            b'<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:" '
-            b'xmlns:cs="http://calendarserver.org/ns/"><d:prop><cs:getctag/><d:sync-token/>'
-            b"</d:prop></d:propfind>"
-        )
         tree = self._propfind(
-            self.client, DISCOVERY, "0", body, "asking whether the calendar changed"
+            self.client, DISCOVERY, "0", _CTAG_BODY, "asking whether the calendar changed"
         )
         for path in (".//cs:getctag", ".//d:sync-token"):
             value = tree.findtext(path, None, NS)
@@ -191,17 +324,30 @@ class CalendarReader:
     def load(self, hrefs: Iterable[str]) -> Loaded:
         """Load objects with calendar-multiget, in batches (never one GET each).
 
-        Objects are keyed by the href asked for: a server may spell an href
-        differently in its answer (``%40`` in a listing, ``@`` in a multiget).
+        The REPORT asks for ETags and calendar data only. Objects are keyed by
+        the href asked for: a server may spell an href differently in its
+        answer (``%40`` in a listing, ``@`` in a multiget).
         """
         wanted = list(hrefs)
         loaded = Loaded()
-        batches = [wanted[i : i + MULTIGET_BATCH] for i in range(0, len(wanted), MULTIGET_BATCH)]
+        size = self.multiget_batch
+        batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
         while batches:
             batch = batches.pop(0)
             asked = {unquote(h): h for h in batch}
+            body = multiget_body(urlsplit(h).path for h in batch)
             try:
-                objects = self._call(partial(self._multiget, batch))
+                raw = self._call(
+                    partial(
+                        self._report,
+                        self.client,
+                        body,
+                        "1",
+                        MULTIGET,
+                        None,
+                        "loading changed objects",
+                    )
+                )
             except ResponseTooLargeError:
                 if len(batch) == 1:
                     raise
@@ -211,28 +357,14 @@ class CalendarReader:
                 loaded.requests += 1
                 continue
             loaded.requests += 1
-            for obj in objects:
-                # The bytes the server sent, not ``data``: caldav's vcal.fix()
-                # strips trailing blanks and backslashes before quotes, which
-                # would read as changes of the appointment's text.
-                raw = obj.raw_data if obj.raw_data is not None else obj.data
-                if raw is None:  # a 404 inside the multistatus: gone meanwhile
-                    continue
-                href = asked.get(unquote(str(obj.url)), str(obj.url))
-                loaded.objects[href] = (
-                    _bytes(raw),
-                    _etag((obj.props or {}).get(dav.GetEtag.tag)),
-                )
+            for item in _read(raw, "loading changed objects"):
+                if isinstance(item, Answer) or item.data is None:
+                    continue  # a 404 inside the multistatus: gone meanwhile
+                absolute = str(self.calendar.url.join(item.href))
+                href = asked.get(unquote(absolute), absolute)
+                loaded.objects[href] = (item.data, item.etag)
             loaded.missing.update(h for h in batch if h not in loaded.objects)
         return loaded
-
-    def _multiget(self, batch: list[str]) -> list[Any]:
-        session = self.client.session
-        assert isinstance(session, GuardedSession)  # open_client installs it
-        with translate("loading changed objects"), session.kind(MULTIGET):
-            return list(
-                self.calendar.multiget([URL.objectify(h) for h in batch], raise_notfound=False)
-            )
 
     def close(self) -> None:
         """Close the connections."""
@@ -241,11 +373,37 @@ class CalendarReader:
             self._full_client.session.close()
 
 
+_CTAG_BODY = (
+    b'<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:" '
+    b'xmlns:cs="http://calendarserver.org/ns/"><d:prop><cs:getctag/><d:sync-token/>'
+    b"</d:prop></d:propfind>"
+)
+
+
+@dataclass(frozen=True)
+class _Status:
+    """The parts of an answer ``check_response`` reads."""
+
+    status: int
+    headers: Any
+
+
 def _etag(value: Any) -> str | None:
     if value is None:
         return None
     text = str(value).strip()
     return text or None
+
+
+def _read(raw: bytes, what: str, collection: str | None = None) -> Iterator[Member | Answer]:
+    """Read a multistatus answer as a stream (see ``read_multistatus``).
+
+    :raises NotCalDAVError: when it is not a well-formed multistatus.
+    """
+    try:
+        yield from read_multistatus(raw, collection)
+    except MultistatusError:
+        raise NotCalDAVError(f"the server's answer was not CalDAV XML while {what}") from None
 
 
 def _bytes(raw: Any) -> bytes:

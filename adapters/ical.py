@@ -73,6 +73,7 @@ __all__ = [
     "Override",
     "Recurrence",
     "RemoteEvent",
+    "calendar_hash",
     "content_hash",
     "from_ical",
     "object_name",
@@ -741,8 +742,13 @@ def content_hash(data: bytes | str) -> str:
 
     :raises ICalendarError: when the data is not one parseable VCALENDAR.
     """
+    return calendar_hash(parse_calendar(decode(data)))
+
+
+def calendar_hash(calendar: icalendar.Calendar) -> str:
+    """Return :func:`content_hash` of a VCALENDAR already parsed."""
     events = []
-    for event in parse_calendar(decode(data)).walk("VEVENT"):
+    for event in calendar.walk("VEVENT"):
         lines = []
         for name, values in event.items():
             for value in values if isinstance(values, list) else [values]:

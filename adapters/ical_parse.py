@@ -399,7 +399,14 @@ def from_ical(data: bytes | str) -> list[RemoteEvent]:
         or 9999, DTEND before DTSTART or a description over 1,000,000 characters.
     """
     text = decode(data)
-    calendar = parse_calendar(text)
+    return events_of(parse_calendar(text), text)
+
+
+def events_of(calendar: icalendar.Calendar, text: str) -> list[RemoteEvent]:
+    """Return the RemoteEvents of a VCALENDAR parsed from ``text`` (see :func:`from_ical`).
+
+    :raises ICalendarError: as :func:`from_ical` does, for everything but unparseable data.
+    """
     events = calendar.walk("VEVENT")
     if not events:
         names = sorted({str(c.name) for c in calendar.walk() if c.name != "VCALENDAR"})

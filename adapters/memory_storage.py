@@ -12,8 +12,10 @@ to a sync engine: like Xandikos it can leave out of a delta an object created
 and deleted after the token (``drops_short_lived``); :meth:`lose_changes`
 forgets changes outright (a server restored from a backup: only a full listing
 shows them); :meth:`expire_tokens` makes every token issued so far unknown
-(Radicale forgets tokens after 30 days). ``requests`` names every request the
-sync code made, by kind.
+(Radicale forgets tokens after 30 days). Like a server that answers a
+sync-collection REPORT with calendar data, its deltas carry the changed
+objects' data, unless ``inline_data`` is False (a server that sends ETags
+only). ``requests`` names every request the sync code made, by kind.
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ MULTIGET_BATCH = 100
 class MemoryStorage:
     """One calendar collection kept in a dict (see the module's docstring)."""
 
-    def __init__(self, calendar_url: str, drops_short_lived: bool = False) -> None:
+    def __init__(
+        self, calendar_url: str, drops_short_lived: bool = False, inline_data: bool = True
+    ) -> None:
         self.calendar_url = calendar_url
         self.drops_short_lived = drops_short_lived
+        self.inline_data = inline_data
         self.objects: dict[str, tuple[bytes, str]] = {}
         self.requests: list[str] = []
         self._counter = 0
@@ -61,7 +66,7 @@ class MemoryStorage:
         self.requests.append("sync-collection")
         now = str(self._counter)
         if token is None:
-            return Delta(changed=self._etags(), token=now, complete=True)
+            return Delta(changed=self._etags(), token=now, complete=True, data=self._data())
         since = self._position(token)
         touched = {h for at, h, _ in self._log if at > since and at > self._lost_before}
         changed: dict[str, str | None] = {
@@ -73,7 +78,8 @@ class MemoryStorage:
             if h not in self.objects
             and not (self.drops_short_lived and not self._existed(h, since))
         )
-        return Delta(changed=changed, deleted=deleted, token=now)
+        data = {h: self.objects[h][0] for h in changed} if self.inline_data else {}
+        return Delta(changed=changed, deleted=deleted, token=now, data=data)
 
     def state_tag(self) -> str | None:
         """Return the change counter (a CTag)."""
@@ -163,6 +169,11 @@ class MemoryStorage:
         self._oldest_token = self._counter
 
     # -- inside -------------------------------------------------------------------
+
+    def _data(self) -> dict[str, bytes]:
+        if not self.inline_data:
+            return {}
+        return {href: data for href, (data, _) in self.objects.items()}
 
     def _etags(self) -> dict[str, str | None]:
         return {href: etag for href, (_, etag) in self.objects.items()}

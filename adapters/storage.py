@@ -17,7 +17,9 @@ Vocabulary:
     every object's href and ETag (a :class:`Delta` with ``complete=True``);
 ``changes_since(token)``
     what changed since a sync token (``None``: everything, complete); raises
-    :class:`SyncTokenInvalid` when the server no longer knows the token;
+    :class:`SyncTokenInvalid` when the server no longer knows the token. The
+    answer may carry the changed objects' data (``Delta.data``) when the server
+    sent it along; objects without it are loaded with ``load``;
 ``state_tag()``
     a value that changes whenever the collection changes (CTag), or None;
 ``load(hrefs)``
@@ -62,6 +64,8 @@ class Delta:
     ``changed`` maps hrefs to their current ETag. When ``complete`` is True it
     lists every object of the calendar (a full listing), so any known href
     missing from it was deleted; otherwise ``deleted`` names the deletions.
+    ``data`` holds the bytes of those changed objects the server sent along
+    (at the ETag in ``changed``): they need no ``load``.
     """
 
     changed: dict[str, str | None]
@@ -69,6 +73,7 @@ class Delta:
     token: str | None = None
     complete: bool = False
     requests: int = 1
+    data: dict[str, bytes] = field(default_factory=dict)
 
 
 @dataclass

@@ -8,7 +8,9 @@ differs from caljournal's own href → ETag map (so our own writes are never rea
 back as changes), and commits the events together with the map and the new
 sync token, in one transaction per batch: the token moves only with the last
 batch, so a crash repeats the poll and the map makes the repeat import nothing
-twice.
+twice. Objects are fetched (unless the delta carried them), parsed once,
+decided and recorded a chunk at a time, so a first import's counter moves from
+its first chunk and memory holds one chunk, not the calendar.
 
 No server's delta is trusted alone (Xandikos, for one, never reports an object
 created and deleted after the client's token): on a schedule, and after our own
@@ -23,11 +25,10 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from caljournal.adapters.ical import ICalendarError, from_ical
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.journal_ops import apply, find, state_at_sequence
 from caljournal.adapters.logs import sync_context
@@ -51,8 +52,10 @@ from caljournal.projections.inbound_decide import (
     MAX_OBJECT_BYTES,
     Decision,
     DecisionKind,
+    Parsed,
     decide,
     imported_id,
+    parse_object,
     remote_fields,
 )
 
@@ -170,16 +173,16 @@ class Poller:
             # OX, Zimbra…) cannot tell us it expired: compare everything now and then.
             log.info("account %s: periodic full compare (server hides bad tokens)", self.account_id)
             delta = self.storage.changes_since(None)
-            report.requests += 1
+            report.requests += delta.requests
         elif self.link.get("sync_tokens"):
             try:
                 delta = self.storage.changes_since(token)
-                report.requests += 1
+                report.requests += delta.requests
             except SyncTokenInvalid:
                 report.requests += 1
                 log.info("account %s: sync token refused; comparing everything", self.account_id)
                 delta = self.storage.changes_since(None)
-                report.requests += 1
+                report.requests += delta.requests
         else:
             ctag = self.storage.state_tag()
             report.requests += 1
@@ -228,37 +231,25 @@ class Poller:
             self.store.update_inbound(
                 self.account_id, import_total=len(wanted), import_done=0, calendar_url=None
             )
-        loaded = self.storage.load(sorted(wanted))
-        report.requests += loaded.requests
-        gone |= loaded.missing & (set(copies) | set(quarantine))
-        decisions = self._decide(loaded.objects, gone, copies)
-        if delta.complete:
-            decisions += self._missing_without_deletion(set(delta.changed), decisions)
-        cancels = sum(1 for d in decisions if d.kind is DecisionKind.CANCEL)
         live = self.store.count_copies(self.account_id)
-        if (
-            cancels >= self.breaker.minimum
-            and cancels > self.breaker.share * max(live, 1)
-            and not state.confirm_deletes
-        ):
-            reason = (
-                f"one poll would cancel {cancels} of {live} appointments; nothing was "
-                "cancelled — confirm with 'caljournal link resume ACCOUNT --confirm-deletes'"
-            )
-            self._trip_breaker(reason)
-            report.paused = reason
-            return report
-        for decision in decisions:
-            report.count(decision.kind)
-            if report.checked and decision.href not in mentioned:
-                report.found[decision.kind] = report.found.get(decision.kind, 0) + 1
-        if report.found:
-            log.warning(
-                "account %s: the calendar differed from what its server reported: %s",
-                self.account_id,
-                report.found,
-            )
-        self._apply(decisions, report, delta.token, ctag, quarantine, checks, now_us)
+        listed = set(delta.changed) if delta.complete else None
+        batches = self._decisions(
+            sorted(wanted),
+            delta.data,
+            wanted,
+            gone,
+            copies,
+            quarantine,
+            listed,
+            report,
+            live,
+            state.confirm_deletes,
+        )
+        if self._trips(len(gone), live, state.confirm_deletes):
+            # So many deletions that the breaker may trip: decide everything before
+            # anything is recorded, as the breaker promises ("nothing was cancelled").
+            batches = iter([[d for batch in batches for d in batch]])
+        self._apply(batches, report, delta.token, ctag, mentioned, quarantine, checks, now_us)
         return report
 
     def _check_due(self, checks: CalendarCheck, now_us: int) -> bool:
@@ -273,22 +264,87 @@ class Poller:
             return False
         return (checks.written_us or 0) > last_us
 
+    def _trips(self, cancels: int, live: int, confirmed: bool) -> bool:
+        """Return whether ``cancels`` of ``live`` appointments in one poll trip the breaker."""
+        return (
+            cancels >= self.breaker.minimum
+            and cancels > self.breaker.share * max(live, 1)
+            and not confirmed
+        )
+
+    def _decisions(
+        self,
+        wanted: list[str],
+        inline: dict[str, bytes],
+        etags: dict[str, str | None],
+        gone: set[str],
+        copies: dict[str, CopyRecord],
+        quarantine: dict[str, Quarantined],
+        listed: set[str] | None,
+        report: PollReport,
+        live: int,
+        confirmed: bool,
+    ) -> Iterator[list[Decision]]:
+        """Yield the poll's decisions chunk by chunk: fetched, parsed and decided per chunk.
+
+        Objects the server sent with the delta are used as they are; the rest are
+        loaded a chunk at a time. Deletions come last, once every object is
+        decided (an appointment found under another href is not deleted), and
+        only if they do not trip the breaker (then ``report.paused`` says why).
+        ``listed`` is every href of a complete delta (None for a partial one).
+        """
+        seen_uids: dict[str, str] = {}
+        found: set[str] = set()
+        held = set(copies) | set(quarantine)
+        for start in range(0, len(wanted), BATCH):
+            chunk = wanted[start : start + BATCH]
+            objects = {h: (inline[h], etags.get(h)) for h in chunk if h in inline}
+            rest = [h for h in chunk if h not in inline]
+            if rest:
+                loaded = self.storage.load(rest)
+                report.requests += loaded.requests
+                objects.update(loaded.objects)
+                gone |= loaded.missing & held
+            decided = self._decide(objects, copies, seen_uids)
+            found.update(d.appointment_id for d in decided if d.appointment_id)
+            yield decided
+        last = self._decide_gone(gone, copies, found)
+        if listed is not None:
+            last += self._missing_without_deletion(
+                listed, found | {d.appointment_id for d in last if d.appointment_id}
+            )
+        cancels = sum(1 for d in last if d.kind is DecisionKind.CANCEL)
+        if self._trips(cancels, live, confirmed):
+            reason = (
+                f"one poll would cancel {cancels} of {live} appointments; nothing was "
+                "cancelled — confirm with 'caljournal link resume ACCOUNT --confirm-deletes'"
+            )
+            self._trip_breaker(reason)
+            report.paused = reason
+            return
+        yield last
+
     def _decide(
         self,
         objects: dict[str, tuple[bytes, str | None]],
-        gone: set[str],
         copies: dict[str, CopyRecord],
+        seen_uids: dict[str, str],
     ) -> list[Decision]:
-        involved = {c.appointment_id for h, c in copies.items() if h in objects or h in gone}
+        """Decide on one chunk of objects, each parsed once; ``seen_uids`` spans the poll."""
+        involved = {c.appointment_id for h, c in copies.items() if h in objects}
         states = self._states(involved)
+        parsed = {href: parse_object(data) for href, (data, _) in objects.items()}
+        owners = {
+            href: self._owner_id(parsed[href]) for href in objects if copies.get(href) is None
+        }
+        self._look_up({o for o in owners.values() if o} - set(states), states)
         decisions: list[Decision] = []
-        seen_uids: dict[str, str] = {}
         for href in sorted(objects):
             data, etag = objects[href]
             copy = copies.get(href)
             appointment = states.get(copy.appointment_id) if copy else None
             if copy is None:
-                copy, appointment = self._owner(data, states)
+                copy, appointment = self._owner(owners[href], states)
             decision = decide(
                 href,
                 etag,
@@ -297,6 +353,7 @@ class Poller:
                 appointment,
                 lambda uid: imported_id(self.account_id, self.calendar_url, uid),
                 past=self._past(appointment),
+                parsed=parsed[href],
             )
             uid = decision.fields.calendar_uid if decision.fields else None
             if uid and decision.kind in (
@@ -314,9 +371,15 @@ class Poller:
                 else:
                     seen_uids[uid] = href
             decisions.append(decision)
-        # An appointment whose object this poll found under another href is still
-        # on the calendar: the deletion of its recorded href is no deletion of it.
-        found = {d.appointment_id for d in decisions if d.appointment_id}
+        return decisions
+
+    def _decide_gone(
+        self, gone: set[str], copies: dict[str, CopyRecord], found: set[str]
+    ) -> list[Decision]:
+        """Decide on deleted objects: an appointment this poll ``found`` elsewhere stays."""
+        involved = {c.appointment_id for h, c in copies.items() if h in gone}
+        states = self._states(involved)
+        decisions = []
         for href in sorted(gone):
             copy = copies.get(href)
             state = states.get(copy.appointment_id) if copy else None
@@ -327,41 +390,41 @@ class Poller:
             )
         return decisions
 
-    def _missing_without_deletion(
-        self, listed: set[str], decisions: list[Decision]
-    ) -> list[Decision]:
+    def _missing_without_deletion(self, listed: set[str], decided: set[str]) -> list[Decision]:
         """Return re-pushes of live appointments missing from the calendar.
 
         Their records say the calendar holds no copy although no deletion there
         took it (that would have cancelled the appointment, or left a newer
         local change pending) and no push is pending or failed.
         """
-        decided = {d.appointment_id for d in decisions}
         return [
             Decision(DecisionKind.REPUSH, record.href, record.appointment_id)
             for record in self.store.absent_live_copies(self.account_id, self.calendar_url)
             if record.href not in listed and record.appointment_id not in decided
         ]
 
+    def _owner_id(self, parsed: Parsed) -> str | None:
+        """Return the id of the appointment an object names: ours, or its UID's import id."""
+        events = parsed.events
+        owner = next((e.appointment_id for e in events if e.appointment_id), None)
+        if owner is None:
+            master = next((e for e in events if e.recurrence_id is None), None)
+            if master is None or not master.uid:
+                return None
+            owner = imported_id(self.account_id, self.calendar_url, master.uid)
+        return owner
+
     def _owner(
-        self, data: bytes, states: dict[str, dict[str, Any]]
+        self, owner: str | None, states: dict[str, dict[str, Any]]
     ) -> tuple[CopyRecord | None, dict[str, Any] | None]:
-        """Return the absent-copy record and the state of the appointment an object names.
+        """Return the absent-copy record and the state of the appointment ``owner``.
 
         For an object at an href without a present copy: ours (by its appointment
         id) or an imported one (by its UID). The record is returned only when it
         says this calendar holds no copy (the object was deleted and is back).
         """
-        try:
-            events = from_ical(data)
-        except ICalendarError:
-            return None, None
-        owner = next((e.appointment_id for e in events if e.appointment_id), None)
         if owner is None:
-            master = next((e for e in events if e.recurrence_id is None), None)
-            if master is None or not master.uid:
-                return None, None
-            owner = imported_id(self.account_id, self.calendar_url, master.uid)
+            return None, None
         if owner not in states:
             states.update(self._states({owner}))
         state = states.get(owner)
@@ -371,6 +434,18 @@ class Poller:
         if record and record.calendar_url == self.calendar_url and not record.present:
             return record, state
         return None, state
+
+    def _look_up(self, ids: set[str], states: dict[str, dict[str, Any]]) -> None:
+        """Load the states of those of ``ids`` the journal holds for this account, in one query.
+
+        The rest are remembered as unknown, so nothing asks the journal for them again.
+        """
+        ids -= self._unknown
+        if not ids:
+            return
+        held = self.journal.journal_recorder.accounts_of(sorted(ids))
+        self._unknown |= {i for i in ids if held.get(i) != self.account_id}
+        states.update(self._states({i for i in ids if held.get(i) == self.account_id}))
 
     def _states(self, ids: set[str]) -> dict[str, dict[str, Any]]:
         found = {}
@@ -382,17 +457,37 @@ class Poller:
 
     def _apply(
         self,
-        decisions: list[Decision],
+        decided: Iterator[list[Decision]],
         report: PollReport,
         token: str | None,
         ctag: str | None,
+        mentioned: set[str],
         quarantine: dict[str, Quarantined],
         checks: CalendarCheck,
         began_us: int,
     ) -> None:
-        batches = [decisions[i : i + BATCH] for i in range(0, len(decisions), BATCH)] or [[]]
+        """Record the decisions as they come, BATCH at a time; the token moves with the last."""
+        pieces = (
+            batch[i : i + BATCH] for batch in decided for i in range(0, max(len(batch), 1), BATCH)
+        )
         done = 0
-        for number, batch in enumerate(batches):
+        number = 0
+        batch: list[Decision] | None = next(pieces, [])
+        while batch is not None:
+            following = next(pieces, None)
+            if report.paused:
+                return  # the breaker tripped while the next batch was decided
+            last = following is None
+            for decision in batch:
+                report.count(decision.kind)
+                if report.checked and decision.href not in mentioned:
+                    report.found[decision.kind] = report.found.get(decision.kind, 0) + 1
+            if last and report.found:
+                log.warning(
+                    "account %s: the calendar differed from what its server reported: %s",
+                    self.account_id,
+                    report.found,
+                )
             aggregates: list[Appointment | QuarantineLog] = []
             writes = StateWrites(self.account_id)
             cause = self._poll_cause or self.cause()
@@ -401,11 +496,10 @@ class Poller:
                     aggregate = self._execute(decision, cause, quarantine, writes)
                 if aggregate is not None:
                     aggregates.append(aggregate)
-            log = self._log_quarantine(writes, cause)
-            if log is not None:
-                aggregates.append(log)
+            quarantine_log = self._log_quarantine(writes, cause)
+            if quarantine_log is not None:
+                aggregates.append(quarantine_log)
             done += len(batch)
-            last = number == len(batches) - 1
             writes.inbound = self._inbound_values(report, token if last else None, ctag, done, last)
             if last and (report.full or report.checked):
                 writes.check = self._check_record(report, checks, began_us)
@@ -419,6 +513,8 @@ class Poller:
             elif number:
                 writes.check = checks  # finished: the comparison is as due as before
             self.store.commit(aggregates, writes)
+            batch = following
+            number += 1
 
     def _execute(
         self,
@@ -640,12 +736,21 @@ class Poller:
 
 
 def _with_listing(delta: Delta, listing: Delta) -> Delta:
-    """Return a complete delta: the full listing, the delta's deletions and its token."""
+    """Return a complete delta: the full listing, the delta's deletions, token and data.
+
+    Data the delta carried is kept only where the listing shows the same ETag.
+    """
+    changed = {h: e for h, e in listing.changed.items() if h not in delta.deleted}
     return Delta(
-        changed={h: e for h, e in listing.changed.items() if h not in delta.deleted},
+        changed=changed,
         deleted=delta.deleted,
         token=delta.token,
         complete=True,
+        data={
+            h: data
+            for h, data in delta.data.items()
+            if h in changed and changed[h] == delta.changed.get(h)
+        },
     )
 
 

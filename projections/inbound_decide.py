@@ -16,8 +16,8 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from caljournal.adapters.ical import ICalendarError, content_hash, from_ical
-from caljournal.adapters.ical_parse import RemoteEvent
+from caljournal.adapters.ical import ICalendarError, calendar_hash
+from caljournal.adapters.ical_parse import RemoteEvent, decode, events_of, parse_calendar
 from caljournal.adapters.syncstate import CopyRecord
 from caljournal.domain.cause import Origin
 from caljournal.domain.errors import DomainError
@@ -127,6 +127,40 @@ def remote_fields(events: Sequence[RemoteEvent]) -> RemoteFields:
     )
 
 
+@dataclass(frozen=True)
+class Parsed:
+    """One remote object read once: its events, fields and content hash, or why it is unusable."""
+
+    events: tuple[RemoteEvent, ...] = ()
+    fields: RemoteFields | None = None
+    digest: str | None = None
+    reason: str | None = None
+
+
+def parse_object(data: bytes) -> Parsed:
+    """Parse a remote object once, for :func:`decide` and for finding its owner (pure).
+
+    Unusable data is no error here: the result carries the reason instead.
+    """
+    if len(data) > MAX_OBJECT_BYTES:
+        return Parsed(reason="object larger than 5 MB")
+    try:
+        text = decode(data)
+        calendar = parse_calendar(text)
+        events = tuple(events_of(calendar, text))
+    except ICalendarError as exc:
+        return Parsed(reason=(getattr(exc, "message", None) or str(exc))[:500])
+    try:
+        fields = remote_fields(events)
+        fields.check()
+    except (ICalendarError, DomainError) as exc:
+        reason = getattr(exc, "message", None) or str(exc)
+        return Parsed(events, reason=reason[:500])
+    except OverflowError:  # a date near year 1 or 9999 moved into its zone
+        return Parsed(events, reason="a time lies too close to year 1 or 9999")
+    return Parsed(events, fields, calendar_hash(calendar))
+
+
 def decide(
     href: str,
     etag: str | None,
@@ -135,6 +169,7 @@ def decide(
     appointment: dict[str, Any] | None,
     new_id: Callable[[str], str],
     past: Callable[[int], dict[str, Any] | None] | None = None,
+    parsed: Parsed | None = None,
 ) -> Decision:
     """Decide what a remote object (``data``; None when deleted) means (pure).
 
@@ -143,7 +178,8 @@ def decide(
     appointment the object belongs to when that record says the calendar holds
     no copy (the object was deleted and has been restored). ``appointment`` is
     the state of the appointment the object belongs to, ``new_id`` maps a
-    foreign UID to an id.
+    foreign UID to an id. ``parsed`` is :func:`parse_object` of ``data`` when
+    the caller has it already.
     """
     local_newer = (
         copy is not None
@@ -159,19 +195,12 @@ def decide(
                 DecisionKind.CONFLICT, href, appointment["id"], reason="deleted in the calendar"
             )
         return Decision(DecisionKind.CANCEL, href, appointment["id"])
-    if len(data) > MAX_OBJECT_BYTES:
-        return Decision(DecisionKind.QUARANTINE, href, etag=etag, reason="object larger than 5 MB")
-    try:
-        events = from_ical(data)
-        fields = remote_fields(events)
-        fields.check()
-    except (ICalendarError, DomainError) as exc:
-        reason = getattr(exc, "message", None) or str(exc)
-        return Decision(DecisionKind.QUARANTINE, href, etag=etag, reason=reason[:500])
-    except OverflowError:  # a date near year 1 or 9999 moved into its zone
-        reason = "a time lies too close to year 1 or 9999"
-        return Decision(DecisionKind.QUARANTINE, href, etag=etag, reason=reason[:500])
-    digest = content_hash(data)
+    if parsed is None:
+        parsed = parse_object(data)
+    if parsed.fields is None or parsed.digest is None:
+        reason = parsed.reason or "unusable calendar object"
+        return Decision(DecisionKind.QUARANTINE, href, etag=etag, reason=reason)
+    events, fields, digest = parsed.events, parsed.fields, parsed.digest
     if copy is not None and not restored and digest == copy.content_hash:
         return Decision(DecisionKind.ECHO, href, copy.appointment_id, etag=etag, digest=digest)
     if copy is not None and copy.present and copy.content_hash is None and appointment is not None:
@@ -317,7 +346,9 @@ __all__ = [
     "MAX_OBJECT_BYTES",
     "Decision",
     "DecisionKind",
+    "Parsed",
     "decide",
     "imported_id",
+    "parse_object",
     "remote_fields",
 ]

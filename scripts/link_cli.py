@@ -259,7 +259,22 @@ def poll(
     """Ask the worker to poll the account's calendar now."""
     import time
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """How many events the import records per second (rich's own estimate)."""
+
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            return Text(f"{speed:,.0f} events/s" if speed else "– events/s")
 
     with container() as built:
         account_id = built.accounts.find_account(account).id
@@ -270,7 +285,7 @@ def poll(
         if not wait:
             return
         deadline = time.monotonic() + timeout
-        columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        columns = (BarColumn(), MofNCompleteColumn(), RateColumn(), TimeRemainingColumn())
         with Progress(*Progress.get_default_columns()[:1], *columns, console=err) as progress:
             task = progress.add_task("polling", total=None)
             while time.monotonic() < deadline:

@@ -314,6 +314,39 @@ def test_changes_since_a_token_name_what_was_created_updated_and_deleted(
     assert delta.token and delta.token != token
 
 
+def test_a_first_sync_carries_every_objects_data_at_its_etag(calendar: Calendar) -> None:
+    storage = calendar.storage
+    for name in ("one", "two", "three"):
+        storage.create(calendar.href(name), event(name))
+
+    delta = storage.changes_since(None)
+
+    assert set(delta.data) == set(delta.changed) and len(delta.data) == 3
+    for href, data in delta.data.items():
+        fetched, etag = stored(calendar, href)
+        assert etag == delta.changed[href]
+        assert shown(data) == shown(fetched)
+
+
+def test_a_delta_carries_the_data_of_what_changed_and_nothing_of_the_rest(
+    calendar: Calendar,
+) -> None:
+    storage = calendar.storage
+    storage.create(calendar.href("kept"), event("kept"))
+    moved = storage.create(calendar.href("moved"), event("moved"))
+    token = storage.changes_since(None).token
+
+    storage.update(calendar.href("moved"), event("moved", summary="Verlegt"), moved.etag)
+    delta = storage.changes_since(token)
+
+    # Xandikos leaves calendar data out of sync-collection answers (a 404 propstat);
+    # its first sync gets the data by calendar-query instead, a delta does not.
+    expected = set() if calendar.kind == "xandikos" else {calendar.href("moved")}
+    assert set(delta.data) == expected
+    for data in delta.data.values():
+        assert text_of(data, "SUMMARY") == "Verlegt"
+
+
 def test_changes_since_the_latest_token_are_empty(calendar: Calendar) -> None:
     calendar.storage.create(calendar.href("one"), event("one"))
     token = calendar.storage.changes_since(None).token

@@ -488,7 +488,7 @@ def test_duplicate_uids_are_quarantined(linked: Linked) -> None:
         linked.url + "a.ics": (body.format(title="A").encode(), '"1"'),
         linked.url + "b.ics": (body.format(title="B").encode(), '"2"'),
     }
-    decisions = poller._decide(objects, set(), {})
+    decisions = poller._decide(objects, {}, {})
     reader.close()
     assert [d.kind for d in decisions] == ["import", "quarantine"]
     assert "duplicate UID" in (decisions[1].reason or "")

@@ -1,0 +1,128 @@
+"""A first import is fetched, decided and recorded chunk by chunk, on SQLite and PostgreSQL.
+
+The calendar is the in-memory storage port (the journal is real): with data
+sent along with the delta (a server that answers sync-collection with calendar
+data) and without (one that needs multigets).
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from caljournal.adapters.memory_storage import MemoryStorage
+from caljournal.adapters.syncstate import StateWrites
+from caljournal.bootstrap import Container
+from caljournal.domain.cause import Cause, Origin
+from caljournal.projections import inbound
+from caljournal.projections.inbound import Poller
+
+URL = "https://dav.example.org/calendars/alice/work/"
+EVENT = (
+    "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//tests//EN\r\nBEGIN:VEVENT\r\n"
+    "UID:import-{n}@example.org\r\nDTSTAMP:20260101T000000Z\r\n"
+    "DTSTART:202603{day:02d}T090000Z\r\nDTEND:202603{day:02d}T100000Z\r\n"
+    "SUMMARY:Import {n}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+)
+
+
+class Died(Exception):  # noqa: N818 - the process dies here
+    """The process died at a commit (raised by the test's store)."""
+
+
+def calendar(count: int, inline_data: bool) -> MemoryStorage:
+    """Return a calendar holding ``count`` events."""
+    storage = MemoryStorage(URL, inline_data=inline_data)
+    for n in range(count):
+        storage.put(f"{URL}import-{n}.ics", EVENT.format(n=n, day=1 + n % 28).encode())
+    return storage
+
+
+def poller(container: Container, storage: MemoryStorage, account: str) -> Poller:
+    """Return the production poller of ``account`` over ``storage``."""
+    link = {"calendar_url": URL, "sync_tokens": True, "provider": "radicale"}
+    return Poller(
+        container.journal,
+        storage,
+        container.sync_state,
+        account,
+        link,
+        lambda: Cause(Origin.CALDAV, "worker:test", f"poll-{uuid.uuid4()}"),
+    )
+
+
+class Watched:
+    """The sync-state store, noting each commit's progress and the requests made before it."""
+
+    def __init__(self, store: Any, storage: MemoryStorage, die_at: int | None = None) -> None:
+        self.store = store
+        self.storage = storage
+        self.die_at = die_at
+        self.commits: list[tuple[int | None, int]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def commit(self, aggregates: Any, writes: StateWrites) -> None:
+        """Commit (or die before the ``die_at``-th commit), noting the progress written."""
+        if self.die_at is not None and len(self.commits) == self.die_at:
+            raise Died("the process died before this commit")
+        self.store.commit(aggregates, writes)
+        done = (writes.inbound or {}).get("import_done")
+        self.commits.append((done, len(self.storage.requests)))
+
+
+@pytest.mark.parametrize("inline_data", [True, False], ids=["data-inline", "multiget"])
+def test_the_import_counter_moves_with_every_chunk_and_loads_interleave(
+    container: Container, monkeypatch: pytest.MonkeyPatch, inline_data: bool
+) -> None:
+    monkeypatch.setattr(inbound, "BATCH", 4)
+    storage = calendar(10, inline_data)
+    account = str(uuid.uuid4())
+    watched = Watched(container.sync_state, storage)
+    polling = poller(container, storage, account)
+    polling.store = watched
+
+    report = polling.poll()
+
+    assert report.counts == {"import": 10}
+    assert [done for done, _ in watched.commits] == [4, 8, 10, 10]
+    state = container.sync_state.inbound_state(account)
+    assert (state.import_done, state.import_total) == (10, 10)
+    requests_before = [asked for _, asked in watched.commits]
+    if inline_data:
+        # One request answered everything, before the first commit.
+        assert storage.requests == ["sync-collection"] and requests_before[0] == 1
+    else:
+        # Chunks are loaded as the import goes, one ahead of the chunk being
+        # recorded (to know whether that one is the last), not all before the first.
+        assert storage.requests == ["sync-collection"] + ["multiget"] * 3
+        assert requests_before[:3] == [3, 4, 4]
+
+
+def test_an_import_that_died_midway_resumes_without_duplicates(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbound, "BATCH", 3)
+    storage = calendar(10, inline_data=True)
+    account = str(uuid.uuid4())
+    dying = poller(container, storage, account)
+    dying.store = Watched(container.sync_state, storage, die_at=2)
+
+    with pytest.raises(Died):
+        dying.poll()
+    recorded = container.sync_state.inbound_state(account)
+    assert recorded.import_done == 6 and recorded.sync_token is None
+    report = poller(container, storage, account).poll()
+
+    assert report.counts == {"import": 4}
+    assert container.sync_state.count_copies(account) == 10
+    ids = {
+        record.appointment_id
+        for record in container.sync_state.copies_by_href(account, URL, None).values()
+    }
+    assert len(ids) == 10
+    again = poller(container, storage, account).poll()
+    assert again.idle and not again.counts
