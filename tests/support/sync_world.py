@@ -103,8 +103,10 @@ class SyncCalendar:
     then the process dies (:class:`Crash`): the answer is never processed.
     """
 
-    def __init__(self, drops_short_lived: bool = False) -> None:
-        self.storage = MemoryStorage(URL, drops_short_lived=drops_short_lived)
+    def __init__(self, drops_short_lived: bool = False, inline_data: bool = True) -> None:
+        self.storage = MemoryStorage(
+            URL, drops_short_lived=drops_short_lived, inline_data=inline_data
+        )
         self.calendar_url = URL
         self.trash: dict[str, bytes] = {}
         self.written: list[str] = []
@@ -171,18 +173,23 @@ class PollMode:
     sync_tokens: bool
     check: CheckPolicy
     drops_short_lived: bool = False
+    # Whether the server sends calendar data with a listing or delta (Radicale) or
+    # only ETags, so that changed objects are loaded by multiget (Xandikos).
+    inline_data: bool = True
 
 
 NO_CHECK = CheckPolicy(interval=3600, spacing=3600)
 MODES = (
     PollMode("ctag", sync_tokens=False, check=NO_CHECK),
     PollMode("delta", sync_tokens=True, check=NO_CHECK),
-    # Deltas that miss short-lived objects, made up for by a check after our writes.
+    # Deltas that miss short-lived objects, made up for by a check after our writes,
+    # and that carry ETags only (like Xandikos): changed objects are loaded by multiget.
     PollMode(
         "delta+check",
         sync_tokens=True,
         check=CheckPolicy(interval=3600, spacing=0),
         drops_short_lived=True,
+        inline_data=False,
     ),
 )
 
@@ -200,7 +207,9 @@ class SyncWorld:
 
     def __init__(self, mode: PollMode) -> None:
         self.mode = mode
-        self.calendar = SyncCalendar(drops_short_lived=mode.drops_short_lived)
+        self.calendar = SyncCalendar(
+            drops_short_lived=mode.drops_short_lived, inline_data=mode.inline_data
+        )
         self._dbname = f"file:sync-machine-{uuid.uuid4().hex}?mode=memory&cache=shared"
         self.journal = self._open()
         self.store = SQLSyncState(self.journal)
