@@ -204,7 +204,9 @@ def decide(
     if copy is not None and not restored and digest == copy.content_hash:
         return Decision(DecisionKind.ECHO, href, copy.appointment_id, etag=etag, digest=digest)
     if copy is not None and copy.present and copy.content_hash is None and appointment is not None:
-        adopted = _own_write(href, etag, events, fields, digest, appointment, past)
+        adopted = _own_write(
+            href, etag, events, fields, digest, appointment, past, copy.pushed_sequence
+        )
         if adopted is not None:
             return adopted
     if copy is not None and appointment is not None:
@@ -251,6 +253,7 @@ def _own_write(
     digest: str,
     appointment: dict[str, Any],
     past: Callable[[int], dict[str, Any] | None] | None,
+    floor: int,
 ) -> Decision | None:
     """Adopt an object over a record in doubt when it is our own write, else return None.
 
@@ -263,13 +266,17 @@ def _own_write(
     alone counts). Anything else is someone else's edit and is decided as one:
     another client raises SEQUENCE by one, which may still be older than the
     appointment's when local changes were pushed without a write (an undo).
+    Nor is an object with a SEQUENCE below ``floor``, the sequence the record
+    names: every write begun since it was recorded renders a state at least
+    that new, so an older SEQUENCE is another client's edit even when its
+    content happens to equal an older state of the journal.
     """
     ours = {e.appointment_id for e in events}
     if ours != {appointment["id"]}:
         return None
     remote_sequence = max(e.sequence or 0 for e in events)
     sequence = int(appointment["sequence"])
-    if remote_sequence > sequence:
+    if remote_sequence > sequence or remote_sequence < floor:
         return None
     then = appointment if remote_sequence == sequence else None
     if then is None and past is not None:

@@ -688,3 +688,35 @@ def test_an_unrecorded_write_edited_by_another_client_is_overwritten_as_a_confli
     ]
     assert len(conflicts) == 1
     machine.teardown()
+
+
+def test_an_edit_equal_to_an_older_state_is_not_taken_for_our_write() -> None:
+    """Another client's edit happens to equal what a write at its SEQUENCE would have held.
+
+    A retitle and its undo are recorded (by a backfill) without a write; another
+    client then makes the retitle on the calendar, which raises SEQUENCE to the
+    retitle's. A replay marks the record in doubt and dies before writing it.
+    Every write begun since the record renders a state at least as new as the
+    record's, so the edit is someone else's and is taken in.
+    """
+    machine = _started([(118, 30, "Beard trim", "Europe/Berlin"), (118, 30, "Haircut", "UTC")])
+    by_title = {s["title"]: a for a, s in machine.states().items()}
+    beard, haircut = by_title["Beard trim"], by_title["Haircut"]
+    assert haircut < beard  # the replay writes the other appointment first, and dies
+    state = machine.states()[beard]
+    start, end = datetime.fromisoformat(state["start"]), datetime.fromisoformat(state["end"])
+    machine._change_locally(beard, "Haircut", start, end)
+    machine._change_locally(beard, "Beard trim", start, end)
+    machine.resync(delete=False)
+    href = machine.copies()[beard].href
+    pick = next(p for p in range(MAX_OBJECTS) if machine._href(p) == href)
+    machine.remote_edit(change=("title", "Haircut"), pick=pick)
+    other = machine.states()[haircut]
+    machine._change_locally(
+        haircut,
+        "Färben ✂",
+        datetime.fromisoformat(other["start"]),
+        datetime.fromisoformat(other["end"]),
+    )
+    machine.crash_after_a_write(job="replay", survive=0)
+    machine.teardown()
