@@ -162,6 +162,7 @@ class ReadModelQueries(ResyncQueries):
     # row's originator id compares with the events table's.
     position_column: str
     chained_id: str
+    event_chain_id: str
 
     @property
     def events_table(self) -> str:
@@ -225,6 +226,46 @@ class ReadModelQueries(ResyncQueries):
             for r in rows
         ]
 
+    def unchained_events(
+        self, account_id: str | None, *, after_position: int = 0, limit: int = 1000
+    ) -> list[tuple[int, UUID, int]]:
+        """Return journal events no chain entry names: (position, originator id, version).
+
+        With an account, the events of the aggregates its chain names; without,
+        the events of aggregates no chain names at all. In journal order, after
+        ``after_position``, at most ``limit``.
+        """
+        p, e_id = self.placeholder, self.event_chain_id
+        owned = (
+            f"e.originator_id IN (SELECT {self.chained_id} FROM {self.qualify}{CHAIN} c "
+            f"WHERE c.account_id = {p})"
+            if account_id is not None
+            else f"NOT EXISTS (SELECT 1 FROM {self.qualify}{CHAIN} c "
+            f"WHERE c.originator_id = {e_id})"
+        )
+        rows = self._fetch(
+            f"SELECT e.{self.position_column} AS position, e.originator_id, e.originator_version "
+            f"FROM {self.events_table} e WHERE {owned} AND e.{self.position_column} > {p} "
+            f"AND NOT EXISTS (SELECT 1 FROM {self.qualify}{CHAIN} c WHERE c.originator_id = {e_id} "
+            f"AND c.originator_version = e.originator_version) "
+            f"ORDER BY e.{self.position_column} LIMIT {p}",
+            [*([account_id] if account_id is not None else []), after_position, limit],
+        )
+        return [
+            (int(r["position"]), UUID(str(r["originator_id"])), int(r["originator_version"]))
+            for r in rows
+        ]
+
+    def chain_entries_naming(self, originator_id: UUID, version: int) -> list[tuple[str, int]]:
+        """Return (account id, seq) of every chain entry naming one stored event."""
+        p = self.placeholder
+        rows = self._fetch(
+            f"SELECT account_id, seq FROM {self.qualify}{CHAIN} "
+            f"WHERE originator_id = {p} AND originator_version = {p} ORDER BY account_id, seq",
+            [str(originator_id), version],
+        )
+        return [(r["account_id"], int(r["seq"])) for r in rows]
+
     def upsert_rows(self, rows: Iterable[Row]) -> None:
         """Write rows outside an event transaction (used when rebuilding)."""
         self._execute(upsert_statement(r, self.qualify, self.placeholder) for r in rows)
@@ -244,6 +285,13 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
     position_column = "rowid"
     # The library stores SQLite originator ids as hex without dashes.
     chained_id = "replace(c.originator_id, '-', '')"
+    # And the other way round, so that a lookup from an event can use the
+    # chain's index on (originator_id, originator_version).
+    event_chain_id = (
+        "substr(e.originator_id, 1, 8) || '-' || substr(e.originator_id, 9, 4) || '-' || "
+        "substr(e.originator_id, 13, 4) || '-' || substr(e.originator_id, 17, 4) || '-' || "
+        "substr(e.originator_id, 21)"
+    )
 
     @property
     def events_table(self) -> str:
@@ -329,6 +377,7 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
     placeholder = "%s"
     position_column = "notification_id"
     chained_id = "c.originator_id::uuid"
+    event_chain_id = "e.originator_id::text"
 
     @property
     def events_table(self) -> str:
