@@ -37,11 +37,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from hashlib import sha256
+from typing import Literal, NamedTuple
+from uuid import UUID
 
-from caljournal.adapters.audit_chain import GENESIS, ChainEntry, entry_hash
+from caljournal.adapters.audit_chain import GENESIS, ChainHead
 from caljournal.adapters.recorders import JournalRecorder
 
 # Version of the chain's hash layout (``audit_chain.entry_hash``); an exported
@@ -126,13 +129,16 @@ class ExportedHead:
 
 @dataclass(frozen=True)
 class VerifyReport:
-    """What a verification checked, how long it took, and the first problem if any."""
+    """What a verification checked, how long it took, and the first problem if any.
+
+    ``last`` is the last entry that verified (the head to export when clean).
+    """
 
     account_id: str | None
     checked: int
     seconds: float
     problem: Problem | None
-    last: ChainEntry | None
+    last: ChainHead | None
 
     @property
     def ok(self) -> bool:
@@ -151,35 +157,63 @@ class VerifyReport:
         return ExportedHead(self.account_id, last.seq, last.position, last.entry_hash, stamp)
 
 
-def _entries(recorder: JournalRecorder, account_id: str, page: int) -> Iterator[ChainEntry]:
-    after = 0
-    while True:
-        batch = recorder.audit_entries(account_id, after_seq=after, limit=page)
-        yield from batch
-        if len(batch) < page:
-            return
-        after = batch[-1].seq
+class Entry(NamedTuple):
+    """A chain row with its stored event as the journal holds it now (see ``chain_window``)."""
+
+    seq: int
+    position: int
+    originator_id: str
+    originator_version: int
+    topic: str
+    entry_hash: str
+    stored_position: int | None
+    stored_topic: str | None
+    stored_state: bytes | None
 
 
-def _recompute(previous: str, entry: ChainEntry) -> str | None:
-    if entry.stored is None:
+def _entries(recorder: JournalRecorder, account_id: str, page: int) -> Iterator[Entry]:
+    # The next window is read while this one is hashed: both drivers let go of
+    # the interpreter while they wait for the database.
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        after = 0
+        pending = reader.submit(recorder.chain_window, account_id, after, after + page)
+        while True:
+            rows = pending.result()
+            if not rows:
+                # Past a hole in the seqs (removed rows, or a forged far seq).
+                following = recorder.chain_next_seq(account_id, after)
+                if following is None:
+                    return
+                after = following - 1
+                pending = reader.submit(recorder.chain_window, account_id, after, after + page)
+                continue
+            after += page
+            pending = reader.submit(recorder.chain_window, account_id, after, after + page)
+            yield from map(Entry._make, rows)
+
+
+def _recompute(previous: str, entry: Entry) -> str | None:
+    """Return the hash ``audit_chain.entry_hash`` gives the entry's stored event now."""
+    state = entry.stored_state
+    if state is None:
         return None
-    return entry_hash(
-        previous,
-        entry.originator_id,
-        entry.originator_version,
-        entry.stored.topic,
-        entry.stored.state,
-    )
+    originator = entry.originator_id
+    if len(originator) != 36 or not originator.islower():
+        originator = str(UUID(originator))
+    # entry_hash inlined: verifying spends most of its time here.
+    head = f"{previous}\n{originator}\n{entry.originator_version}\n{entry.stored_topic}\n"
+    digest = sha256(f"{head}{len(state)}\n".encode())
+    digest.update(state)
+    return digest.hexdigest()
 
 
-def _problem(kind: Kind, entry: ChainEntry, detail: str) -> Problem:
+def _problem(kind: Kind, account_id: str, entry: Entry, detail: str) -> Problem:
     return Problem(
         kind,
-        entry.account_id,
+        account_id,
         entry.seq,
         entry.position,
-        str(entry.originator_id),
+        entry.originator_id,
         entry.originator_version,
         detail,
     )
@@ -199,150 +233,176 @@ def verify(
     if head is not None and head.account != account_id:
         raise HeadFormatError(f"the head is of chain {head.account}, not of {account_id}")
     started = time.perf_counter()
-    # The first event of the account's aggregates that no entry names, if any.
-    stray = next(iter(recorder.unchained_events(account_id, limit=1)), None)
+    # Looking for events no entry names takes a scan of the account's events:
+    # it runs beside the walk, and its answer is placed in the walk's order after.
+    with ThreadPoolExecutor(max_workers=1) as side:
+        strays = side.submit(recorder.unchained_events, account_id, limit=1)
+        walk = _walk(recorder, account_id, head, page)
+        stray = next(iter(strays.result()), None)
+    problem = walk.problem
+    if stray is not None and (walk.stopped_at is None or stray[0] < walk.stopped_at):
+        problem = _stray(recorder, account_id, stray, walk)
+    last = walk.last
+    verified = (
+        None if last is None else ChainHead(account_id, last.seq, last.position, last.entry_hash)
+    )
+    checked = walk.expected - 1
+    return VerifyReport(account_id, checked, time.perf_counter() - started, problem, verified)
+
+
+@dataclass(frozen=True)
+class _Walked:
+    """Where a walk stopped: its problem and the journal position of the entry it stopped at.
+
+    ``stopped_at`` is None when the walk reached the chain's end; ``gap`` when
+    the problem is an entry missing right after ``last``.
+    """
+
+    problem: Problem | None
+    stopped_at: int | None
+    last: Entry | None
+    expected: int
+    gap: bool
+
+
+def _walk(
+    recorder: JournalRecorder, account_id: str, head: ExportedHead | None, page: int
+) -> _Walked:
     entries = _entries(recorder, account_id, page)
-    # The walk keeps the two entries before the current one: an entry that does
-    # not link shows as its successor recomputing from the hash before it.
+    # The walk keeps the two hashes before the current entry: an entry that
+    # does not link shows as its successor recomputing from the hash before it.
     before, previous = GENESIS, GENESIS
-    last: ChainEntry | None = None
-    checked, expected = 0, 1
-    problem: Problem | None = None
+    last: Entry | None = None
+    expected = 1
     for entry in entries:
         if entry.seq != expected:
-            problem = Problem(
-                "missing",
-                account_id,
-                expected,
-                None,
-                None,
-                None,
-                f"the chain goes from entry {expected - 1} to entry {entry.seq}",
-            )
-            if stray is not None and stray[0] < entry.position:
-                problem = Problem(
-                    "missing",
-                    account_id,
-                    expected,
-                    stray[0],
-                    str(stray[1]),
-                    stray[2],
-                    f"the chain row is gone (the chain goes from entry {expected - 1} to "
-                    f"{entry.seq}) and its event has no entry",
-                )
-            break
-        if stray is not None and stray[0] < entry.position:
-            position, originator, version = stray
-            problem = Problem(
-                "inserted",
-                account_id,
-                expected,
-                position,
-                str(originator),
-                version,
-                f"the journal holds this event before entry {entry.seq}'s, and no entry names it",
-            )
-            break
-        recomputed = _recompute(previous, entry)
-        if entry.stored is None:
-            fault: tuple[Kind, str] | None = ("missing", "the journal no longer holds its event")
-        elif entry.stored_position != entry.position:
-            fault = (
-                "reordered",
-                f"its event is now at journal position {entry.stored_position}, "
-                f"it was written at {entry.position}",
-            )
-        elif last is not None and entry.position <= last.position:
-            fault = ("reordered", "")
-        elif recomputed != entry.entry_hash:
-            fault = ("altered", "")
-        else:
-            fault = None
-        if fault is not None:
-            kind, detail = fault
-            if last is not None and _recompute(before, entry) == entry.entry_hash:
-                problem = _problem(
-                    "inserted",
-                    last,
-                    f"the entry does not link: entry {entry.seq} follows entry {last.seq - 1}",
-                )
-                break
-            following = next(entries, None)
-            if following is not None and _recompute(previous, following) == following.entry_hash:
-                problem = _problem(
-                    "inserted",
-                    entry,
-                    f"the entry does not link: entry {following.seq} follows entry {entry.seq - 1}",
-                )
-                break
-            if kind == "reordered" and not detail and last is not None:
-                problem = _out_of_order(recorder, last, entry)
-            elif kind == "altered":
-                intact = (
-                    following is not None
-                    and _recompute(entry.entry_hash, following) == following.entry_hash
-                )
+            gone = f"the chain goes from entry {expected - 1} to entry {entry.seq}"
+            problem = Problem("missing", account_id, expected, None, None, None, gone)
+            return _Walked(problem, entry.position, last, expected, gap=True)
+        if (
+            entry.stored_position == entry.position
+            and (last is None or entry.position > last.position)
+            and _recompute(previous, entry) == entry.entry_hash
+        ):
+            if head is not None and entry.seq == head.seq and entry.entry_hash != head.entry_hash:
                 problem = _problem(
                     "altered",
+                    account_id,
                     entry,
-                    "its event's topic changed"
-                    if entry.stored and entry.stored.topic != entry.topic
-                    else "its event's stored state changed"
-                    if intact
-                    else "its event or its recorded hash changed"
-                    if following is None
-                    else "its recorded hash changed",
+                    f"it does not carry the exported head's hash ({head.verified_at}): the "
+                    "chain up to it was changed and recomputed",
                 )
-            else:
-                problem = _problem(kind, entry, detail)
-            break
-        if head is not None and entry.seq == head.seq and entry.entry_hash != head.entry_hash:
-            problem = _problem(
-                "altered",
-                entry,
-                f"it does not carry the exported head's hash ({head.verified_at}): the chain "
-                "up to it was changed and recomputed",
-            )
-            break
-        before, previous, last = previous, entry.entry_hash, entry
-        checked += 1
-        expected += 1
-    if problem is None and stray is not None:
-        position, originator, version = stray
-        problem = Problem(
-            "inserted",
-            account_id,
-            expected,
-            position,
-            str(originator),
-            version,
-            "the journal holds this event after the chain's last entry, and no entry names it",
-        )
-    if problem is None and head is not None and checked < head.seq:
-        problem = Problem(
+                return _Walked(problem, entry.position, last, expected, gap=False)
+            before, previous, last = previous, entry.entry_hash, entry
+            expected += 1
+            continue
+        problem = _fault(recorder, account_id, entries, entry, last, before, previous)
+        return _Walked(problem, entry.position, last, expected, gap=False)
+    short = None
+    if head is not None and expected - 1 < head.seq:
+        short = Problem(
             "missing",
             account_id,
             expected,
             None,
             None,
             None,
-            f"the chain ends at entry {checked}, before the exported head's entry {head.seq}",
+            f"the chain ends at entry {expected - 1}, before the exported head's entry {head.seq}",
         )
-    return VerifyReport(account_id, checked, time.perf_counter() - started, problem, last)
+    return _Walked(short, None, last, expected, gap=short is not None)
 
 
-def _out_of_order(recorder: JournalRecorder, last: ChainEntry, entry: ChainEntry) -> Problem:
+def _stray(
+    recorder: JournalRecorder, account_id: str, stray: tuple[int, UUID, int], walk: _Walked
+) -> Problem:
+    """Return the problem of an event no entry names, found before where the walk stopped."""
+    position, originator, version = stray
+    if walk.gap and (walk.last is None or position > walk.last.position):
+        # Right where the chain lacks an entry: the chain row is gone, its event is not.
+        return Problem(
+            "missing",
+            account_id,
+            walk.expected,
+            position,
+            str(originator),
+            version,
+            "the chain row is gone and its event has no entry",
+        )
+    seq = recorder.chain_count_before(account_id, position) + 1
+    return Problem(
+        "inserted",
+        account_id,
+        seq,
+        position,
+        str(originator),
+        version,
+        "the journal holds this event and no entry names it",
+    )
+
+
+def _fault(
+    recorder: JournalRecorder,
+    account_id: str,
+    entries: Iterator[Entry],
+    entry: Entry,
+    last: Entry | None,
+    before: str,
+    previous: str,
+) -> Problem:
+    """Return what is wrong with an entry that failed a check (its predecessors were fine)."""
+    if last is not None and _recompute(before, entry) == entry.entry_hash:
+        return _problem(
+            "inserted",
+            account_id,
+            last,
+            f"the entry does not link: entry {entry.seq} follows entry {last.seq - 1}",
+        )
+    following = next(entries, None)
+    if following is not None and _recompute(previous, following) == following.entry_hash:
+        return _problem(
+            "inserted",
+            account_id,
+            entry,
+            f"the entry does not link: entry {following.seq} follows entry {entry.seq - 1}",
+        )
+    if entry.stored_state is None:
+        return _problem("missing", account_id, entry, "the journal no longer holds its event")
+    if entry.stored_position != entry.position:
+        return _problem(
+            "reordered",
+            account_id,
+            entry,
+            f"its event is now at journal position {entry.stored_position}, "
+            f"it was written at {entry.position}",
+        )
+    if last is not None and entry.position <= last.position:
+        return _out_of_order(recorder, account_id, last, entry)
+    if entry.stored_topic != entry.topic:
+        detail = "its event's topic changed"
+    elif following is None:
+        detail = "its event or its recorded hash changed"
+    elif _recompute(entry.entry_hash, following) == following.entry_hash:
+        detail = "its event's stored state changed"
+    else:
+        detail = "its recorded hash changed"
+    return _problem("altered", account_id, entry, detail)
+
+
+def _out_of_order(recorder: JournalRecorder, account_id: str, last: Entry, entry: Entry) -> Problem:
     earlier = [
         seq
         for account, seq in recorder.chain_entries_naming(
-            entry.originator_id, entry.originator_version
+            UUID(entry.originator_id), entry.originator_version
         )
-        if (account, seq) != (entry.account_id, entry.seq)
+        if (account, seq) != (account_id, entry.seq)
     ]
     if earlier:
-        return _problem("inserted", entry, f"entry {earlier[0]} already names its event")
+        return _problem(
+            "inserted", account_id, entry, f"entry {earlier[0]} already names its event"
+        )
     return _problem(
         "reordered",
+        account_id,
         last,
         f"entry {entry.seq} comes before it in the journal (position {entry.position} "
         f"≤ {last.position})",

@@ -256,6 +256,49 @@ class ReadModelQueries(ResyncQueries):
             for r in rows
         ]
 
+    def chain_window(self, account_id: str, after_seq: int, through_seq: int) -> list[Any]:
+        """Return an account's chain rows with ``after_seq < seq <= through_seq``, in seq order.
+
+        Each is a tuple (seq, position, originator_id, originator_version, topic,
+        entry_hash, stored_position, stored_topic, stored_state), the last three
+        from the journal as it is now (None when it no longer holds the event).
+        A seq range rather than LIMIT: the database walks the primary key
+        whatever its statistics say about a table that grew since they were taken.
+        """
+        p = self.placeholder
+        rows = self._fetch(
+            f"SELECT c.seq, c.position, c.originator_id, c.originator_version, c.topic, "
+            f"c.entry_hash, e.{self.position_column} AS stored_position, "
+            f"e.topic AS stored_topic, e.state AS stored_state "
+            f"FROM {self.qualify}{CHAIN} c LEFT JOIN {self.events_table} e "
+            f"ON e.originator_id = {self.chained_id} "
+            f"AND e.originator_version = c.originator_version "
+            f"WHERE c.account_id = {p} AND c.seq > {p} AND c.seq <= {p} ORDER BY c.seq",
+            [account_id, after_seq, through_seq],
+        )
+        return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
+
+    def chain_next_seq(self, account_id: str, after_seq: int) -> int | None:
+        """Return the first seq of an account's chain after ``after_seq``, or None."""
+        p = self.placeholder
+        rows = self._fetch(
+            f"SELECT MIN(seq) AS seq FROM {self.qualify}{CHAIN} "
+            f"WHERE account_id = {p} AND seq > {p}",
+            [account_id, after_seq],
+        )
+        found = rows[0]["seq"] if rows else None
+        return None if found is None else int(found)
+
+    def chain_count_before(self, account_id: str, position: int) -> int:
+        """Return how many of an account's chain entries lie before a journal position."""
+        p = self.placeholder
+        rows = self._fetch(
+            f"SELECT COUNT(*) AS n FROM {self.qualify}{CHAIN} "
+            f"WHERE account_id = {p} AND position < {p}",
+            [account_id, position],
+        )
+        return int(rows[0]["n"])
+
     def chain_entries_naming(self, originator_id: UUID, version: int) -> list[tuple[str, int]]:
         """Return (account id, seq) of every chain entry naming one stored event."""
         p = self.placeholder
