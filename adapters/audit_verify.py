@@ -34,127 +34,28 @@ its hash, and the chain must reach it.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from functools import partial
 from hashlib import sha256
-from typing import Literal, NamedTuple
+from typing import NamedTuple, TypeVar
 from uuid import UUID
 
 from caljournal.adapters.audit_chain import GENESIS, ChainHead
-from caljournal.adapters.recorders import JournalRecorder
+from caljournal.adapters.audit_report import (
+    CHAIN_FORMAT,
+    ExportedHead,
+    HeadFormatError,
+    Kind,
+    Problem,
+    VerifyReport,
+)
+from caljournal.adapters.recorders import JournalRecorder, PostgresJournalRecorder
 
-# Version of the chain's hash layout (``audit_chain.entry_hash``); an exported
-# head from another layout cannot be compared.
-CHAIN_FORMAT = 1
 PAGE = 5000
-
-Kind = Literal["missing", "altered", "reordered", "inserted"]
-
-
-class HeadFormatError(ValueError):
-    """An exported head that cannot be read or does not fit the chain it is checked against."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    """The first bad entry of a chain."""
-
-    kind: Kind
-    account_id: str | None
-    seq: int | None
-    position: int | None
-    originator_id: str | None
-    originator_version: int | None
-    detail: str
-
-    @property
-    def message(self) -> str:
-        """Return one line naming the entry and what is wrong with it."""
-        where = f"entry {self.seq}" if self.seq is not None else "an event"
-        event = (
-            f" (event {self.originator_id} v{self.originator_version}"
-            f"{'' if self.position is None else f' at position {self.position}'})"
-            if self.originator_id is not None
-            else ""
-        )
-        return f"{self.kind}: {where}{event} of chain {self.account_id}: {self.detail}"
-
-
-@dataclass(frozen=True)
-class ExportedHead:
-    """A verified chain head, kept elsewhere to prove later that nothing before it changed."""
-
-    account: str
-    seq: int
-    position: int
-    entry_hash: str
-    verified_at: str
-    chain_format: int = CHAIN_FORMAT
-
-    def to_json(self) -> str:
-        """Return the head as a JSON document."""
-        return json.dumps(asdict(self), indent=2) + "\n"
-
-    @classmethod
-    def from_json(cls, text: str) -> ExportedHead:
-        """Read a head written by :meth:`to_json`.
-
-        :raises HeadFormatError: when the text is not such a document.
-        """
-        try:
-            doc = json.loads(text)
-            head = cls(
-                account=str(doc["account"]),
-                seq=int(doc["seq"]),
-                position=int(doc["position"]),
-                entry_hash=str(doc["entry_hash"]),
-                verified_at=str(doc["verified_at"]),
-                chain_format=int(doc["chain_format"]),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise HeadFormatError(f"not an exported chain head: {exc}") from None
-        if head.chain_format != CHAIN_FORMAT:
-            raise HeadFormatError(
-                f"the head is of chain format {head.chain_format}; this version reads "
-                f"{CHAIN_FORMAT}"
-            )
-        if head.seq < 1 or len(head.entry_hash) != 64:
-            raise HeadFormatError("not an exported chain head: bad seq or entry_hash")
-        return head
-
-
-@dataclass(frozen=True)
-class VerifyReport:
-    """What a verification checked, how long it took, and the first problem if any.
-
-    ``last`` is the last entry that verified (the head to export when clean).
-    """
-
-    account_id: str | None
-    checked: int
-    seconds: float
-    problem: Problem | None
-    last: ChainHead | None
-
-    @property
-    def ok(self) -> bool:
-        """Return True when the chain verified clean."""
-        return self.problem is None
-
-    def export(self, now: datetime | None = None) -> ExportedHead:
-        """Return the verified head to keep elsewhere.
-
-        :raises ValueError: when the chain did not verify clean or is empty.
-        """
-        if self.problem is not None or self.last is None or self.account_id is None:
-            raise ValueError("only a clean, non-empty chain has a head to export")
-        stamp = (now or datetime.now(UTC)).isoformat(timespec="seconds")
-        last = self.last
-        return ExportedHead(self.account_id, last.seq, last.position, last.entry_hash, stamp)
+T = TypeVar("T")
 
 
 class Entry(NamedTuple):
@@ -171,25 +72,51 @@ class Entry(NamedTuple):
     stored_state: bytes | None
 
 
+def _later(pool: ThreadPoolExecutor | None, call: Callable[[], T]) -> Callable[[], T]:
+    """Start ``call`` on ``pool`` and return what waits for its result; without a pool, run it now.
+
+    Only PostgreSQL gains from a second thread: its driver lets go of the
+    interpreter while the server works. SQLite works inside this process, where
+    a second thread only contends with the first (measured: slower).
+    """
+    if pool is not None:
+        return pool.submit(call).result
+    result = call()
+    return lambda: result
+
+
+def _pool(recorder: JournalRecorder) -> ThreadPoolExecutor | None:
+    return (
+        ThreadPoolExecutor(max_workers=1) if isinstance(recorder, PostgresJournalRecorder) else None
+    )
+
+
 def _entries(recorder: JournalRecorder, account_id: str, page: int) -> Iterator[Entry]:
-    # The next window is read while this one is hashed: both drivers let go of
-    # the interpreter while they wait for the database.
-    with ThreadPoolExecutor(max_workers=1) as reader:
+    # The next window is read while this one is hashed (see ``_later``).
+    reader = _pool(recorder)
+    try:
         after = 0
-        pending = reader.submit(recorder.chain_window, account_id, after, after + page)
+        pending = _later(reader, partial(recorder.chain_window, account_id, after, after + page))
         while True:
-            rows = pending.result()
+            rows = pending()
             if not rows:
                 # Past a hole in the seqs (removed rows, or a forged far seq).
                 following = recorder.chain_next_seq(account_id, after)
                 if following is None:
                     return
                 after = following - 1
-                pending = reader.submit(recorder.chain_window, account_id, after, after + page)
+                pending = _later(
+                    reader, partial(recorder.chain_window, account_id, after, after + page)
+                )
                 continue
             after += page
-            pending = reader.submit(recorder.chain_window, account_id, after, after + page)
+            pending = _later(
+                reader, partial(recorder.chain_window, account_id, after, after + page)
+            )
             yield from map(Entry._make, rows)
+    finally:
+        if reader is not None:
+            reader.shutdown(wait=True)
 
 
 def _recompute(previous: str, entry: Entry) -> str | None:
@@ -234,11 +161,16 @@ def verify(
         raise HeadFormatError(f"the head is of chain {head.account}, not of {account_id}")
     started = time.perf_counter()
     # Looking for events no entry names takes a scan of the account's events:
-    # it runs beside the walk, and its answer is placed in the walk's order after.
-    with ThreadPoolExecutor(max_workers=1) as side:
-        strays = side.submit(recorder.unchained_events, account_id, limit=1)
+    # it may run beside the walk (see ``_later``); its answer is placed in the
+    # walk's order after.
+    side = _pool(recorder)
+    try:
+        strays = _later(side, partial(recorder.unchained_events, account_id, limit=1))
         walk = _walk(recorder, account_id, head, page)
-        stray = next(iter(strays.result()), None)
+        stray = next(iter(strays()), None)
+    finally:
+        if side is not None:
+            side.shutdown(wait=True)
     problem = walk.problem
     if stray is not None and (walk.stopped_at is None or stray[0] < walk.stopped_at):
         problem = _stray(recorder, account_id, stray, walk)

@@ -15,7 +15,7 @@ from uuid import UUID
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 
 from caljournal.adapters.audit_chain import (
     CHAIN,
@@ -256,7 +256,13 @@ class ReadModelQueries(ResyncQueries):
             for r in rows
         ]
 
-    def chain_window(self, account_id: str, after_seq: int, through_seq: int) -> list[Any]:
+    def _fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Return a query's rows as plain tuples (for long reads, without per-row mappings)."""
+        raise NotImplementedError
+
+    def chain_window(
+        self, account_id: str, after_seq: int, through_seq: int
+    ) -> list[tuple[Any, ...]]:
         """Return an account's chain rows with ``after_seq < seq <= through_seq``, in seq order.
 
         Each is a tuple (seq, position, originator_id, originator_version, topic,
@@ -266,7 +272,7 @@ class ReadModelQueries(ResyncQueries):
         whatever its statistics say about a table that grew since they were taken.
         """
         p = self.placeholder
-        rows = self._fetch(
+        rows = self._fetch_tuples(
             f"SELECT c.seq, c.position, c.originator_id, c.originator_version, c.topic, "
             f"c.entry_hash, e.{self.position_column} AS stored_position, "
             f"e.topic AS stored_topic, e.state AS stored_state "
@@ -276,7 +282,7 @@ class ReadModelQueries(ResyncQueries):
             f"WHERE c.account_id = {p} AND c.seq > {p} AND c.seq <= {p} ORDER BY c.seq",
             [account_id, after_seq, through_seq],
         )
-        return [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in rows]
+        return rows
 
     def chain_next_seq(self, account_id: str, after_seq: int) -> int | None:
         """Return the first seq of an account's chain after ``after_seq``, or None."""
@@ -400,6 +406,12 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
         # The library's connections are in autocommit mode: a lone SELECT is its
         # own snapshot, without the BEGIN … ROLLBACK of a library transaction.
         with self.datastore.get_connection(commit=False) as conn, conn.cursor() as curs:
+            curs.execute(sql, list(params))
+            return list(curs.fetchall())
+
+    def _fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        with self.datastore.get_connection(commit=False) as conn, conn.cursor() as curs:
+            curs.row_factory = None
             curs.execute(sql, list(params))
             return list(curs.fetchall())
 
@@ -533,6 +545,12 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         # (measured: 0.28 ms → 0.1 ms for the token lookup of every API request).
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             curs.execute(sql.encode(), list(params))
+            return list(curs.fetchall())
+
+    def _fetch_tuples(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        # Binary results: a stored event's state comes as bytes, not as hex text.
+        with self.datastore.get_connection() as conn, conn.cursor(row_factory=tuple_row) as curs:
+            curs.execute(sql.encode(), list(params), binary=True)
             return list(curs.fetchall())
 
     def _execute(self, statements: Iterable[tuple[str, Sequence[Any]]]) -> None:

@@ -16,13 +16,8 @@ from uuid import UUID
 import typer
 
 from caljournal.adapters.audit_chain import OPERATORS
-from caljournal.adapters.audit_verify import (
-    ExportedHead,
-    HeadFormatError,
-    VerifyReport,
-    verify,
-    verify_all,
-)
+from caljournal.adapters.audit_report import ExportedHead, HeadFormatError, VerifyReport
+from caljournal.adapters.audit_verify import verify, verify_all
 from caljournal.bootstrap import Container
 from caljournal.errors import NotFoundError
 from caljournal.scripts.common import Commands, JsonOption, container, err, out
@@ -67,7 +62,13 @@ def _read_head(path: Path) -> ExportedHead:
 
 def _say(report: VerifyReport, name: str) -> None:
     rate = report.checked / report.seconds if report.seconds else 0.0
-    if report.problem is None:
+    if report.account_id is None:
+        # The check for events of no chain at all (``verify --all``).
+        if report.problem is None:
+            err.print("ok: every event in the journal belongs to a chain", highlight=False)
+        else:
+            err.print(f"[red]TAMPERED[/red] {report.problem.message}", highlight=False)
+    elif report.problem is None:
         err.print(
             f"ok: chain {name}: {report.checked} entries verified in {report.seconds:.2f} s "
             f"({rate:,.0f}/s)",
@@ -152,7 +153,7 @@ def head_command(
         raise _fail(f"the chain of {name} has no entries yet")
     document = report.export().to_json()
     if output is None:
-        out.print(document, end="", highlight=False, soft_wrap=True)
+        typer.echo(document, nl=False)
         return
     try:
         output.write_text(document, encoding="utf-8")

@@ -21,7 +21,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from caljournal.adapters.audit_chain import CHAIN, GENESIS, ChainEntry, entry_hash
-from caljournal.adapters.audit_verify import ExportedHead, HeadFormatError, verify, verify_all
+from caljournal.adapters.audit_report import ExportedHead, HeadFormatError
+from caljournal.adapters.audit_verify import verify, verify_all
 from caljournal.adapters.recorders import JournalRecorder, SQLiteJournalRecorder
 from caljournal.adapters.secrets import Credentials
 from caljournal.appointments import Booking
@@ -269,6 +270,43 @@ def test_a_forged_chain_row_is_named(
         entry_hash(previous, forged_id, 1, target.topic, state),
     )
     assert_first_bad(container, acme, "inserted", target.seq)
+
+
+def test_a_forged_entry_naming_a_chained_event_again_is_named(
+    container: Container, scenario: list[ChainEntry], acme: Tenant, db: Database
+) -> None:
+    again, last = appointment_entries(scenario)[1], scenario[-1]
+    assert again.stored is not None
+    db.run(
+        f"INSERT INTO {db.chain} (account_id, seq, position, originator_id, originator_version, "
+        "topic, entry_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        str(acme.account_id),
+        last.seq + 1,
+        again.position,
+        str(again.originator_id),
+        again.originator_version,
+        again.topic,
+        entry_hash(
+            last.entry_hash,
+            again.originator_id,
+            again.originator_version,
+            again.stored.topic,
+            again.stored.state,
+        ),
+    )
+    assert_first_bad(container, acme, "inserted", last.seq + 1)
+
+
+def test_positions_swapped_in_the_journal_and_the_chain_are_reordered_at_the_first(
+    container: Container, scenario: list[ChainEntry], acme: Tenant, db: Database
+) -> None:
+    first, second = scenario[4], scenario[5]
+    for table, column in ((db.events, db.position), (db.chain, "position")):
+        swap = f"UPDATE {table} SET {column} = ? WHERE {column} = ?"
+        db.run(swap, -1, first.position)
+        db.run(swap, first.position, second.position)
+        db.run(swap, second.position, -1)
+    assert_first_bad(container, acme, "reordered", first.seq)
 
 
 def test_a_recomputed_chain_verifies_on_its_own_but_not_against_an_exported_head(
