@@ -95,7 +95,8 @@ def verify_command(
         bool, typer.Option("--all", help="every chain, and events that belong to none")
     ] = False,
     head: Annotated[
-        Path | None, typer.Option(help="a head written by 'audit head' to check against")
+        Path | None,
+        typer.Option(metavar="FILE", help="a head written by 'audit head' to check against"),
     ] = None,
     json: JsonOption = False,
 ) -> None:
@@ -137,7 +138,8 @@ def verify_command(
 def head_command(
     account: AccountOption = None,
     output: Annotated[
-        Path | None, typer.Option(help="write the head to this file instead of stdout")
+        Path | None,
+        typer.Option(metavar="FILE", help="write the head to this file instead of stdout"),
     ] = None,
 ) -> None:
     """Verify an account's chain, then print its head as JSON to keep elsewhere."""
