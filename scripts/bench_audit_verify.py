@@ -213,6 +213,100 @@ def bench_writes(
     return rows
 
 
+# One child run of the focused comparison: bench_api's raw loop and in-process
+# API, alternately, with the code on PYTHONPATH; prints the API/raw ratios.
+ASGI_CHILD = """
+import json, sys, tempfile
+from pathlib import Path
+import psycopg
+from caljournal.scripts import bench_api as b
+from caljournal.bootstrap import bootstrap
+from caljournal.settings import load_settings
+backend, n, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+cleanups, ratios = [], []
+with tempfile.TemporaryDirectory() as tmp:
+    if backend == "sqlite":
+        urls = {k: f"sqlite:///{Path(tmp) / (k + '.sqlite')}" for k in ("raw", "api")}
+    else:
+        admin = psycopg.connect(b.PG_URL, autocommit=True)
+        urls = {}
+        for k in ("raw", "api"):
+            urls[k], cleanup = b._pg_schema(admin, k)
+            cleanups.append(cleanup)
+    container = bootstrap(load_settings(database_url=urls["api"], secret_key_file=Path(tmp) / "k"))
+    try:
+        for _ in range(rounds):
+            raw = b.bench_raw(urls["raw"], n)["writes_per_s"]
+            api = b.bench_asgi(container, n)["writes_per_s"]
+            ratios.append(api / raw)
+    finally:
+        container.close()
+        for cleanup in cleanups:
+            cleanup()
+print(json.dumps(ratios))
+"""
+
+
+def bench_writes_asgi(
+    before: str, rounds: int, n: int, backends: str, tmp: Path
+) -> list[dict[str, Any]]:
+    """Compare the in-process API/raw ratio of ``before`` and this checkout, alternating runs.
+
+    Each run measures three (raw loop, API) pairs back to back; runs alternate
+    between the two checkouts ``rounds`` times.
+    """
+    shim = tmp / "asgi-shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(SHIM)
+    roots = {"before": _checkout(before, tmp), "after": Path(__file__).resolve().parent.parent}
+    ratios: dict[tuple[str, str], list[float]] = {}
+    try:
+        for r in range(rounds):
+            for backend in backends.split(","):
+                for label, root in roots.items():
+                    err.print(f"in-process round {r + 1}/{rounds}: {backend} {label}")
+                    env = {**os.environ, "PYTHONPATH": f"{shim}{os.pathsep}{root}"}
+                    done = subprocess.run(
+                        [sys.executable, "-c", ASGI_CHILD, backend, str(n), "3"],
+                        env=env,
+                        cwd=root,
+                        check=True,
+                        capture_output=True,
+                        text=True,
+                    )
+                    found = json.loads(done.stdout.strip().splitlines()[-1])
+                    ratios.setdefault((backend, label), []).extend(found)
+    finally:
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                str(roots["after"]),
+                "worktree",
+                "remove",
+                "--force",
+                str(roots["before"]),
+            ],
+            check=False,
+        )
+    rows = []
+    for backend in backends.split(","):
+        was = statistics.median(ratios[(backend, "before")])
+        now = statistics.median(ratios[(backend, "after")])
+        rows.append(
+            {
+                "backend": backend,
+                "mode": "API in-process, 1 client (focused)",
+                "ratio_before": round(was, 3),
+                "ratio_after": round(now, 3),
+                "loss": round(1 - now / was, 3),
+                "rounds_before": [round(x, 3) for x in ratios[(backend, "before")]],
+                "rounds_after": [round(x, 3) for x in ratios[(backend, "after")]],
+            }
+        )
+    return rows
+
+
 def main() -> None:
     """Run the benchmark and print/write the results."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -222,7 +316,9 @@ def main() -> None:
     parser.add_argument("--write-n", type=int, default=300, help="bench_api --n")
     parser.add_argument("--before", default="7e92f77", help="the commit before the chain")
     parser.add_argument("--backends", default="sqlite,postgres")
-    parser.add_argument("--parts", default="verify,writes")
+    parser.add_argument(
+        "--parts", default="verify,writes", help="verify, writes (all bench_api modes), asgi"
+    )
     parser.add_argument("--out", default="bench-results/audit-verify.json")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
@@ -236,6 +332,13 @@ def main() -> None:
         if "writes" in parts:
             result["writes"] = bench_writes(
                 args.before, args.write_rounds, args.write_n, args.backends, Path(tmp)
+            )
+
+        if "asgi" in parts:
+            result.setdefault("writes", []).extend(
+                bench_writes_asgi(
+                    args.before, args.write_rounds, args.write_n, args.backends, Path(tmp)
+                )
             )
 
     console = Console()
