@@ -32,6 +32,7 @@ from caljournal.audit import (
 )
 from caljournal.errors import InvalidInputError
 from caljournal.projections.audit import AuditRecord
+from caljournal.scripts.audit_verify_cli import head_command, verify_command
 from caljournal.scripts.common import Commands, container, err, out
 
 audit_app = Commands(help="List an account's recorded changes; verify the audit chain.")
@@ -102,9 +103,9 @@ def audit(
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
-# Subcommands of other modules are registered here (``audit verify``, ``audit head``):
-# audit_app.command("verify")(verify_command)
-# audit_app.command("head")(head_command)
+# The chain's checks (scripts/audit_verify_cli.py).
+audit_app.command("verify")(verify_command)
+audit_app.command("head")(head_command)
 
 
 def write_json(records: Iterable[AuditRecord], stream: Any) -> int:
