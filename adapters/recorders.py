@@ -19,13 +19,13 @@ from psycopg.rows import DictRow, tuple_row
 
 from caljournal.adapters.audit_chain import (
     CHAIN,
+    GENESIS,
     OPERATORS,
     ChainEntry,
     ChainHead,
     head_query,
     insert_statement,
     new_entries,
-    value,
 )
 from caljournal.adapters.audit_queries import ChainCheckQueries
 from caljournal.adapters.personal_keys import PERSONAL_KEYS
@@ -254,8 +254,19 @@ class ReadModelQueries(ChainCheckQueries, ResyncQueries):
         ``limit``; only of ``topics`` and of ``originator_id`` when given.
         """
         p = self.placeholder
+        if after_position > 0:
+            # Positions grow with seq within a chain: turn the position cursor into
+            # a seq one, so the page below is one range of the primary key (a
+            # condition on both let PostgreSQL's planner pick the position index
+            # and sort the account's whole chain for every page).
+            floor = self._fetch(
+                f"SELECT MAX(seq) AS seq FROM {self.qualify}{CHAIN} "
+                f"WHERE account_id = {p} AND position <= {p}",
+                [account_id, after_position],
+            )[0]["seq"]
+            after_seq = max(after_seq, int(floor or 0))
         only = ""
-        params: list[Any] = [account_id, after_seq, after_position]
+        params: list[Any] = [account_id, after_seq]
         if topics:
             only += f" AND c.topic IN ({', '.join([p] * len(topics))})"
             params.extend(topics)
@@ -271,7 +282,7 @@ class ReadModelQueries(ChainCheckQueries, ResyncQueries):
             f"e.originator_version AS stored_version, e.topic AS stored_topic, "
             f"e.state AS stored_state FROM {self.qualify}{CHAIN} c "
             f"LEFT JOIN {self.events_table} e ON e.{self.position_column} = c.position "
-            f"WHERE c.account_id = {p} AND c.seq > {p} AND c.position > {p}{only} "
+            f"WHERE c.account_id = {p} AND c.seq > {p}{only} "
             f"ORDER BY c.seq LIMIT {p}",
             [*params, limit],
         )
@@ -522,16 +533,16 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         if stored_events and ids:
             # The library's insert holds an exclusive lock on the events table
             # until commit, so no other writer can move a chain's head meanwhile.
-            heads = {}
-            for key in dict.fromkeys(
-                chain.get(UUID(str(s.originator_id)), OPERATORS) for s in stored_events
-            ):
-                curs.execute(head_query(self.qualify, "%s").encode(), [key])
-                found = curs.fetchone()
-                if found is not None:
-                    heads[key] = (int(value(found, "seq", 0)), str(value(found, "entry_hash", 1)))
-            entries = new_entries(heads, stored_events, ids, chain)
-            curs.executemany(insert_statement(self.qualify, "%s").encode(), entries)
+            # Each entry's hash is computed by the server from the head it reads
+            # (pg_sha256 over the same bytes as ``entry_hash``): reading the heads
+            # here first would stop the library's pipeline for a round trip.
+            curs.executemany(
+                chained_insert(self.qualify),
+                [
+                    chained_values(s, position, chain)
+                    for s, position in zip(stored_events, ids, strict=True)
+                ],
+            )
         rows = with_positions(read_model, latest_positions(stored_events, ids))
         if rows:
             # A nested pipeline syncs when it ends: an error in these rows (a
@@ -581,6 +592,45 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(sql.encode(), list(params))
             return int(curs.rowcount)
+
+
+def chained_insert(qualify: str) -> bytes:
+    """Return the INSERT that appends one chain entry, its hash computed by PostgreSQL.
+
+    The hashed bytes are those of ``adapters.audit_chain.entry_hash``: the
+    previous hash (or GENESIS), originator id, version, topic and the state's
+    length, each followed by a newline, then the state.
+    """
+    table = f"{qualify}{CHAIN}"
+    return (
+        f"INSERT INTO {table} (account_id, seq, position, originator_id, "
+        "originator_version, topic, entry_hash) "
+        "SELECT a.account_id, COALESCE(h.seq, 0) + 1, a.position, a.originator_id, "
+        "a.version, a.topic, encode(sha256(convert_to(COALESCE(h.entry_hash, a.genesis) "
+        "|| E'\\n' || a.originator_id || E'\\n' || a.version::text || E'\\n' || a.topic "
+        "|| E'\\n' || octet_length(a.state)::text || E'\\n', 'UTF8') || a.state), 'hex') "
+        "FROM (SELECT %s::text AS account_id, %s::bigint AS position, "
+        "%s::text AS originator_id, %s::bigint AS version, %s::text AS topic, "
+        "%s::bytea AS state, %s::text AS genesis) a "
+        f"LEFT JOIN LATERAL (SELECT seq, entry_hash FROM {table} "
+        "WHERE account_id = a.account_id ORDER BY seq DESC LIMIT 1) h ON true"
+    ).encode()
+
+
+def chained_values(
+    stored: StoredEvent, position: int, chain: Mapping[UUID, str]
+) -> tuple[str, int, str, int, str, bytes, str]:
+    """Return the parameters of :func:`chained_insert` for one stored event."""
+    originator_id = UUID(str(stored.originator_id))
+    return (
+        chain.get(originator_id, OPERATORS),
+        int(position),
+        str(originator_id),
+        int(stored.originator_version),
+        stored.topic,
+        bytes(stored.state),
+        GENESIS,
+    )
 
 
 def latest_positions(
