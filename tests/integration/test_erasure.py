@@ -22,9 +22,11 @@ import pytest
 from eventsourcing.cipher import AESCipher
 from fastapi.testclient import TestClient
 
+from caljournal.adapters.audit_verify import verify_all
 from caljournal.adapters.secrets import Credentials
 from caljournal.api.app import create_app
 from caljournal.appointments import Booking
+from caljournal.audit import AuditQuery, AuditService
 from caljournal.bootstrap import Container, bootstrap
 from caljournal.maintenance import rebuild_read_models
 from caljournal.projections.outbound import OutboundWorker
@@ -466,3 +468,34 @@ def test_the_calendars_edits_of_an_erased_appointment_move_it_but_bring_nothing_
         event = remote_events(calendar)[f"{ours['id']}@caljournal"][0]
         assert str(event["SUMMARY"]) == "Appointment"
         assert event.decoded("DTSTART") == datetime(2026, 4, 21, 15, tzinfo=BERLIN)
+
+
+def test_after_an_erasure_the_chain_verifies_and_a_replay_and_the_audit_log_keep_it_erased(
+    erasing: Container, api: TestClient, tenant: Tenant, radicale: RadicaleProcess
+) -> None:
+    calendar = linked_calendar(erasing, tenant, radicale)
+    booked = book(api, tenant, 15)
+    appointment_id = uuid.UUID(booked["id"])
+    erasing.sync.backfill(tenant.account_id, operator())
+    uid = f"{booked['id']}@caljournal"
+    assert not no_secret_in(b"".join(o.data.encode() for o in calendar.get_events()))
+
+    erasing.erasure.erase(None, appointment_id, "customer asked", operator())
+    # The events stay as written: the chain verifies, and so does every other chain.
+    reports = verify_all(erasing.journal.journal_recorder)
+    assert all(r.ok for r in reports), [r.problem for r in reports if not r.ok]
+
+    # A replay writes the calendar from the journal: the copy shows nothing erased.
+    summary = erasing.sync.replay(tenant.account_id, operator())
+    assert not summary.failed
+    (event,) = remote_events(calendar)[uid]
+    assert str(event["SUMMARY"]) == "Appointment"
+    assert no_secret_in(b"".join(o.data.encode() for o in calendar.get_events()))
+    # The audit log shows every change of the appointment, its texts erased.
+    records = list(
+        AuditService(erasing.journal).stream(
+            AuditQuery(tenant.account_id, appointment_id=appointment_id)
+        )
+    )
+    assert records[-1].event_type == "Erased" and len(records) >= 2
+    assert no_secret_in(json.dumps([r.as_dict() for r in records]))
