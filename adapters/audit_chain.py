@@ -62,7 +62,8 @@ def entry_hash(
 ) -> str:
     """Return the hash of one chain entry: the previous hash and the stored event."""
     digest = hashlib.sha256()
-    head = f"{previous}\n{UUID(str(originator_id))}\n{int(version)}\n{topic}\n{len(state)}\n"
+    uuid = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+    head = f"{previous}\n{uuid}\n{int(version)}\n{topic}\n{len(state)}\n"
     digest.update(head.encode())
     digest.update(bytes(state))
     return digest.hexdigest()
@@ -112,10 +113,12 @@ def new_entries(
     current = dict(heads)
     rows = []
     for stored, position in zip(stored_events, positions, strict=True):
-        key = keys.get(UUID(str(stored.originator_id)), OPERATORS)
+        raw = stored.originator_id
+        originator_id = raw if isinstance(raw, UUID) else UUID(str(raw))
+        key = keys.get(originator_id, OPERATORS)
         seq, previous = current.get(key, (0, GENESIS))
         digest = entry_hash(
-            previous, stored.originator_id, stored.originator_version, stored.topic, stored.state
+            previous, originator_id, stored.originator_version, stored.topic, stored.state
         )
         current[key] = (seq + 1, digest)
         rows.append(
@@ -123,7 +126,7 @@ def new_entries(
                 key,
                 seq + 1,
                 int(position),
-                str(UUID(str(stored.originator_id))),
+                str(originator_id),
                 int(stored.originator_version),
                 stored.topic,
                 digest,
