@@ -63,6 +63,8 @@ class WorkerConfig:
     lease_ttl: float = 10.0
     lease_renew: float = 2.0
     catch_up: float = 5.0
+    # An idle account's catch-up passes space out up to this (see PushReconciler).
+    idle_catch_up: float = 60.0
     poll: float = 0.1
     batch: int = 100
     max_backoff: float = 60.0
@@ -295,7 +297,7 @@ class AccountRuntime:
             return None
         reconciler, wait = self._next(now)
         if reconciler is None:
-            return now + min(self.config.catch_up, wait)
+            return now + min(self.config.idle_catch_up, wait)
         if not self.leased():
             # The lease keeper renews it shortly, or stops this runtime.
             return now + min(self.config.lease_renew, 0.2)
@@ -318,7 +320,7 @@ class AccountRuntime:
             return None
         now = time.monotonic()
         reconciler, wait = self._next(now)
-        return now if reconciler is not None else now + min(self.config.catch_up, wait)
+        return now if reconciler is not None else now + min(self.config.idle_catch_up, wait)
 
     def _close(self) -> None:
         try:
