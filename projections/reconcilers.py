@@ -141,7 +141,6 @@ class PushReconciler:
         self._next_pass = 0.0
         self._quiet = 0  # catch-up passes in a row that found nothing
         self._pusher: Pusher | None = None
-        self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
 
     def due(self, now: float) -> float:
         """Run when woken by news, and every ``catch_up`` seconds anyway.
@@ -193,6 +192,13 @@ class PushReconciler:
         if self._pusher is None:
             self._pusher = make_pusher(self.worker, self.account_id, self.link)
         pusher = self._pusher
+        # A thread of its own only while a pass pushes: an idle account holds none.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="render") as renderer:
+            return self._push_all(pusher, started, position, renderer)
+
+    def _push_all(
+        self, pusher: Pusher, started: int, position: int, renderer: ThreadPoolExecutor
+    ) -> int:
         store = self.worker.store
         handled = 0
         while self.leased():
@@ -209,7 +215,7 @@ class PushReconciler:
                 # Render the next objects while the server answers the current
                 # write (the socket wait releases the GIL): the push loop then
                 # runs at the server's speed.
-                actions = self._renderer.map(lambda i: plan(i, pusher.calendar_url), items)
+                actions = renderer.map(lambda i: plan(i, pusher.calendar_url), items)
                 pusher.begin(items)
                 for item, action in zip(items, actions, strict=True):
                     if not self.leased():
@@ -233,8 +239,7 @@ class PushReconciler:
         return handled
 
     def close(self) -> None:
-        """Stop the rendering thread and close the writer."""
-        self._renderer.shutdown(wait=False, cancel_futures=True)
+        """Close the writer."""
         if self._pusher is not None:
             self._pusher.storage.close()
 

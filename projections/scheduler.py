@@ -8,8 +8,11 @@ when it wants the next. Guarantees:
 * an account never runs twice at once: news for an account in flight is kept
   and the account is due again at once when its step ends;
 * one server never holds more than ``per_server`` pool threads (half the pool
-  by default): accounts of a slow or failing server wait their turn among
-  themselves, the accounts of every other server keep being served;
+  by default), nor more than its fair share of the pool while other servers'
+  accounts wait too; the last quarter of the pool goes only to servers that
+  have nothing running. Accounts of slow or failing servers (which hold a
+  thread for as long as a request and its retries take) wait their turn
+  among themselves; the accounts of every other server keep being served;
 * due accounts run in order of due time (a parked account keeps its place).
 """
 
@@ -60,6 +63,9 @@ class Scheduler:
             raise ValueError("the pool needs at least one thread")
         self.size = size
         self.per_server = per_server if per_server > 0 else max(1, math.ceil(size / 2))
+        # Slots kept for servers with nothing running, so a newcomer is never
+        # shut out by servers that already hold threads.
+        self.reserve = size // 4
         self._name = name
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, Task]] = []
@@ -130,7 +136,7 @@ class Scheduler:
                     entry = self._entries.get(id(task))
                     if entry is None or entry.running or entry.parked or entry.due != at:
                         continue  # stale: the task was due earlier, or is running
-                    if self._busy.get(task.server, 0) >= self.per_server:
+                    if not self._may_launch(task.server):
                         entry.parked = True
                         self._parked.setdefault(task.server, deque()).append(task)
                         continue
@@ -139,6 +145,15 @@ class Scheduler:
                 if self._heap and self._running < self.size:
                     timeout = max(self._heap[0][0] - now, 0.0)
                 self._cond.wait(timeout)
+
+    def _may_launch(self, server: str) -> bool:
+        """Return whether ``server`` may take a free thread now (called with the lock held)."""
+        running = self._busy.get(server, 0)
+        if running == 0:
+            return True
+        waiting = len(self._busy.keys() | self._parked.keys() | {server})
+        share = max(1, self.size // waiting)
+        return running < min(self.per_server, share) and self._running < self.size - self.reserve
 
     def _launch(self, task: Task, entry: _Entry) -> None:
         entry.running, entry.due = True, math.inf

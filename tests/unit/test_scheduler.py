@@ -113,3 +113,19 @@ def test_a_thousand_idle_tasks_hold_no_thread_of_their_own() -> None:
         # The scheduler thread and at most its pool.
         assert threading.active_count() - before <= 9
         assert scheduler.load() == {"tasks": 1000, "running": 0, "parked": 0}
+
+
+def test_two_slow_servers_together_cannot_starve_a_third() -> None:
+    slow = [Ticker(f"slow{n % 2}:1", every=0.0, takes=0.5) for n in range(20)]
+    fast = [Ticker("fast:1", every=0.05) for _ in range(5)]
+    with scheduling(8) as scheduler:
+        for task in slow:
+            scheduler.schedule(task)
+        # Both slow servers hold all they may: the pool but its last quarter.
+        wait_until(lambda: scheduler.load()["running"] == 6, timeout=10)
+        began = time.monotonic()
+        for task in fast:
+            scheduler.schedule(task)
+        wait_until(lambda: all(len(t.steps) >= 10 for t in fast), timeout=10)
+        took = time.monotonic() - began
+    assert took < 3.0
