@@ -302,10 +302,6 @@ class GuardedSession(niquests.Session):
                     "http": _WatchedHTTPPool,
                     "https": _WatchedHTTPSPool,
                 }
-                # No idle-connection watcher thread per pool: a worker keeps a
-                # session per account, and a thousand threads waking every few
-                # seconds cost more than finding a dropped connection on reuse.
-                manager.connection_pool_kw["background_watch_delay"] = None
         # Only http and https: a unix-socket adapter would bypass the address check.
         self.adapters.pop("http+unix://", None)
         self.hooks["response"].insert(0, self._read_redirect_body)
