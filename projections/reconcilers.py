@@ -189,16 +189,11 @@ class PushReconciler:
         # inserts events under a table lock on PostgreSQL; SQLite has one writer),
         # so every change at or below this position is visible to this pass.
         started = self.worker.journal.journal_recorder.max_notification_id() or 0
-        if self._pusher is None:
-            self._pusher = make_pusher(self.worker, self.account_id, self.link)
-        pusher = self._pusher
         # A thread of its own only while a pass pushes: an idle account holds none.
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="render") as renderer:
-            return self._push_all(pusher, started, position, renderer)
+            return self._push_all(started, position, renderer)
 
-    def _push_all(
-        self, pusher: Pusher, started: int, position: int, renderer: ThreadPoolExecutor
-    ) -> int:
+    def _push_all(self, started: int, position: int, renderer: ThreadPoolExecutor) -> int:
         store = self.worker.store
         handled = 0
         while self.leased():
@@ -210,12 +205,17 @@ class PushReconciler:
             )
             if not items:
                 break
+            if self._pusher is None:
+                # Built on the first write: an account never written to holds
+                # no connection (nor its pool's watcher thread) for pushes.
+                self._pusher = make_pusher(self.worker, self.account_id, self.link)
+            pusher = self._pusher
             succeeded = False
             try:
                 # Render the next objects while the server answers the current
                 # write (the socket wait releases the GIL): the push loop then
                 # runs at the server's speed.
-                actions = renderer.map(lambda i: plan(i, pusher.calendar_url), items)
+                actions = renderer.map(lambda i, url=pusher.calendar_url: plan(i, url), items)
                 pusher.begin(items)
                 for item, action in zip(items, actions, strict=True):
                     if not self.leased():

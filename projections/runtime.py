@@ -19,11 +19,13 @@ backfill or replay request), each a small object with the same interface:
 
 The scheduler never steps an account twice at once, so two reconcilers of an
 account never overlap: a backfill never writes while a push pass does. An
-idle account holds no thread: the worker's scheduler (``projections.scheduler``)
-keeps its next due time and steps it in a shared pool when due. Adding a kind of work (change
-webhooks, per-link settings choosing which reconcilers run) means writing a
-reconciler and listing it in the factory the worker passes in; the runtime
-does not change.
+idle account runs in no thread of its own: the worker's scheduler
+(``projections.scheduler``) keeps its next due time and steps it in a shared
+pool when due.
+
+Adding a kind of work (change webhooks, per-link settings choosing which
+reconcilers run) means writing a reconciler and listing it in the factory the
+worker passes in; the runtime does not change.
 
 Failures: ``TransientPushError`` (the server is unavailable; its
 ``Retry-After`` is honoured) and ``LinkFailedError`` (credentials unusable)

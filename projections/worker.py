@@ -17,7 +17,7 @@ Threads, per worker process:
   one **account runtime** per leased account (``projections.runtime``) runs
   the account's reconcilers one at a time, in a pool thread when the account
   is due: pushes of changes, polls of the calendar, backfill and replay
-  requests (``projections.reconcilers``). An idle account holds no thread; a
+  requests (``projections.reconcilers``). An idle account runs in no thread; a
   failing server holds at most ``per_server`` pool threads and backs off, so
   it only ever holds up its own accounts.
 """
