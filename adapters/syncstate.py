@@ -16,7 +16,7 @@ a poll's commit
     :class:`StateWrites` that go with them, in one transaction where the store
     shares the journal's database (a crash never loses or repeats a remote change);
 leases and workers
-    ``claim_lease``, ``release_lease``, ``leases``, ``heartbeat``, ``retire``;
+    ``claim_lease``, ``renew_leases``, ``release_lease``, ``leases``, ``heartbeat``, ``retire``;
 per-account status (one :class:`SyncStatus` per account)
     ``update_sync_status``, ``sync_status``.
 
@@ -240,6 +240,10 @@ class SyncStateStore(Protocol):
 
     # -- leases and workers -----------------------------------------------------
     def claim_lease(self, account_id: str, owner: str, now_us: int, ttl_us: int) -> bool: ...
+
+    def renew_leases(self, owner: str, now_us: int, ttl_us: int) -> None:
+        """Extend every lease ``owner`` holds to ``now_us + ttl_us`` (one statement)."""
+        ...
 
     def release_lease(self, account_id: str, owner: str) -> None: ...
 

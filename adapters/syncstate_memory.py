@@ -236,6 +236,13 @@ class MemorySyncState:
                 return True
             return False
 
+    def renew_leases(self, owner: str, now_us: int, ttl_us: int) -> None:
+        """Extend every lease ``owner`` holds to ``now_us + ttl_us``."""
+        with self._lock:
+            for account_id, lease in self._leases.items():
+                if lease.owner == owner:
+                    self._leases[account_id] = Lease(account_id, owner, now_us + ttl_us)
+
     def release_lease(self, account_id: str, owner: str) -> None:
         """Give up the lease on an account (if ``owner`` holds it)."""
         with self._lock:

@@ -376,6 +376,13 @@ class SQLSyncState:
         )
         return self._update(sql, [account_id, owner, now_us + ttl_us, now_us]) == 1
 
+    def renew_leases(self, owner: str, now_us: int, ttl_us: int) -> None:
+        """Extend every lease ``owner`` holds to ``now_us + ttl_us`` (one statement)."""
+        self._update(
+            f"UPDATE {self.q}{LEASES} SET expires_us = {self.p} WHERE owner = {self.p}",
+            [now_us + ttl_us, owner],
+        )
+
     def release_lease(self, account_id: str, owner: str) -> None:
         """Give up the lease on an account (if ``owner`` holds it)."""
         p = self.p

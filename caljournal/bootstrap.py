@@ -72,6 +72,7 @@ class Container:
                 lease_ttl=ttl,
                 lease_renew=max(ttl / 5, 0.2),
                 poll=self.settings.worker_poll,
+                pool=self.settings.worker_pool,
                 check=CheckPolicy(
                     interval=self.settings.calendar_check_interval,
                     spacing=self.settings.calendar_check_spacing,

@@ -142,6 +142,13 @@ class Settings(BaseSettings):
     worker_poll: float = Field(
         default=0.1, gt=0, le=10, description="seconds between journal polls on SQLite"
     )
+    worker_pool: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="threads a worker runs its accounts' pushes and polls in; one server "
+        "gets at most half of them",
+    )
     token_cache_seconds: float = Field(
         default=1.0,
         ge=0,

@@ -10,6 +10,7 @@ is built in one small factory function here (``make_pusher``, ``make_poller``,
 from __future__ import annotations
 
 import math
+import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -37,6 +38,10 @@ from caljournal.projections.runtime import (
 if TYPE_CHECKING:
     from caljournal.projections.worker import OutboundWorker
     from caljournal.resyncs import ResyncService
+
+
+#: Up to this share of the poll interval is taken off each next poll (jitter).
+POLL_JITTER = 0.05
 
 
 # -- factories: how each piece of work is built ------------------------------------
@@ -134,11 +139,17 @@ class PushReconciler:
         self.watermark = self.baseline
         self._woken = True
         self._next_pass = 0.0
+        self._quiet = 0  # catch-up passes in a row that found nothing
         self._pusher: Pusher | None = None
-        self._renderer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
 
     def due(self, now: float) -> float:
-        """Run when woken by news, and every ``catch_up`` seconds anyway."""
+        """Run when woken by news, and every ``catch_up`` seconds anyway.
+
+        Each catch-up pass that finds nothing doubles the wait for the next
+        one, up to ``idle_catch_up``: news is routed to the account anyway, and
+        a thousand idle accounts would otherwise query the store hundreds of
+        times a second for nothing.
+        """
         return 0.0 if self._woken else self._next_pass - now
 
     def heard(self, news: News) -> bool:
@@ -157,13 +168,16 @@ class PushReconciler:
 
     def run(self) -> int:
         """Push everything pending (see :meth:`run_pass`)."""
-        self._woken = False
+        news, self._woken = self._woken, False
         try:
             handled = self.run_pass()
         except BaseException:
             self._woken = True  # try again after the backoff
             raise
-        self._next_pass = time.monotonic() + self.worker.config.catch_up
+        config = self.worker.config
+        self._quiet = 0 if news or handled else self._quiet + 1
+        wait = min(config.catch_up * 2**self._quiet, max(config.catch_up, config.idle_catch_up))
+        self._next_pass = time.monotonic() + wait
         return handled
 
     def run_pass(self) -> int:
@@ -175,9 +189,11 @@ class PushReconciler:
         # inserts events under a table lock on PostgreSQL; SQLite has one writer),
         # so every change at or below this position is visible to this pass.
         started = self.worker.journal.journal_recorder.max_notification_id() or 0
-        if self._pusher is None:
-            self._pusher = make_pusher(self.worker, self.account_id, self.link)
-        pusher = self._pusher
+        # A thread of its own only while a pass pushes: an idle account holds none.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="render") as renderer:
+            return self._push_all(started, position, renderer)
+
+    def _push_all(self, started: int, position: int, renderer: ThreadPoolExecutor) -> int:
         store = self.worker.store
         handled = 0
         while self.leased():
@@ -189,12 +205,17 @@ class PushReconciler:
             )
             if not items:
                 break
+            if self._pusher is None:
+                # Built on the first write: an account never written to holds
+                # no connection (nor its pool's watcher thread) for pushes.
+                self._pusher = make_pusher(self.worker, self.account_id, self.link)
+            pusher = self._pusher
             succeeded = False
             try:
                 # Render the next objects while the server answers the current
                 # write (the socket wait releases the GIL): the push loop then
                 # runs at the server's speed.
-                actions = self._renderer.map(lambda i: plan(i, pusher.calendar_url), items)
+                actions = renderer.map(lambda i, url=pusher.calendar_url: plan(i, url), items)
                 pusher.begin(items)
                 for item, action in zip(items, actions, strict=True):
                     if not self.leased():
@@ -218,8 +239,7 @@ class PushReconciler:
         return handled
 
     def close(self) -> None:
-        """Stop the rendering thread and close the writer."""
-        self._renderer.shutdown(wait=False, cancel_futures=True)
+        """Close the writer."""
         if self._pusher is not None:
             self._pusher.storage.close()
 
@@ -287,7 +307,10 @@ class PollReconciler:
                 min(interval, self.worker.config.max_backoff) if exc.transient else interval
             )
             raise TransientPushError(exc) from None
-        self.next_poll = time.monotonic() + interval
+        # A little early, by a random amount: accounts taken together (a worker
+        # starting, a dead worker's accounts handed over) drift apart instead of
+        # polling in bursts, and no poll is ever later than the interval.
+        self.next_poll = time.monotonic() + interval * (1.0 - random.uniform(0.0, POLL_JITTER))
         self.last_poll = report
         return report
 

@@ -1,4 +1,4 @@
-"""The account runtime: one thread per leased account, running its reconcilers one at a time.
+"""The account runtime: one per leased account, running its reconcilers one at a time.
 
 The runtime owns what every kind of work on an account's calendar shares: the
 lease deadline (nothing runs once the lease may have passed to another worker),
@@ -17,11 +17,15 @@ backfill or replay request), each a small object with the same interface:
   a run now;
 * ``close()`` releases what it holds (connections, threads).
 
-Because one thread runs them, two reconcilers of an account never overlap: a
-backfill never writes while a push pass does. Adding a kind of work (change
-webhooks, per-link settings choosing which reconcilers run) means writing a
-reconciler and listing it in the factory the worker passes in; the runtime
-does not change.
+The scheduler never steps an account twice at once, so two reconcilers of an
+account never overlap: a backfill never writes while a push pass does. An
+idle account runs in no thread of its own: the worker's scheduler
+(``projections.scheduler``) keeps its next due time and steps it in a shared
+pool when due.
+
+Adding a kind of work (change webhooks, per-link settings choosing which
+reconcilers run) means writing a reconciler and listing it in the factory the
+worker passes in; the runtime does not change.
 
 Failures: ``TransientPushError`` (the server is unavailable; its
 ``Retry-After`` is honoured) and ``LinkFailedError`` (credentials unusable)
@@ -40,6 +44,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from caljournal.adapters.logs import sync_context
 from caljournal.adapters.metrics import FAILURES
@@ -47,6 +52,7 @@ from caljournal.adapters.retry import RetryPolicy
 from caljournal.links import LinkFailedError
 from caljournal.projections.inbound import CheckPolicy
 from caljournal.projections.push import TransientPushError
+from caljournal.projections.scheduler import Scheduler
 
 log = logging.getLogger("caljournal.outbound")
 
@@ -61,9 +67,15 @@ class WorkerConfig:
     lease_ttl: float = 10.0
     lease_renew: float = 2.0
     catch_up: float = 5.0
+    # An idle account's catch-up passes space out up to this (see PushReconciler).
+    idle_catch_up: float = 60.0
     poll: float = 0.1
     batch: int = 100
     max_backoff: float = 60.0
+    # Threads stepping due accounts, and how many of them one server may hold
+    # (0: half the pool), so a slow server never starves the others.
+    pool: int = 8
+    per_server: int = 0
     # A longer Retry-After is waited out in the runtime's backoff, which an
     # asked-for run or a stop cuts short, not inside a request.
     retry: RetryPolicy = RetryPolicy(longest_wait=30.0)
@@ -156,8 +168,14 @@ class Wakeup:
 ReconcilerFactory = Callable[["AccountRuntime"], Sequence[Reconciler]]
 
 
-class AccountRuntime(threading.Thread):
-    """Runs one account's reconcilers while its worker holds the lease."""
+class AccountRuntime:
+    """Runs one account's reconcilers while its worker holds the lease.
+
+    The runtime has no thread of its own: the worker's scheduler
+    (``projections.scheduler``) calls :meth:`step` whenever the account is due,
+    in a thread of its pool. A runtime built without a scheduler gets one of
+    its own, with one thread.
+    """
 
     def __init__(
         self,
@@ -167,29 +185,44 @@ class AccountRuntime(threading.Thread):
         reconcilers: ReconcilerFactory,
         report_error: Callable[[str, str | None], None],
         observers: Sequence[Callable[[RunRecord], None]] = (),
-        previous: threading.Thread | None = None,
+        previous: AccountRuntime | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
-        super().__init__(name=f"account-{account_id[:8]}", daemon=True)
         self.account_id = account_id
         self.link = link
         self.config = config
-        self.wakeup = Wakeup()
+        self.server = _server_of(link)
         self.stopping = threading.Event()
-        # Set by an asked-for run and by stop(): ends a backoff early.
-        self._interrupt = threading.Event()
+        self._finished = threading.Event()
+        self._started = False
         self.lease_deadline = 0.0
         self._report_error = report_error
         self._observers = list(observers)
         # A runtime replacing another (the link's target changed) starts only
         # once the old one has finished what it was doing.
         self._previous = previous
+        self._own_scheduler = scheduler is None
+        self._scheduler = scheduler or Scheduler(1, name=f"account-{account_id[:8]}")
         self.reconcilers: list[Reconciler] = list(reconcilers(self))
         # The failure each reconciler last had, until it runs cleanly again.
         self._errors: dict[str, str] = {}
         self._last_run: dict[str, float] = {}
         self._shown: str | None | object = _UNKNOWN
+        self._backoff = 0.0
+        # Until then only asked-for runs run (a backoff); an asked-for run ends it.
+        self._resume_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"<AccountRuntime {self.account_id}>"
 
     # -- what the worker calls ---------------------------------------------------
+
+    def start(self) -> None:
+        """Have the scheduler step the runtime from now on."""
+        self._started = True
+        if self._own_scheduler:
+            self._scheduler.start()
+        self._scheduler.schedule(self)
 
     def leased(self) -> bool:
         """Return True while the lease is certainly still ours."""
@@ -212,73 +245,100 @@ class AccountRuntime(threading.Thread):
     def stop(self) -> None:
         """Stop after the reconciler in flight (a resync job stops at its next write)."""
         self.stopping.set()
-        self._interrupt.set()
-        self.wakeup.set()
+        self._resume_at = 0.0
+        if self._started:
+            self._scheduler.schedule(self)
+        else:
+            self._close()
 
-    # -- the loop ------------------------------------------------------------------
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the runtime stopped and closed its reconcilers."""
+        self._finished.wait(timeout)
+
+    def is_alive(self) -> bool:
+        """Return True until the runtime stopped and closed its reconcilers."""
+        return not self._finished.is_set()
+
+    # -- the steps -----------------------------------------------------------------
 
     def _tell(self, news: News) -> None:
         asked = False
         for reconciler in self.reconcilers:
             asked = reconciler.heard(news) or asked
         if asked:
-            self._interrupt.set()
-        self.wakeup.set()
+            self._resume_at = 0.0  # someone waits: the backoff ends
+        if self._started:
+            self._scheduler.schedule(self)
 
     def _next(self, now: float) -> tuple[Reconciler | None, float]:
         """Return the reconciler to run now, or None and how long to wait.
 
-        Asked-for runs go first. Among the others that are due, the one that
-        waited longest since its last run goes next (list order breaks ties),
-        so a push kept busy by a stream of changes never starves the poll.
+        Asked-for runs go first, also during a backoff. Among the others that
+        are due, the one that waited longest since its last run goes next (list
+        order breaks ties), so a push kept busy by a stream of changes never
+        starves the poll.
         """
         waits = [(r.due(now), i, r) for i, r in enumerate(self.reconcilers)]
         asked = [r for d, _, r in waits if d == ASKED]
         if asked:
             return asked[0], 0.0
+        if now < self._resume_at:
+            return None, self._resume_at - now
         ready = [(self._last_run.get(r.name, 0.0), i, r) for d, i, r in waits if d <= 0]
         if ready:
             return min(ready, key=lambda entry: entry[:2])[2], 0.0
         return None, min((d for d, _, _ in waits), default=math.inf)
 
-    def run(self) -> None:
+    def step(self) -> float | None:
+        """Run the reconciler that is due, if any; return when to step next (None: done)."""
+        now = time.monotonic()
         if self._previous is not None:
-            self._previous.join()
+            if self._previous.is_alive():
+                return now + 0.05
             self._previous = None
-        backoff = 0.0
+        if self.stopping.is_set():
+            self._close()
+            return None
+        reconciler, wait = self._next(now)
+        if reconciler is None:
+            return now + min(self.config.idle_catch_up, wait)
+        if not self.leased():
+            # The lease keeper renews it shortly, or stops this runtime.
+            return now + min(self.config.lease_renew, 0.2)
         try:
-            while not self.stopping.is_set():
-                reconciler, wait = self._next(time.monotonic())
-                if reconciler is None:
-                    self.wakeup.wait(min(self.config.catch_up, wait))
-                    continue
-                if not self.leased():
-                    # The lease keeper renews it shortly, or stops this runtime.
-                    self.wakeup.wait(min(self.config.lease_renew, 0.2))
-                    continue
-                asked = reconciler.due(time.monotonic()) == ASKED
-                if asked:
-                    self._interrupt.clear()  # this request is being served now
-                try:
-                    self._run_one(reconciler)
-                    backoff = 0.0
-                except TransientPushError as exc:
-                    backoff = min(max(backoff * 2, 0.5), self.config.max_backoff)
-                    if exc.error.retry_after is not None:
-                        backoff = min(max(exc.error.retry_after, backoff), 300.0)
-                    self._back_off(backoff)
-                except LinkFailedError:
-                    self._back_off(self.config.max_backoff)
-                except Exception:  # a bug or a database outage: shown, then retried
-                    log.exception("%s for account %s failed", reconciler.name, self.account_id)
-                    backoff = min(max(backoff * 2, 1.0), self.config.max_backoff)
-                    self._back_off(backoff)
-        finally:
+            self._run_one(reconciler)
+            self._backoff = 0.0
+        except TransientPushError as exc:
+            self._backoff = min(max(self._backoff * 2, 0.5), self.config.max_backoff)
+            if exc.error.retry_after is not None:
+                self._backoff = min(max(exc.error.retry_after, self._backoff), 300.0)
+            self._back_off(self._backoff)
+        except LinkFailedError:
+            self._back_off(self.config.max_backoff)
+        except Exception:  # a bug or a database outage: shown, then retried
+            log.exception("%s for account %s failed", reconciler.name, self.account_id)
+            self._backoff = min(max(self._backoff * 2, 1.0), self.config.max_backoff)
+            self._back_off(self._backoff)
+        if self.stopping.is_set():
+            self._close()
+            return None
+        now = time.monotonic()
+        reconciler, wait = self._next(now)
+        return now if reconciler is not None else now + min(self.config.idle_catch_up, wait)
+
+    def _close(self) -> None:
+        try:
             for reconciler in self.reconcilers:
                 try:
                     reconciler.close()
                 except Exception:
                     log.exception("closing %s of %s failed", reconciler.name, self.account_id)
+        finally:
+            self._scheduler.forget(self)
+            self._finished.set()
+            if self._own_scheduler:
+                # Not joined from its own pool thread: the pool ends when idle.
+                threading.Thread(target=self._scheduler.stop, daemon=True).start()
 
     def _run_one(self, reconciler: Reconciler) -> None:
         started = time.time()
@@ -322,11 +382,13 @@ class AccountRuntime(threading.Thread):
             self._report_error(self.account_id, standing)
 
     def _back_off(self, seconds: float) -> None:
-        """Wait ``seconds``, or less when a run is asked for or the runtime stops."""
-        now = time.monotonic()
-        if not any(r.due(now) == ASKED for r in self.reconcilers):
-            self._interrupt.wait(seconds)
-        self._interrupt.clear()
+        """Run nothing but asked-for runs for ``seconds`` (a stop or an ask ends it)."""
+        self._resume_at = time.monotonic() + seconds
+
+
+def _server_of(link: dict[str, Any]) -> str:
+    """Return the host and port the link's calendar lives on."""
+    return urlsplit(str(link.get("calendar_url") or "")).netloc.lower()
 
 
 _UNKNOWN = object()

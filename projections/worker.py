@@ -9,13 +9,17 @@ Threads, per worker process:
   in this process and polls every 100 ms for saves made by other processes.
   (The library's own subscription blocks without a timeout and does not exist
   for SQLite, so the loop is written here.)
-* the **lease keeper** takes and renews a lease on every actively linked
-  account it can get; an account is served by exactly one worker at a time, and
-  the lease of a worker that died expires and is taken by another.
-* one **account runtime** per leased account (``projections.runtime``): it
-  runs the account's reconcilers one at a time: pushes of changes, polls of
-  the calendar, backfill and replay requests (``projections.reconcilers``). A
-  failing server only ever holds up its own account.
+* the **lease keeper** takes a lease on the actively linked accounts it can
+  get, up to its share (the accounts divided by the live workers), and renews
+  them all in one statement; an account is served by exactly one worker at a
+  time, and the lease of a worker that died expires and is taken by another.
+* the **scheduler** and its pool (``projections.scheduler``, ``pool`` threads):
+  one **account runtime** per leased account (``projections.runtime``) runs
+  the account's reconcilers one at a time, in a pool thread when the account
+  is due: pushes of changes, polls of the calendar, backfill and replay
+  requests (``projections.reconcilers``). An idle account runs in no thread; a
+  failing server holds at most ``per_server`` pool threads and backs off, so
+  it only ever holds up its own accounts.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from caljournal.domain.cause import Cause, Origin
 from caljournal.links import LinkService
 from caljournal.projections.reconcilers import reconcilers_for
 from caljournal.projections.runtime import AccountRuntime, RunRecord, Wakeup, WorkerConfig
+from caljournal.projections.scheduler import Scheduler
 
 log = logging.getLogger("caljournal.outbound")
 
@@ -71,6 +76,9 @@ class OutboundWorker:
         self._link_news = Wakeup()
         self._listen = postgres_listen
         self._threads: list[threading.Thread] = []
+        self.scheduler = Scheduler(
+            self.config.pool, self.config.per_server, name="outbound-scheduler"
+        )
         self.position = 0
 
     def cause(self) -> Cause:
@@ -83,6 +91,7 @@ class OutboundWorker:
         """Start the threads."""
         self.position = self.recorder.max_notification_id() or 0
         self.journal.add_listener(self._journal_news.set)
+        self.scheduler.start()
         for target, name in (
             (self._read, "outbound-reader"),
             (self._keep_leases, "outbound-leases"),
@@ -109,6 +118,7 @@ class OutboundWorker:
                 self.store.release_lease(runtime.account_id, self.owner)
         for thread in self._threads:
             thread.join(timeout=10)
+        self.scheduler.stop()
         self.store.retire(self.owner)
 
     # -- the reader -------------------------------------------------------------
@@ -179,19 +189,25 @@ class OutboundWorker:
         for account_id in held[share:]:
             self._drop(account_id)
         held = held[:share]
+        # One statement renews every lease held: a thousand accounts cost what one does.
+        asked = time.monotonic()
+        self.store.renew_leases(self.owner, now_us, ttl_us)
         leases = self.store.leases()
+        for account_id in held:
+            ours = account_id in leases and leases[account_id].owner == self.owner
+            self._hold(account_id, active[account_id], ttl_us, renewed_at=asked if ours else None)
         free = [
             a
             for a in sorted(active)
             if a not in held
             and (a not in leases or leases[a].expires_us < now_us or leases[a].owner == self.owner)
         ]
-        for account_id in held + free:
+        for account_id in free:
             if self._stopping.is_set():
                 return
             with self._lock:
                 serving = len(self.runtimes)
-            if account_id not in held and serving >= share:
+            if serving >= share:
                 break
             self._hold(account_id, active[account_id], ttl_us)
         with self._lock:
@@ -199,9 +215,19 @@ class OutboundWorker:
         for account_id in gone:
             self._drop(account_id)
 
-    def _hold(self, account_id: str, link: dict[str, Any], ttl_us: int) -> None:
-        asked = time.monotonic()
-        held = self.store.claim_lease(account_id, self.owner, int(time.time() * 1e6), ttl_us)
+    def _hold(
+        self,
+        account_id: str,
+        link: dict[str, Any],
+        ttl_us: int,
+        renewed_at: float | None = None,
+    ) -> None:
+        """Serve the account if its lease is ours (``renewed_at``: renewed then) or can be taken."""
+        if renewed_at is not None:
+            asked, held = renewed_at, True
+        else:
+            asked = time.monotonic()
+            held = self.store.claim_lease(account_id, self.owner, int(time.time() * 1e6), ttl_us)
         with self._lock:
             # Checked under the lock: stop() collects the runtimes under it, so a
             # runtime started after that would outlive the worker and its journal.
@@ -225,6 +251,7 @@ class OutboundWorker:
                     self._report_error,
                     self.observers,
                     previous=previous,
+                    scheduler=self.scheduler,
                 )
                 runtime.lease_deadline = asked + self.config.lease_ttl - 1.0
                 self.runtimes[account_id] = runtime

@@ -301,6 +301,21 @@ def test_a_lease_is_held_by_one_owner_until_it_expires_or_is_released(world: Wor
     assert store.leases() == {}
 
 
+def test_renewing_extends_every_lease_of_the_owner_and_no_other(world: World) -> None:
+    store = world.store
+    assert store.claim_lease("a1", "w1", now_us=100, ttl_us=50)
+    assert store.claim_lease("a2", "w1", now_us=100, ttl_us=50)
+    assert store.claim_lease("a3", "w2", now_us=100, ttl_us=50)
+
+    store.renew_leases("w1", now_us=140, ttl_us=50)
+
+    leases = store.leases()
+    assert [leases[a].expires_us for a in ("a1", "a2", "a3")] == [190, 190, 150]
+    assert {a: lease.owner for a, lease in leases.items()} == {"a1": "w1", "a2": "w1", "a3": "w2"}
+    # Renewed, w1's leases are not free for w2 past their old expiry.
+    assert not store.claim_lease("a1", "w2", now_us=160, ttl_us=50)
+
+
 def test_heartbeats_count_the_live_workers(world: World) -> None:
     store = world.store
     assert store.heartbeat("w1", now_us=100, ttl_us=50) == 1
