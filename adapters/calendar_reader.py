@@ -47,6 +47,8 @@ from caljournal.adapters.transport import DISCOVERY, LISTING, MULTIGET
 T = TypeVar("T")
 
 MULTIGET_BATCH = 100
+# Truncated (507) sync answers followed before giving up on a server.
+MAX_SYNC_ANSWERS = 1000
 NS = {"d": "DAV:", "cs": "http://calendarserver.org/ns/"}
 
 
@@ -165,7 +167,17 @@ class CalendarReader:
         deleted: set[str] = set()
         asked = token
         requests = 0
+        # Each answer is capped on its own; a server that keeps truncating must
+        # not make the whole sync unbounded: the data held and the number of
+        # follow-up requests are capped too.
+        cap = self.access.limits.max_bytes(LISTING)
+        held = 0
         while True:
+            if requests >= MAX_SYNC_ANSWERS:
+                raise CalDAVError(
+                    f"the server kept truncating its answer to what changed "
+                    f"({MAX_SYNC_ANSWERS} answers)"
+                )
             body = sync_collection_body(asked, with_data)
             raw = self._call(
                 partial(
@@ -189,6 +201,12 @@ class CalendarReader:
                 deleted.discard(href)
                 changed[href] = item.etag
                 if item.data is not None:
+                    held += len(item.data)
+                    if held > cap:
+                        raise ResponseTooLargeError(
+                            f"the server sent more than {cap // (1024 * 1024)} MiB of calendar "
+                            "data for one sync"
+                        )
                     data[href] = item.data
                 else:
                     data.pop(href, None)
