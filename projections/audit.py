@@ -289,9 +289,9 @@ class AuditView:
         for name, old, new in changes:
             last = name.rsplit(".", 1)[-1]
             if last in PERSONAL_FIELDS or last in OVERRIDE_TEXTS:
+                # Kept even when both sides read the same once erased: that the
+                # field changed is still part of the record.
                 old, new = erased_value(last, old), erased_value(last, new)
-                if old == new:
-                    continue
             masked.append((name, old, new))
         return masked
 

@@ -443,7 +443,7 @@ def test_a_rebuild_of_the_query_tables_is_recorded_in_every_account_log(
 
 
 def test_an_erased_appointment_shows_erased_in_every_record_of_the_log(
-    container: Container, acme: Tenant
+    container: Container, client: TestClient, acme: Tenant, database_url: str, tmp_path: Path
 ) -> None:
     """After an erasure the log keeps every change of the appointment, its texts erased."""
     start = datetime(2027, 5, 3, 9, tzinfo=UTC)
@@ -488,3 +488,32 @@ def test_an_erased_appointment_shows_erased_in_every_record_of_the_log(
     assert ("event.reason", None, "erasure request 2027-05") in erased.changes
     # Times and status stay readable.
     assert any(c[0] == "start" for c in records[0].changes)
+
+    # Every format shows the same: the erasure, its reason, the texts erased, nothing personal.
+    only = ("--account", "acme", "--appointment", str(appointment_id))
+    cli_json = [
+        json.loads(line)
+        for line in invoke(database_url, tmp_path, *only, "--format", "json").splitlines()
+    ]
+    assert cli_json == [r.as_dict() for r in records]
+    cli_csv = invoke(database_url, tmp_path, *only, "--format", "csv")
+    rows = list(csv.DictReader(io.StringIO(cli_csv)))
+    assert {(r["event_type"], r["field"], r["new"]) for r in rows} >= {
+        ("Booked", "title", "[erased]"),
+        ("Erased", "event.reason", "erasure request 2027-05"),
+    }
+    # The retitle stays in the log as an event; which erased text it changed no longer shows.
+    assert "DetailsChanged" in {r["event_type"] for r in rows}
+    table = invoke(database_url, tmp_path, *only)
+    assert "Erased" in table and "[erased]" in table
+    api_json = client.get(
+        f"/audit?appointment={appointment_id}&limit=5000", headers=acme.headers
+    ).json()
+    assert api_json["items"] == cli_json
+    api_csv = client.get(
+        f"/audit?appointment={appointment_id}", headers={**acme.headers, "Accept": "text/csv"}
+    ).text
+    assert api_csv.splitlines() == cli_csv.splitlines()
+    for output in (cli_csv, table, json.dumps(cli_json), api_csv):
+        for secret in ("Ms Example", "ammonia", "Erika", "erika@example.org"):
+            assert secret not in output
