@@ -16,6 +16,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 from psycopg.rows import DictRow, tuple_row
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
 
 from caljournal.adapters.audit_chain import (
     CHAIN,
@@ -377,10 +378,23 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
         super().__init__(datastore, events_table_name)
 
     def create_table(self) -> None:
-        """Create the library's event table, then bring caljournal's tables up to date."""
-        super().create_table()
-        with self.datastore.get_connection(commit=True) as conn, conn.cursor() as curs:
-            migrate(curs, self.schema_target)
+        """Create the library's event table, then bring caljournal's tables up to date.
+
+        Processes opening a fresh file together can meet SQLite's "database is
+        locked" at once, without waiting out the lock timeout (a transaction
+        that read and then wants to write while another writes is refused, to
+        avoid a deadlock). Both steps are idempotent: they are tried again.
+        """
+        for attempt in Retrying(
+            retry=retry_if_exception(_locked),
+            wait=wait_random(0.05, 0.5),
+            stop=stop_after_delay(120),
+            reraise=True,
+        ):
+            with attempt:
+                super().create_table()
+                with self.datastore.get_connection(commit=True) as conn, conn.cursor() as curs:
+                    migrate(curs, self.schema_target)
 
     @property
     def schema_target(self) -> Target:
@@ -631,6 +645,11 @@ def chained_values(
         bytes(stored.state),
         GENESIS,
     )
+
+
+def _locked(exc: BaseException) -> bool:
+    """Tell whether SQLite refused a transaction because another one held the lock."""
+    return "database is locked" in str(exc)
 
 
 def latest_positions(

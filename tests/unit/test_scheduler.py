@@ -14,8 +14,16 @@ from tests.support.calendars import wait_until
 class Ticker:
     """A task that steps every ``every`` seconds, each step taking ``takes`` seconds."""
 
-    def __init__(self, server: str, every: float = 0.01, takes: float = 0.0, steps: int = 0):
+    def __init__(
+        self,
+        server: str,
+        every: float = 0.01,
+        takes: float = 0.0,
+        steps: int = 0,
+        gate: threading.Event | None = None,
+    ):
         self.server = server
+        self.gate = gate  # when given, each step waits until it is set (instead of ``takes``)
         self.every = every
         self.takes = takes
         self.left = steps  # 0: forever
@@ -29,7 +37,10 @@ class Ticker:
             self.active += 1
             self.overlapped = self.overlapped or self.active > 1
         began = time.monotonic()
-        time.sleep(self.takes)
+        if self.gate is not None:
+            assert self.gate.wait(timeout=60), "the test never opened the gate"
+        else:
+            time.sleep(self.takes)
         self.steps.append((began, time.monotonic()))
         with self._lock:
             self.active -= 1
@@ -50,12 +61,14 @@ def scheduling(size: int, per_server: int = 0) -> Iterator[Scheduler]:
 
 
 def test_a_task_never_steps_twice_at_once_and_news_during_a_step_runs_it_again() -> None:
-    task = Ticker("a", every=3600.0, takes=0.05)
+    gate = threading.Event()
+    task = Ticker("a", every=3600.0, gate=gate)
     with scheduling(4) as scheduler:
         scheduler.schedule(task)
-        wait_until(lambda: task.active == 1, timeout=10)
+        wait_until(lambda: task.active == 1, timeout=10)  # held inside its first step
         for _ in range(5):
             scheduler.schedule(task)  # news while it runs
+        gate.set()
         wait_until(lambda: len(task.steps) == 2, timeout=10)
         time.sleep(0.2)
     # Five wake-ups during one step made exactly one more step, never overlapping.
