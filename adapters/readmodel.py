@@ -17,9 +17,10 @@ pending pushes by it, so a writer's clock cannot hide a change.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -166,19 +167,58 @@ def secret_row(link: CalendarLink, sealed: str) -> Row:
 
 def upsert_statement(row: Row, qualify: str, placeholder: str) -> tuple[str, list[Any]]:
     """Return SQL that writes ``row`` (see :class:`Row`)."""
-    table = qualify + row.table
     if row.delete:
-        return f"DELETE FROM {table} WHERE {row.key} = {placeholder}", [row.values[row.key]]
-    names = list(row.values)
+        sql = _statement(row.table, (), row.key, False, True, qualify, placeholder)
+        return sql, [row.values[row.key]]
+    names = tuple(row.values)
+    sql = _statement(row.table, names, row.key, row.versioned, False, qualify, placeholder)
+    return sql, [row.values[n] for n in names]
+
+
+def upsert_batches(
+    rows: Iterable[Row], qualify: str, placeholder: str
+) -> Iterator[tuple[str, list[list[Any]]]]:
+    """Yield (SQL, parameter lists) for ``rows``, one statement per run of like rows.
+
+    Consecutive rows that share a statement (same table, columns and kind) go
+    into one ``executemany``; the order of the rows is kept, so a later row for
+    the same key still wins.
+    """
+    sql: str | None = None
+    params: list[list[Any]] = []
+    for row in rows:
+        statement, values = upsert_statement(row, qualify, placeholder)
+        if statement != sql:
+            if sql is not None:
+                yield sql, params
+            sql, params = statement, []
+        params.append(values)
+    if sql is not None:
+        yield sql, params
+
+
+@lru_cache(maxsize=256)
+def _statement(
+    table: str,
+    names: tuple[str, ...],
+    key: str,
+    versioned: bool,
+    delete: bool,
+    qualify: str,
+    placeholder: str,
+) -> str:
+    table = qualify + table
+    if delete:
+        return f"DELETE FROM {table} WHERE {key} = {placeholder}"
     marks = ", ".join(placeholder for _ in names)
-    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != row.key)
+    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != key)
     sql = (
         f"INSERT INTO {table} ({', '.join(names)}) VALUES ({marks}) "
-        f"ON CONFLICT ({row.key}) DO UPDATE SET {updates}"
+        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
     )
-    if row.versioned:
+    if versioned:
         sql += f" WHERE excluded.version > {table}.version"
-    return sql, [row.values[n] for n in names]
+    return sql
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,7 @@ from caljournal.adapters.readmodel import (
     Window,
     docs,
     recurring_query,
+    upsert_batches,
     upsert_statement,
     window_query,
     with_positions,
@@ -411,8 +412,9 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
         **kwargs: Any,
     ) -> Sequence[int] | None:
         ids = super()._insert_events(c, stored_events, **kwargs)
-        for row in with_positions(read_model, latest_positions(stored_events, ids)):
-            c.execute(*upsert_statement(row, "", "?"))
+        positioned = with_positions(read_model, latest_positions(stored_events, ids))
+        for sql, params in upsert_batches(positioned, "", "?"):
+            c.executemany(sql, params)
         if stored_events and ids:
             heads = {}
             for key in dict.fromkeys(
@@ -527,8 +529,8 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         # With no events (a poll that changed only its own state) the library skips
         # that insert and the hook below: the rows are written here instead.
         if not stored_events:
-            for row in read_model:
-                curs.execute(*upsert_statement(row, self.qualify, "%s"))
+            for sql, params in upsert_batches(read_model, self.qualify, "%s"):
+                curs.executemany(sql, params)
 
     def _fetch_ids_after_insert_events(
         self,
@@ -563,8 +565,8 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
             # duplicate token hash) is raised here, where the library expects one,
             # and the transaction with the events is rolled back.
             with curs.connection.pipeline():
-                for row in rows:
-                    curs.execute(*upsert_statement(row, self.qualify, "%s"))
+                for sql, params in upsert_batches(rows, self.qualify, "%s"):
+                    curs.executemany(sql, params)
         return ids
 
     def select_positions(self, originator_id: UUID) -> dict[int, int]:
