@@ -96,7 +96,6 @@ def operator_cause() -> Cause:
 def container() -> Iterator[Container]:
     """Yield the container; turn user errors into one line on stderr and exit 1."""
     from caljournal.adapters.journal import JournalUnavailableError
-    from caljournal.adapters.secrets import SecretKeyError
     from caljournal.bootstrap import bootstrap
     from caljournal.settings import ConfigurationError
 
@@ -116,11 +115,24 @@ def container() -> Iterator[Container]:
     except (DomainError, ApplicationError) as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(1) from None
-    except SecretKeyError as exc:
+    except Exception as exc:
+        if not _is_secret_key_error(exc):
+            raise
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     finally:
         built.close()
+
+
+def _is_secret_key_error(exc: BaseException) -> bool:
+    """Return whether ``exc`` says the keys sealing calendar credentials are unusable.
+
+    Only a command that opened the sealed credentials has loaded the module
+    that raises this error (and the cipher library it loads); the others are
+    not made to load it just to name the error.
+    """
+    secrets = sys.modules.get("caljournal.adapters.secrets")
+    return secrets is not None and isinstance(exc, secrets.SecretKeyError)
 
 
 def one_line(exc: BaseException) -> str:
