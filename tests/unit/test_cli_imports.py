@@ -92,13 +92,16 @@ def _open(folder: Path) -> Container:
     )
 
 
-def imported(folder: Path, *args: str) -> tuple[set[str], subprocess.CompletedProcess[str]]:
+def imported(
+    folder: Path, *args: str, **settings: str
+) -> tuple[set[str], subprocess.CompletedProcess[str]]:
     """Run ``caljournal ARGS`` on the journal in ``folder``; return the modules it imported."""
     env = {
         k: v
         for k, v in os.environ.items()
         if not k.startswith("CALJOURNAL_") and k != "PROMETHEUS_MULTIPROC_DIR"
     }
+    env.update(settings)
     env["CALJOURNAL_DATABASE_URL"] = f"sqlite:///{folder / 'caljournal.sqlite'}"
     env["CALJOURNAL_SECRET_KEY_FILE"] = str(folder / "caljournal.key")
     env["XDG_DATA_HOME"] = str(folder / "data-home")
@@ -174,6 +177,17 @@ def test_an_account_without_a_link_is_still_reported_as_having_none(journal: Pat
 
     assert result.returncode == 1
     assert "error: this account has no calendar link" in result.stderr
+
+
+def test_an_unusable_credentials_key_is_one_line_of_error_without_a_traceback(
+    journal: Path,
+) -> None:
+    modules, result = imported(journal, "secrets", "rotate-key", CALJOURNAL_SECRET_KEYS="not-a-key")
+
+    assert result.returncode == 2
+    assert "error: secret key #1 is not base64" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "caljournal.adapters.secrets" in modules
 
 
 def test_the_help_names_the_operators_chain_as_the_audit_chain_does() -> None:
