@@ -24,8 +24,16 @@ comes first, so Python's bytecode cache is written as on any installed system
 on ``PYTHONPATH``), e.g. a worktree of an older commit, for before/after
 figures.
 
-Prints a table with each command's ratio to the bare interpreter and whether
-its median meets ``--target`` seconds, and writes ``bench-results/cli.json``.
+Then where ``status ACCOUNT`` spends its time: the same steps in a child
+process, each timed on its own (typer and rich, the command modules, building
+the commands, the pydantic typer loads to convert arguments, the settings,
+eventsourcing, eventsourcing's PostgreSQL recorder with psycopg, the domain,
+the rest of the journal, the status modules, opening the journal, the reads),
+the least of ``--runs`` runs for each.
+
+Prints tables with each command's ratio to the bare interpreter and whether
+its median meets ``--target`` seconds, and the steps; writes
+``bench-results/cli.json``.
 """
 
 from __future__ import annotations
@@ -43,14 +51,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.table import Table
-
+# Nothing else at the top: the child that times the steps of ``status ACCOUNT``
+# runs this file, and anything imported here would look free in its steps.
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from tests.support.radicale import RadicaleProcess  # noqa: E402
-
 ACCOUNT = "acme"
 COMMANDS: list[tuple[str, list[str]]] = [
     ("--help", ["--help"]),
@@ -80,6 +83,8 @@ def environment(tmp: Path, source: Path | None) -> dict[str, str]:
 
 def setup(tmp: Path, env: dict[str, str]) -> str:
     """Open the account and link it to a Radicale calendar with the CLI; return the calendar."""
+    sys.path.insert(0, str(ROOT))
+    from tests.support.radicale import RadicaleProcess
 
     def cli(*args: str, stdin: str | None = None) -> str:
         done = subprocess.run(
@@ -150,6 +155,83 @@ def time_runs(argv: list[str], env: dict[str, str], cwd: Path, runs: int) -> dic
     }
 
 
+def child_phases() -> None:
+    """Time the steps of ``status ACCOUNT`` one after another; print them as JSON (ms)."""
+    marks = [("", time.perf_counter())]
+
+    def mark(name: str) -> None:
+        marks.append((name, time.perf_counter()))
+
+    import rich.console  # noqa: F401
+    import typer
+
+    mark("typer and rich")
+    from caljournal.scripts.cli import app
+
+    mark("command modules")
+    typer.main.get_command(app)
+    mark("building the commands")
+    import typer._adapters  # noqa: F401
+
+    mark("pydantic, loaded by typer to convert arguments")
+    import caljournal.settings  # noqa: F401
+
+    mark("settings (pydantic-settings)")
+    import eventsourcing.application
+    import eventsourcing.sqlite  # noqa: F401
+
+    mark("eventsourcing")
+    import eventsourcing.postgres  # noqa: F401
+
+    mark("eventsourcing.postgres and psycopg (loaded by the recorders)")
+    import caljournal.domain.account
+    import caljournal.domain.appointment
+    import caljournal.domain.link
+    import caljournal.domain.quarantine  # noqa: F401
+
+    mark("domain (event classes)")
+    import caljournal.adapters.journal  # noqa: F401
+
+    mark("rest of the journal modules")
+    import caljournal.accounts
+    import caljournal.adapters.syncstate_sql
+    import caljournal.status  # noqa: F401
+
+    mark("status and accounts modules")
+    from caljournal.bootstrap import bootstrap
+
+    built = bootstrap()
+    mark("reading the settings, opening the journal")
+    account_id = built.accounts.find_account(ACCOUNT).id
+    caljournal.status.account_report(built.journal, built.sync_state, account_id)
+    mark("reading the account and its report")
+    built.close()
+    steps = {
+        name: (t - before) * 1000
+        for (name, t), (_, before) in zip(marks[1:], marks[:-1], strict=True)
+    }
+    print(json.dumps(steps))
+
+
+def phases(env: dict[str, str], cwd: Path, runs: int) -> dict[str, float]:
+    """Return the least time (ms) of each step of ``status ACCOUNT`` over ``runs`` runs."""
+    least: dict[str, float] = {}
+    for _ in range(runs + 1):  # the first writes the bytecode cache of this script
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), "--child-phases"],
+            env=env,
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"timing the steps of status failed:\n{done.stderr}")
+        for name, ms in json.loads(done.stdout.strip().splitlines()[-1]).items():
+            least[name] = round(min(ms, least.get(name, ms)), 1)
+    return least
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Set the journal up, time every command both ways, and return the figures."""
     source = Path(args.source).resolve() if args.source else None
@@ -169,6 +251,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
             figures["ratio_to_bare"] = round(figures["median_s"] / bare["median_s"], 1)
             figures["meets_target"] = figures["median_s"] <= args.target
             results.append({"command": f"caljournal {label}", "entry": entry, **figures})
+    # The steps are this checkout's: another one (--source) may have other modules.
+    steps = phases(env, tmp, args.runs) if source is None else {}
     return {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
@@ -180,11 +264,15 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "calendar": calendar,
         "bytecode": "cached (one untimed run of each command first)",
         "results": results,
+        "status_account_steps_ms": steps,
     }
 
 
 def show(results: dict[str, Any]) -> None:
-    """Print the results as a table."""
+    """Print the results as tables."""
+    from rich.console import Console
+    from rich.table import Table
+
     load = ", ".join(str(x) for x in results["load_average_before"])
     table = Table(
         title=f"CLI start-up, median of {results['results'][0]['runs']} runs "
@@ -207,6 +295,15 @@ def show(results: dict[str, Any]) -> None:
             verdict,
         )
     Console().print(table)
+    if not results["status_account_steps_ms"]:
+        return
+    steps = Table(title="where status ACCOUNT spends its time (least of the runs)")
+    steps.add_column("step")
+    steps.add_column("ms", justify="right")
+    for name, ms in results["status_account_steps_ms"].items():
+        steps.add_row(name, f"{ms:.0f}")
+    steps.add_row("sum", f"{sum(results['status_account_steps_ms'].values()):.0f}")
+    Console().print(steps)
 
 
 def main() -> None:
@@ -216,7 +313,11 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.4, help="seconds a command may take")
     parser.add_argument("--source", help="a caljournal checkout to run instead of this one")
     parser.add_argument("--out", default="bench-results/cli.json")
+    parser.add_argument("--child-phases", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_phases:
+        child_phases()
+        return
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     if args.source and not (Path(args.source) / "caljournal" / "__init__.py").is_file():
@@ -227,7 +328,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
-    Console(stderr=True).print(f"wrote {out}")
+    print(f"wrote {out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
