@@ -59,76 +59,82 @@ class Container:
     @property
     def sync_state(self) -> SyncStateStore:
         """Return the store of push, poll and lease state."""
-        from caljournal.adapters.syncstate_sql import SQLSyncState
-
-        return self._once("sync_state", lambda: SQLSyncState(self.journal))
+        return self._once("sync_state", self._new_sync_state)
 
     @property
     def accounts(self) -> AccountService:
         """Return the accounts and API tokens service."""
-        from caljournal.accounts import AccountService
-
-        return self._once(
-            "accounts", lambda: AccountService(self.journal, self.settings.token_cache_seconds)
-        )
+        return self._once("accounts", self._new_accounts)
 
     @property
     def appointments(self) -> AppointmentService:
         """Return the appointments service."""
-        from caljournal.appointments import AppointmentService
-
-        return self._once("appointments", lambda: AppointmentService(self.journal))
+        return self._once("appointments", self._new_appointments)
 
     @property
     def erasure(self) -> ErasureService:
         """Return the service that erases personal data."""
-        from caljournal.erasure import ErasureService
-
-        return self._once("erasure", lambda: ErasureService(self.journal))
+        return self._once("erasure", self._new_erasure)
 
     @property
     def links(self) -> LinkService:
         """Return the calendar links service."""
-        from caljournal.links import LinkPolicy, LinkService
-
-        def build() -> LinkService:
-            policy = LinkPolicy(
-                allow_private=self.settings.allow_private_addresses,
-                verify_tls=self.settings.verify_tls,
-                timeout=self.settings.caldav_timeout,
-                limits=self.settings.transfer_limits,
-            )
-            return LinkService(self.journal, self.secret_box, policy)
-
-        return self._once("links", build)
+        return self._once("links", self._new_links)
 
     @property
     def sync(self) -> SyncService:
-        """Return the sync service (status, backfill, replay, retries)."""
-        from caljournal.adapters.retry import RetryPolicy
-        from caljournal.sync import SyncService
-
-        return self._once(
-            "sync",
-            lambda: SyncService(
-                self.journal,
-                self.links,
-                RetryPolicy.patient(self.settings.caldav_retry_budget),
-                self.sync_state,
-            ),
-        )
+        """Return the sync service (backfill, replay, retries, one account's status)."""
+        return self._once("sync", self._new_sync)
 
     @property
     def resyncs(self) -> ResyncService:
         """Return the service that runs and hands off backfills and replays."""
+        return self._once("resyncs", self._new_resyncs)
+
+    # The builders import their modules: only a service in use is loaded.
+
+    def _new_sync_state(self) -> SyncStateStore:
+        from caljournal.adapters.syncstate_sql import SQLSyncState
+
+        return SQLSyncState(self.journal)
+
+    def _new_accounts(self) -> AccountService:
+        from caljournal.accounts import AccountService
+
+        return AccountService(self.journal, self.settings.token_cache_seconds)
+
+    def _new_appointments(self) -> AppointmentService:
+        from caljournal.appointments import AppointmentService
+
+        return AppointmentService(self.journal)
+
+    def _new_erasure(self) -> ErasureService:
+        from caljournal.erasure import ErasureService
+
+        return ErasureService(self.journal)
+
+    def _new_links(self) -> LinkService:
+        from caljournal.links import LinkPolicy, LinkService
+
+        policy = LinkPolicy(
+            allow_private=self.settings.allow_private_addresses,
+            verify_tls=self.settings.verify_tls,
+            timeout=self.settings.caldav_timeout,
+            limits=self.settings.transfer_limits,
+        )
+        return LinkService(self.journal, self.secret_box, policy)
+
+    def _new_sync(self) -> SyncService:
+        from caljournal.adapters.retry import RetryPolicy
+        from caljournal.sync import SyncService
+
+        retry = RetryPolicy.patient(self.settings.caldav_retry_budget)
+        return SyncService(self.journal, self.links, retry, self.sync_state)
+
+    def _new_resyncs(self) -> ResyncService:
         from caljournal.resyncs import ResyncService
 
-        return self._once(
-            "resyncs",
-            lambda: ResyncService(
-                self.journal, self.links, self.sync, self.settings.worker_lease_ttl
-            ),
-        )
+        return ResyncService(self.journal, self.links, self.sync, self.settings.worker_lease_ttl)
 
     def outbound_worker(self, config: WorkerConfig | None = None) -> OutboundWorker:
         """Return a (not yet started) outbound worker on this container's journal."""
