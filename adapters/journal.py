@@ -13,15 +13,13 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import psycopg
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, CanMutateAggregate
 from eventsourcing.persistence import EventStore, Mapper
 from eventsourcing.utils import get_topic
-from psycopg.sql import SQL, Identifier
 
 from caljournal.adapters.audit_chain import chain_key
 from caljournal.adapters.personal_data import PersonalDataMapper, PersonalEventStore
@@ -39,6 +37,9 @@ from caljournal.adapters.recorders import (
 from caljournal.domain.link import CalendarLink
 from caljournal.settings import Settings, database_config
 
+if TYPE_CHECKING:
+    import psycopg
+
 APPLICATION_NAME = "caljournal"
 CALENDAR_CHOSEN = "caljournal:CalendarLink.CalendarChosen"
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -48,6 +49,9 @@ class PostgresListener:
     """A connection that LISTENs on the journal's NOTIFY channel."""
 
     def __init__(self, env: dict[str, str], channel: str) -> None:
+        import psycopg
+        from psycopg.sql import SQL, Identifier
+
         self.connection = psycopg.connect(
             dbname=env["POSTGRES_DBNAME"],
             host=env["POSTGRES_HOST"],
@@ -260,6 +264,8 @@ def _create_private_file(path: Path) -> None:
 def _check_postgres(env: dict[str, str]) -> None:
     # The library's connection pool only reports "couldn't get a connection after
     # 5.00 sec"; one plain connection first names the cause, and at once.
+    import psycopg
+
     where = (
         f"PostgreSQL journal (host {env['POSTGRES_HOST']}, port {env['POSTGRES_PORT']}, "
         f"database {env['POSTGRES_DBNAME']!r})"

@@ -1,28 +1,36 @@
-"""The composition root: builds everything from settings, nothing at import time."""
+"""The composition root: builds everything from settings, nothing at import time.
+
+Each service is built, and its module imported, when it is first used: a
+command that reads one account's status loads neither the CalDAV client nor
+the outbound worker (see ``tests/unit/test_cli_imports.py``).
+"""
 
 from __future__ import annotations
 
 import functools
 import hashlib
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from caljournal.accounts import AccountService
 from caljournal.adapters.journal import Journal, open_journal
-from caljournal.adapters.retry import RetryPolicy
-from caljournal.adapters.secrets import SecretBox, load_keys
-from caljournal.adapters.syncstate import SyncStateStore
-from caljournal.adapters.syncstate_sql import SQLSyncState
-from caljournal.appointments import AppointmentService
-from caljournal.erasure import ErasureService
-from caljournal.links import LinkPolicy, LinkService
-from caljournal.projections.inbound import CheckPolicy
-from caljournal.projections.outbound import OutboundWorker, WorkerConfig
-from caljournal.resyncs import ResyncService
 from caljournal.settings import Settings, load_settings
-from caljournal.sync import SyncService
+
+if TYPE_CHECKING:
+    from caljournal.accounts import AccountService
+    from caljournal.adapters.secrets import SecretBox
+    from caljournal.adapters.syncstate import SyncStateStore
+    from caljournal.appointments import AppointmentService
+    from caljournal.erasure import ErasureService
+    from caljournal.links import LinkService
+    from caljournal.projections.outbound import OutboundWorker, WorkerConfig
+    from caljournal.resyncs import ResyncService
+    from caljournal.sync import SyncService
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -31,41 +39,109 @@ class Container:
 
     settings: Settings
     journal: Journal
-    sync_state: SyncStateStore = field(init=False)
-    accounts: AccountService = field(init=False)
-    appointments: AppointmentService = field(init=False)
-    erasure: ErasureService = field(init=False)
-    links: LinkService = field(init=False)
-    sync: SyncService = field(init=False)
-    resyncs: ResyncService = field(init=False)
     _box: SecretBox | None = field(init=False, default=None, repr=False)
     _box_stamp: bytes | None = field(init=False, default=None, repr=False)
     _box_lock: threading.Lock = field(init=False, default_factory=threading.Lock, repr=False)
+    _services: dict[str, Any] = field(init=False, default_factory=dict, repr=False)
+    # Re-entrant: building the sync service builds the link service first.
+    _build_lock: threading.RLock = field(init=False, default_factory=threading.RLock, repr=False)
 
-    def __post_init__(self) -> None:
-        self.sync_state = SQLSyncState(self.journal)
-        self.accounts = AccountService(self.journal, self.settings.token_cache_seconds)
-        self.appointments = AppointmentService(self.journal)
-        self.erasure = ErasureService(self.journal)
+    def _once(self, name: str, build: Callable[[], T]) -> T:
+        """Return the service ``name``, built by ``build`` once even when threads race."""
+        service = self._services.get(name)
+        if service is None:
+            with self._build_lock:
+                service = self._services.get(name)
+                if service is None:
+                    service = self._services[name] = build()
+        return cast(T, service)
+
+    @property
+    def sync_state(self) -> SyncStateStore:
+        """Return the store of push, poll and lease state."""
+        return self._once("sync_state", self._new_sync_state)
+
+    @property
+    def accounts(self) -> AccountService:
+        """Return the accounts and API tokens service."""
+        return self._once("accounts", self._new_accounts)
+
+    @property
+    def appointments(self) -> AppointmentService:
+        """Return the appointments service."""
+        return self._once("appointments", self._new_appointments)
+
+    @property
+    def erasure(self) -> ErasureService:
+        """Return the service that erases personal data."""
+        return self._once("erasure", self._new_erasure)
+
+    @property
+    def links(self) -> LinkService:
+        """Return the calendar links service."""
+        return self._once("links", self._new_links)
+
+    @property
+    def sync(self) -> SyncService:
+        """Return the sync service (backfill, replay, retries, one account's status)."""
+        return self._once("sync", self._new_sync)
+
+    @property
+    def resyncs(self) -> ResyncService:
+        """Return the service that runs and hands off backfills and replays."""
+        return self._once("resyncs", self._new_resyncs)
+
+    # The builders import their modules: only a service in use is loaded.
+
+    def _new_sync_state(self) -> SyncStateStore:
+        from caljournal.adapters.syncstate_sql import SQLSyncState
+
+        return SQLSyncState(self.journal)
+
+    def _new_accounts(self) -> AccountService:
+        from caljournal.accounts import AccountService
+
+        return AccountService(self.journal, self.settings.token_cache_seconds)
+
+    def _new_appointments(self) -> AppointmentService:
+        from caljournal.appointments import AppointmentService
+
+        return AppointmentService(self.journal)
+
+    def _new_erasure(self) -> ErasureService:
+        from caljournal.erasure import ErasureService
+
+        return ErasureService(self.journal)
+
+    def _new_links(self) -> LinkService:
+        from caljournal.links import LinkPolicy, LinkService
+
         policy = LinkPolicy(
             allow_private=self.settings.allow_private_addresses,
             verify_tls=self.settings.verify_tls,
             timeout=self.settings.caldav_timeout,
             limits=self.settings.transfer_limits,
         )
-        self.links = LinkService(self.journal, self.secret_box, policy)
-        self.sync = SyncService(
-            self.journal,
-            self.links,
-            RetryPolicy.patient(self.settings.caldav_retry_budget),
-            self.sync_state,
-        )
-        self.resyncs = ResyncService(
-            self.journal, self.links, self.sync, self.settings.worker_lease_ttl
-        )
+        return LinkService(self.journal, self.secret_box, policy)
+
+    def _new_sync(self) -> SyncService:
+        from caljournal.adapters.retry import RetryPolicy
+        from caljournal.sync import SyncService
+
+        retry = RetryPolicy.patient(self.settings.caldav_retry_budget)
+        return SyncService(self.journal, self.links, retry, self.sync_state)
+
+    def _new_resyncs(self) -> ResyncService:
+        from caljournal.resyncs import ResyncService
+
+        return ResyncService(self.journal, self.links, self.sync, self.settings.worker_lease_ttl)
 
     def outbound_worker(self, config: WorkerConfig | None = None) -> OutboundWorker:
         """Return a (not yet started) outbound worker on this container's journal."""
+        from caljournal.adapters.retry import RetryPolicy
+        from caljournal.projections.inbound import CheckPolicy
+        from caljournal.projections.outbound import OutboundWorker, WorkerConfig
+
         if config is None:
             ttl = self.settings.worker_lease_ttl
             config = WorkerConfig(
@@ -97,6 +173,8 @@ class Container:
 
         :raises SecretKeyError: when the keys are missing, malformed or exposed.
         """
+        from caljournal.adapters.secrets import SecretBox, load_keys
+
         configured = self.settings.secret_keys
         with self._box_lock:
             stamp = None if configured else _file_stamp(self.settings.key_file)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import platformdirs
@@ -18,8 +18,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from caljournal.adapters.metrics import multiprocess_dir_problem
-from caljournal.adapters.transport import TransferLimits
+if TYPE_CHECKING:
+    from caljournal.adapters.transport import TransferLimits
 
 JOURNAL_FILE = "caljournal.sqlite"
 KEY_FILE = "caljournal.key"
@@ -249,6 +249,8 @@ class Settings(BaseSettings):
     @property
     def transfer_limits(self) -> TransferLimits:
         """Return the size caps and deadlines for calendar-server requests."""
+        from caljournal.adapters.transport import TransferLimits
+
         return TransferLimits(
             discovery_bytes=self.caldav_max_discovery_bytes,
             listing_bytes=self.caldav_max_listing_bytes,
@@ -308,10 +310,15 @@ def load_settings(**overrides: object) -> Settings:
             message = str(error["msg"]).removeprefix("Value error, ")
             problems.append(f"{name}: {message}")
         raise ConfigurationError("bad configuration: " + "; ".join(problems)) from None
-    # The metrics library's own variable, read when it is first imported.
-    problem = multiprocess_dir_problem()
-    if problem is not None:
-        raise ConfigurationError(f"bad configuration: PROMETHEUS_MULTIPROC_DIR: {problem}")
+    # The metrics library's own variable, read when it is first imported. The
+    # library is loaded only when the variable is set: commands that count
+    # nothing (``status``, ``account``, ``token``) start without it.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from caljournal.adapters.metrics import multiprocess_dir_problem
+
+        problem = multiprocess_dir_problem()
+        if problem is not None:
+            raise ConfigurationError(f"bad configuration: PROMETHEUS_MULTIPROC_DIR: {problem}")
     return settings
 
 

@@ -1,20 +1,27 @@
-"""Application service: the sync status of every account, in one table.
+"""Application service: the sync status of every account, in one table, or of one.
 
 Operators see all accounts at once (``caljournal status``, ``GET /status`` with
 an operator token, and the metrics read at scrape time); one account's full
-report stays with ``SyncService.status``.
+report is :func:`account_report` (``caljournal status ACCOUNT`` and
+``SyncService.status``). Both only read the journal's database: this module
+loads neither the CalDAV client nor the sync machinery.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from caljournal.adapters.journal import Journal
+from caljournal.adapters.journal_ops import load_or_not_found
 from caljournal.adapters.status_sql import StatusQueries
+from caljournal.adapters.syncstate import PendingPush, SyncStateStore
+from caljournal.domain.link import CalendarLink
 
 SORT_KEYS = ("lag", "failures", "name")
 DEFAULT_POLL_INTERVAL = 60
@@ -156,4 +163,116 @@ class StatusService:
         )
 
 
-__all__ = ["SORT_KEYS", "AccountStatus", "Overview", "StatusService", "sort_rows"]
+def account_report(journal: Journal, store: SyncStateStore, account_id: UUID) -> dict[str, Any]:
+    """Return the account's outbound status.
+
+    Journal position, pushed position, pending count and the age of the
+    oldest pending change (lag), failed pushes with their errors, last
+    success, the worker holding the account, and the link's state.
+
+    :raises NotFoundError: when the account has no calendar link.
+    """
+    link: dict[str, Any] = load_or_not_found(
+        journal, CalendarLink.id_for(account_id), CalendarLink, "this account has no calendar link"
+    ).state()
+    account = str(account_id)
+    sync = store.sync_status(account)
+    pending: list[PendingPush] = []
+    if link["calendar_url"] and link["calendar_chosen_on"]:
+        baseline = journal.calendar_chosen_position(account_id)
+        pending = store.pending_pushes(account, link["calendar_url"], baseline, 100_000)
+    oldest = min(
+        (datetime.fromisoformat(p.appointment["modified_on"]) for p in pending), default=None
+    )
+    lease = store.leases().get(account)
+    now_us = int(time.time() * 1e6)
+    return {
+        "account_id": account,
+        "link_status": link["status"],
+        "calendar_url": link["calendar_url"],
+        "journal_position": journal.recorder.max_notification_id() or 0,
+        "pushed_position": sync.pushed_position,
+        "pending": len(pending),
+        "lag_seconds": (round((datetime.now(UTC) - oldest).total_seconds(), 3) if oldest else 0.0),
+        "failed": [
+            {
+                "appointment_id": f.appointment_id,
+                "error": f.failure,
+                "sequence": f.failed_sequence,
+                "at": _iso(f.updated_us),
+            }
+            for f in store.failed_copies(account)
+        ],
+        "last_success": _iso(sync.last_success_us),
+        "last_error": sync.last_error,
+        "last_error_at": _iso(sync.last_error_us),
+        "worker": lease.owner if lease and lease.expires_us > now_us else None,
+        "inbound": _inbound(store, account),
+        "resyncs": _resyncs(journal, account),
+    }
+
+
+def _resyncs(journal: Journal, account: str) -> list[dict[str, Any]]:
+    """Return the account's latest backfill and replay requests, newest first."""
+    return [
+        {
+            "request_id": r["request_id"],
+            "kind": r["kind"],
+            "state": r["state"],
+            "options": r["options"],
+            "requested": _iso(r["requested_us"]),
+            "requested_by": r["actor"],
+            "worker": r["worker"],
+            "started": _iso(r["started_us"]),
+            "finished": _iso(r["finished_us"]),
+            "phase": r["phase"],
+            "done": r["done"],
+            "total": r["total"],
+            "summary": r["summary"],
+            "error": r["error"],
+        }
+        for r in journal.journal_recorder.recent_resyncs(account)
+    ]
+
+
+def _inbound(store: SyncStateStore, account: str) -> dict[str, Any]:
+    state = store.inbound_state(account)
+    quarantined = store.quarantined(account)
+    return {
+        "last_poll": _iso(state.last_poll_us),
+        "last_poll_requests": state.last_requests,
+        "sync_token": bool(state.sync_token),
+        "initial_import": (
+            {"done": state.import_done, "total": state.import_total}
+            if state.import_total is not None
+            else None
+        ),
+        "last_error": state.last_error,
+        "mass_delete_breaker": state.breaker,
+        "calendar_check": _check(store, account),
+        "quarantined": [
+            {"href": q.href, "reason": q.reason, "at": _iso(q.at_us)} for q in quarantined.values()
+        ],
+    }
+
+
+def _check(store: SyncStateStore, account: str) -> dict[str, Any]:
+    """Return the full comparisons of the calendar with the copy records, and their finds."""
+    check = store.calendar_check(account)
+    return {
+        "last": _iso(check.last_us),
+        "checks": check.checks,
+        "differences": check.differences,
+        "last_differences": json.loads(check.last_found) if check.last_found else {},
+        "last_differences_at": _iso(check.last_found_us),
+    }
+
+
+__all__ = [
+    "SORT_KEYS",
+    "AccountStatus",
+    "Overview",
+    "StatusService",
+    "account_report",
+    "sort_rows",
+]

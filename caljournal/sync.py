@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -18,7 +17,7 @@ from caljournal.adapters.readmodel import Row
 from caljournal.adapters.resync_store import DONE, FAILED, resync_row
 from caljournal.adapters.retry import RetryPolicy
 from caljournal.adapters.storage import StorageError
-from caljournal.adapters.syncstate import PendingPush, SyncStateStore
+from caljournal.adapters.syncstate import SyncStateStore
 from caljournal.adapters.syncstate_sql import SQLSyncState
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause
@@ -26,12 +25,7 @@ from caljournal.domain.link import CalendarLink
 from caljournal.links import LinkFailedError, LinkService
 from caljournal.projections.executor import ActionKind
 from caljournal.projections.resync import MassDeleteRefusedError, Resync, Step, Summary
-
-
-def _iso(us: int | None) -> str | None:
-    if us is None:
-        return None
-    return datetime.fromtimestamp(us / 1e6, UTC).isoformat()
+from caljournal.status import account_report
 
 
 class SyncService:
@@ -53,104 +47,11 @@ class SyncService:
         self.retry = retry or RetryPolicy.patient(300.0)
 
     def status(self, account_id: UUID) -> dict[str, Any]:
-        """Return the account's outbound status.
+        """Return the account's outbound status (see :func:`caljournal.status.account_report`).
 
-        Journal position, pushed position, pending count and the age of the
-        oldest pending change (lag), failed pushes with their errors, last
-        success, the worker holding the account, and the link's state.
+        :raises NotFoundError: when the account has no calendar link.
         """
-        link = self.links.get(account_id)
-        account = str(account_id)
-        sync = self.store.sync_status(account)
-        pending: list[PendingPush] = []
-        if link["calendar_url"] and link["calendar_chosen_on"]:
-            baseline = self.journal.calendar_chosen_position(account_id)
-            pending = self.store.pending_pushes(account, link["calendar_url"], baseline, 100_000)
-        oldest = min(
-            (datetime.fromisoformat(p.appointment["modified_on"]) for p in pending), default=None
-        )
-        lease = self.store.leases().get(account)
-        now_us = int(time.time() * 1e6)
-        return {
-            "account_id": account,
-            "link_status": link["status"],
-            "calendar_url": link["calendar_url"],
-            "journal_position": self.journal.recorder.max_notification_id() or 0,
-            "pushed_position": sync.pushed_position,
-            "pending": len(pending),
-            "lag_seconds": (
-                round((datetime.now(UTC) - oldest).total_seconds(), 3) if oldest else 0.0
-            ),
-            "failed": [
-                {
-                    "appointment_id": f.appointment_id,
-                    "error": f.failure,
-                    "sequence": f.failed_sequence,
-                    "at": _iso(f.updated_us),
-                }
-                for f in self.store.failed_copies(account)
-            ],
-            "last_success": _iso(sync.last_success_us),
-            "last_error": sync.last_error,
-            "last_error_at": _iso(sync.last_error_us),
-            "worker": lease.owner if lease and lease.expires_us > now_us else None,
-            "inbound": self._inbound(account),
-            "resyncs": self._resyncs(account),
-        }
-
-    def _resyncs(self, account: str) -> list[dict[str, Any]]:
-        """Return the account's latest backfill and replay requests, newest first."""
-        return [
-            {
-                "request_id": r["request_id"],
-                "kind": r["kind"],
-                "state": r["state"],
-                "options": r["options"],
-                "requested": _iso(r["requested_us"]),
-                "requested_by": r["actor"],
-                "worker": r["worker"],
-                "started": _iso(r["started_us"]),
-                "finished": _iso(r["finished_us"]),
-                "phase": r["phase"],
-                "done": r["done"],
-                "total": r["total"],
-                "summary": r["summary"],
-                "error": r["error"],
-            }
-            for r in self.recorder.recent_resyncs(account)
-        ]
-
-    def _inbound(self, account: str) -> dict[str, Any]:
-        state = self.store.inbound_state(account)
-        quarantined = self.store.quarantined(account)
-        return {
-            "last_poll": _iso(state.last_poll_us),
-            "last_poll_requests": state.last_requests,
-            "sync_token": bool(state.sync_token),
-            "initial_import": (
-                {"done": state.import_done, "total": state.import_total}
-                if state.import_total is not None
-                else None
-            ),
-            "last_error": state.last_error,
-            "mass_delete_breaker": state.breaker,
-            "calendar_check": self._check(account),
-            "quarantined": [
-                {"href": q.href, "reason": q.reason, "at": _iso(q.at_us)}
-                for q in quarantined.values()
-            ],
-        }
-
-    def _check(self, account: str) -> dict[str, Any]:
-        """Return the full comparisons of the calendar with the copy records, and their finds."""
-        check = self.store.calendar_check(account)
-        return {
-            "last": _iso(check.last_us),
-            "checks": check.checks,
-            "differences": check.differences,
-            "last_differences": json.loads(check.last_found) if check.last_found else {},
-            "last_differences_at": _iso(check.last_found_us),
-        }
+        return account_report(self.journal, self.store, account_id)
 
     def backfill(
         self,

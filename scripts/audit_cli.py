@@ -15,25 +15,17 @@ import sys
 from collections.abc import Iterable, Iterator
 from enum import StrEnum
 from itertools import islice
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
-from rich.table import Table
-from rich.text import Text
 
-from caljournal.audit import (
-    CSV_HEADER,
-    AuditQuery,
-    AuditService,
-    csv_rows,
-    json_line,
-    parse_time,
-)
 from caljournal.errors import InvalidInputError
-from caljournal.projections.audit import AuditRecord
 from caljournal.scripts.audit_verify_cli import head_command, verify_command
 from caljournal.scripts.common import Commands, container, err, out
+
+if TYPE_CHECKING:
+    from caljournal.projections.audit import AuditRecord
 
 audit_app = Commands(help="List an account's recorded changes; verify the audit chain.")
 
@@ -76,6 +68,8 @@ def audit(
     """List every recorded change of an account in journal order, with old → new values."""
     if ctx.invoked_subcommand is not None:
         return
+    from caljournal.audit import AuditQuery, AuditService, parse_time
+
     if account is None:
         err.print("[red]error:[/red] name the account: --account ACCOUNT", highlight=False)
         raise typer.Exit(2)
@@ -110,6 +104,8 @@ audit_app.command("head")(head_command)
 
 def write_json(records: Iterable[AuditRecord], stream: Any) -> int:
     """Write records as JSON Lines; return how many."""
+    from caljournal.audit import json_line
+
     count = 0
     for record in records:
         stream.write(json_line(record) + "\n")
@@ -120,6 +116,8 @@ def write_json(records: Iterable[AuditRecord], stream: Any) -> int:
 
 def write_csv(records: Iterable[AuditRecord], stream: Any) -> int:
     """Write records as CSV with a header (see the module's docstring); return how many rows."""
+    from caljournal.audit import CSV_HEADER, csv_rows
+
     writer = csv.writer(stream)
     writer.writerow(CSV_HEADER)
     count = 0
@@ -132,6 +130,9 @@ def write_csv(records: Iterable[AuditRecord], stream: Any) -> int:
 
 def write_tables(records: Iterator[AuditRecord]) -> None:
     """Print records as rich tables of a few hundred rows each."""
+    from rich.table import Table
+    from rich.text import Text
+
     shown = 0
     while block := list(islice(records, _TABLE_BLOCK)):
         table = Table(show_header=True)

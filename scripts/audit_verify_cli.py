@@ -10,17 +10,21 @@ from __future__ import annotations
 import json as jsonlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from uuid import UUID
 
 import typer
 
-from caljournal.adapters.audit_chain import OPERATORS
-from caljournal.adapters.audit_report import ExportedHead, HeadFormatError, VerifyReport
-from caljournal.adapters.audit_verify import verify, verify_all
-from caljournal.bootstrap import Container
 from caljournal.errors import NotFoundError
 from caljournal.scripts.common import JsonOption, container, err, out
+
+if TYPE_CHECKING:
+    from caljournal.adapters.audit_report import ExportedHead, VerifyReport
+    from caljournal.bootstrap import Container
+
+# ``caljournal.adapters.audit_chain.OPERATORS``, written out so that the help
+# does not load the journal's modules (a test checks the two agree).
+OPERATORS = "operators"
 
 AccountOption = Annotated[
     str | None, typer.Option(help=f"the account's name or id ('{OPERATORS}' for operator tokens)")
@@ -50,6 +54,8 @@ def _chain_of(built: Container, account: str) -> tuple[str, str]:
 
 
 def _read_head(path: Path) -> ExportedHead:
+    from caljournal.adapters.audit_report import ExportedHead, HeadFormatError
+
     try:
         return ExportedHead.from_json(path.read_text(encoding="utf-8"))
     except OSError as exc:
@@ -98,6 +104,9 @@ def verify_command(
     json: JsonOption = False,
 ) -> None:
     """Recompute audit chains and name the first bad entry (exit 1 when there is one)."""
+    from caljournal.adapters.audit_report import HeadFormatError
+    from caljournal.adapters.audit_verify import verify, verify_all
+
     if all_chains and (account or head):
         raise _fail("--all checks every chain; leave out --account and --head")
     exported = _read_head(head) if head is not None else None
@@ -139,6 +148,8 @@ def head_command(
     ] = None,
 ) -> None:
     """Verify an account's chain, then print its head as JSON to keep elsewhere."""
+    from caljournal.adapters.audit_verify import verify
+
     if account is None:
         raise _fail("name a chain: --account NAME")
     with container() as built:

@@ -1,4 +1,11 @@
-"""Helpers shared by the command-line modules: consoles, the container, tables."""
+"""Helpers shared by the command-line modules: consoles, the container, tables.
+
+Importing the command-line modules must stay cheap: ``caljournal --help`` and
+the read-only commands start in a fraction of a second only when the journal,
+the settings and the CalDAV client are imported by the command that needs
+them, not by the module that registers it. ``tests/unit/test_cli_imports.py``
+holds the list of libraries each command may not load.
+"""
 
 from __future__ import annotations
 
@@ -8,20 +15,19 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
-from caljournal.adapters.journal import JournalUnavailableError
-from caljournal.adapters.secrets import SecretKeyError
-from caljournal.bootstrap import Container, bootstrap
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.errors import DomainError
 from caljournal.errors import ApplicationError
-from caljournal.settings import ConfigurationError
+
+if TYPE_CHECKING:
+    from caljournal.bootstrap import Container
 
 
 def _name_values(params: list[Any]) -> None:
@@ -89,6 +95,10 @@ def operator_cause() -> Cause:
 @contextmanager
 def container() -> Iterator[Container]:
     """Yield the container; turn user errors into one line on stderr and exit 1."""
+    from caljournal.adapters.journal import JournalUnavailableError
+    from caljournal.bootstrap import bootstrap
+    from caljournal.settings import ConfigurationError
+
     try:
         built = bootstrap()
     except (ConfigurationError, JournalUnavailableError) as exc:
@@ -105,11 +115,24 @@ def container() -> Iterator[Container]:
     except (DomainError, ApplicationError) as exc:
         err.print(f"[red]error:[/red] {exc.message}", highlight=False)
         raise typer.Exit(1) from None
-    except SecretKeyError as exc:
+    except Exception as exc:
+        if not _is_secret_key_error(exc):
+            raise
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(2) from None
     finally:
         built.close()
+
+
+def _is_secret_key_error(exc: BaseException) -> bool:
+    """Return whether ``exc`` says the keys sealing calendar credentials are unusable.
+
+    Only a command that opened the sealed credentials has loaded the module
+    that raises this error (and the cipher library it loads); the others are
+    not made to load it just to name the error.
+    """
+    secrets = sys.modules.get("caljournal.adapters.secrets")
+    return secrets is not None and isinstance(exc, secrets.SecretKeyError)
 
 
 def one_line(exc: BaseException) -> str:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from caljournal.adapters.providers import PROFILES
-from caljournal.adapters.secrets import Credentials
 from caljournal.scripts.common import (
     Commands,
     JsonOption,
@@ -19,6 +17,9 @@ from caljournal.scripts.common import (
     table,
 )
 from caljournal.scripts.resync_cli import run_resync
+
+if TYPE_CHECKING:
+    from caljournal.adapters.secrets import Credentials
 
 link_app = Commands(help="Link an account to its CalDAV calendar.", no_args_is_help=True)
 secrets_app = Commands(help="Manage the keys that seal calendar credentials.", no_args_is_help=True)
@@ -49,6 +50,8 @@ def _read_credentials(
     username: str | None, password_stdin: bool, bearer_token: bool
 ) -> Credentials:
     """Return the credentials given on the command line and stdin, or exit 1 saying what lacks."""
+    from caljournal.adapters.secrets import Credentials
+
     if not bearer_token and not username:
         err.print(
             "[red]error:[/red] give the login name with --username "
@@ -115,6 +118,8 @@ def add(
     json: JsonOption = False,
 ) -> None:
     """Discover the server behind URL, link the account, and list its calendars."""
+    from caljournal.adapters.secrets import Credentials
+
     if no_auth:
         if username or password_stdin or bearer_token:
             err.print("[red]error:[/red] --no-auth sends no credentials; leave the others out")
@@ -347,6 +352,8 @@ def history(account: AccountArg, json: JsonOption = False) -> None:
 @link_app.command("providers")
 def providers(json: JsonOption = False) -> None:
     """List the provider profiles and what caljournal knows about each."""
+    from caljournal.adapters.providers import PROFILES
+
     rows = [
         [p.key, p.display_name, p.auth, p.sync_tokens, p.base_url or "(your server's URL)"]
         for p in PROFILES

@@ -17,17 +17,17 @@ import sys
 import uuid
 from collections.abc import Callable
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 from uuid import UUID
 
 import typer
 
-from caljournal.bootstrap import Container
-from caljournal.domain.cause import Cause
-from caljournal.links import LinkFailedError
-from caljournal.projections.resync import Summary
 from caljournal.scripts.common import container, err, operator_cause, out, table
-from caljournal.sync import MassDeleteRefusedError
+
+if TYPE_CHECKING:
+    from caljournal.bootstrap import Container
+    from caljournal.domain.cause import Cause
+    from caljournal.projections.resync import Summary
 
 Progress = Callable[[str, int, int], None]
 
@@ -199,6 +199,9 @@ def replay(
     ] = None,
 ) -> None:
     """Make the account's calendar equal to the journal (creates, updates, deletes own objects)."""
+    from caljournal.links import LinkFailedError
+    from caljournal.sync import MassDeleteRefusedError
+
     moment = None
     if as_of is not None:
         try:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from caljournal.scripts.common import JsonOption, container, out, table
-from caljournal.status import AccountStatus, StatusService, sort_rows
+
+if TYPE_CHECKING:
+    from caljournal.status import AccountStatus
 
 
 class Sort(StrEnum):
@@ -44,6 +46,8 @@ def status(
     json: JsonOption = False,
 ) -> None:
     """Show sync status: every account (link, lag, pending, failures, polls, worker), or one."""
+    from caljournal.status import StatusService, sort_rows
+
     if account is not None:
         account_report(account, json)
         return
@@ -79,8 +83,11 @@ def _short(iso: str | None) -> str | None:
 
 def account_report(account: str, json: bool) -> None:
     """Print one account's full sync report: positions, pending, lag, failures, last success."""
+    from caljournal.status import account_report as report_of
+
     with container() as built:
-        report = built.sync.status(built.accounts.find_account(account).id)
+        account_id = built.accounts.find_account(account).id
+        report = report_of(built.journal, built.sync_state, account_id)
     if json:
         out.print_json(data=report)
         return
