@@ -16,7 +16,8 @@ a poll's commit
     :class:`StateWrites` that go with them, in one transaction where the store
     shares the journal's database (a crash never loses or repeats a remote change);
 leases and workers
-    ``claim_lease``, ``renew_leases``, ``release_lease``, ``leases``, ``heartbeat``, ``retire``;
+    ``claim_lease``, ``claim_leases``, ``renew_leases``, ``release_lease``, ``leases``,
+    ``heartbeat``, ``retire``;
 per-account status (one :class:`SyncStatus` per account)
     ``update_sync_status``, ``sync_status``.
 
@@ -240,6 +241,17 @@ class SyncStateStore(Protocol):
 
     # -- leases and workers -----------------------------------------------------
     def claim_lease(self, account_id: str, owner: str, now_us: int, ttl_us: int) -> bool: ...
+
+    def claim_leases(
+        self, account_ids: Sequence[str], owner: str, now_us: int, ttl_us: int
+    ) -> set[str]:
+        """Take or renew the leases on many accounts at once; return those ``owner`` holds now.
+
+        Each lease is taken as ``claim_lease`` takes one (free, expired before
+        ``now_us`` or already ``owner``'s), atomically per lease, so two owners
+        never hold one at once; one statement per 500 accounts.
+        """
+        ...
 
     def renew_leases(self, owner: str, now_us: int, ttl_us: int) -> None:
         """Extend every lease ``owner`` holds to ``now_us + ttl_us`` (one statement)."""

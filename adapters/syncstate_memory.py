@@ -236,6 +236,19 @@ class MemorySyncState:
                 return True
             return False
 
+    def claim_leases(
+        self, account_ids: Sequence[str], owner: str, now_us: int, ttl_us: int
+    ) -> set[str]:
+        """Take or renew the leases on many accounts at once; return those ``owner`` holds now."""
+        with self._lock:
+            held = set()
+            for account_id in account_ids:
+                lease = self._leases.get(account_id)
+                if lease is None or lease.owner == owner or lease.expires_us < now_us:
+                    self._leases[account_id] = Lease(account_id, owner, now_us + ttl_us)
+                    held.add(account_id)
+            return held
+
     def renew_leases(self, owner: str, now_us: int, ttl_us: int) -> None:
         """Extend every lease ``owner`` holds to ``now_us + ttl_us``."""
         with self._lock:

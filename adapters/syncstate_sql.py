@@ -376,6 +376,45 @@ class SQLSyncState:
         )
         return self._update(sql, [account_id, owner, now_us + ttl_us, now_us]) == 1
 
+    def claim_leases(
+        self, account_ids: Sequence[str], owner: str, now_us: int, ttl_us: int
+    ) -> set[str]:
+        """Take or renew the leases on many accounts at once; return those ``owner`` holds now.
+
+        One upsert per 500 accounts, whose condition is ``claim_lease``'s: the
+        database checks and writes each lease atomically (PostgreSQL locks the
+        row it updates on conflict; SQLite has one writer), so a lease another
+        owner took meanwhile stays theirs. The rows are written in account order,
+        so two owners claiming the same leases wait for each other instead of
+        deadlocking. Which leases are ours is read after
+        the upsert: a lease ``owner`` holds cannot pass to another before it
+        expires, ``ttl_us`` from now.
+        """
+        p = self.p
+        table = self.q + LEASES
+        held: set[str] = set()
+        unique = sorted(set(account_ids))
+        for start in range(0, len(unique), CHUNK):
+            chunk = unique[start : start + CHUNK]
+            values = ", ".join(f"({p}, {p}, {p})" for _ in chunk)
+            params: list[Any] = []
+            for account_id in chunk:
+                params += [account_id, owner, now_us + ttl_us]
+            self._update(
+                f"INSERT INTO {table} (account_id, owner, expires_us) VALUES {values} "
+                f"ON CONFLICT (account_id) DO UPDATE SET owner = excluded.owner, "
+                f"expires_us = excluded.expires_us "
+                f"WHERE {table}.owner = excluded.owner OR {table}.expires_us < {p}",
+                [*params, now_us],
+            )
+            marks = ", ".join(p for _ in chunk)
+            rows = self._all(
+                f"SELECT account_id FROM {table} WHERE owner = {p} AND account_id IN ({marks})",
+                [owner, *chunk],
+            )
+            held.update(str(r["account_id"]) for r in rows)
+        return held
+
     def renew_leases(self, owner: str, now_us: int, ttl_us: int) -> None:
         """Extend every lease ``owner`` holds to ``now_us + ttl_us`` (one statement)."""
         self._update(

@@ -307,6 +307,11 @@ class GuardedSession(niquests.Session):
                     "http": _WatchedHTTPPool,
                     "https": _WatchedHTTPSPool,
                 }
+                # Without this every connection pool (one per account's client)
+                # runs a thread of its own that pings idle HTTP/2 connections: a
+                # worker serving 1,000 accounts ran 1,000 of them. A connection
+                # the server closed while idle is noticed when next checked out.
+                manager.connection_pool_kw["background_watch_delay"] = None
         # Only http and https: a unix-socket adapter would bypass the address check.
         self.adapters.pop("http+unix://", None)
         self.hooks["response"].insert(0, self._read_redirect_body)

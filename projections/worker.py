@@ -12,7 +12,9 @@ Threads, per worker process:
 * the **lease keeper** takes a lease on the actively linked accounts it can
   get, up to its share (the accounts divided by the live workers), and renews
   them all in one statement; an account is served by exactly one worker at a
-  time, and the lease of a worker that died expires and is taken by another.
+  time. A worker that died stops renewing: the keeper wakes when the first of
+  its leases expires (not only every ``lease_renew``) and takes the expired
+  leases, up to its share, in one statement per 500 accounts.
 * the **scheduler** and its pool (``projections.scheduler``, ``pool`` threads):
   one **account runtime** per leased account (``projections.runtime``) runs
   the account's reconcilers one at a time, in a pool thread when the account
@@ -27,15 +29,16 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from caljournal.adapters.journal import Journal
-from caljournal.adapters.syncstate import SyncStateStore
+from caljournal.adapters.syncstate import Lease, SyncStateStore
 from caljournal.adapters.syncstate_sql import SQLSyncState
 from caljournal.domain.cause import Cause, Origin
 from caljournal.links import LinkService
@@ -47,6 +50,8 @@ log = logging.getLogger("caljournal.outbound")
 
 APPOINTMENT_TOPIC = "caljournal:Appointment."
 LINK_TOPIC = "caljournal:CalendarLink."
+#: How long after another owner's lease expires the keeper wakes to take it.
+EXPIRY_MARGIN = 0.01
 
 
 class OutboundWorker:
@@ -170,13 +175,15 @@ class OutboundWorker:
 
     def _keep_leases(self) -> None:
         while not self._stopping.is_set():
+            wait = self.config.lease_renew
             try:
-                self._renew_leases()
+                wait = self._renew_leases()
             except Exception:
                 log.exception("renewing leases failed; retrying")
-            self._link_news.wait(self.config.lease_renew)
+            self._link_news.wait(wait)
 
-    def _renew_leases(self) -> None:
+    def _renew_leases(self) -> float:
+        """Renew, drop and take leases; return how long to wait before the next round."""
         now_us = int(time.time() * 1e6)
         ttl_us = int(self.config.lease_ttl * 1e6)
         live = self.store.heartbeat(self.owner, now_us, ttl_us)
@@ -198,22 +205,37 @@ class OutboundWorker:
             self._hold(account_id, active[account_id], ttl_us, renewed_at=asked if ours else None)
         free = [
             a
-            for a in sorted(active)
+            for a in active
             if a not in held
             and (a not in leases or leases[a].expires_us < now_us or leases[a].owner == self.owner)
         ]
-        for account_id in free:
-            if self._stopping.is_set():
-                return
-            with self._lock:
-                serving = len(self.runtimes)
-            if serving >= share:
-                break
-            self._hold(account_id, active[account_id], ttl_us)
+        # In random order: two workers taking over a third's accounts take
+        # different ones instead of contending for the same.
+        random.shuffle(free)
+        self._take(free, share, active, ttl_us)
         with self._lock:
             gone = [a for a in self.runtimes if a not in active]
         for account_id in gone:
             self._drop(account_id)
+        return keeper_wait(
+            leases.values(), self.owner, now_us, int(time.time() * 1e6), self.config.lease_renew
+        )
+
+    def _take(
+        self, free: list[str], share: int, active: dict[str, dict[str, Any]], ttl_us: int
+    ) -> None:
+        """Take free accounts up to the share, a batch of leases per statement, and serve them."""
+        while free and not self._stopping.is_set():
+            with self._lock:
+                wanted = share - len(self.runtimes)
+            if wanted <= 0:
+                return
+            batch, free = free[:wanted], free[wanted:]
+            asked = time.monotonic()
+            taken = self.store.claim_leases(batch, self.owner, int(time.time() * 1e6), ttl_us)
+            for account_id in batch:
+                if account_id in taken:
+                    self._hold(account_id, active[account_id], ttl_us, renewed_at=asked)
 
     def _hold(
         self,
@@ -282,6 +304,32 @@ class OutboundWorker:
         """Return the accounts this worker serves now."""
         with self._lock:
             return set(self.runtimes)
+
+
+def keeper_wait(
+    leases: Iterable[Lease], owner: str, judged_us: int, now_us: int, period: float
+) -> float:
+    """Return how long the lease keeper waits before its next round (seconds).
+
+    Its period, unless a lease of another owner expires sooner: a worker that
+    died stops renewing, and its accounts are taken just after its leases
+    expire instead of up to a period later. ``judged_us`` is the time the round
+    told expired leases from live ones by: a lease expired by then is not
+    waited for (the round could take it, or its share was full), one that
+    expired since is taken at once by the next round.
+    """
+    soonest = min(
+        (
+            lease.expires_us
+            for lease in leases
+            if lease.owner != owner and lease.expires_us >= judged_us
+        ),
+        default=None,
+    )
+    if soonest is None:
+        return period
+    # A lease is free once ``expires_us < now``: wake just past the expiry.
+    return min(period, max(soonest - now_us, 0) / 1e6 + EXPIRY_MARGIN)
 
 
 def _same_target(a: dict[str, Any], b: dict[str, Any]) -> bool:

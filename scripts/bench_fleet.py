@@ -13,8 +13,9 @@ would take longer than the benchmark). The journal is PostgreSQL. Measured:
   account was polled once: CPU cores averaged, peak RSS, threads, and the poll
   lateness of every account (time between two polls minus the interval, read
   from the inbound state's ``last_poll_us`` once a second);
-* two workers: how many accounts each holds, then ``kill -9`` of one and the
-  time until the other holds every account;
+* two workers: how many accounts each holds once they hold all between them,
+  then ``kill -9`` of one and the time until the other holds every lease
+  (handover), and until it has polled every account the killed one held;
 * ``--faulty`` accounts whose calendars sit behind a proxy answering 503 (half)
   or answering only after ``--slow`` seconds (the other half), while the
   others' poll lateness and the time from a booking to its copy on the
@@ -138,6 +139,14 @@ class Observer:
             f"SELECT account_id, last_poll_us FROM {INBOUND} WHERE last_poll_us IS NOT NULL"
         ).fetchall()
         return {str(a): int(t) for a, t in rows}
+
+    def lease_holders(self) -> dict[str, str]:
+        """Return the owner of every unexpired lease, by account."""
+        now_us = int(time.time() * 1e6)
+        rows = self.db.execute(
+            f"SELECT account_id, owner FROM {LEASES} WHERE expires_us >= %s", [now_us]
+        ).fetchall()
+        return {str(a): str(o) for a, o in rows}
 
     def lease_owners(self) -> dict[str, int]:
         now_us = int(time.time() * 1e6)
@@ -408,25 +417,38 @@ def main() -> None:  # noqa: PLR0915
 
             def split() -> bool:
                 counts = sorted(observer.lease_owners().values())
-                return len(counts) == 2 and abs(counts[0] - counts[1]) <= max(
-                    len(accounts) // 20, 2
+                return (
+                    len(counts) == 2
+                    and sum(counts) == len(accounts)
+                    and abs(counts[0] - counts[1]) <= max(len(accounts) // 20, 2)
                 )
 
             took = wait_for(split, 300)
             counts = observer.lease_owners()
             killed = workers[0]
+            orphans = [a for a, o in observer.lease_holders().items() if f":{killed.pid}:" in o]
             killed.kill()
-            killed_at = time.monotonic()
-            handed = wait_for(
-                lambda: sorted(observer.lease_owners().values()) == [len(accounts)], 600, 0.2
-            )
+            killed_at, killed_us = time.monotonic(), int(time.time() * 1e6)
+            # Handover: from the kill until the survivor holds every lease (the
+            # killed worker's expire within the lease time of its last renewal).
+            wait_for(lambda: sorted(observer.lease_owners().values()) == [len(accounts)], 600, 0.2)
+            handed = time.monotonic() - killed_at
+
+            def polled_again() -> bool:
+                polls = observer.polls()
+                return all(polls.get(a, 0) > killed_us for a in orphans)
+
+            # The survivor polls an account at once when it takes it.
+            wait_for(polled_again, 600, 0.2)
+            polled = time.monotonic() - killed_at
             results["two workers"] = {
                 "split_after_s": round(took, 1),
                 "held": sorted(counts.values()),
                 "about_half": half,
                 "handover_s": round(handed, 1),
                 "handover_limit_s": args.lease_ttl,
-                "killed_for": round(time.monotonic() - killed_at, 1),
+                "orphans": len(orphans),
+                "orphans_polled_after_s": round(polled, 1),
             }
             print(f"two workers: {results['two workers']}", flush=True)
         observer.db.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -314,6 +315,72 @@ def test_renewing_extends_every_lease_of_the_owner_and_no_other(world: World) ->
     assert {a: lease.owner for a, lease in leases.items()} == {"a1": "w1", "a2": "w1", "a3": "w2"}
     # Renewed, w1's leases are not free for w2 past their old expiry.
     assert not store.claim_lease("a1", "w2", now_us=160, ttl_us=50)
+
+
+def test_a_batch_claim_takes_free_expired_and_own_leases_but_no_live_one(world: World) -> None:
+    store = world.store
+    assert store.claim_lease("mine", "w1", now_us=100, ttl_us=50)  # w1's, expires at 150
+    assert store.claim_lease("live", "w2", now_us=100, ttl_us=100)  # w2's until 200
+    assert store.claim_lease("expired", "w2", now_us=100, ttl_us=40)  # w2's until 140
+    assert store.claim_lease("at_expiry", "w2", now_us=100, ttl_us=60)  # w2's until 160
+
+    held = store.claim_leases(
+        ["free", "mine", "live", "expired", "at_expiry"], "w1", now_us=160, ttl_us=50
+    )
+
+    # Expired means expires_us < now, as for one claim: "at_expiry" is still w2's.
+    assert held == {"free", "mine", "expired"}
+    leases = store.leases()
+    assert {a: (lease.owner, lease.expires_us) for a, lease in leases.items()} == {
+        "free": ("w1", 210),
+        "mine": ("w1", 210),
+        "expired": ("w1", 210),
+        "live": ("w2", 200),
+        "at_expiry": ("w2", 160),
+    }
+    assert store.claim_leases([], "w1", now_us=170, ttl_us=50) == set()
+
+
+def test_a_batch_claim_takes_more_accounts_than_one_statement_holds(world: World) -> None:
+    store = world.store
+    accounts = [f"a{n:04d}" for n in range(1_234)]
+    for account_id in accounts:
+        assert store.claim_lease(account_id, "dead", now_us=100, ttl_us=50)
+
+    held = store.claim_leases([*accounts, accounts[0]], "w1", now_us=151, ttl_us=50)
+
+    assert held == set(accounts)
+    assert {lease.owner for lease in store.leases().values()} == {"w1"}
+
+
+def test_two_owners_claiming_the_same_expired_leases_at_once_never_share_one(
+    world: World,
+) -> None:
+    store = world.store
+    accounts = [f"a{n:04d}" for n in range(600)]
+    for account_id in accounts:
+        assert store.claim_lease(account_id, "dead", now_us=100, ttl_us=50)
+    results: dict[str, set[str]] = {}
+    ready = threading.Barrier(2)
+
+    def claim(owner: str, order: list[str]) -> None:
+        ready.wait(timeout=30)
+        results[owner] = store.claim_leases(order, owner, now_us=200, ttl_us=50)
+
+    threads = [
+        threading.Thread(target=claim, args=("w1", accounts)),
+        threading.Thread(target=claim, args=("w2", accounts[::-1])),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert not results["w1"] & results["w2"]
+    assert results["w1"] | results["w2"] == set(accounts)
+    owners = {a: lease.owner for a, lease in store.leases().items()}
+    assert all(owners[a] == "w1" for a in results["w1"])
+    assert all(owners[a] == "w2" for a in results["w2"])
 
 
 def test_heartbeats_count_the_live_workers(world: World) -> None:

@@ -234,3 +234,50 @@ def test_two_workers_share_twenty_accounts_and_take_over_from_a_killed_one(
         pushes.sort()
         switches = sum(1 for a, b in zip(pushes, pushes[1:], strict=False) if a[1] != b[1])
         assert switches <= 1, (account, pushes)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite", "postgres"], indirect=True)
+def test_a_killed_workers_accounts_pass_to_the_survivor_within_the_lease_time(
+    journal_for_workers: tuple[Container, dict[str, str]],
+    radicale: RadicaleProcess,
+    tmp_path: Path,
+) -> None:
+    container, env = journal_for_workers
+    ttl = float(env["CALJOURNAL_WORKER_LEASE_TTL"])
+    accounts = {str(link_account(container, radicale, f"firm{i:02d}")[0]) for i in range(12)}
+    first = WorkerProcess(env, tmp_path / "first.log").start()
+    second = WorkerProcess(env, tmp_path / "second.log").start()
+    store = container.sync_state
+    try:
+
+        def holders() -> dict[str, str]:
+            now = time.time() * 1e6
+            return {a: x.owner for a, x in store.leases().items() if x.expires_us >= now}
+
+        def split() -> bool:
+            held = holders()
+            counts = sorted(list(held.values()).count(w) for w in set(held.values()))
+            return set(held) == accounts and counts == [6, 6]
+
+        wait_until(split, timeout=30, interval=0.1)
+        assert first.process is not None
+        dead = next(o for o in holders().values() if f":{first.process.pid}:" in o)
+        first.kill()
+        killed_at = time.time()
+        dead_expiry = max(x.expires_us for x in store.leases().values() if x.owner == dead) / 1e6
+        survivor = wait_until(
+            lambda: (h := holders()) and set(h) == accounts and len(set(h.values())) == 1 and h,
+            timeout=30,
+            interval=0.05,
+        )
+        handed_at = time.time()
+    finally:
+        first.stop()
+        second.stop()
+
+    assert dead not in survivor.values()
+    # The killed worker renewed at most a keeper period before the kill, so its
+    # leases ran out within the lease time of it; the survivor took them as they
+    # did (on a busy machine, the margin covers a slow round, not a period).
+    assert dead_expiry <= killed_at + ttl
+    assert handed_at - killed_at < ttl + 3.0

@@ -88,3 +88,13 @@ def test_the_session_speaks_only_http_and_https_without_the_environment() -> Non
     with session.kind(LISTING, 3):
         assert session.current_kind() == LISTING
     assert session.current_kind() == OBJECT
+
+
+def test_the_sessions_connection_pools_run_no_idle_watcher_thread() -> None:
+    # urllib3-future gives every pool a thread of its own unless told not to:
+    # one per account's client, a thousand in a worker serving a thousand.
+    session = GuardedSession(TransferLimits())
+    for scheme in ("http", "https"):
+        manager = session.adapters[f"{scheme}://"].poolmanager  # type: ignore[attr-defined]
+        pool = manager.connection_from_url(f"{scheme}://calendar.example/")
+        assert pool._background_monitoring is None
