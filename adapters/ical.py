@@ -95,6 +95,7 @@ _RULE_SCAN = 100_000  # the largest COUNT whose instances are walked to find the
 _VOLATILE = frozenset({"DTSTAMP", "LAST-MODIFIED", "CREATED", "SEQUENCE", "PRODID"})
 _DEFAULTS = frozenset({("TRANSP", "OPAQUE"), ("CLASS", "PUBLIC")})
 _ENUM_PROPS = frozenset({"STATUS", "TRANSP", "CLASS"})
+_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_ascii=False), built once
 _ENUM_PARAMS = frozenset(
     {"CUTYPE", "ENCODING", "FBTYPE", "PARTSTAT", "RANGE", "RELATED", "RELTYPE", "ROLE", "RSVP"}
 )
@@ -738,7 +739,7 @@ def canonical_line(name: str, text: str, params: Iterable[tuple[str, Any]]) -> s
         elif key.upper() == "LANGUAGE":
             param = param.lower()
         lines.append([key.upper(), param])
-    return json.dumps([name, lines, text], ensure_ascii=False)
+    return _JSON.encode([name, lines, text])
 
 
 def content_hash(data: bytes | str) -> str:
@@ -771,5 +772,5 @@ def calendar_hash(calendar: icalendar.Calendar) -> str:
 
 def digest_of(events: Iterable[list[str]]) -> str:
     """Return the content hash of VEVENTs given as their :func:`canonical_line` strings."""
-    canonical = json.dumps(sorted(sorted(lines) for lines in events), ensure_ascii=False)
+    canonical = _JSON.encode(sorted(sorted(lines) for lines in events))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -15,7 +15,10 @@ that do not follow RFC 5545 to the letter, lower-case names, unknown properties
 or components, value types other than the default (``VALUE=DATE``/``DATE-TIME``
 on dates aside), values not written in the form icalendar writes them back, TZIDs
 that are not IANA or Windows names or that mean UTC, and every object the
-reference path rejects, so that errors keep their messages.
+reference path rejects, so that errors keep their messages. VTIMEZONE and VALARM
+blocks, which neither path maps, are only checked for what would make icalendar
+refuse the object; a block seen before (the same VTIMEZONE in every object of a
+calendar) is not checked again.
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ _PARAM = re.compile(rf";([A-Z0-9-]+)=({_PARAM_VALUE})")
 _ESCAPED = re.compile(r"\\([\\,;:nN])")  # icalendar's unescaping of TEXT values
 _DATE = re.compile(r"(\d{4})(\d{2})(\d{2})")
 _DATE_TIME = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})(Z?)")
-_DIGITS = re.compile(r"[0-9]+")
+_DIGITS = re.compile(r"[0-9]{1,9}")  # icalendar refuses integers past 32 bits
 _DURATION = re.compile(r"[+-]?P(?:\d+W|(?:\d+D)?(?:T(?:\d+H)?(?:\d+M)?(?:\d+S)?)?)")
 _UTC_LIKE = re.compile(r"utc|uct|gmt|universal|zulu|greenwich")
 
@@ -315,11 +318,13 @@ def _time(value: str, params: dict[str, str]) -> date | datetime | None:
             return None
         if tzid is not None and (found[7] or not _zone_ok(tzid)):
             return None
-        year, month, day, hour, minute, second = (int(found[i]) for i in range(1, 7))
-        wall = datetime(year, month, day, hour, minute, second)
+        return datetime(
+            *(int(found[1]), int(found[2]), int(found[3])),
+            *(int(found[4]), int(found[5]), int(found[6])),
+            tzinfo=UTC if found[7] else None,
+        )
     except ValueError:
         return None
-    return wall.replace(tzinfo=UTC) if found[7] else wall
 
 
 def _dates(value: str, params: dict[str, str]) -> bool:
@@ -347,13 +352,19 @@ def _round_trip(name: str, value: str) -> str | None:
     """Return the value as icalendar writes it back after reading it, or None when unsure."""
     if "\\" in value:
         return None
-    factory: Any = vRecur if name == "RRULE" else _TYPES.for_property(name, None)
+    factory = vRecur if name == "RRULE" else _factory(name, None)
     try:
         serialised = factory(factory.from_ical(value)).to_ical()
     except Exception:  # noqa: BLE001 - whatever icalendar refuses, its own path reports
         return None
     # calendar_hash decodes what to_ical returns: anything but bytes is not for this path
     return serialised.decode("utf-8") if isinstance(serialised, bytes) else None
+
+
+@lru_cache(maxsize=256)
+def _factory(name: str, kind: str | None) -> Any:
+    """Return icalendar's value type for a property (its lookup is slow; it never changes)."""
+    return _TYPES.for_property(name, kind)
 
 
 def _calendar_property(calendar: _Component, name: str, params_text: str, value: str) -> bool:
@@ -372,7 +383,7 @@ def _accepted(name: str, params_text: str, value: str) -> bool:
         return False
     if name.startswith("X-"):
         return "VALUE" not in params
-    factory: Any = _TYPES.for_property(name, params.get("VALUE"))
+    factory = _factory(name, params.get("VALUE"))
     if factory is vText:
         return True
     if "\\" in value:

@@ -18,6 +18,7 @@ from typing import Any
 from unittest import mock
 from zoneinfo import ZoneInfo
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -92,7 +93,8 @@ GOOD_OPTIONAL = [
     "ATTENDEE;CN=Bob:mailto:bob@example.org", "URL:https://example.org/a?b=c", "PRIORITY:5",
 ]  # fmt: skip
 ODD_OPTIONAL = [
-    "SEQUENCE:+1", "SEQUENCE:x", "LAST-MODIFIED:garbage", "X-FOO;VALUE=DATE:x", "x-lower:1",
+    "SEQUENCE:+1", "SEQUENCE:x", "SEQUENCE:2147483648", "LAST-MODIFIED:garbage",
+    "X-FOO;VALUE=DATE:x", "x-lower:1",
     "RRULE:FREQ=BOGUS",
     "RDATE:", "RDATE;VALUE=PERIOD:20260101T000000Z/PT1H", "PRIORITY:high", "GEO:1.5;2.5",
     "CATEGORIES:a,b", "REQUEST-STATUS:2.0;Success", "SUMMARY:second summary",
@@ -447,6 +449,44 @@ def test_the_fast_path_takes_nearly_all_realistic_objects() -> None:
     assert sum(taken) >= 0.9 * len(objects), f"{sum(taken)} of {len(objects)}"
     for template in (APPLE, GOOGLE, NEXTCLOUD):  # each shape on its own
         assert ical_fast.read(template.format(uid="u", n=1).encode()) is not None
+
+
+def _one_event(*lines: str, head: tuple[str, ...] = ()) -> bytes:
+    body = ["BEGIN:VEVENT", "UID:u", "DTSTAMP:20260101T000000Z", *lines, "END:VEVENT"]
+    return "\r\n".join(
+        ["BEGIN:VCALENDAR", "VERSION:2.0", *head, *body, "END:VCALENDAR", ""]
+    ).encode()
+
+
+UTC_10 = "DTSTART:20260101T100000Z"
+EDGES = [  # (object, whether the fast path takes it)
+    (_one_event("DTSTART;TZID=Europe/Berlin:20260329T023000", "DURATION:PT1H"), True),  # gap
+    (_one_event("DTSTART;TZID=Europe/Berlin:20261025T023000", "DURATION:PT30M"), True),  # fold
+    (_one_event("DTSTART;TZID=Asia/Tokyo:99991231T230000", "DURATION:PT30M"), True),
+    (_one_event("DTSTART;TZID=America/New_York:00010101T000000", "DURATION:PT1H"), True),
+    (_one_event("DTSTART:99991231T230000Z", "DURATION:P1D"), False),
+    (_one_event(UTC_10, "DURATION:P99999999D"), False),
+    (_one_event(UTC_10, "SUMMARY:a\x00b\x0bc\u2028d\u0085e"), True),
+    (_one_event(UTC_10, "DESCRIPTION:" + "x" * 1_000_001), False),
+    (
+        _one_event(
+            "DTSTART:20260101T100000",
+            "X-CALJOURNAL-TIMEZONE:Asia/Tokyo",
+            head=("X-WR-TIMEZONE:Europe/Berlin",),
+        ),
+        True,
+    ),
+    (_one_event(UTC_10, "DTEND;TZID=Asia/Tokyo:20260101T200000"), True),
+    (_one_event(UTC_10, "RECURRENCE-ID;RANGE=thisandfuture:20260101T100000Z"), True),
+    (_one_event(UTC_10, "SEQUENCE:2147483648"), False),
+    (_one_event(UTC_10, "SEQUENCE:999999999"), True),
+    (_one_event("DTSTART;TZID=Atlantic/Reykjavik:20260101T100000"), False),
+]
+
+
+@pytest.mark.parametrize(("data", "taken"), EDGES)
+def test_edge_cases_agree_with_the_reference(data: bytes, taken: bool) -> None:
+    assert check(data) is taken
 
 
 def test_errors_keep_the_reference_messages() -> None:
