@@ -729,7 +729,7 @@ def canonical_line(name: str, text: str, params: Iterable[tuple[str, Any]]) -> s
         text = text.strip().upper()
     if (name, text) in _DEFAULTS:
         return None
-    lines = []
+    pairs = []
     for key, param in sorted(params):
         if key.upper() == "VALUE":
             continue
@@ -738,8 +738,8 @@ def canonical_line(name: str, text: str, params: Iterable[tuple[str, Any]]) -> s
             param = param.upper()
         elif key.upper() == "LANGUAGE":
             param = param.lower()
-        lines.append([key.upper(), param])
-    return _JSON.encode([name, lines, text])
+        pairs.append([key.upper(), param])
+    return _JSON.encode([name, pairs, text])
 
 
 def content_hash(data: bytes | str) -> str:

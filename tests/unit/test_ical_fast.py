@@ -511,3 +511,13 @@ def test_a_repeated_vtimezone_is_checked_once() -> None:
         assert ical_fast.read(data) is not None
         assert ical_fast.read(data.replace(b"Dentist", b"Doctor")) is not None
     assert checked.call_count == 2  # the VTIMEZONE once, the VALARM once (same in both)
+
+
+def test_the_content_hash_is_the_one_stored_before_the_fast_path() -> None:
+    # Hashes are stored and compared across polls: this value was computed by
+    # calendar_hash before the fast path and the shared canonical_line existed.
+    data = GOOGLE.format(uid="g", n=1).encode()
+    stored = "c1bd9e1a4fe744ed66b88f2949ff5dc52d2ea1578eec69719604b6828d69f7c9"
+    assert content_hash(data) == stored
+    fast = ical_fast.read(data)
+    assert fast is not None and fast[1] == stored
