@@ -35,7 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
@@ -95,6 +95,7 @@ _RULE_SCAN = 100_000  # the largest COUNT whose instances are walked to find the
 _VOLATILE = frozenset({"DTSTAMP", "LAST-MODIFIED", "CREATED", "SEQUENCE", "PRODID"})
 _DEFAULTS = frozenset({("TRANSP", "OPAQUE"), ("CLASS", "PUBLIC")})
 _ENUM_PROPS = frozenset({"STATUS", "TRANSP", "CLASS"})
+_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_ascii=False), built once
 _ENUM_PARAMS = frozenset(
     {"CUTYPE", "ENCODING", "FBTYPE", "PARTSTAT", "RANGE", "RELATED", "RELTYPE", "ROLE", "RSVP"}
 )
@@ -715,12 +716,21 @@ def _canonical(name: str, value: Any) -> str | None:
         text = unescape_text(str(value))
     else:
         text = value.to_ical().decode("utf-8") if hasattr(value, "to_ical") else str(value)
+    return canonical_line(name, text, getattr(value, "params", {}).items())
+
+
+def canonical_line(name: str, text: str, params: Iterable[tuple[str, Any]]) -> str | None:
+    """Return a property (upper-case ``name``, serialised ``text``) as a canonical string.
+
+    ``params`` are its (name, value) pairs, a value a string or a list of strings.
+    None when the property carries no content (an RFC default spelled out).
+    """
     if name in _ENUM_PROPS:
         text = text.strip().upper()
     if (name, text) in _DEFAULTS:
         return None
-    params = []
-    for key, param in sorted(getattr(value, "params", {}).items()):
+    pairs = []
+    for key, param in sorted(params):
         if key.upper() == "VALUE":
             continue
         param = ",".join(param) if isinstance(param, list) else str(param)
@@ -728,8 +738,8 @@ def _canonical(name: str, value: Any) -> str | None:
             param = param.upper()
         elif key.upper() == "LANGUAGE":
             param = param.lower()
-        params.append([key.upper(), param])
-    return json.dumps([name, params, text], ensure_ascii=False)
+        pairs.append([key.upper(), param])
+    return _JSON.encode([name, pairs, text])
 
 
 def content_hash(data: bytes | str) -> str:
@@ -756,6 +766,11 @@ def calendar_hash(calendar: icalendar.Calendar) -> str:
                     line = _canonical(name.upper(), value)
                     if line is not None:
                         lines.append(line)
-        events.append(sorted(lines))
-    canonical = json.dumps(sorted(events), ensure_ascii=False)
+        events.append(lines)
+    return digest_of(events)
+
+
+def digest_of(events: Iterable[list[str]]) -> str:
+    """Return the content hash of VEVENTs given as their :func:`canonical_line` strings."""
+    canonical = _JSON.encode(sorted(sorted(lines) for lines in events))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

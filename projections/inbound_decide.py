@@ -16,6 +16,7 @@ from enum import StrEnum
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from caljournal.adapters import ical_fast
 from caljournal.adapters.ical import ICalendarError, calendar_hash
 from caljournal.adapters.ical_parse import RemoteEvent, decode, events_of, parse_calendar
 from caljournal.adapters.syncstate import CopyRecord
@@ -144,12 +145,21 @@ def parse_object(data: bytes) -> Parsed:
     """
     if len(data) > MAX_OBJECT_BYTES:
         return Parsed(reason="object larger than 5 MB")
+    fast = ical_fast.read(data)
+    if fast is not None:  # the common shape, read without icalendar's generic parser
+        events, digest = fast
+        return _with_fields(events, lambda: digest)
     try:
         text = decode(data)
         calendar = parse_calendar(text)
         events = tuple(events_of(calendar, text))
     except ICalendarError as exc:
         return Parsed(reason=(getattr(exc, "message", None) or str(exc))[:500])
+    return _with_fields(events, lambda: calendar_hash(calendar))
+
+
+def _with_fields(events: tuple[RemoteEvent, ...], digest: Callable[[], str]) -> Parsed:
+    """Return the parse of an object whose events were read: its fields and ``digest()``."""
     try:
         fields = remote_fields(events)
         fields.check()
@@ -158,7 +168,7 @@ def parse_object(data: bytes) -> Parsed:
         return Parsed(events, reason=reason[:500])
     except OverflowError:  # a date near year 1 or 9999 moved into its zone
         return Parsed(events, reason="a time lies too close to year 1 or 9999")
-    return Parsed(events, fields, calendar_hash(calendar))
+    return Parsed(events, fields, digest())
 
 
 def decide(

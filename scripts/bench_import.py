@@ -302,7 +302,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Run every measurement; return the results."""
     results: dict[str, Any] = {"events": args.events, "servers": {}, "memory": {}}
     backends = args.backends.split(",")
-    for server in args.servers.split(","):
+    for server in filter(None, args.servers.split(",")):  # "" measures the journal side only
         with SERVERS[server](tmp, args.events) as (url, auth):
             figures: dict[str, Any] = {}
             cheapest_fetch(url, auth)  # warm the server's caches (Radicale builds its own)
