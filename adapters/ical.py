@@ -715,7 +715,9 @@ def _canonical(name: str, value: Any) -> str | None:
     elif name in OWN_X:
         text = unescape_text(str(value))
     else:
-        text = value.to_ical().decode("utf-8") if hasattr(value, "to_ical") else str(value)
+        written = value.to_ical() if hasattr(value, "to_ical") else str(value)
+        # Most property types write bytes; a few (GEO) write str.
+        text = written.decode("utf-8") if isinstance(written, bytes) else str(written)
     return canonical_line(name, text, getattr(value, "params", {}).items())
 
 

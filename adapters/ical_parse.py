@@ -40,6 +40,8 @@ _NEWLINE = re.compile(r"\r?\n")
 _BLOCK = re.compile(r"(?:\A|\n\n)Customer: (?P<body>[^\n]*)\Z")
 _BLOCK_BODY = re.compile(r"(?P<name>.*?)\s*<(?P<email>[^<>\s]*)>")
 _CHECKED = ("DTSTART", "DTEND", "DURATION", "RECURRENCE-ID", "SEQUENCE", "RRULE", "RDATE", "EXDATE")
+#: Properties a VEVENT may hold once (RFC 5545 §3.6.1) that caljournal reads.
+_SINGLE = ("DTSTART", "DTEND", "DURATION", "RECURRENCE-ID", "SEQUENCE")
 _RAW = ("RRULE", "RDATE", "EXDATE", "DURATION", "RECURRENCE-ID")
 _DURATION = re.compile(
     r"P(?:(?P<w>\d+)W)?(?:(?P<d>\d+)D)?"
@@ -335,6 +337,9 @@ def _event(
     broken = [(name, why) for name, why in event.errors if name in _CHECKED]
     if broken:
         raise ICalendarError(f"event {uid!r}: unreadable {broken[0][0]}: {broken[0][1]}")
+    repeated = [name for name in _SINGLE if isinstance(event.get(name), list)]
+    if repeated:
+        raise ICalendarError(f"event {uid!r} has more than one {repeated[0]}")
     start, end, zone = _period(event, uid, vtimezones, hint, raw["DURATION"])
     recurrence_id = None
     if "RECURRENCE-ID" in event:

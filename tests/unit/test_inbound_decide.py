@@ -15,6 +15,7 @@ from caljournal.adapters.syncstate import CopyRecord, PendingPush
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause, Origin
 from caljournal.projections.inbound import decide, remote_fields
+from caljournal.projections.inbound_decide import parse_object
 from caljournal.projections.push import plan, render
 
 CAUSE = Cause(Origin.API, "token:acme/default", "req")
@@ -259,3 +260,60 @@ def test_remote_text_is_read_in_the_canonical_form_of_the_api() -> None:
     assert decision.kind == "apply"
     assert decision.fields is not None
     assert a.apply_calendar_change(remote=decision.fields, cause=CALENDAR) == []
+
+
+def _object(*lines: str) -> bytes:
+    body = "\r\n".join(
+        [
+            "BEGIN:VCALENDAR",
+            "VERSION:2.0",
+            "PRODID:-//test//EN",
+            "BEGIN:VEVENT",
+            "UID:odd-1",
+            "DTSTAMP:20260101T000000Z",
+            *lines,
+            "END:VEVENT",
+            "END:VCALENDAR",
+            "",
+        ]
+    )
+    return body.encode()
+
+
+@pytest.mark.parametrize(
+    ("lines", "reason"),
+    [
+        (
+            ["DTSTART:20260301T100000Z", "DTEND:20260301T110000Z", "SEQUENCE:1", "SEQUENCE:2"],
+            "more than one SEQUENCE",
+        ),
+        (
+            ["DTSTART:20260301T100000Z", "DTSTART:20260302T100000Z", "DTEND:20260303T110000Z"],
+            "more than one DTSTART",
+        ),
+        (
+            ["DTSTART:20260301T100000Z", "DTEND:20260301T110000Z", "DTEND:20260301T120000Z"],
+            "more than one DTEND",
+        ),
+        (
+            ["DTSTART:20260301T100000Z", "DURATION:PT1H", "DURATION:PT2H"],
+            "more than one DURATION",
+        ),
+    ],
+)
+def test_a_property_given_twice_is_a_reason_not_a_crash(lines: list[str], reason: str) -> None:
+    parsed = parse_object(_object(*lines))
+    assert parsed.fields is None
+    assert parsed.reason is not None and reason in parsed.reason
+
+
+def test_an_event_with_a_geo_position_is_read_and_hashed() -> None:
+    parsed = parse_object(
+        _object("DTSTART:20260301T100000Z", "DTEND:20260301T110000Z", "GEO:37.386013;-122.082932")
+    )
+    assert parsed.reason is None and parsed.fields is not None
+    moved = parse_object(
+        _object("DTSTART:20260301T100000Z", "DTEND:20260301T110000Z", "GEO:48.1;11.5")
+    )
+    assert parsed.digest is not None and moved.digest is not None
+    assert parsed.digest != moved.digest  # the position is content
