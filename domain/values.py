@@ -56,6 +56,9 @@ BOOKABLE_UNTIL = datetime(2200, 1, 1, tzinfo=UTC)
 # (offsets up to a day) never overflows.
 JOURNAL_FROM = datetime(2, 1, 1, tzinfo=UTC)
 JOURNAL_UNTIL = datetime(9998, 12, 31, tzinfo=UTC)
+# The bounds as naive UTC wall times, for check_time.
+_BOOKABLE = (BOOKABLE_FROM.replace(tzinfo=None), BOOKABLE_UNTIL.replace(tzinfo=None))
+_JOURNAL = (JOURNAL_FROM.replace(tzinfo=None), JOURNAL_UNTIL.replace(tzinfo=None))
 
 REGION_AREAS = (
     "Africa",
@@ -177,7 +180,7 @@ def check_time(name: str, value: Any, *, bookable: bool = False) -> None:
 
     :raises InvalidAppointmentError: naming the field.
     """
-    low, high = (BOOKABLE_FROM, BOOKABLE_UNTIL) if bookable else (JOURNAL_FROM, JOURNAL_UNTIL)
+    low, high = _BOOKABLE if bookable else _JOURNAL
     if not isinstance(value, datetime):
         raise InvalidAppointmentError(f"{name} must be a datetime", field=name)
     offset = value.utcoffset()
@@ -187,7 +190,7 @@ def check_time(name: str, value: Any, *, bookable: bool = False) -> None:
         )
     # Compared as wall times: turning a time near year 1 or 9999 into UTC overflows.
     wall = value.replace(tzinfo=None)
-    if not low.replace(tzinfo=None) + offset <= wall <= high.replace(tzinfo=None) + offset:
+    if not low + offset <= wall <= high + offset:
         raise InvalidAppointmentError(
             f"{name} must lie between {low.date()} and {high.date()} (UTC)", field=name
         )
