@@ -13,9 +13,11 @@ import json
 import threading
 import uuid
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from eventsourcing.cipher import AESCipher
 
 from caljournal.adapters.readmodel import (
     ACCOUNTS,
@@ -25,9 +27,10 @@ from caljournal.adapters.readmodel import (
     rows_for,
     with_positions,
 )
-from caljournal.bootstrap import Container
+from caljournal.bootstrap import Container, bootstrap
 from caljournal.domain.appointment import ERASED_TEXT, Appointment
 from caljournal.maintenance import TOPICS, rebuild_read_models
+from caljournal.settings import load_settings
 from tests.support.history import API, OPERATOR, write_history
 
 TABLES = (APPOINTMENTS, ACCOUNTS, TOKENS, LINKS)
@@ -94,6 +97,29 @@ def test_the_rebuilt_tables_equal_the_plain_rebuild_and_the_live_ones(
     assert tables(container) == plain
     assert read == container.journal.journal_recorder.max_notification_id()
     assert seconds >= 0
+
+
+def test_a_journal_encrypted_with_the_cipher_key_is_rebuilt_the_same(
+    database_url: str, tmp_path: Path
+) -> None:
+    settings = load_settings(
+        database_url=database_url,
+        secret_key_file=tmp_path / "caljournal.key",
+        journal_cipher_key=AESCipher.create_key(32),
+    )
+    built = bootstrap(settings)
+    try:
+        assert built.journal.mapper.cipher is not None
+        history = write_history(built, accounts=2, appointments=40, events_each=4, seed=5)
+        assert history.erased
+        reference_rebuild(built)
+        plain = tables(built)
+
+        rebuild_read_models(built.journal, page=13)
+
+        assert tables(built) == plain
+    finally:
+        built.close()
 
 
 def test_an_erased_appointment_is_rebuilt_erased_and_its_series_too(
