@@ -167,7 +167,8 @@ class PersonalDataMapper(Mapper[UUID]):
         sealed = state.pop(SEALED_FIELD, None)
         if sealed is None:
             return event
-        appointment_id = UUID(str(stored_event.originator_id))
+        stored_id = stored_event.originator_id
+        appointment_id = stored_id if isinstance(stored_id, UUID) else UUID(str(stored_id))
         key = self.keys.for_read(appointment_id, memo) if self.keys else None
         if key is None:
             values = {p: erased_value(field_of(p), "") for p in sealed["paths"]}

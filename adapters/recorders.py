@@ -343,6 +343,42 @@ class ReadModelQueries(ChainCheckQueries, ResyncQueries):
         """Write rows outside an event transaction (used when rebuilding)."""
         self._execute(upsert_statement(r, self.qualify, self.placeholder) for r in rows)
 
+    def write_rows(self, rows: Iterable[Row]) -> None:
+        """Write rows outside an event transaction, in one transaction (used when rebuilding).
+
+        One ``executemany`` per statement: rows that share a statement (same
+        table and columns) are written in their order; the order between
+        statements is not kept, so give each key once.
+        """
+        grouped: dict[str, list[list[Any]]] = {}
+        for row in rows:
+            sql, params = upsert_statement(row, self.qualify, self.placeholder)
+            grouped.setdefault(sql, []).append(params)
+        self._execute_many(grouped.items())
+
+    def _execute_many(self, statements: Iterable[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        raise NotImplementedError
+
+    def select_histories(
+        self, after: tuple[Any, int] | None, limit: int
+    ) -> list[tuple[Any, int, str, bytes, int]]:
+        """Return up to ``limit`` stored events in aggregate order (originator id, then version).
+
+        Each is (originator id as stored, version, topic, state, journal
+        position); ``after`` is the (stored originator id, version) of the last
+        event of the previous page. Each page is one range of the events
+        table's primary key, so every aggregate's history comes whole and in order.
+        """
+        p = self.placeholder
+        where = f" WHERE (originator_id, originator_version) > ({p}, {p})" if after else ""
+        sql = (
+            f"SELECT originator_id, originator_version, topic, state, {self.position_column} "
+            f"FROM {self.events_table}{where} "
+            f"ORDER BY originator_id, originator_version LIMIT {p}"
+        )
+        rows = self._fetch_tuples(sql, [*(after or ()), limit])
+        return [(r[0], int(r[1]), r[2], bytes(r[3]), int(r[4])) for r in rows]
+
     def clear_read_model(self) -> None:
         """Delete every query-table row (before a rebuild)."""
         self._execute(
@@ -466,6 +502,11 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
         with self.datastore.transaction(commit=True) as c:
             c.execute(sql, list(params))
             return int(c.sqlite_cursor.rowcount)
+
+    def _execute_many(self, statements: Iterable[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            for sql, params in statements:
+                c.executemany(sql, [list(p) for p in params])
 
 
 class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
@@ -608,6 +649,11 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         with self.datastore.transaction(commit=True) as curs:
             curs.execute(sql.encode(), list(params))
             return int(curs.rowcount)
+
+    def _execute_many(self, statements: Iterable[tuple[str, Sequence[Sequence[Any]]]]) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            for sql, params in statements:
+                curs.executemany(sql.encode(), [list(p) for p in params])
 
 
 def chained_insert(qualify: str) -> bytes:
