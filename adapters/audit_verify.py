@@ -52,7 +52,7 @@ from caljournal.adapters.audit_report import (
     Problem,
     VerifyReport,
 )
-from caljournal.adapters.recorders import JournalRecorder, PostgresJournalRecorder
+from caljournal.adapters.recorders import JournalRecorder, SQLiteJournalRecorder
 
 PAGE = 5000
 T = TypeVar("T")
@@ -87,7 +87,7 @@ def _later(pool: ThreadPoolExecutor | None, call: Callable[[], T]) -> Callable[[
 
 def _pool(recorder: JournalRecorder) -> ThreadPoolExecutor | None:
     return (
-        ThreadPoolExecutor(max_workers=1) if isinstance(recorder, PostgresJournalRecorder) else None
+        None if isinstance(recorder, SQLiteJournalRecorder) else ThreadPoolExecutor(max_workers=1)
     )
 
 

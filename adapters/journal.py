@@ -13,7 +13,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
@@ -29,7 +29,6 @@ from caljournal.adapters.readmodel import (
 )
 from caljournal.adapters.recorders import (
     JournalRecorder,
-    PostgresJournalRecorder,
     ReadModelQueries,
     SQLiteJournalRecorder,
     latest_positions,
@@ -39,6 +38,11 @@ from caljournal.settings import Settings, database_config
 
 if TYPE_CHECKING:
     import psycopg
+
+    from caljournal.adapters.recorders_pg import PostgresJournalRecorder
+
+#: The PostgreSQL recorder by topic: its module (and psycopg) loads only when used.
+POSTGRES_RECORDER_TOPIC = "caljournal.adapters.recorders_pg:PostgresJournalRecorder"
 
 APPLICATION_NAME = "caljournal"
 CALENDAR_CHOSEN = "caljournal:CalendarLink.CalendarChosen"
@@ -116,6 +120,8 @@ class Journal(Application[UUID]):
         """Return a LISTEN connection for new events (PostgreSQL), or None (SQLite)."""
         if self._env.get("PERSISTENCE_MODULE") != "eventsourcing.postgres":
             return None
+        from caljournal.adapters.recorders_pg import PostgresJournalRecorder
+
         recorder = self.recorder
         assert isinstance(recorder, PostgresJournalRecorder)
         return PostgresListener(self._env, recorder.channel_name)
@@ -180,8 +186,8 @@ class Journal(Application[UUID]):
     def journal_recorder(self) -> SQLiteJournalRecorder | PostgresJournalRecorder:
         """Return the recorder, with its query-table methods."""
         recorder = self.recorder
-        assert isinstance(recorder, SQLiteJournalRecorder | PostgresJournalRecorder)
-        return recorder
+        assert isinstance(recorder, ReadModelQueries)
+        return cast("SQLiteJournalRecorder | PostgresJournalRecorder", recorder)
 
 
 def _aggregate(obj: object) -> bool:
@@ -216,7 +222,7 @@ def journal_env(settings: Settings) -> dict[str, str]:
         schema = env["POSTGRES_SCHEMA"]
         if not _SCHEMA.match(schema):
             raise ValueError(f"schema {schema!r} must be a lower-case SQL identifier")
-        env["APPLICATION_RECORDER_TOPIC"] = get_topic(PostgresJournalRecorder)
+        env["APPLICATION_RECORDER_TOPIC"] = POSTGRES_RECORDER_TOPIC
         env["POSTGRES_POOL_SIZE"] = str(settings.database_pool_size)
         env["POSTGRES_MAX_OVERFLOW"] = str(settings.database_pool_size)
         env["POSTGRES_LOCK_TIMEOUT"] = str(settings.database_lock_timeout)
@@ -305,7 +311,6 @@ __all__ = [
     "Journal",
     "JournalRecorder",
     "JournalUnavailableError",
-    "PostgresJournalRecorder",
     "PostgresListener",
     "ReadModelQueries",
     "SQLiteJournalRecorder",

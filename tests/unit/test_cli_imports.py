@@ -49,6 +49,8 @@ JOURNAL_SIDE = {
     "Crypto",
     "orjson",
 }
+# What a command on an SQLite journal never needs.
+POSTGRES_SIDE = {"psycopg", "psycopg_pool"}
 OPERATOR = Cause(Origin.OPERATOR, "operator:test", "test-cli-imports")
 _LINE = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)$")
 
@@ -151,6 +153,9 @@ def test_reading_commands_load_no_server_library(journal: Path, args: tuple[str,
 
     assert result.returncode == 0, result.stderr[-2000:]
     assert packages(modules) & SERVER_SIDE == set()
+    # The journal is SQLite: neither PostgreSQL's driver nor its recorder loads.
+    assert packages(modules) & POSTGRES_SIDE == set()
+    assert "eventsourcing.postgres" not in modules
 
 
 def test_one_accounts_status_is_read_without_the_calendar_server(journal: Path) -> None:
@@ -221,3 +226,13 @@ def test_racing_threads_get_one_instance_of_each_service(journal: Path) -> None:
         assert container.sync.links is container.links
     finally:
         container.close()
+
+
+def test_the_postgresql_recorder_is_named_by_its_topic() -> None:
+    from eventsourcing.utils import get_topic, resolve_topic
+
+    from caljournal.adapters.journal import POSTGRES_RECORDER_TOPIC
+    from caljournal.adapters.recorders_pg import PostgresJournalRecorder
+
+    assert resolve_topic(POSTGRES_RECORDER_TOPIC) is PostgresJournalRecorder
+    assert get_topic(PostgresJournalRecorder) == POSTGRES_RECORDER_TOPIC
