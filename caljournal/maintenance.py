@@ -12,7 +12,8 @@ load does for one appointment, so an erased appointment (key gone) reads
 exactly as a normal load shows it. The journal keeps no snapshots.
 
 Memory stays bounded whatever the journal's size: the page being decoded, the
-pages read ahead (``AHEAD``), one aggregate and one batch of rows.
+pages read ahead (``AHEAD``), one aggregate, and two batches of rows (one being
+built, one being written by a second thread).
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def rebuild_read_models(
     credentials, poll positions) is not derived from the journal alone and is kept.
     With ``cause``, the rebuild is recorded on every account (``ReadModelsRebuilt``)
     so that it shows in each account's change log. ``progress`` is called after
-    every page with (events read, events in the journal when the rebuild began).
+    every page with (events read, events expected): the journal's size when the
+    rebuild began, or the events read once more were recorded meanwhile.
 
     Writers may go on meanwhile: the tables are cleared first, so every event
     recorded after that writes its aggregate's row itself, with its full state at
