@@ -50,6 +50,17 @@ OVERRIDE_TEXTS = ("title", "location", "description")
 ERASED_TEXT = "[erased]"
 
 
+def erased_overrides(recurrence: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Return ``recurrence`` with the texts of its changed instances erased."""
+    if not recurrence or not recurrence.get("overrides"):
+        return recurrence
+    overrides = [
+        {k: erased_value(k, v) if k in OVERRIDE_TEXTS else v for k, v in item.items()}
+        for item in recurrence["overrides"]
+    ]
+    return {**recurrence, "overrides": overrides}
+
+
 def erased_value(name: str, value: str | None) -> str | None:
     """Return what personal field ``name`` shows once erased (None stays None)."""
     if value is None or name == "customer_email":
@@ -324,13 +335,7 @@ class Appointment(Aggregate):
         """
         for name in PERSONAL_FIELDS:
             setattr(self, name, erased_value(name, getattr(self, name)))
-        recurrence = self.recurrence
-        if recurrence and recurrence.get("overrides"):
-            overrides = [
-                {k: erased_value(k, v) if k in OVERRIDE_TEXTS else v for k, v in item.items()}
-                for item in recurrence["overrides"]
-            ]
-            self.recurrence = {**recurrence, "overrides": overrides}
+        self.recurrence = erased_overrides(self.recurrence)
         self.erased_on = erasure.timestamp
         self.erasure_reason = erasure.reason
 
@@ -397,13 +402,15 @@ class Appointment(Aggregate):
                 **cause.fields(),
             )
             recorded.append("Moved")
-        # An erased appointment keeps its personal fields erased whatever the calendar says.
+        # An erased appointment keeps its personal fields erased whatever the calendar
+        # says, the texts of its changed instances included.
         changes = {} if self.erased else self._changed_details(remote)
         if changes:
             self._details_changed(changes=changes, **cause.fields())
             recorded.append("DetailsChanged")
-        if remote.recurrence != self.recurrence:
-            self._recurrence_changed(recurrence=remote.recurrence, **cause.fields())
+        recurrence = erased_overrides(remote.recurrence) if self.erased else remote.recurrence
+        if recurrence != self.recurrence:
+            self._recurrence_changed(recurrence=recurrence, **cause.fields())
             recorded.append("RecurrenceChanged")
         return recorded
 
@@ -431,8 +438,9 @@ class Appointment(Aggregate):
             raise InvalidAppointmentError("the calendar object is cancelled itself", field="status")
         kind_changed = self._kind_changed(remote)
         changes: dict[str, Any] = {} if self.erased else self._changed_details(remote)
-        if remote.recurrence != self.recurrence:
-            changes["recurrence"] = remote.recurrence
+        recurrence = erased_overrides(remote.recurrence) if self.erased else remote.recurrence
+        if recurrence != self.recurrence:
+            changes["recurrence"] = recurrence
         self._reinstated_from_calendar(
             start=remote.start,
             end=remote.end,

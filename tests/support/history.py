@@ -104,10 +104,8 @@ def change(
 
     Then erase it, or cancel it, with the chances ``rates``.
     """
-    # Not once erased: a calendar change of an erased series keeps its instances'
-    # texts in the aggregate, while the journal holds them erased (the live row
-    # and a load differ there).
-    if appointment.recurrence and wave % 2 == 0 and not appointment.erased:
+    # Erased series too: their changed instances' texts stay erased.
+    if appointment.recurrence and wave % 2 == 0:
         recurrence = dict(appointment.recurrence)
         overrides = [dict(o) for o in recurrence["overrides"]]
         overrides[0]["title"] = f"{appointment.title} (moved, wave {wave})"
@@ -122,7 +120,7 @@ def change(
             recurrence=recurrence,
         )
         appointment.apply_calendar_change(remote=remote, cause=CALDAV)
-    elif wave % 2 or appointment.erased:
+    elif wave % 2 or appointment.erased:  # an erased one's title cannot change
         shift = timedelta(minutes=15 * (1 + rng.randrange(4)))
         appointment.move(start=appointment.start + shift, end=appointment.end + shift, cause=API)
     else:

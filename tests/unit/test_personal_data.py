@@ -154,3 +154,61 @@ def test_sealed_fields_open_only_for_their_own_appointment() -> None:
     assert open_fields(key, mine, sealed) == b'{"title": "x"}'
     with pytest.raises(ValueError, match="does not open"):
         open_fields(key, other, sealed)
+
+
+def _series(override_title: str, location: str) -> RemoteFields:
+    """Return the fields of a weekly series whose second instance was changed."""
+    from caljournal.projections.inbound_decide import parse_object
+
+    text = "\r\n".join(
+        [
+            "BEGIN:VCALENDAR",
+            "VERSION:2.0",
+            "PRODID:-//test//EN",
+            "BEGIN:VEVENT",
+            "UID:series-1",
+            "DTSTAMP:20260101T000000Z",
+            "DTSTART;TZID=Europe/Berlin:20260403T100000",
+            "DTEND;TZID=Europe/Berlin:20260403T110000",
+            "RRULE:FREQ=WEEKLY;COUNT=5",
+            "SUMMARY:Physio",
+            "END:VEVENT",
+            "BEGIN:VEVENT",
+            "UID:series-1",
+            "DTSTAMP:20260101T000000Z",
+            "RECURRENCE-ID;TZID=Europe/Berlin:20260410T100000",
+            "DTSTART;TZID=Europe/Berlin:20260410T120000",
+            "DTEND;TZID=Europe/Berlin:20260410T130000",
+            f"SUMMARY:{override_title}",
+            f"LOCATION:{location}",
+            "END:VEVENT",
+            "END:VCALENDAR",
+            "",
+        ]
+    )
+    parsed = parse_object(text.encode())
+    assert parsed.fields is not None, parsed.reason
+    return parsed.fields
+
+
+def test_an_erased_series_keeps_its_changed_instances_texts_erased() -> None:
+    series = Appointment.import_from_calendar(
+        appointment_id=uuid.uuid4(),
+        account_id=uuid.uuid4(),
+        remote=_series("Physio with Dr Okafor", "Room 3"),
+        cause=CAUSE,
+    )
+    series.erase(reason="asked", cause=CAUSE)
+    [override] = series.recurrence["overrides"]
+    assert (override["title"], override["location"]) == ("[erased]", "[erased]")
+
+    # The calendar still holds (or newly writes) texts for the changed instance.
+    changed = _series("Physio with Dr Okafor, moved", "Room 4")
+    recorded = series.apply_calendar_change(remote=changed, cause=CAUSE)
+
+    [override] = series.recurrence["overrides"]
+    assert (override["title"], override["location"]) == ("[erased]", "[erased]")
+    assert "Okafor" not in str(series.state())
+    # The erased texts equal what is held already: nothing is recorded for them.
+    assert "RecurrenceChanged" not in recorded
+    assert series.apply_calendar_change(remote=changed, cause=CAUSE) == []
