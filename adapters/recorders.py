@@ -15,7 +15,6 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
 
 from caljournal.adapters.audit_chain import (
     CHAIN,
@@ -418,6 +417,16 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
         that read and then wants to write while another writes is refused, to
         avoid a deadlock). Both steps are idempotent: they are tried again.
         """
+        try:
+            self._create_and_migrate()
+            return
+        except Exception as exc:
+            if not _locked(exc):
+                raise
+        # Loaded only now: tenacity (and the asyncio it loads) costs a command
+        # that merely reads about 10 ms of start-up.
+        from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
+
         for attempt in Retrying(
             retry=retry_if_exception(_locked),
             wait=wait_random(0.05, 0.5),
@@ -425,9 +434,12 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
             reraise=True,
         ):
             with attempt:
-                super().create_table()
-                with self.datastore.get_connection(commit=True) as conn, conn.cursor() as curs:
-                    migrate(curs, self.schema_target)
+                self._create_and_migrate()
+
+    def _create_and_migrate(self) -> None:
+        super().create_table()
+        with self.datastore.get_connection(commit=True) as conn, conn.cursor() as curs:
+            migrate(curs, self.schema_target)
 
     @property
     def schema_target(self) -> Target:
