@@ -27,7 +27,7 @@ figures.
 Then where ``status ACCOUNT`` spends its time: the same steps in a child
 process, each timed on its own (typer and rich, the command modules, building
 the commands, the pydantic typer loads to convert arguments, the settings,
-eventsourcing, eventsourcing's PostgreSQL recorder with psycopg, the domain,
+eventsourcing, the domain,
 the rest of the journal, the status modules, opening the journal, the reads),
 the least of ``--runs`` runs for each.
 
@@ -181,9 +181,6 @@ def child_phases() -> None:
     import eventsourcing.sqlite  # noqa: F401
 
     mark("eventsourcing")
-    import eventsourcing.postgres  # noqa: F401
-
-    mark("eventsourcing.postgres and psycopg (loaded by the recorders)")
     import caljournal.domain.account
     import caljournal.domain.appointment
     import caljournal.domain.link
