@@ -31,13 +31,12 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-import psycopg
 from rich.console import Console
 from rich.table import Table
 
@@ -50,7 +49,6 @@ from caljournal.domain.cause import Cause, Origin  # noqa: E402
 from caljournal.scripts.audit_cli import write_csv, write_json  # noqa: E402
 from caljournal.settings import load_settings  # noqa: E402
 
-PG_URL = os.environ.get("CALJOURNAL_BENCH_PG_URL", "postgresql://root@127.0.0.1:5432/test")
 BERLIN = ZoneInfo("Europe/Berlin")
 OPERATOR = Cause(Origin.OPERATOR, "bench", "bench")
 MODES = ("notifications", "decode", "json", "csv")
@@ -188,21 +186,10 @@ def measure(url: str, key: Path, account: str, mode: str, expected: int) -> dict
 def run_backend(
     backend: str, events: int, per_appointment: int, work: Path
 ) -> list[dict[str, Any]]:
-    cleanup: Callable[[], None] = lambda: None  # noqa: E731
-    if backend == "sqlite":
-        url = f"sqlite:///{work / 'audit-bench.sqlite'}"
-    else:
-        schema = f"bench_audit_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
-            admin.execute(f'CREATE SCHEMA "{schema}"')
+    from caljournal.scripts.bench_db import scratch_journal_url
 
-        def cleanup() -> None:
-            with psycopg.connect(PG_URL, autocommit=True) as admin:
-                admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-        url = f"{PG_URL}?schema={schema}"
     key = work / f"{backend}.key"
-    try:
+    with scratch_journal_url(backend, work, "bench_audit") as url:
         container = open_container(url, key)
         try:
             account, seconds = write_events(container, events, per_appointment)
@@ -218,8 +205,6 @@ def run_backend(
             result.update(backend=backend, events=total)
             results.append(result)
         return results
-    finally:
-        cleanup()
 
 
 def main() -> None:

@@ -36,13 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-import psycopg
 from rich.console import Console
 from rich.table import Table
 
@@ -57,7 +54,6 @@ sys.path.insert(0, CODE)
 from caljournal.bootstrap import Container, bootstrap  # noqa: E402
 from caljournal.settings import load_settings  # noqa: E402
 
-PG_URL = os.environ.get("CALJOURNAL_BENCH_PG_URL", "postgresql://root@127.0.0.1:5432/test")
 MODES = ("notifications", "decode", "histories", "rebuild")
 EVENTS_EACH = 10
 ACCOUNTS = 5
@@ -158,21 +154,10 @@ def measure(url: str, key: Path, mode: str, code: str | None) -> dict[str, Any]:
 def run_backend(
     backend: str, events: int, work: Path, baseline: str | None, repeat: int
 ) -> list[dict[str, Any]]:
-    cleanup: Callable[[], None] = lambda: None  # noqa: E731
-    if backend == "sqlite":
-        url = f"sqlite:///{work / 'rebuild-bench.sqlite'}"
-    else:
-        schema = f"bench_rebuild_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(PG_URL, autocommit=True) as admin:
-            admin.execute(f'CREATE SCHEMA "{schema}"')
+    from caljournal.scripts.bench_db import scratch_journal_url
 
-        def cleanup() -> None:
-            with psycopg.connect(PG_URL, autocommit=True) as admin:
-                admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
-
-        url = f"{PG_URL}?schema={schema}"
     key = work / f"{backend}.key"
-    try:
+    with scratch_journal_url(backend, work, "bench_rebuild") as url:
         container = open_container(url, key)
         try:
             seconds = write_journal(container, events)
@@ -196,8 +181,6 @@ def run_backend(
         for result in results:
             result["ratio_to_notifications"] = round(result["events_per_s"] / base, 3)
         return results
-    finally:
-        cleanup()
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from caljournal.adapters.ical import (
     vtimezone,
 )
 from caljournal.projections.inbound_decide import Parsed, parse_object
+from tests.support.samples import APPLE_BERLIN_VTIMEZONE
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import bench_import  # noqa: E402
@@ -332,28 +333,14 @@ def _view(index: int) -> AppointmentView:
     )
 
 
-APPLE = """BEGIN:VCALENDAR
+APPLE = (
+    """BEGIN:VCALENDAR
 VERSION:2.0
 PRODID:-//Apple Inc.//macOS 14.0//EN
 CALSCALE:GREGORIAN
-BEGIN:VTIMEZONE
-TZID:Europe/Berlin
-BEGIN:DAYLIGHT
-TZOFFSETFROM:+0100
-RRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU
-DTSTART:19810329T020000
-TZNAME:CEST
-TZOFFSETTO:+0200
-END:DAYLIGHT
-BEGIN:STANDARD
-TZOFFSETFROM:+0200
-RRULE:FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU
-DTSTART:19961027T030000
-TZNAME:CET
-TZOFFSETTO:+0100
-END:STANDARD
-END:VTIMEZONE
-BEGIN:VEVENT
+"""
+    + APPLE_BERLIN_VTIMEZONE
+    + """BEGIN:VEVENT
 CREATED:20260101T100000Z
 UID:{uid}
 DTEND;TZID=Europe/Berlin:20260310T110000
@@ -375,6 +362,7 @@ END:VALARM
 END:VEVENT
 END:VCALENDAR
 """
+)
 
 GOOGLE = """BEGIN:VCALENDAR
 PRODID:-//Google Inc//Google Calendar 70.9054//EN

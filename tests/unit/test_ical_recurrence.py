@@ -26,6 +26,7 @@ from caljournal.adapters.ical import (
     vtimezone,
 )
 from caljournal.adapters.ical_expand import Occurrence, expand
+from tests.support.samples import APPLE_BERLIN_VTIMEZONE
 
 APPOINTMENT_ID = "0b6f3c1e-9d2a-4c59-8f1e-2f5b8a7c1d00"
 DTSTAMP = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -409,28 +410,14 @@ def test_uid_with_a_line_break_and_all_day_floating_mix_are_rejected() -> None:
 
 # -- remote samples ---------------------------------------------------------------------------
 
-APPLE = """BEGIN:VCALENDAR
+APPLE = (
+    """BEGIN:VCALENDAR
 VERSION:2.0
 PRODID:-//Apple Inc.//macOS 15.3//EN
 CALSCALE:GREGORIAN
-BEGIN:VTIMEZONE
-TZID:Europe/Berlin
-BEGIN:DAYLIGHT
-TZOFFSETFROM:+0100
-RRULE:FREQ=YEARLY;BYMONTH=3;BYDAY=-1SU
-DTSTART:19810329T020000
-TZNAME:CEST
-TZOFFSETTO:+0200
-END:DAYLIGHT
-BEGIN:STANDARD
-TZOFFSETFROM:+0200
-RRULE:FREQ=YEARLY;BYMONTH=10;BYDAY=-1SU
-DTSTART:19961027T030000
-TZNAME:CET
-TZOFFSETTO:+0100
-END:STANDARD
-END:VTIMEZONE
-BEGIN:VEVENT
+"""
+    + APPLE_BERLIN_VTIMEZONE
+    + """BEGIN:VEVENT
 CREATED:20260301T101500Z
 UID:6BE2C2D8-3F5A-4C1E-9A57-1D2E3F405162
 RRULE:FREQ=WEEKLY;UNTIL=20260424T075959Z
@@ -464,7 +451,8 @@ RECURRENCE-ID;TZID=Europe/Berlin:20260403T100000
 LOCATION:Praxis am Markt
 END:VEVENT
 END:VCALENDAR
-""".replace("\n", "\r\n")
+"""
+).replace("\n", "\r\n")
 
 GOOGLE = """BEGIN:VCALENDAR
 PRODID:-//Google Inc//Google Calendar 70.9054//EN
