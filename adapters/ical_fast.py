@@ -36,7 +36,9 @@ from icalendar.timezone.tzid import is_utc
 
 from caljournal.adapters.ical import _VOLATILE, canonical_line, digest_of
 from caljournal.adapters.ical_parse import (
+    _NEWLINE,
     _RAW,
+    _UNFOLD,
     OWN_X,
     ICalendarError,
     RemoteEvent,
@@ -47,9 +49,7 @@ from caljournal.adapters.ical_parse import (
     unescape_text,
 )
 
-_UNFOLD = re.compile(r"\r?\n[ \t]")
 _FOLD_OVER_BLANK = re.compile(r"\n\r?\n[ \t]")  # icalendar unfolds it, caljournal's raw lines not
-_NEWLINE = re.compile(r"\r?\n")
 # NAME, then ;KEY=VALUE parameters (one quoted value, or unquoted ones split by commas,
 # which the hash joins again), ":" and the value.
 # No backslash, "^" or "%" in parameters: icalendar decodes those in ways not copied here.

@@ -38,7 +38,6 @@ from caljournal.adapters.readmodel import (
     docs,
     recurring_query,
     upsert_batches,
-    upsert_statement,
     window_query,
     with_positions,
 )
@@ -334,22 +333,13 @@ class ReadModelQueries(ChainCheckQueries, ResyncQueries):
             return None
         return int(rows[0]["position"]), rows[0]["topic"], bytes(rows[0]["state"])
 
-    def upsert_rows(self, rows: Iterable[Row]) -> None:
-        """Write rows outside an event transaction (used when rebuilding)."""
-        self._execute(upsert_statement(r, self.qualify, self.placeholder) for r in rows)
-
     def write_rows(self, rows: Iterable[Row]) -> None:
-        """Write rows outside an event transaction, in one transaction (used when rebuilding).
+        """Write rows outside an event transaction, in one transaction, in their order.
 
-        One ``executemany`` per statement: rows that share a statement (same
-        table and columns) are written in their order; the order between
-        statements is not kept, so give each key once.
+        One ``executemany`` per run of rows that share a statement (see
+        :func:`~caljournal.adapters.readmodel.upsert_batches`).
         """
-        grouped: dict[str, list[list[Any]]] = {}
-        for row in rows:
-            sql, params = upsert_statement(row, self.qualify, self.placeholder)
-            grouped.setdefault(sql, []).append(params)
-        self._execute_many(grouped.items())
+        self._execute_many(upsert_batches(rows, self.qualify, self.placeholder))
 
     def _execute_many(self, statements: Iterable[tuple[str, Sequence[Sequence[Any]]]]) -> None:
         raise NotImplementedError

@@ -24,7 +24,6 @@ from caljournal.adapters.readmodel import (
     SYNC_STATUS,
     WORKERS,
     Row,
-    upsert_statement,
 )
 from caljournal.adapters.syncstate import (
     INBOUND_FIELDS,
@@ -358,7 +357,7 @@ class SQLSyncState:
         if not aggregates:
             # Without events the library's insert path (PostgreSQL) never reaches
             # the hook that writes extra rows: write them in a transaction of their own.
-            self._execute([upsert_statement(row, self.q, self.p) for row in rows])
+            self.db.write_rows(rows)
             return
         self.journal.save(*aggregates, extra_rows=rows)
 

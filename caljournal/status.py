@@ -20,7 +20,7 @@ from uuid import UUID
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.journal_ops import load_or_not_found
 from caljournal.adapters.status_sql import StatusQueries
-from caljournal.adapters.syncstate import PendingPush, SyncStateStore
+from caljournal.adapters.syncstate import SyncStateStore
 from caljournal.domain.link import CalendarLink
 
 SORT_KEYS = ("lag", "failures", "name")
@@ -177,13 +177,13 @@ def account_report(journal: Journal, store: SyncStateStore, account_id: UUID) ->
     ).state()
     account = str(account_id)
     sync = store.sync_status(account)
-    pending: list[PendingPush] = []
+    # Counted by the database, in the query the overview uses: the pending
+    # changes themselves (possibly many thousands) are never loaded here.
+    waiting = None
     if link["calendar_url"] and link["calendar_chosen_on"]:
-        baseline = journal.calendar_chosen_position(account_id)
-        pending = store.pending_pushes(account, link["calendar_url"], baseline, 100_000)
-    oldest = min(
-        (datetime.fromisoformat(p.appointment["modified_on"]) for p in pending), default=None
-    )
+        calendars = {account: link["calendar_url"]}
+        waiting = StatusQueries(journal).pending(calendars).get(account)
+    oldest_us = waiting.oldest_us if waiting else None
     lease = store.leases().get(account)
     now_us = int(time.time() * 1e6)
     return {
@@ -192,8 +192,8 @@ def account_report(journal: Journal, store: SyncStateStore, account_id: UUID) ->
         "calendar_url": link["calendar_url"],
         "journal_position": journal.recorder.max_notification_id() or 0,
         "pushed_position": sync.pushed_position,
-        "pending": len(pending),
-        "lag_seconds": (round((datetime.now(UTC) - oldest).total_seconds(), 3) if oldest else 0.0),
+        "pending": waiting.count if waiting else 0,
+        "lag_seconds": round(max(now_us - oldest_us, 0) / 1e6, 3) if oldest_us else 0.0,
         "failed": [
             {
                 "appointment_id": f.appointment_id,

@@ -65,7 +65,7 @@ def reference_rebuild(container: Container) -> None:
         aggregate: Any = journal.repository.get(aggregate_id)
         at = recorder.select_positions(aggregate_id)[aggregate.version]
         rows.extend(with_positions(rows_for(aggregate), {str(aggregate_id): at}))
-    recorder.upsert_rows(rows)
+    recorder.write_rows(rows)
 
 
 def parsed(rows: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
