@@ -32,10 +32,8 @@ common clients) need none of it; the rest see correct offsets inside that span.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
@@ -48,9 +46,9 @@ from dateutil.rrule import rrulestr
 from icalendar.parser import Contentline, Parameters
 from icalendar.prop import vDDDLists, vDDDTypes, vText
 
+from caljournal.adapters.ical_hash import calendar_hash, content_hash
 from caljournal.adapters.ical_parse import (
     BLOCK_SEPARATOR,
-    OWN_X,
     UID_SUFFIX,
     X_APPOINTMENT_ID,
     X_CUSTOMER_EMAIL,
@@ -59,11 +57,8 @@ from caljournal.adapters.ical_parse import (
     ICalendarError,
     RemoteEvent,
     customer_block,
-    decode,
     from_ical,
     iana_name,
-    parse_calendar,
-    unescape_text,
 )
 
 __all__ = [
@@ -91,14 +86,6 @@ _TOKEN = re.compile(r"[A-Z][A-Z0-9-]*")
 _RULE_HORIZON = 10  # years after DTSTART that the VTIMEZONE of an unbounded RRULE covers
 _MAX_YEARS = 100  # no VTIMEZONE reaches further from DTSTART than this
 _RULE_SCAN = 100_000  # the largest COUNT whose instances are walked to find the last one
-# Content hashing: what servers add or rewrite without changing the appointment.
-_VOLATILE = frozenset({"DTSTAMP", "LAST-MODIFIED", "CREATED", "SEQUENCE", "PRODID"})
-_DEFAULTS = frozenset({("TRANSP", "OPAQUE"), ("CLASS", "PUBLIC")})
-_ENUM_PROPS = frozenset({"STATUS", "TRANSP", "CLASS"})
-_JSON = json.JSONEncoder(ensure_ascii=False)  # json.dumps(..., ensure_ascii=False), built once
-_ENUM_PARAMS = frozenset(
-    {"CUTYPE", "ENCODING", "FBTYPE", "PARTSTAT", "RANGE", "RELATED", "RELTYPE", "ROLE", "RSVP"}
-)
 
 
 def _zone(name: str) -> ZoneInfo:
@@ -704,75 +691,3 @@ def to_ical(view: AppointmentView, dtstamp: datetime) -> bytes:
     for event in events:
         calendar.add_component(event)
     return calendar.to_ical()
-
-
-def _canonical(name: str, value: Any) -> str | None:
-    """Return one property as a canonical string, or None when it carries no content."""
-    if name.startswith("X-") and name not in OWN_X:
-        return None
-    if isinstance(value, vText):
-        text = str(value)
-    elif name in OWN_X:
-        text = unescape_text(str(value))
-    else:
-        written = value.to_ical() if hasattr(value, "to_ical") else str(value)
-        # Most property types write bytes; a few (GEO) write str.
-        text = written.decode("utf-8") if isinstance(written, bytes) else str(written)
-    return canonical_line(name, text, getattr(value, "params", {}).items())
-
-
-def canonical_line(name: str, text: str, params: Iterable[tuple[str, Any]]) -> str | None:
-    """Return a property (upper-case ``name``, serialised ``text``) as a canonical string.
-
-    ``params`` are its (name, value) pairs, a value a string or a list of strings.
-    None when the property carries no content (an RFC default spelled out).
-    """
-    if name in _ENUM_PROPS:
-        text = text.strip().upper()
-    if (name, text) in _DEFAULTS:
-        return None
-    pairs = []
-    for key, param in sorted(params):
-        if key.upper() == "VALUE":
-            continue
-        param = ",".join(param) if isinstance(param, list) else str(param)
-        if key.upper() in _ENUM_PARAMS:
-            param = param.upper()
-        elif key.upper() == "LANGUAGE":
-            param = param.lower()
-        pairs.append([key.upper(), param])
-    return _JSON.encode([name, pairs, text])
-
-
-def content_hash(data: bytes | str) -> str:
-    """Return a sha256 hex digest of the appointment content of a calendar object.
-
-    Only VEVENT properties count. Ignored: folding, property and parameter order,
-    parameter-name case, DTSTAMP, LAST-MODIFIED, CREATED, SEQUENCE, PRODID, foreign
-    ``X-`` properties, VTIMEZONE and VALARM components, and TRANSP:OPAQUE /
-    CLASS:PUBLIC (RFC defaults that some servers spell out).
-
-    :raises ICalendarError: when the data is not one parseable VCALENDAR.
-    """
-    return calendar_hash(parse_calendar(decode(data)))
-
-
-def calendar_hash(calendar: icalendar.Calendar) -> str:
-    """Return :func:`content_hash` of a VCALENDAR already parsed."""
-    events = []
-    for event in calendar.walk("VEVENT"):
-        lines = []
-        for name, values in event.items():
-            for value in values if isinstance(values, list) else [values]:
-                if name.upper() not in _VOLATILE:
-                    line = _canonical(name.upper(), value)
-                    if line is not None:
-                        lines.append(line)
-        events.append(lines)
-    return digest_of(events)
-
-
-def digest_of(events: Iterable[list[str]]) -> str:
-    """Return the content hash of VEVENTs given as their :func:`canonical_line` strings."""
-    canonical = _JSON.encode(sorted(sorted(lines) for lines in events))
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()

@@ -5,7 +5,7 @@ Why hand-written: icalendar parses every property through its generic machinery
 property), which costs about 0.5 ms per calendar object and dominated a first
 import of a large calendar. This reader splits the content lines itself and
 reads only what caljournal maps (:func:`caljournal.adapters.ical_parse.events_of`)
-and hashes (:func:`caljournal.adapters.ical.calendar_hash`); the mapping itself
+and hashes (:func:`caljournal.adapters.ical_hash.calendar_hash`); the mapping itself
 is the reference code, fed with the values read here.
 
 It is strict on purpose. It answers the events and the content hash exactly as
@@ -34,7 +34,7 @@ from icalendar.prop import vDDDTypes, vRecur, vText
 from icalendar.timezone import tzp
 from icalendar.timezone.tzid import is_utc
 
-from caljournal.adapters.ical import _VOLATILE, canonical_line, digest_of
+from caljournal.adapters.ical_hash import VOLATILE, canonical_line, digest_of
 from caljournal.adapters.ical_parse import (
     _NEWLINE,
     _RAW,
@@ -107,7 +107,7 @@ def read(data: bytes | str) -> tuple[tuple[RemoteEvent, ...], str] | None:
     """Return the events and the content hash of a calendar object, or None when unsure.
 
     The events equal :func:`caljournal.adapters.ical_parse.events_of`, the hash
-    :func:`caljournal.adapters.ical.calendar_hash`, both of icalendar's parse of
+    :func:`caljournal.adapters.ical_hash.calendar_hash`, both of icalendar's parse of
     ``data``. None means: take the icalendar path (which also reports errors).
     """
     try:
@@ -260,7 +260,7 @@ def _event_property(
         raw[name].append(line)
     _store(event, name, stored)
     canonical = canonical_line(name, serialised, params.items())
-    if canonical is not None and name not in _VOLATILE:
+    if canonical is not None and name not in VOLATILE:
         hashed.append(canonical)
     return True
 

@@ -294,11 +294,11 @@ class SyncWorld:
             real_insert(*args, **kwargs)
             raise Crash("the process died inside the poll's commit")
 
-        def dying_execute(statements: Any) -> None:
+        def dying_execute_many(statements: Any) -> None:
             # A commit without events writes its rows in a transaction of its own.
             with recorder.datastore.transaction(commit=True) as cursor:
                 for sql, params in statements:
-                    cursor.execute(sql, list(params))
+                    cursor.executemany(sql, [list(p) for p in params])
                 raise Crash("the process died inside the poll's commit")
 
         def commit(aggregates: Any, writes: Any) -> None:
@@ -314,7 +314,7 @@ class SyncWorld:
                 if crash.when == "inside":
                     with (
                         mock.patch.object(recorder, "_insert_events", dying_insert),
-                        mock.patch.object(recorder, "_execute", dying_execute),
+                        mock.patch.object(recorder, "_execute_many", dying_execute_many),
                     ):
                         real_commit(aggregates, writes)
                     raise AssertionError("the batch was committed without writing anything")
