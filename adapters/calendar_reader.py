@@ -10,6 +10,7 @@ maps, with the objects' data where the server sent it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
@@ -46,7 +47,16 @@ from caljournal.adapters.transport import DISCOVERY, LISTING, MULTIGET
 
 T = TypeVar("T")
 
+#: Objects the first multiget of a reader asks for.
 MULTIGET_BATCH = 100
+#: The most objects one multiget asks for.
+MULTIGET_MAX = 1000
+#: A full multiget answered within this many seconds doubles the next one (up to
+#: MULTIGET_MAX): a server that costs much per request (about a second each, on
+#: some) is asked fewer times; one slower than half the request deadline halves it.
+MULTIGET_QUICK = 2.0
+#: The share of the request deadline past which a multiget counts as slow.
+MULTIGET_SLOW_SHARE = 0.5
 # Truncated (507) sync answers followed before giving up on a server.
 MAX_SYNC_ANSWERS = 1000
 NS = {"d": "DAV:", "cs": "http://calendarserver.org/ns/"}
@@ -80,7 +90,10 @@ class CalendarReader:
         self._full_client: Any = None
         # Whether sync-collection may ask for calendar data (a refusal turns it off).
         self.inline_data = True
+        # Objects per multiget, adapted to how the server answers (see ``_next_batch``);
+        # never again as many as an answer that passed the size cap held.
         self.multiget_batch = MULTIGET_BATCH
+        self._multiget_ceiling = MULTIGET_MAX + 1
 
     def _call(self, fn: Callable[[], T]) -> T:
         return self.retry.call(fn)
@@ -346,14 +359,13 @@ class CalendarReader:
         the href asked for: a server may spell an href differently in its
         answer (``%40`` in a listing, ``@`` in a multiget).
         """
-        wanted = list(hrefs)
+        pending = list(hrefs)
         loaded = Loaded()
-        size = self.multiget_batch
-        batches = [wanted[i : i + size] for i in range(0, len(wanted), size)]
-        while batches:
-            batch = batches.pop(0)
+        while pending:
+            batch, pending = pending[: self.multiget_batch], pending[self.multiget_batch :]
             asked = {unquote(h): h for h in batch}
             body = multiget_body(urlsplit(h).path for h in batch)
+            began = time.monotonic()
             try:
                 raw = self._call(
                     partial(
@@ -370,11 +382,14 @@ class CalendarReader:
                 if len(batch) == 1:
                     raise
                 # Large objects: ask for fewer at a time rather than read more.
-                half = len(batch) // 2
-                batches[:0] = [batch[:half], batch[half:]]
+                self._multiget_ceiling = len(batch)
+                self.multiget_batch = len(batch) // 2
+                pending[:0] = batch
                 loaded.requests += 1
                 continue
             loaded.requests += 1
+            if len(batch) == self.multiget_batch:  # a short last batch says little
+                self.multiget_batch = self._next_batch(time.monotonic() - began)
             for item in _read(raw, "loading changed objects"):
                 if isinstance(item, Answer) or item.data is None:
                     continue  # a 404 inside the multistatus: gone meanwhile
@@ -383,6 +398,15 @@ class CalendarReader:
                 loaded.objects[href] = (item.data, item.etag)
             loaded.missing.update(h for h in batch if h not in loaded.objects)
         return loaded
+
+    def _next_batch(self, seconds: float) -> int:
+        """Return the objects the next multiget asks for, after a full one took ``seconds``."""
+        size = self.multiget_batch
+        if seconds <= MULTIGET_QUICK:
+            return max(min(size * 2, MULTIGET_MAX, self._multiget_ceiling - 1), 1)
+        if seconds > self.access.timeout * MULTIGET_SLOW_SHARE:
+            return max(size // 2, 1)
+        return size
 
     def close(self) -> None:
         """Close the connections."""

@@ -212,6 +212,55 @@ def test_a_multiget_too_large_for_one_answer_is_asked_for_in_smaller_batches(
     assert loaded.requests > 1
 
 
+def _small_calendar(real: Any, server: str, count: int) -> str:
+    """Fill a new calendar of ``real`` with ``count`` small events; return its URL."""
+    cal_id = f"many-{uuid.uuid4().hex[:8]}"
+    if server == "radicale":
+        calendar = real.make_calendar("alice", "secret", cal_id, cal_id=cal_id)
+    else:
+        calendar = real.make_calendar(cal_id, cal_id=cal_id)
+    for i in range(count):
+        calendar.save_event(
+            "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//t//t//EN\r\nBEGIN:VEVENT\r\n"
+            f"UID:many-{i}\r\nDTSTAMP:20260101T000000Z\r\nDTSTART:20260601T080000Z\r\n"
+            f"DTEND:20260601T090000Z\r\nSUMMARY:small {i}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        )
+    return str(calendar.url)
+
+
+@pytest.mark.parametrize("server", ["radicale", "xandikos"])
+def test_multigets_grow_while_the_server_answers_quickly_and_not_when_it_is_slow(
+    server: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from caljournal.adapters import calendar_reader
+    from caljournal.adapters.calendar_reader import CalendarReader
+
+    url = _small_calendar(request.getfixturevalue(server), server, 250)
+    access = ServerAccess(url, Credentials("alice", "secret"), allow_private=True)
+
+    def load(count: int) -> tuple[int, int]:
+        reader = CalendarReader(access, url)
+        try:
+            hrefs = sorted(reader.listing().changed)[:count]
+            loaded = reader.load(hrefs)
+        finally:
+            reader.close()
+        assert sorted(loaded.objects) == hrefs and not loaded.missing
+        return loaded.requests, reader.multiget_batch
+
+    # The thresholds are set so that no answer's timing on a busy machine decides.
+    # Every answer quick: the second multiget asks for 200, one more for the last 50.
+    monkeypatch.setattr(calendar_reader, "MULTIGET_QUICK", 3600.0)
+    assert load(250) == (2, 200)
+    # Answers neither quick nor slow: 100 at a time throughout.
+    monkeypatch.setattr(calendar_reader, "MULTIGET_QUICK", -1.0)
+    monkeypatch.setattr(calendar_reader, "MULTIGET_SLOW_SHARE", 3600.0)
+    assert load(250) == (3, 100)
+    # Every answer slow (past its share of the request deadline): halved each time.
+    monkeypatch.setattr(calendar_reader, "MULTIGET_SLOW_SHARE", -1.0)
+    assert load(150) == (2, 25)
+
+
 # -- addresses: the address checked is the address connected to ---------------------
 
 
