@@ -31,6 +31,7 @@ from caljournal.adapters.recorders import (
     JournalRecorder,
     ReadModelQueries,
     SQLiteJournalRecorder,
+    contended,
     latest_positions,
 )
 from caljournal.domain.link import CalendarLink
@@ -247,11 +248,27 @@ def open_journal(settings: Settings) -> Journal:
     """
     env = journal_env(settings)
     path = settings.sqlite_path
-    if path is not None:
-        _create_private_file(path)
-    else:
+    if path is None:
         _check_postgres(env)
-    return Journal(env=env)
+        return Journal(env=env)
+    _create_private_file(path)
+    try:
+        return Journal(env=env)
+    except Exception as exc:
+        if not contended(exc):
+            raise
+    # Other processes are creating the file's tables: a journal whose opening met
+    # their lock may have lost its writer connection, so a new one is opened.
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
+
+    retrying = Retrying(
+        retry=retry_if_exception(contended),
+        wait=wait_random(0.05, 0.5),
+        stop=stop_after_delay(120),
+        reraise=True,
+    )
+    journal: Journal = retrying(Journal, env=env)
+    return journal
 
 
 def _create_private_file(path: Path) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeAlias
 from uuid import UUID
 
-from eventsourcing.persistence import StoredEvent
+from eventsourcing.persistence import ConnectionUnavailableError, StoredEvent
 from eventsourcing.sqlite import SQLiteApplicationRecorder, SQLiteCursor, SQLiteDatastore
 
 from caljournal.adapters.audit_chain import (
@@ -510,6 +510,16 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
 def _locked(exc: BaseException) -> bool:
     """Tell whether SQLite refused a transaction because another one held the lock."""
     return "database is locked" in str(exc)
+
+
+def contended(exc: BaseException) -> bool:
+    """Tell whether opening an SQLite journal failed for another process creating it.
+
+    Either SQLite refused at once ("database is locked"), or the library's pool
+    timed out waiting for its writer connection: met while the library opened a
+    connection, the lock leaves that connection taken for good.
+    """
+    return _locked(exc) or isinstance(exc, ConnectionUnavailableError)
 
 
 def latest_positions(

@@ -13,6 +13,9 @@ server's storage, which is far faster than PUT-ing them), in one run:
 * vdirsyncer 0.21 pulling the same calendar into a filesystem storage (when
   installed: ``pip install 'vdirsyncer>=0.21,<0.22'`` into the environment;
   ``--no-vdirsyncer`` leaves it out);
+* loading every object by multiget, in batches of 100 throughout and in
+  batches adapted to the server's answers (requests, seconds; ``--no-multiget``
+  leaves it out);
 * caljournal's first import into each journal (requests, seconds, events/s,
   and the ratios to both baselines).
 
@@ -298,6 +301,31 @@ def child_big(count: int, tmp: Path) -> None:
 # -- the run ------------------------------------------------------------------------
 
 
+def multiget_load(url: str, auth: tuple[str, str], adaptive: bool) -> dict[str, Any]:
+    """Time loading every object by multiget: batches of 100 throughout, or adapted.
+
+    The import itself needs no multiget where the sync answer holds the data;
+    servers that leave it out (or refuse to send it) are read this way.
+    """
+    from caljournal.adapters import calendar_reader
+    from caljournal.adapters.caldav_client import ServerAccess
+
+    access = ServerAccess(url, Credentials(*auth), allow_private=True)
+    quick = calendar_reader.MULTIGET_QUICK
+    calendar_reader.MULTIGET_QUICK = quick if adaptive else -1.0  # never grows
+    reader = calendar_reader.CalendarReader(access, url)
+    try:
+        hrefs = list(reader.listing().changed)
+        began = time.perf_counter()
+        loaded = reader.load(hrefs)
+        seconds = time.perf_counter() - began
+    finally:
+        reader.close()
+        calendar_reader.MULTIGET_QUICK = quick
+    assert len(loaded.objects) == len(hrefs), f"loaded {len(loaded.objects)} of {len(hrefs)}"
+    return {"requests": loaded.requests, "seconds": round(seconds, 2), "objects": len(hrefs)}
+
+
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Run every measurement; return the results."""
     results: dict[str, Any] = {"events": args.events, "servers": {}, "memory": {}}
@@ -311,6 +339,10 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
                 pulled = vdirsyncer_pull(url, auth, tmp)
                 if pulled is not None:
                     figures["vdirsyncer 0.21 pull"] = pulled
+            if args.multiget:
+                for adaptive in (False, True, False, True):  # alternating; the later of each kept
+                    name = "multigets, adapted" if adaptive else "multigets of 100"
+                    figures[name] = multiget_load(url, auth, adaptive)
             for backend in backends:
                 figures[f"caljournal import ({backend})"] = import_from_server(
                     backend, tmp, url, auth, args.events
@@ -370,6 +402,12 @@ def main() -> None:
     parser.add_argument("--memory-events", type=int, default=10_000)
     parser.add_argument("--big", type=int, default=100_000, help="0 leaves it out")
     parser.add_argument("--no-vdirsyncer", dest="vdirsyncer", action="store_false")
+    parser.add_argument(
+        "--no-multiget",
+        dest="multiget",
+        action="store_false",
+        help="leave out loading every object by multiget (batches of 100 against adapted)",
+    )
     parser.add_argument("--out", default="bench-results/import.json")
     parser.add_argument("--child-big", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tmp", help=argparse.SUPPRESS)
