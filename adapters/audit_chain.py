@@ -35,11 +35,13 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
-from caljournal.adapters.readmodel import ACCOUNTS, APPOINTMENTS, LINKS, TOKENS
-from caljournal.domain.account import Account, ApiToken
-from caljournal.domain.appointment import Appointment
-from caljournal.domain.link import CalendarLink
-from caljournal.domain.quarantine import QuarantineLog
+from caljournal.adapters.readmodel import (
+    ACCOUNTS,
+    APPOINTMENTS,
+    LINKS,
+    TOKENS,
+    aggregate_classes,
+)
 
 CHAIN = "caljournal_audit_chain"
 GENESIS = "0" * 64
@@ -48,6 +50,7 @@ OPERATORS = "operators"
 
 def chain_key(aggregate: object) -> str:
     """Return the chain an aggregate's events belong to: its account id, or OPERATORS."""
+    Account, ApiToken, Appointment, CalendarLink, QuarantineLog = aggregate_classes()  # noqa: N806
     if isinstance(aggregate, Appointment | CalendarLink | QuarantineLog):
         return str(aggregate.account_id)
     if isinstance(aggregate, Account):

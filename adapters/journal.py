@@ -34,7 +34,7 @@ from caljournal.adapters.recorders import (
     contended,
     latest_positions,
 )
-from caljournal.domain.link import CalendarLink
+from caljournal.domain.ids import link_id
 from caljournal.settings import Settings, database_config
 
 if TYPE_CHECKING:
@@ -179,8 +179,7 @@ class Journal(Application[UUID]):
         Appointment changes after it are pushed by the worker; older ones are the
         backfill's job. 0 when no calendar was ever chosen.
         """
-        link_id = CalendarLink.id_for(UUID(str(account_id)))
-        position = self.journal_recorder.select_last_position(link_id, CALENDAR_CHOSEN)
+        position = self.journal_recorder.select_last_position(link_id(account_id), CALENDAR_CHOSEN)
         return int(position or 0)
 
     @property

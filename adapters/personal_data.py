@@ -31,7 +31,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import EventStore, Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
-from caljournal.domain.appointment import (
+from caljournal.domain.personal import (
     OVERRIDE_TEXTS,
     PERSONAL_FIELDS,
     erased_value,

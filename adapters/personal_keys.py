@@ -21,7 +21,7 @@ import base64
 import threading
 import time
 from collections.abc import MutableMapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 from cachetools import LRUCache
@@ -29,8 +29,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Cipher
 
 from caljournal.adapters.personal_data import split_personal
-from caljournal.adapters.readmodel import APPOINTMENTS, Row
-from caljournal.domain.appointment import Appointment
+from caljournal.adapters.readmodel import APPOINTMENTS, Row, aggregate_classes
+
+if TYPE_CHECKING:
+    from caljournal.domain.appointment import Appointment
 
 PERSONAL_KEYS = "caljournal_personal_keys"
 KEY_BYTES = 32
@@ -78,6 +80,7 @@ class PersonalKeys:
         """
         pending: dict[UUID, bytes | None] = {}
         rows: list[Row] = []
+        Appointment = aggregate_classes().Appointment  # noqa: N806
         for aggregate in aggregates:
             if not isinstance(aggregate, Appointment) or not aggregate.pending_events:
                 continue

@@ -21,14 +21,17 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import orjson
 
-from caljournal.domain.account import Account, ApiToken
-from caljournal.domain.appointment import Appointment
-from caljournal.domain.link import CalendarLink
 from caljournal.domain.values import MAX_DURATION
+
+if TYPE_CHECKING:
+    from caljournal.domain.account import Account, ApiToken
+    from caljournal.domain.appointment import Appointment
+    from caljournal.domain.link import CalendarLink
+    from caljournal.domain.quarantine import QuarantineLog
 
 APPOINTMENTS = "caljournal_appointments"
 ACCOUNTS = "caljournal_accounts"
@@ -78,11 +81,37 @@ def state_json(state: dict[str, Any]) -> str:
     return orjson.dumps(state).decode()
 
 
+class AggregateClasses(NamedTuple):
+    """The journal's aggregate classes (see :func:`aggregate_classes`)."""
+
+    Account: type[Account]
+    ApiToken: type[ApiToken]
+    Appointment: type[Appointment]
+    CalendarLink: type[CalendarLink]
+    QuarantineLog: type[QuarantineLog]
+
+
+@lru_cache(maxsize=1)
+def aggregate_classes() -> AggregateClasses:
+    """Return the aggregate classes, imported on first use.
+
+    Only the code that writes or decodes events needs them: read-only commands
+    (``caljournal status``) open the journal without loading the event classes.
+    """
+    from caljournal.domain.account import Account, ApiToken
+    from caljournal.domain.appointment import Appointment
+    from caljournal.domain.link import CalendarLink
+    from caljournal.domain.quarantine import QuarantineLog
+
+    return AggregateClasses(Account, ApiToken, Appointment, CalendarLink, QuarantineLog)
+
+
 def rows_for(aggregate: object, state: dict[str, Any] | None = None) -> list[Row]:
     """Return the query-table rows that describe an aggregate's current state.
 
     ``state`` is the aggregate's ``state()`` when the caller has it already.
     """
+    Account, ApiToken, Appointment, CalendarLink, _ = aggregate_classes()  # noqa: N806
     if isinstance(aggregate, Appointment):
         return [
             Row(

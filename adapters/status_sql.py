@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-from uuid import UUID
 
 from caljournal.adapters.journal import CALENDAR_CHOSEN, Journal
 from caljournal.adapters.readmodel import (
@@ -26,7 +25,7 @@ from caljournal.adapters.readmodel import (
     docs,
 )
 from caljournal.adapters.resync_store import RESYNCS, RUNNING
-from caljournal.domain.link import CalendarLink
+from caljournal.domain.ids import link_id
 
 CHUNK = 200
 
@@ -65,6 +64,24 @@ class StatusQueries:
 
     def _all(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db._fetch(sql, params)]  # noqa: SLF001 - its connection
+
+    def account_name(self, account_id: str) -> str | None:
+        """Return the name of the account with ``account_id``, or None when there is none."""
+        rows = self._all(f"SELECT name FROM {self.q}{ACCOUNTS} WHERE id = {self.p}", [account_id])
+        return str(rows[0]["name"]) if rows else None
+
+    def link(self, account_id: str) -> dict[str, Any] | None:
+        """Return the state of an account's calendar link as its query table holds it, or None.
+
+        The row is written in the transaction of the link's every event, so it is
+        the aggregate's state without loading (or even importing) the aggregate.
+        """
+        found = docs(
+            self.db._fetch(  # noqa: SLF001 - its connection
+                f"SELECT doc FROM {self.q}{LINKS} WHERE account_id = {self.p}", [account_id]
+            )
+        )
+        return found[0] if found else None
 
     def tables(self) -> StateTables:
         """Return the rows of every account (one statement per table)."""
@@ -115,8 +132,8 @@ class StatusQueries:
         values = ", ".join(f"({p}, {p}, {p})" for _ in items)
         params: list[Any] = []
         for account_id, calendar_url in items:
-            link_id = CalendarLink.id_for(UUID(account_id))
-            params += [account_id, link_id.hex if target.dialect == "sqlite" else link_id]
+            link = link_id(account_id)
+            params += [account_id, link.hex if target.dialect == "sqlite" else link]
             params.append(calendar_url)
         params.append(CALENDAR_CHOSEN)
         sql = (

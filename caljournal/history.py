@@ -7,7 +7,8 @@ from typing import Any, Protocol, runtime_checkable
 from uuid import UUID
 
 from caljournal.adapters.journal import Journal
-from caljournal.domain.appointment import PERSONAL_FIELDS, Appointment, erased_value
+from caljournal.domain.appointment import Appointment
+from caljournal.domain.personal import PERSONAL_FIELDS, erased_value
 
 _VOLATILE = {"version", "modified_on", "created_on"}
 

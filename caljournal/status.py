@@ -18,10 +18,10 @@ from typing import Any
 from uuid import UUID
 
 from caljournal.adapters.journal import Journal
-from caljournal.adapters.journal_ops import load_or_not_found
 from caljournal.adapters.status_sql import StatusQueries
 from caljournal.adapters.syncstate import SyncStateStore
-from caljournal.domain.link import CalendarLink
+from caljournal.domain import ids
+from caljournal.errors import NotFoundError
 
 SORT_KEYS = ("lag", "failures", "name")
 DEFAULT_POLL_INTERVAL = 60
@@ -163,6 +163,17 @@ class StatusService:
         )
 
 
+def find_account_id(journal: Journal, name: str) -> UUID:
+    """Return the id of the account called ``name``, read from its query table.
+
+    :raises NotFoundError: when there is none.
+    """
+    account_id = ids.account_id(name)
+    if StatusQueries(journal).account_name(str(account_id)) is None:
+        raise NotFoundError(f"no account named {name!r}")
+    return account_id
+
+
 def account_report(journal: Journal, store: SyncStateStore, account_id: UUID) -> dict[str, Any]:
     """Return the account's outbound status.
 
@@ -172,17 +183,18 @@ def account_report(journal: Journal, store: SyncStateStore, account_id: UUID) ->
 
     :raises NotFoundError: when the account has no calendar link.
     """
-    link: dict[str, Any] = load_or_not_found(
-        journal, CalendarLink.id_for(account_id), CalendarLink, "this account has no calendar link"
-    ).state()
     account = str(account_id)
+    queries = StatusQueries(journal)
+    link = queries.link(account)
+    if link is None:
+        raise NotFoundError("this account has no calendar link")
     sync = store.sync_status(account)
     # Counted by the database, in the query the overview uses: the pending
     # changes themselves (possibly many thousands) are never loaded here.
     waiting = None
     if link["calendar_url"] and link["calendar_chosen_on"]:
         calendars = {account: link["calendar_url"]}
-        waiting = StatusQueries(journal).pending(calendars).get(account)
+        waiting = queries.pending(calendars).get(account)
     oldest_us = waiting.oldest_us if waiting else None
     lease = store.leases().get(account)
     now_us = int(time.time() * 1e6)

@@ -7,15 +7,15 @@ issued, and is not kept anywhere.
 from __future__ import annotations
 
 import re
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from caljournal.domain import ids
 from caljournal.domain.cause import Cause
 from caljournal.domain.errors import InvalidAccountError, TokenRevokedError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
-ACCOUNT_NAMESPACE = uuid5(NAMESPACE_URL, "https://caljournal.invalid/account")
 
 
 def check_name(kind: str, name: str) -> str:
@@ -48,7 +48,7 @@ class Account(Aggregate):
     @staticmethod
     def id_for(name: str) -> UUID:
         """Return the account id for ``name`` (case-insensitive, so names are unique)."""
-        return uuid5(ACCOUNT_NAMESPACE, name.casefold())
+        return ids.account_id(name)
 
     @classmethod
     def open(cls, *, name: str, cause: Cause) -> Account:

@@ -29,6 +29,11 @@ from caljournal.domain.errors import (
     AppointmentErasedError,
     InvalidAppointmentError,
 )
+from caljournal.domain.personal import (
+    OVERRIDE_TEXTS,
+    PERSONAL_FIELDS,
+    erased_value,
+)
 from caljournal.domain.values import (
     DETAIL_FIELDS,
     MAX_LOCATION,
@@ -42,13 +47,6 @@ from caljournal.domain.values import (
     zone_for,
 )
 
-#: The fields that can hold personal data; erasure removes exactly these.
-PERSONAL_FIELDS = DETAIL_FIELDS
-#: The texts of a recurring appointment's changed instance (in ``recurrence["overrides"]``).
-OVERRIDE_TEXTS = ("title", "location", "description")
-#: What an erased text field shows.
-ERASED_TEXT = "[erased]"
-
 
 def erased_overrides(recurrence: dict[str, Any] | None) -> dict[str, Any] | None:
     """Return ``recurrence`` with the texts of its changed instances erased."""
@@ -59,13 +57,6 @@ def erased_overrides(recurrence: dict[str, Any] | None) -> dict[str, Any] | None
         for item in recurrence["overrides"]
     ]
     return {**recurrence, "overrides": overrides}
-
-
-def erased_value(name: str, value: str | None) -> str | None:
-    """Return what personal field ``name`` shows once erased (None stays None)."""
-    if value is None or name == "customer_email":
-        return None
-    return ERASED_TEXT
 
 
 class Appointment(Aggregate):

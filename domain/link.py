@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from caljournal.domain import ids
 from caljournal.domain.cause import Cause
 from caljournal.domain.errors import DomainError
 
-LINK_NAMESPACE = uuid5(NAMESPACE_URL, "https://caljournal.invalid/calendar-link")
 DEFAULT_POLL_INTERVAL = 60
 MIN_POLL_INTERVAL = 5
 MAX_POLL_INTERVAL = 86_400
@@ -44,7 +44,7 @@ class CalendarLink(Aggregate):
     @staticmethod
     def id_for(account_id: UUID) -> UUID:
         """Return the link id of an account."""
-        return uuid5(LINK_NAMESPACE, str(account_id))
+        return ids.link_id(account_id)
 
     @classmethod
     def link(

@@ -10,13 +10,13 @@ the worker holding the account's lease writes the log, so it never races.
 
 from __future__ import annotations
 
-from uuid import NAMESPACE_URL, UUID, uuid5
+from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from caljournal.domain import ids
 from caljournal.domain.cause import Cause
 
-QUARANTINE_NAMESPACE = uuid5(NAMESPACE_URL, "https://caljournal.invalid/quarantine-log")
 MAX_REASON_LENGTH = 500
 
 
@@ -36,7 +36,7 @@ class QuarantineLog(Aggregate):
     @staticmethod
     def id_for(account_id: UUID) -> UUID:
         """Return the quarantine log id of an account."""
-        return uuid5(QUARANTINE_NAMESPACE, str(account_id))
+        return ids.quarantine_log_id(account_id)
 
     @classmethod
     def open(cls, account_id: UUID, cause: Cause) -> QuarantineLog:

@@ -84,9 +84,10 @@ def _short(iso: str | None) -> str | None:
 def account_report(account: str, json: bool) -> None:
     """Print one account's full sync report: positions, pending, lag, failures, last success."""
     from caljournal.status import account_report as report_of
+    from caljournal.status import find_account_id
 
     with container() as built:
-        account_id = built.accounts.find_account(account).id
+        account_id = find_account_id(built.journal, account)
         report = report_of(built.journal, built.sync_state, account_id)
     if json:
         out.print_json(data=report)

@@ -28,7 +28,8 @@ from caljournal.adapters.readmodel import (
     with_positions,
 )
 from caljournal.bootstrap import Container, bootstrap
-from caljournal.domain.appointment import ERASED_TEXT, Appointment
+from caljournal.domain.appointment import Appointment
+from caljournal.domain.personal import ERASED_TEXT
 from caljournal.maintenance import TOPICS, rebuild_read_models
 from caljournal.settings import load_settings
 from tests.support.history import API, OPERATOR, write_history

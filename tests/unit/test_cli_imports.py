@@ -169,6 +169,21 @@ def test_one_accounts_status_is_read_without_the_calendar_server(journal: Path) 
         "caljournal.links",
         "caljournal.adapters.transport",
     } & modules == set()
+    # A read of the query tables: no aggregate, so no event class is built.
+    assert {
+        "caljournal.domain.account",
+        "caljournal.domain.appointment",
+        "caljournal.domain.link",
+        "caljournal.domain.quarantine",
+    } & modules == set()
+
+
+def test_status_of_an_unknown_account_names_it(journal: Path) -> None:
+    _, result = imported(journal, "status", "nobody")
+
+    assert result.returncode == 1
+    assert "error: no account named 'nobody'" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 def test_an_account_without_a_link_is_still_reported_as_having_none(journal: Path) -> None:
