@@ -64,12 +64,25 @@ def entry_hash(
     previous: str, originator_id: UUID | str, version: int, topic: str, state: bytes
 ) -> str:
     """Return the hash of one chain entry: the previous hash and the stored event."""
-    digest = hashlib.sha256()
     uuid = originator_id if isinstance(originator_id, UUID) else UUID(str(originator_id))
+    return _entry_hash(previous, str(uuid), version, topic, state)
+
+
+def _entry_hash(previous: str, uuid: str, version: int, topic: str, state: bytes) -> str:
+    """Return :func:`entry_hash` of an originator id already in its canonical text form."""
+    digest = hashlib.sha256()
     head = f"{previous}\n{uuid}\n{int(version)}\n{topic}\n{len(state)}\n"
     digest.update(head.encode())
     digest.update(bytes(state))
     return digest.hexdigest()
+
+
+def canonical_ids(stored_events: Sequence[StoredEvent]) -> list[UUID]:
+    """Return the events' originator ids as UUIDs (stored events may carry them as text)."""
+    return [
+        raw if isinstance(raw, UUID) else UUID(str(raw))
+        for raw in (s.originator_id for s in stored_events)
+    ]
 
 
 @dataclass(frozen=True)
@@ -107,29 +120,30 @@ def new_entries(
     stored_events: Sequence[StoredEvent],
     positions: Sequence[int],
     keys: Mapping[UUID, str],
+    originators: Sequence[UUID] | None = None,
 ) -> list[tuple[str, int, int, str, int, str, str]]:
     """Return the chain rows for events just inserted, given each chain's head (seq, hash).
 
     Rows are (account_id, seq, position, originator_id, originator_version,
-    topic, entry_hash), in the order the events were inserted.
+    topic, entry_hash), in the order the events were inserted. ``originators``
+    are the events' ids from :func:`canonical_ids` when the caller has them.
     """
     current = dict(heads)
     rows = []
-    for stored, position in zip(stored_events, positions, strict=True):
-        raw = stored.originator_id
-        originator_id = raw if isinstance(raw, UUID) else UUID(str(raw))
+    if originators is None:
+        originators = canonical_ids(stored_events)
+    for stored, position, originator_id in zip(stored_events, positions, originators, strict=True):
         key = keys.get(originator_id, OPERATORS)
         seq, previous = current.get(key, (0, GENESIS))
-        digest = entry_hash(
-            previous, originator_id, stored.originator_version, stored.topic, stored.state
-        )
+        text = str(originator_id)
+        digest = _entry_hash(previous, text, stored.originator_version, stored.topic, stored.state)
         current[key] = (seq + 1, digest)
         rows.append(
             (
                 key,
                 seq + 1,
                 int(position),
-                str(originator_id),
+                text,
                 int(stored.originator_version),
                 stored.topic,
                 digest,
@@ -236,6 +250,7 @@ __all__ = [
     "OPERATORS",
     "ChainEntry",
     "ChainHead",
+    "canonical_ids",
     "chain_existing",
     "chain_key",
     "chain_statements",

@@ -46,27 +46,42 @@ APPOINTMENT_TOPIC = "caljournal:Appointment."
 NESTED = ("changes", "local", "remote")
 
 
-def _personal_paths(state: dict[str, Any]) -> Iterator[tuple[Any, ...]]:
-    """Yield the paths of the personal values (not None) in an event state."""
-    for name in PERSONAL_FIELDS:
-        if state.get(name) is not None:
-            yield (name,)
-    containers: list[tuple[tuple[Any, ...], Any]] = [((), state)]
-    containers += [((outer,), state.get(outer)) for outer in NESTED]
-    for prefix, inner in containers:
-        if not isinstance(inner, dict):
-            continue
-        if prefix:
-            yield from ((*prefix, k) for k in PERSONAL_FIELDS if inner.get(k) is not None)
-        recurrence = inner.get("recurrence")
-        overrides = recurrence.get("overrides") if isinstance(recurrence, dict) else None
-        for number, item in enumerate(overrides or ()):
-            if isinstance(item, dict):
-                yield from (
-                    (*prefix, "recurrence", "overrides", number, k)
-                    for k in OVERRIDE_TEXTS
-                    if item.get(k) is not None
-                )
+def _personal_paths(state: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Return the paths of the personal values (not None) in an event state.
+
+    In this order: the top-level fields, the texts of the top-level
+    recurrence's changed instances, then for each of ``NESTED`` its fields and
+    its recurrence's texts (the order of the values :func:`split_personal` takes).
+    """
+    get = state.get
+    paths: list[tuple[Any, ...]] = [(name,) for name in PERSONAL_FIELDS if get(name) is not None]
+    if get("recurrence") is not None:
+        paths += _override_paths((), state)
+    for outer in NESTED:
+        inner = get(outer)
+        if isinstance(inner, dict):
+            paths += [(outer, k) for k in PERSONAL_FIELDS if inner.get(k) is not None]
+            if inner.get("recurrence") is not None:
+                paths += _override_paths((outer,), inner)
+    return paths
+
+
+def _override_paths(prefix: tuple[Any, ...], container: dict[str, Any]) -> list[tuple[Any, ...]]:
+    """Return the paths of the texts of a recurrence's changed instances."""
+    recurrence = container.get("recurrence")
+    overrides = recurrence.get("overrides") if isinstance(recurrence, dict) else None
+    return [
+        (*prefix, "recurrence", "overrides", number, k)
+        for number, item in enumerate(overrides or ())
+        if isinstance(item, dict)
+        for k in OVERRIDE_TEXTS
+        if item.get(k) is not None
+    ]
+
+
+def has_personal(state: dict[str, Any]) -> bool:
+    """Tell whether an event state holds personal values (:func:`split_personal` takes some)."""
+    return bool(_personal_paths(state))
 
 
 def split_personal(state: dict[str, Any]) -> dict[str, str]:
@@ -76,7 +91,7 @@ def split_personal(state: dict[str, Any]) -> dict[str, str]:
     ``local`` and ``remote``), ``recurrence/overrides/0/title``. The nested
     containers are copied first, so the event itself is never changed.
     """
-    paths = list(_personal_paths(state))
+    paths = _personal_paths(state)
     for outer in {p[0] for p in paths if len(p) > 1}:
         state[outer] = copy.deepcopy(state[outer])
     taken: dict[str, str] = {}
@@ -137,21 +152,44 @@ class PersonalDataMapper(Mapper[UUID]):
         Without a key (erased, or keys not attached) the fields are stored erased:
         personal data never reaches the journal in clear.
         """
-        if not get_topic(type(domain_event)).startswith(APPOINTMENT_TOPIC):
+        topic = get_topic(type(domain_event))
+        if not topic.startswith(APPOINTMENT_TOPIC):
             return super().to_stored_event(domain_event)
         state = dict(vars(domain_event))
         taken = split_personal(state)
-        if not taken:
-            return super().to_stored_event(domain_event)
-        key = self.keys.for_write(domain_event.originator_id) if self.keys else None
-        if key is None:
-            restore_personal(state, {p: erased_value(field_of(p), v) for p, v in taken.items()})
-        else:
-            data = seal_fields(key, domain_event.originator_id, self.transcoder.encode(taken))
-            state[SEALED_FIELD] = {"paths": sorted(taken), "data": base64.b64encode(data).decode()}
-        copy = object.__new__(type(domain_event))
-        object.__setattr__(copy, "__dict__", state)
-        return super().to_stored_event(copy)
+        if taken:
+            key = self.keys.for_write(domain_event.originator_id) if self.keys else None
+            if key is None:
+                erased = {p: erased_value(field_of(p), v) for p, v in taken.items()}
+                restore_personal(state, erased)
+            else:
+                data = seal_fields(key, domain_event.originator_id, self.transcoder.encode(taken))
+                sealed = {"paths": sorted(taken), "data": base64.b64encode(data).decode()}
+                state[SEALED_FIELD] = sealed
+        return self._stored(type(domain_event), topic, state)
+
+    def _stored(self, cls: type, topic: str, state: dict[str, Any]) -> StoredEvent:
+        """Return the stored event of an event state, as the library's ``to_stored_event`` does.
+
+        The library's method copies the event's attributes into a new dict and
+        looks its topic up again; here the state at hand (already a copy) is used.
+        """
+        originator_id = state.pop("originator_id")
+        originator_version = state.pop("originator_version")
+        class_version = getattr(cls, "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        stored_state = self.transcoder.encode(state)
+        if self.compressor:
+            stored_state = self.compressor.compress(stored_state)
+        if self.cipher:
+            stored_state = self.cipher.encrypt(stored_state)
+        return StoredEvent(
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=topic,
+            state=stored_state,
+        )
 
     def to_domain_event(
         self, stored_event: StoredEvent, memo: MutableMapping[UUID, Any] | None = None

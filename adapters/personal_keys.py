@@ -28,7 +28,7 @@ from cachetools import LRUCache
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Cipher
 
-from caljournal.adapters.personal_data import split_personal
+from caljournal.adapters.personal_data import has_personal
 from caljournal.adapters.readmodel import APPOINTMENTS, Row, aggregate_classes
 
 if TYPE_CHECKING:
@@ -86,7 +86,7 @@ class PersonalKeys:
                 continue
             events = aggregate.pending_events
             erasing = next((e for e in events if isinstance(e, Appointment.Erased)), None)
-            personal = any(split_personal(dict(vars(e))) for e in events)
+            personal = any(has_personal(vars(e)) for e in events)
             if erasing is None and not personal:
                 continue
             new = events[0].originator_version == 1

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -181,8 +181,16 @@ def with_positions(rows: Sequence[Row], positions: Mapping[str, int]) -> list[Ro
     ``positions`` maps aggregate ids (as ``str``) to the notification id of their
     latest event; appointment rows of other aggregates are left as they are.
     """
+    # Built directly: ``dataclasses.replace`` re-reads the fields of the class
+    # for every row, which cost more than the rest of this loop.
     return [
-        replace(row, values={**row.values, "position": positions[row.values["id"]]})
+        Row(
+            APPOINTMENTS,
+            {**row.values, "position": positions[row.values["id"]]},
+            row.key,
+            row.versioned,
+            False,
+        )
         if row.table == APPOINTMENTS and not row.delete and row.values.get("id") in positions
         else row
         for row in rows

@@ -21,6 +21,7 @@ from caljournal.adapters.audit_chain import (
     OPERATORS,
     ChainEntry,
     ChainHead,
+    canonical_ids,
     head_query,
     insert_statement,
     new_entries,
@@ -446,19 +447,18 @@ class SQLiteJournalRecorder(ReadModelQueries, SQLiteApplicationRecorder):
         **kwargs: Any,
     ) -> Sequence[int] | None:
         ids = super()._insert_events(c, stored_events, **kwargs)
-        positioned = with_positions(read_model, latest_positions(stored_events, ids))
+        originators = canonical_ids(stored_events)
+        positioned = with_positions(read_model, positions_by_id(originators, ids))
         for sql, params in upsert_batches(positioned, "", "?"):
             c.executemany(sql, params)
         if stored_events and ids:
             heads = {}
-            for key in dict.fromkeys(
-                chain.get(UUID(str(s.originator_id)), OPERATORS) for s in stored_events
-            ):
+            for key in dict.fromkeys(chain.get(u, OPERATORS) for u in originators):
                 c.execute(head_query("", "?"), [key])
                 found = c.fetchone()
                 if found is not None:
                     heads[key] = (int(found[0]), str(found[1]))
-            rows = new_entries(heads, stored_events, ids, chain)
+            rows = new_entries(heads, stored_events, ids, chain, originators)
             c.executemany(insert_statement("", "?"), rows)
         return ids
 
@@ -526,11 +526,18 @@ def latest_positions(
     stored_events: Sequence[StoredEvent], ids: Sequence[int] | None
 ) -> dict[str, int]:
     """Return the journal position of each aggregate's last event among those just inserted."""
-    positions: dict[str, int] = {}
-    for stored, position in zip(stored_events, ids or (), strict=False):
-        key = str(stored.originator_id)
-        positions[key] = max(positions.get(key, 0), position)
-    return positions
+    return positions_by_id(canonical_ids(stored_events), ids)
+
+
+def positions_by_id(originators: Sequence[UUID], ids: Sequence[int] | None) -> dict[str, int]:
+    """Return :func:`latest_positions` of events given by their originator ids, in order.
+
+    The result is keyed by the ids' ``str``, as the query-table rows name them.
+    """
+    latest: dict[UUID, int] = {}
+    for key, position in zip(originators, ids or (), strict=False):
+        latest[key] = max(latest.get(key, 0), position)
+    return {str(key): position for key, position in latest.items()}
 
 
 if TYPE_CHECKING:

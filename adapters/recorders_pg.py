@@ -14,9 +14,9 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg.rows import DictRow, tuple_row
 
-from caljournal.adapters.audit_chain import CHAIN, GENESIS, OPERATORS
+from caljournal.adapters.audit_chain import CHAIN, GENESIS, OPERATORS, canonical_ids
 from caljournal.adapters.readmodel import Row, upsert_batches, with_positions
-from caljournal.adapters.recorders import EMPTY, ReadModelQueries, latest_positions
+from caljournal.adapters.recorders import EMPTY, ReadModelQueries, positions_by_id
 from caljournal.adapters.schema import LOCK_KEY, Target, migrate
 
 LOCK = f"SELECT pg_advisory_lock(hashtext('{LOCK_KEY}'))"
@@ -101,6 +101,7 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         # the positions are not known yet). A version conflict on the events
         # raises before this point and rolls everything back.
         ids = super()._fetch_ids_after_insert_events(curs, stored_events, **kwargs)
+        originators = canonical_ids(stored_events)
         if stored_events and ids:
             # The library's insert holds an exclusive lock on the events table
             # until commit, so no other writer can move a chain's head meanwhile.
@@ -110,11 +111,11 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
             curs.executemany(
                 chained_insert(self.qualify),
                 [
-                    chained_values(s, position, chain)
-                    for s, position in zip(stored_events, ids, strict=True)
+                    chained_values(s, position, chain, originator)
+                    for s, position, originator in zip(stored_events, ids, originators, strict=True)
                 ],
             )
-        rows = with_positions(read_model, latest_positions(stored_events, ids))
+        rows = with_positions(read_model, positions_by_id(originators, ids))
         if rows:
             # A nested pipeline syncs when it ends: an error in these rows (a
             # duplicate token hash) is raised here, where the library expects one,
@@ -194,10 +195,18 @@ def chained_insert(qualify: str) -> bytes:
 
 
 def chained_values(
-    stored: StoredEvent, position: int, chain: Mapping[UUID, str]
+    stored: StoredEvent,
+    position: int,
+    chain: Mapping[UUID, str],
+    originator_id: UUID | None = None,
 ) -> tuple[str, int, str, int, str, bytes, str]:
-    """Return the parameters of :func:`chained_insert` for one stored event."""
-    originator_id = UUID(str(stored.originator_id))
+    """Return the parameters of :func:`chained_insert` for one stored event.
+
+    ``originator_id`` is the event's id from ``audit_chain.canonical_ids`` when
+    the caller has it.
+    """
+    if originator_id is None:
+        originator_id = canonical_ids([stored])[0]
     return (
         chain.get(originator_id, OPERATORS),
         int(position),

@@ -54,9 +54,18 @@ BOOKABLE_UNTIL = datetime(2200, 1, 1, tzinfo=UTC)
 # (offsets up to a day) never overflows.
 JOURNAL_FROM = datetime(2, 1, 1, tzinfo=UTC)
 JOURNAL_UNTIL = datetime(9998, 12, 31, tzinfo=UTC)
-# The bounds as naive UTC wall times, for check_time.
-_BOOKABLE = (BOOKABLE_FROM.replace(tzinfo=None), BOOKABLE_UNTIL.replace(tzinfo=None))
-_JOURNAL = (JOURNAL_FROM.replace(tzinfo=None), JOURNAL_UNTIL.replace(tzinfo=None))
+# The bounds as naive UTC wall times, for check_time, with the first and last
+# year whose every wall time, at any offset (under a day either way), lies more
+# than a day inside them.
+
+
+def _bounds(low: datetime, high: datetime) -> tuple[datetime, datetime, int, int]:
+    low, high = low.replace(tzinfo=None), high.replace(tzinfo=None)
+    return low, high, (low + timedelta(days=1)).year + 1, (high - timedelta(days=1)).year - 1
+
+
+_BOOKABLE = _bounds(BOOKABLE_FROM, BOOKABLE_UNTIL)
+_JOURNAL = _bounds(JOURNAL_FROM, JOURNAL_UNTIL)
 
 REGION_AREAS = (
     "Africa",
@@ -178,7 +187,7 @@ def check_time(name: str, value: Any, *, bookable: bool = False) -> None:
 
     :raises InvalidAppointmentError: naming the field.
     """
-    low, high = _BOOKABLE if bookable else _JOURNAL
+    low, high, first, last = _BOOKABLE if bookable else _JOURNAL
     if not isinstance(value, datetime):
         raise InvalidAppointmentError(f"{name} must be a datetime", field=name)
     offset = value.utcoffset()
@@ -186,12 +195,15 @@ def check_time(name: str, value: Any, *, bookable: bool = False) -> None:
         raise InvalidAppointmentError(
             f"{name} must carry a UTC offset, e.g. 2026-03-30T10:00:00+02:00", field=name
         )
-    # Compared as wall times: turning a time near year 1 or 9999 into UTC overflows.
-    wall = value.replace(tzinfo=None)
-    if not low + offset <= wall <= high + offset:
-        raise InvalidAppointmentError(
-            f"{name} must lie between {low.date()} and {high.date()} (UTC)", field=name
-        )
+    # A time in a year of the safe range lies inside the bounds whatever its
+    # offset: the common case needs no arithmetic. Others are compared as wall
+    # times: turning a time near year 1 or 9999 into UTC overflows.
+    if not first <= value.year <= last:
+        wall = value.replace(tzinfo=None)
+        if not low + offset <= wall <= high + offset:
+            raise InvalidAppointmentError(
+                f"{name} must lie between {low.date()} and {high.date()} (UTC)", field=name
+            )
     if bookable and value.microsecond:
         raise InvalidAppointmentError(
             f"{name} must be in whole seconds (calendars keep no finer unit)", field=name
