@@ -16,7 +16,7 @@ from eventsourcing.persistence import StoredEvent
 from eventsourcing.postgres import PostgresApplicationRecorder, PostgresDatastore
 from psycopg.rows import DictRow, tuple_row
 
-from caljournal.adapters.audit_chain import CHAIN, GENESIS, OPERATORS, canonical_ids
+from caljournal.adapters.audit_chain import CHAIN, GENESIS, OPERATORS, canonical_ids, new_entries
 from caljournal.adapters.readmodel import Row, upsert_statement, with_positions
 from caljournal.adapters.recorders import EMPTY, ReadModelQueries, positions_by_id
 from caljournal.adapters.schema import LOCK_KEY, Target, migrate
@@ -106,16 +106,7 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
         if stored_events and ids:
             # The library's insert holds an exclusive lock on the events table
             # until commit, so no other writer can move a chain's head meanwhile.
-            # Each entry's hash is computed by the server from the head it reads
-            # (pg_sha256 over the same bytes as ``entry_hash``): reading the heads
-            # here first would stop the library's pipeline for a round trip.
-            curs.executemany(
-                chained_insert(self.qualify),
-                [
-                    chained_values(s, position, chain, originator)
-                    for s, position, originator in zip(stored_events, ids, originators, strict=True)
-                ],
-            )
+            self._chain(curs, stored_events, ids, chain, originators)
         rows = with_positions(read_model, positions_by_id(originators, ids))
         if rows:
             # A nested pipeline syncs when it ends: an error in these rows (a
@@ -124,6 +115,46 @@ class PostgresJournalRecorder(ReadModelQueries, PostgresApplicationRecorder):
             with curs.connection.pipeline():
                 write_upserts(curs, rows, self.qualify)
         return ids
+
+    #: Events per save up to which the server computes each chain entry's hash.
+    server_chained = 8
+
+    def _chain(
+        self,
+        curs: Any,
+        stored_events: Sequence[StoredEvent],
+        ids: Sequence[int],
+        chain: Mapping[UUID, str],
+        originators: Sequence[UUID],
+    ) -> None:
+        """Append the chain entries of the events just inserted.
+
+        A small save sends one statement per event whose hash the server
+        computes from the head it reads (pg_sha256 over the same bytes as
+        ``entry_hash``), so the library's pipeline never stops for a round trip.
+        A larger one reads its chains' heads in one query, computes the entries
+        here (:func:`~caljournal.adapters.audit_chain.new_entries`, as SQLite
+        does) and inserts them as one JSON array: one statement per event cost
+        more than that round trip.
+        """
+        if len(stored_events) <= self.server_chained:
+            curs.executemany(
+                chained_insert(self.qualify),
+                [
+                    chained_values(s, position, chain, originator)
+                    for s, position, originator in zip(stored_events, ids, originators, strict=True)
+                ],
+            )
+            return
+        accounts = list(dict.fromkeys(chain.get(u, OPERATORS) for u in originators))
+        with curs.connection.cursor(row_factory=tuple_row) as heads_cursor:
+            heads_cursor.execute(heads_query(self.qualify), [accounts])
+            heads = {str(a): (int(seq), str(h)) for a, seq, h in heads_cursor.fetchall()}
+        entries = new_entries(heads, stored_events, ids, chain, originators)
+        curs.execute(
+            recordset_statement(CHAIN, CHAIN_COLUMNS, "", False, self.qualify),
+            [orjson.dumps([dict(zip(CHAIN_COLUMNS, e, strict=True)) for e in entries]).decode()],
+        )
 
     def select_positions(self, originator_id: UUID) -> dict[int, int]:
         """Return notification id by version for one aggregate's events."""
@@ -191,6 +222,28 @@ def chained_insert(qualify: str) -> bytes:
         "%s::bytea AS state, %s::text AS genesis) a "
         f"LEFT JOIN LATERAL (SELECT seq, entry_hash FROM {table} "
         "WHERE account_id = a.account_id ORDER BY seq DESC LIMIT 1) h ON true"
+    ).encode()
+
+
+#: The chain table's columns, in the order of ``audit_chain.new_entries``' rows.
+CHAIN_COLUMNS = (
+    "account_id",
+    "seq",
+    "position",
+    "originator_id",
+    "originator_version",
+    "topic",
+    "entry_hash",
+)
+
+
+def heads_query(qualify: str) -> bytes:
+    """Return the query for the last entry (account_id, seq, entry_hash) of each given chain."""
+    table = f"{qualify}{CHAIN}"
+    return (
+        "SELECT h.account_id, h.seq, h.entry_hash FROM unnest(%s::text[]) AS k(account_id) "
+        f"CROSS JOIN LATERAL (SELECT account_id, seq, entry_hash FROM {table} "
+        "WHERE account_id = k.account_id ORDER BY seq DESC LIMIT 1) h"
     ).encode()
 
 
@@ -293,15 +346,19 @@ def _recordset(
 def recordset_statement(
     table: str, names: tuple[str, ...], key: str, versioned: bool, qualify: str
 ) -> bytes:
-    """Return the upsert of a JSON array of rows (see :func:`recordset_upserts`)."""
+    """Return the upsert of a JSON array of rows (see :func:`recordset_upserts`).
+
+    Without a ``key`` it is a plain INSERT.
+    """
     target = qualify + table
     columns = ", ".join(names)
-    updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != key)
     sql = (
         f"INSERT INTO {target} ({columns}) SELECT {columns} "
-        f"FROM jsonb_populate_recordset(NULL::{target}, %s::jsonb) "
-        f"ON CONFLICT ({key}) DO UPDATE SET {updates}"
+        f"FROM jsonb_populate_recordset(NULL::{target}, %s::jsonb)"
     )
+    if key:
+        updates = ", ".join(f"{n} = excluded.{n}" for n in names if n != key)
+        sql += f" ON CONFLICT ({key}) DO UPDATE SET {updates}"
     if versioned:
         sql += f" WHERE excluded.version > {target}.version"
     return sql.encode()
