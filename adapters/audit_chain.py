@@ -40,8 +40,8 @@ from caljournal.adapters.readmodel import (
     APPOINTMENTS,
     LINKS,
     TOKENS,
-    aggregate_classes,
 )
+from caljournal.domain.aggregates import aggregate_classes
 
 CHAIN = "caljournal_audit_chain"
 GENESIS = "0" * 64

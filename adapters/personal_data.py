@@ -31,6 +31,7 @@ from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import EventStore, Mapper, StoredEvent
 from eventsourcing.utils import get_topic
 
+from caljournal.domain.aggregates import aggregate_classes
 from caljournal.domain.personal import (
     OVERRIDE_TEXTS,
     PERSONAL_FIELDS,
@@ -200,6 +201,7 @@ class PersonalDataMapper(Mapper[UUID]):
 
         :raises ValueError: when sealed fields are damaged (a key that does not open them).
         """
+        aggregate_classes()  # their topics, before the first event is resolved by its topic
         event = super().to_domain_event(stored_event)
         state = vars(event)
         sealed = state.pop(SEALED_FIELD, None)

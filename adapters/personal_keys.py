@@ -29,7 +29,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from eventsourcing.persistence import Cipher
 
 from caljournal.adapters.personal_data import has_personal
-from caljournal.adapters.readmodel import APPOINTMENTS, Row, aggregate_classes
+from caljournal.adapters.readmodel import APPOINTMENTS, Row
+from caljournal.domain.aggregates import aggregate_classes
 
 if TYPE_CHECKING:
     from caljournal.domain.appointment import Appointment

@@ -21,17 +21,15 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from caljournal.domain.aggregates import aggregate_classes
 from caljournal.domain.values import MAX_DURATION
 
 if TYPE_CHECKING:
-    from caljournal.domain.account import Account, ApiToken
-    from caljournal.domain.appointment import Appointment
     from caljournal.domain.link import CalendarLink
-    from caljournal.domain.quarantine import QuarantineLog
 
 APPOINTMENTS = "caljournal_appointments"
 ACCOUNTS = "caljournal_accounts"
@@ -79,31 +77,6 @@ def state_json(state: dict[str, Any]) -> str:
     appointment document is written on every change.
     """
     return orjson.dumps(state).decode()
-
-
-class AggregateClasses(NamedTuple):
-    """The journal's aggregate classes (see :func:`aggregate_classes`)."""
-
-    Account: type[Account]
-    ApiToken: type[ApiToken]
-    Appointment: type[Appointment]
-    CalendarLink: type[CalendarLink]
-    QuarantineLog: type[QuarantineLog]
-
-
-@lru_cache(maxsize=1)
-def aggregate_classes() -> AggregateClasses:
-    """Return the aggregate classes, imported on first use.
-
-    Only the code that writes or decodes events needs them: read-only commands
-    (``caljournal status``) open the journal without loading the event classes.
-    """
-    from caljournal.domain.account import Account, ApiToken
-    from caljournal.domain.appointment import Appointment
-    from caljournal.domain.link import CalendarLink
-    from caljournal.domain.quarantine import QuarantineLog
-
-    return AggregateClasses(Account, ApiToken, Appointment, CalendarLink, QuarantineLog)
 
 
 def rows_for(aggregate: object, state: dict[str, Any] | None = None) -> list[Row]:

@@ -251,3 +251,44 @@ def test_the_postgresql_recorder_is_named_by_its_topic() -> None:
 
     assert resolve_topic(POSTGRES_RECORDER_TOPIC) is PostgresJournalRecorder
     assert get_topic(PostgresJournalRecorder) == POSTGRES_RECORDER_TOPIC
+
+
+_DECODE_ALONE = """
+import sys
+from uuid import UUID
+from caljournal.adapters.journal import open_journal
+from caljournal.settings import load_settings
+
+settings = load_settings()
+journal = open_journal(settings)
+assert "caljournal.domain.link" not in sys.modules, "the journal loaded the event classes early"
+link = journal.repository.get(UUID(sys.argv[1]))
+notifications = journal.notification_log.select(1, 10)
+events = [journal.mapper.to_domain_event(n) for n in notifications]
+print(type(link).__name__, link.status, len(events))
+"""
+
+
+def test_a_process_that_opens_only_the_journal_decodes_its_events(journal: Path) -> None:
+    """The event classes load when the first event is decoded, so their topics resolve."""
+    container = _open(journal)
+    try:
+        account_id = container.accounts.find_account("acme").id
+    finally:
+        container.close()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CALJOURNAL_")}
+    env["CALJOURNAL_DATABASE_URL"] = f"sqlite:///{journal / 'caljournal.sqlite'}"
+    env["CALJOURNAL_SECRET_KEY_FILE"] = str(journal / "caljournal.key")
+
+    result = subprocess.run(
+        [sys.executable, "-c", _DECODE_ALONE, str(CalendarLink.id_for(account_id))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, status, count = result.stdout.split()
+    assert (name, status) == ("CalendarLink", "active")
+    assert int(count) >= 3  # the account's opening, the link and its calendar
