@@ -17,7 +17,7 @@ from caljournal.adapters.calendar_reader import CalendarReader
 from caljournal.adapters.calendar_writer import CalendarWriter
 from caljournal.adapters.providers import ProviderProfile, get_profile
 from caljournal.adapters.retry import RetryPolicy
-from caljournal.adapters.storage import Delta, Loaded, Written
+from caljournal.adapters.storage import Delta, FetchMode, Loaded, Written
 
 
 class LinkedCalendar(Protocol):
@@ -46,7 +46,9 @@ class CalDAVStorage:
         retry: RetryPolicy | None = None,
         full_timeout: float = 300.0,
     ) -> None:
-        self.reader = CalendarReader(access, calendar_url, full_timeout=full_timeout, retry=retry)
+        self.reader = CalendarReader(
+            access, calendar_url, full_timeout=full_timeout, retry=retry, mode=profile.fetch_mode
+        )
         self.calendar_url = self.reader.calendar_url
         self.profile = profile
         self.writer = CalendarWriter(access.at(self.calendar_url), profile, retry)
@@ -67,6 +69,15 @@ class CalDAVStorage:
         if not link.calendar_url:
             raise ValueError("the link has no calendar chosen")
         return cls(access, link.calendar_url, get_profile(link.provider), retry, full_timeout)
+
+    @property
+    def fetch_mode(self) -> FetchMode:
+        """Return how the server is asked for objects now (the profile's preset, then learned)."""
+        return self.reader.fetch_mode
+
+    def use_fetch_mode(self, mode: FetchMode) -> None:
+        """Ask the server for objects as ``mode`` says (recorded by an earlier poll)."""
+        self.reader.use_fetch_mode(mode)
 
     def listing(self) -> Delta:
         """Return every object's href and ETag (complete)."""

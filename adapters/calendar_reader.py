@@ -42,15 +42,22 @@ from caljournal.adapters.multistatus import (
     sync_collection_body,
 )
 from caljournal.adapters.retry import RetryPolicy
-from caljournal.adapters.storage import Delta, Loaded, SyncTokenInvalid
+from caljournal.adapters.storage import (
+    MULTIGET_MOST,
+    MULTIGET_START,
+    Delta,
+    FetchMode,
+    Loaded,
+    SyncTokenInvalid,
+)
 from caljournal.adapters.transport import DISCOVERY, LISTING, MULTIGET
 
 T = TypeVar("T")
 
-#: Objects the first multiget of a reader asks for.
-MULTIGET_BATCH = 100
+#: Objects the first multiget of a reader asks for (unless its fetch mode says otherwise).
+MULTIGET_BATCH = MULTIGET_START
 #: The most objects one multiget asks for.
-MULTIGET_MAX = 1000
+MULTIGET_MAX = MULTIGET_MOST
 #: A full multiget answered within this many seconds doubles the next one (up to
 #: MULTIGET_MAX): a server that costs much per request (about a second each, on
 #: some) is asked fewer times; one slower than half the request deadline halves it.
@@ -80,6 +87,7 @@ class CalendarReader:
         calendar_url: str,
         full_timeout: float = 300.0,
         retry: RetryPolicy | None = None,
+        mode: FetchMode | None = None,
     ) -> None:
         self.calendar_url = calendar_url if calendar_url.endswith("/") else calendar_url + "/"
         self.access = access.at(self.calendar_url)
@@ -88,12 +96,23 @@ class CalendarReader:
         self.full_timeout = full_timeout
         self.retry = retry or RetryPolicy(attempts=1)
         self._full_client: Any = None
+        mode = mode or FetchMode()
         # Whether sync-collection may ask for calendar data (a refusal turns it off).
-        self.inline_data = True
+        self.inline_data = mode.inline_data
         # Objects per multiget, adapted to how the server answers (see ``_next_batch``);
         # never again as many as an answer that passed the size cap held.
-        self.multiget_batch = MULTIGET_BATCH
+        self.multiget_batch = mode.multiget_batch
         self._multiget_ceiling = MULTIGET_MAX + 1
+
+    @property
+    def fetch_mode(self) -> FetchMode:
+        """Return how this reader asks for objects now (what it learned of the server)."""
+        return FetchMode(self.inline_data, self.multiget_batch)
+
+    def use_fetch_mode(self, mode: FetchMode) -> None:
+        """Ask for objects as ``mode`` says (recorded by an earlier reader of this calendar)."""
+        self.inline_data = mode.inline_data
+        self.multiget_batch = mode.multiget_batch
 
     def _call(self, fn: Callable[[], T]) -> T:
         return self.retry.call(fn)

@@ -15,7 +15,8 @@ shows them); :meth:`expire_tokens` makes every token issued so far unknown
 (Radicale forgets tokens after 30 days). Like a server that answers a
 sync-collection REPORT with calendar data, its deltas carry the changed
 objects' data, unless ``inline_data`` is False (a server that sends ETags
-only). ``requests`` names every request the sync code made, by kind.
+only) or the storage's fetch mode says not to ask for it. ``requests`` names
+every request the sync code made, by kind.
 """
 
 from __future__ import annotations
@@ -24,13 +25,12 @@ from collections.abc import Iterable
 
 from caljournal.adapters.storage import (
     Delta,
+    FetchMode,
     Loaded,
     PreconditionFailed,
     SyncTokenInvalid,
     Written,
 )
-
-MULTIGET_BATCH = 100
 
 
 class MemoryStorage:
@@ -49,6 +49,16 @@ class MemoryStorage:
         self._log: list[tuple[int, str, bool]] = []
         self._lost_before = 0
         self._oldest_token = 0
+        self._mode = FetchMode()
+
+    @property
+    def fetch_mode(self) -> FetchMode:
+        """Return how objects are asked for: with the data in deltas or not, how many per load."""
+        return self._mode
+
+    def use_fetch_mode(self, mode: FetchMode) -> None:
+        """Ask for objects as ``mode`` says."""
+        self._mode = mode
 
     # -- reading ------------------------------------------------------------------
 
@@ -78,7 +88,11 @@ class MemoryStorage:
             if h not in self.objects
             and not (self.drops_short_lived and not self._existed(h, since))
         )
-        data = {h: self.objects[h][0] for h in changed} if self.inline_data else {}
+        data = (
+            {h: self.objects[h][0] for h in changed}
+            if self.inline_data and self._mode.inline_data
+            else {}
+        )
         return Delta(changed=changed, deleted=deleted, token=now, data=data)
 
     def state_tag(self) -> str | None:
@@ -87,9 +101,9 @@ class MemoryStorage:
         return str(self._counter)
 
     def load(self, hrefs: Iterable[str]) -> Loaded:
-        """Return the objects asked for, one request per 100 (like a multiget)."""
+        """Return the objects asked for, one request per multiget batch of the fetch mode."""
         wanted = list(hrefs)
-        loaded = Loaded(requests=-(-len(wanted) // MULTIGET_BATCH))
+        loaded = Loaded(requests=-(-len(wanted) // self._mode.multiget_batch))
         self.requests.extend(["multiget"] * loaded.requests)
         for href in wanted:
             found = self.objects.get(href)
@@ -171,7 +185,7 @@ class MemoryStorage:
     # -- inside -------------------------------------------------------------------
 
     def _data(self) -> dict[str, bytes]:
-        if not self.inline_data:
+        if not (self.inline_data and self._mode.inline_data):
             return {}
         return {href: data for href, (data, _) in self.objects.items()}
 

@@ -16,6 +16,8 @@ from types import MappingProxyType
 from typing import Literal, get_args
 from urllib.parse import quote, urlsplit
 
+from caljournal.adapters.fetch_mode import FetchMode
+
 AuthStyle = Literal["basic", "oauth2_bearer", "digest"]
 SyncTokens = Literal["reliable", "fragile", "none"]
 
@@ -89,6 +91,12 @@ class ProviderProfile:
     * ``allows_duplicate_uids``: a second object with an existing UID is stored.
     * ``uid_reuse_after_delete_blocked``: a deleted object's UID cannot be reused.
 
+    ``fetch_mode`` is how a calendar of this provider is first asked for its
+    objects (sync-collection with the data, and the first multiget's size);
+    a poll adapts it to what the server does and records it with the link, so
+    a preset only spares the first poll's learning. Every profile keeps the
+    default until a server's behaviour has been observed.
+
     :raises ValueError: when a value is out of range, an ``unverified`` name is
         not a capability flag, or a pattern does not compile.
     """
@@ -108,6 +116,7 @@ class ProviderProfile:
     overwrite_requires_if_match: bool = True
     sync_tokens: SyncTokens = "fragile"
     detects_invalid_sync_token: bool = False
+    fetch_mode: FetchMode = FetchMode()
     requires_dtend: bool = True
     allows_duplicate_uids: bool = True
     uid_reuse_after_delete_blocked: bool = True

@@ -246,6 +246,12 @@ def _personal_keys(target: Target) -> list[str]:
     ]
 
 
+def _fetch_modes(target: Target) -> list[str]:
+    # How each calendar's server is best asked for objects (adapters.fetch_mode),
+    # learned by the polls and kept across restarts.
+    return [f"ALTER TABLE {target.qualify}{INBOUND} ADD COLUMN fetch_mode TEXT"]
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -272,6 +278,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         5,
         "personal-data keys: one per appointment, destroyed when its personal data is erased",
         statements=_personal_keys,
+    ),
+    Migration(
+        6,
+        "inbound state: how the calendar's server is best asked for objects, as polls learned it",
+        statements=_fetch_modes,
     ),
 )
 

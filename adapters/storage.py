@@ -38,6 +38,12 @@ Vocabulary:
 ``close()``
     release connections.
 
+``fetch_mode`` / ``use_fetch_mode(mode)``
+    how the calendar's server is best asked for objects (a :class:`FetchMode`):
+    what the storage learned while answering, to be recorded with the link and
+    handed to the next storage of the same calendar, so a new process does not
+    learn it again.
+
 Every other failure is a :class:`StorageError` whose ``transient`` flag says
 whether asking again later may help and whose ``message`` is one sentence for
 the account holder.
@@ -51,6 +57,7 @@ from typing import Protocol, runtime_checkable
 
 from caljournal.adapters.caldav_client import CalDAVError as StorageError
 from caljournal.adapters.caldav_client import PreconditionFailedError as PreconditionFailed
+from caljournal.adapters.fetch_mode import MULTIGET_MOST, MULTIGET_START, FetchMode
 
 
 class SyncTokenInvalid(StorageError):  # noqa: N818 - named for the protocol's vocabulary
@@ -116,10 +123,18 @@ class CalendarStorage(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def fetch_mode(self) -> FetchMode: ...
+
+    def use_fetch_mode(self, mode: FetchMode) -> None: ...
+
 
 __all__ = [
+    "MULTIGET_MOST",
+    "MULTIGET_START",
     "CalendarStorage",
     "Delta",
+    "FetchMode",
     "Loaded",
     "PreconditionFailed",
     "StorageError",

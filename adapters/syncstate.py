@@ -91,6 +91,9 @@ class InboundState:
     confirm_deletes: bool = False
     breaker: str | None = None
     last_full_us: int | None = None
+    #: How the calendar's server is best asked for objects, as learned by the
+    #: polls (``FetchMode.as_text``); None before the first complete poll.
+    fetch_mode: str | None = None
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from caljournal.adapters.fetch_mode import FetchMode
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.status_sql import StatusQueries
 from caljournal.adapters.syncstate import SyncStateStore
@@ -261,11 +262,23 @@ def _inbound(store: SyncStateStore, account: str) -> dict[str, Any]:
         ),
         "last_error": state.last_error,
         "mass_delete_breaker": state.breaker,
+        "fetch_mode": _fetch_mode(state.fetch_mode),
         "calendar_check": _check(store, account),
         "quarantined": [
             {"href": q.href, "reason": q.reason, "at": _iso(q.at_us)} for q in quarantined.values()
         ],
     }
+
+
+def _fetch_mode(recorded: str | None) -> dict[str, Any] | None:
+    """Return how the polls found the server best asked for objects (None before any poll)."""
+    if recorded is None:
+        return None
+    try:
+        mode = FetchMode.from_text(recorded)
+    except ValueError as exc:
+        return {"unreadable": str(exc)}
+    return {"inline_data": mode.inline_data, "multiget_batch": mode.multiget_batch}
 
 
 def _check(store: SyncStateStore, account: str) -> dict[str, Any]:

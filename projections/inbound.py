@@ -34,7 +34,7 @@ from caljournal.adapters.journal_ops import apply, find, state_at_sequence
 from caljournal.adapters.logs import sync_context
 from caljournal.adapters.metrics import POLL_SECONDS, POLLS
 from caljournal.adapters.providers import get_profile
-from caljournal.adapters.storage import CalendarStorage, Delta, SyncTokenInvalid
+from caljournal.adapters.storage import CalendarStorage, Delta, FetchMode, SyncTokenInvalid
 from caljournal.adapters.syncstate import (
     CalendarCheck,
     CopyRecord,
@@ -133,6 +133,8 @@ class Poller:
         self._unknown: set[str] = set()
         self._quarantine_log: QuarantineLog | None = None
         self._poll_cause: Cause | None = None
+        # The recorded fetch mode last handed to the storage (see _use_recorded_mode).
+        self._mode_applied: str | None = None
 
     def poll(self) -> PollReport:
         """Poll once; return what was done.
@@ -160,6 +162,7 @@ class Poller:
         self._unknown = set()
         self._quarantine_log = None
         state = self.store.inbound_state(self.account_id)
+        self._use_recorded_mode(state.fetch_mode)
         checks = self.store.calendar_check(self.account_id)
         same_calendar = state.calendar_url == self.calendar_url
         token = state.sync_token if same_calendar else None
@@ -650,6 +653,9 @@ class Poller:
                 ctag=ctag,
                 confirm_deletes=False,
                 breaker=None,
+                # What this poll learned of how the server answers, for the next
+                # poll of any process (see _use_recorded_mode).
+                fetch_mode=self.storage.fetch_mode.as_text(),
             )
             if report.full:
                 values["last_full_us"] = int(time.time() * 1e6)
@@ -672,6 +678,24 @@ class Poller:
             last_found=json.dumps(report.found) if found else checks.last_found,
             last_found_us=now_us if found else checks.last_found_us,
         )
+
+    def _use_recorded_mode(self, recorded: str | None) -> None:
+        """Hand the storage how earlier polls found the server best asked (once per record).
+
+        A storage that lives across polls keeps what it learns; a new one (a new
+        process, a worker taking the account over) starts from the record
+        instead of the provider's preset. A record that does not read is
+        logged and left for the next poll to overwrite.
+        """
+        if recorded is None or recorded == self._mode_applied:
+            return
+        self._mode_applied = recorded
+        try:
+            mode = FetchMode.from_text(recorded)
+        except ValueError as exc:
+            log.warning("account %s: recorded fetch mode ignored: %s", self.account_id, exc)
+            return
+        self.storage.use_fetch_mode(mode)
 
     def _finish(self, report: PollReport, token: str | None, ctag: str | None) -> None:
         self.store.update_inbound(

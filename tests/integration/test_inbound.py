@@ -13,6 +13,7 @@ import caldav
 import pytest
 
 from caljournal.adapters.caldav_storage import CalDAVStorage
+from caljournal.adapters.fetch_mode import FetchMode
 from caljournal.adapters.providers import get_profile
 from caljournal.adapters.secrets import Credentials
 from caljournal.appointments import Booking
@@ -22,6 +23,7 @@ from caljournal.domain.link import CalendarLink
 from caljournal.domain.quarantine import QuarantineLog
 from caljournal.projections.inbound import Poller, PollReport
 from caljournal.projections.outbound import OutboundWorker, PushReconciler
+from caljournal.status import account_report
 from tests.conftest import Tenant, operator
 from tests.integration.test_outbound import FAST
 from tests.support.calendars import differences, remote_events, wait_until
@@ -696,3 +698,46 @@ def test_a_copy_restored_after_a_booking_system_cancellation_is_deleted_again(
     assert uid not in remote_events(linked.calendar)
     assert linked.poll().counts == {}
     assert differences(linked.container, linked.tenant.account_id, linked.calendar) == []
+
+
+def test_a_refusal_learned_by_one_poll_is_not_asked_again_by_the_next_storage(
+    linked: Linked,
+) -> None:
+    """A server that refuses calendar data in sync-collection is asked for ETags from then on.
+
+    The refusal is learned once and recorded with the account's inbound state:
+    the next poll, through a new storage (as after a restart), asks as recorded.
+    """
+    for day in (21, 22):
+        linked.calendar.save_event(
+            dtstart=datetime(2026, 4, day, 9, tzinfo=BERLIN),
+            dtend=datetime(2026, 4, day, 9, 30, tzinfo=BERLIN),
+            summary=f"Foreign {day}",
+            uid=f"foreign-{day}@example.org",
+        )
+    linked.proxy.fail_next(1, 403, method="REPORT")
+    linked.proxy.clear_log()
+
+    first = linked.poll()
+
+    assert first.counts == {"import": 2}, first
+    assert [r.status for r in linked.proxy.requests("REPORT")][0] == 403
+    recorded = linked.container.sync_state.inbound_state(linked.account).fetch_mode
+    assert recorded is not None and FetchMode.from_text(recorded).inline_data is False
+    shown = account_report(
+        linked.container.journal, linked.container.sync_state, linked.tenant.account_id
+    )
+    assert shown["inbound"]["fetch_mode"] == {"inline_data": False, "multiget_batch": 100}
+
+    linked.calendar.save_event(
+        dtstart=datetime(2026, 4, 23, 9, tzinfo=BERLIN),
+        dtend=datetime(2026, 4, 23, 9, 30, tzinfo=BERLIN),
+        summary="Foreign 23",
+        uid="foreign-23@example.org",
+    )
+    linked.proxy.clear_log()
+    second = linked.poll()  # a new CalDAVStorage, which starts from the record
+
+    assert second.counts == {"import": 1}, second
+    statuses = [r.status for r in linked.proxy.requests("REPORT")]
+    assert statuses == [207, 207], statuses  # the delta with ETags, then one multiget
