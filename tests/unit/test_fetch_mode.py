@@ -1,15 +1,13 @@
 """How a calendar's server is best asked for objects: recorded by a poll, reused by the next.
 
-The calendar is the storage port in memory; the journal and the sync state are a
-real SQLite file.
+The calendar is the storage port in memory; the journal and the sync state are real
+(SQLite and PostgreSQL).
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -18,11 +16,10 @@ from hypothesis import strategies as st
 from caljournal.adapters.fetch_mode import MULTIGET_MOST, FetchMode
 from caljournal.adapters.memory_storage import MemoryStorage
 from caljournal.adapters.providers import PROFILES
-from caljournal.bootstrap import Container, bootstrap
+from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
 from caljournal.projections.inbound import Poller, PollReport
-from caljournal.settings import load_settings
-from tests.conftest import open_tenant, sqlite_url
+from tests.conftest import open_tenant
 
 URL = "https://calendar.example/user/calendars/work/"
 
@@ -64,15 +61,6 @@ def test_a_record_that_is_no_mode_is_refused_in_words(text: str) -> None:
 def test_every_provider_starts_from_a_valid_mode() -> None:
     for profile in PROFILES:
         assert FetchMode.from_text(profile.fetch_mode.as_text()) == profile.fetch_mode
-
-
-@pytest.fixture
-def container(tmp_path: Path) -> Iterator[Container]:
-    built = bootstrap(
-        load_settings(database_url=sqlite_url(tmp_path), secret_key_file=tmp_path / "k")
-    )
-    yield built
-    built.close()
 
 
 def poll(container: Container, account: str, calendar: MemoryStorage) -> PollReport:

@@ -18,7 +18,7 @@ from uuid import UUID
 
 import pytest
 from eventsourcing.domain import DomainEventProtocol
-from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, StoredEvent, UUIDAsHex
+from eventsourcing.persistence import StoredEvent
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -41,7 +41,7 @@ from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.errors import InvalidAppointmentError
 from caljournal.domain.values import BOOKABLE_FROM, BOOKABLE_UNTIL, JOURNAL_FROM, JOURNAL_UNTIL
 from caljournal.domain.values import check_time as check_time_now
-from tests.unit.test_personal_data import HeldKeys, _series
+from tests.unit.test_personal_data import HeldKeys, _series, mapper
 
 CAUSE = Cause(Origin.CALDAV, "poller", "poll-1")
 APPOINTMENT = UUID("6f1c0d0e-2b9a-4c53-9d51-0a7f3c2e4b11")
@@ -58,15 +58,6 @@ GOLDEN = {
     "details changed, sealed": "0f64ff0f0bd5dccfcca59e0b7d39845b99a8294279a82fc7fd36476102d0e52c",
     "moved, nothing personal": "678862c1e392a74b5855cb424c84785d23e20b542972ab51b2b6de88d4446cbb",
 }
-
-
-def _mapper(keys: HeldKeys | None) -> PersonalDataMapper:
-    transcoder = JSONTranscoder()
-    transcoder.register(UUIDAsHex())
-    transcoder.register(DatetimeAsISO())
-    built = PersonalDataMapper(transcoder=transcoder)
-    built.keys = keys
-    return built
 
 
 def _fixed(events: Sequence[Any]) -> list[Any]:
@@ -137,7 +128,7 @@ def _stored(name: str, event: DomainEventProtocol[UUID], keyed: bool) -> StoredE
     keys = HeldKeys()
     if keyed:
         keys.keys[APPOINTMENT] = KEY
-    return _mapper(keys).to_stored_event(event)
+    return mapper(keys).to_stored_event(event)
 
 
 @pytest.mark.usefixtures("fixed_nonce")
@@ -158,7 +149,7 @@ def test_an_event_without_personal_values_is_stored_as_the_library_stores_it() -
     assert not has_personal(vars(event))
 
     ours = _stored("moved", event, True)
-    library = super(PersonalDataMapper, _mapper(None)).to_stored_event(event)
+    library = super(PersonalDataMapper, mapper(None)).to_stored_event(event)
 
     assert ours == library
 
