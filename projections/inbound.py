@@ -21,11 +21,13 @@ copy records (:class:`CheckPolicy`). Whatever differs goes through the same
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,7 +36,13 @@ from caljournal.adapters.journal_ops import apply, find, state_at_sequence
 from caljournal.adapters.logs import sync_context
 from caljournal.adapters.metrics import POLL_SECONDS, POLLS
 from caljournal.adapters.providers import get_profile
-from caljournal.adapters.storage import CalendarStorage, Delta, FetchMode, SyncTokenInvalid
+from caljournal.adapters.storage import (
+    CalendarStorage,
+    Delta,
+    FetchMode,
+    Loaded,
+    SyncTokenInvalid,
+)
 from caljournal.adapters.syncstate import (
     CalendarCheck,
     CopyRecord,
@@ -299,12 +307,9 @@ class Poller:
         seen_uids: dict[str, str] = {}
         found: set[str] = set()
         held = set(copies) | set(quarantine)
-        for start in range(0, len(wanted), BATCH):
-            chunk = wanted[start : start + BATCH]
+        for chunk, loaded in self._loaded_chunks(wanted, inline):
             objects = {h: (inline[h], etags.get(h)) for h in chunk if h in inline}
-            rest = [h for h in chunk if h not in inline]
-            if rest:
-                loaded = self.storage.load(rest)
+            if loaded is not None:
                 report.requests += loaded.requests
                 objects.update(loaded.objects)
                 gone |= loaded.missing & held
@@ -326,6 +331,36 @@ class Poller:
             report.paused = reason
             return
         yield last
+
+    def _loaded_chunks(
+        self, wanted: list[str], inline: dict[str, bytes]
+    ) -> Iterator[tuple[list[str], Loaded | None]]:
+        """Yield ``wanted`` BATCH at a time, with what was loaded of the objects not sent inline.
+
+        While one chunk is decided and recorded, the next one's multiget is
+        already on its way, on one helper thread: the server answers while the
+        poll works (the thread waits on the network, not on the GIL). Only
+        one load is ever ahead, so memory holds at most two chunks; a load's
+        failure is raised where its chunk is taken, and a poll that stops early
+        waits for the load in flight (bounded by the request deadline).
+        """
+        chunks = [wanted[i : i + BATCH] for i in range(0, len(wanted), BATCH)]
+        rests = [[h for h in chunk if h not in inline] for chunk in chunks]
+        if sum(1 for rest in rests if rest) < 2:  # nothing to overlap: no thread
+            for chunk, rest in zip(chunks, rests, strict=True):
+                yield chunk, self.storage.load(rest) if rest else None
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="caljournal-load") as ahead:
+            context = contextvars.copy_context()  # the poll's log context
+
+            def load(rest: list[str]) -> Future[Loaded] | None:
+                return ahead.submit(context.copy().run, self.storage.load, rest) if rest else None
+
+            pending = load(rests[0])
+            for index, chunk in enumerate(chunks):
+                current = pending
+                pending = load(rests[index + 1]) if index + 1 < len(chunks) else None
+                yield chunk, current.result() if current is not None else None
 
     def _decide(
         self,

@@ -7,17 +7,21 @@ data) and without (one that needs multigets).
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
 from caljournal.adapters.memory_storage import MemoryStorage
+from caljournal.adapters.storage import Loaded, StorageError
 from caljournal.adapters.syncstate import StateWrites
 from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
 from caljournal.projections import inbound
 from caljournal.projections.inbound import Poller
+from tests.support.patience import MIN_WAIT
 
 URL = "https://dav.example.org/calendars/alice/work/"
 EVENT = (
@@ -96,10 +100,79 @@ def test_the_import_counter_moves_with_every_chunk_and_loads_interleave(
         # One request answered everything, before the first commit.
         assert storage.requests == ["sync-collection"] and requests_before[0] == 1
     else:
-        # Chunks are loaded as the import goes, one ahead of the chunk being
-        # recorded (to know whether that one is the last), not all before the first.
+        # Chunks are loaded as the import goes, not all before the first commit: the
+        # chunk after the one being recorded is decided (to know whether that one is
+        # the last), and one more load may be on its way meanwhile.
         assert storage.requests == ["sync-collection"] + ["multiget"] * 3
-        assert requests_before[:3] == [3, 4, 4]
+        assert requests_before[0] in (3, 4) and requests_before[1:3] == [4, 4]
+
+
+class Slow(MemoryStorage):
+    """A calendar whose loads are watched: which chunk each began, and when to fail."""
+
+    def __init__(self, fail_at: int | None = None) -> None:
+        super().__init__(URL, inline_data=False)
+        self.fail_at = fail_at
+        self.loads: list[str] = []
+        self.third_load = threading.Event()
+
+    def load(self, hrefs: Iterable[str]) -> Loaded:
+        wanted = list(hrefs)
+        self.loads.append(threading.current_thread().name)
+        if len(self.loads) == 3:
+            self.third_load.set()
+        if self.fail_at == len(self.loads):
+            raise StorageError("the server broke off the answer", status=503)
+        return super().load(wanted)
+
+
+def test_the_next_chunk_is_loaded_while_one_is_recorded(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbound, "BATCH", 4)
+    storage = Slow()
+    for n in range(12):
+        storage.put(f"{URL}import-{n}.ics", EVENT.format(n=n, day=1 + n % 28).encode())
+    account = str(uuid.uuid4())
+    waited: list[bool] = []
+    polling = poller(container, storage, account)
+    store = polling.store
+
+    class Waiting(Watched):
+        def commit(self, aggregates: Any, writes: StateWrites) -> None:
+            if not waited:  # the first chunk's commit: the third chunk's load has begun
+                waited.append(storage.third_load.wait(timeout=MIN_WAIT))
+            super().commit(aggregates, writes)
+
+    polling.store = Waiting(store, storage)
+    report = polling.poll()
+
+    assert report.counts == {"import": 12}
+    # Without loading ahead, the third chunk would be loaded only after this commit
+    # (the wait would time out): the second is decided before it, the third after.
+    assert waited == [True]
+    assert all(name.startswith("caljournal-load") for name in storage.loads)
+    assert not [t for t in threading.enumerate() if t.name.startswith("caljournal-load")]
+
+
+def test_a_load_that_fails_ahead_fails_the_poll_and_leaves_no_thread(
+    container: Container, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(inbound, "BATCH", 4)
+    storage = Slow(fail_at=2)
+    for n in range(12):
+        storage.put(f"{URL}import-{n}.ics", EVENT.format(n=n, day=1 + n % 28).encode())
+    account = str(uuid.uuid4())
+
+    with pytest.raises(StorageError, match="broke off"):
+        poller(container, storage, account).poll()
+
+    assert not [t for t in threading.enumerate() if t.name.startswith("caljournal-load")]
+    state = container.sync_state.inbound_state(account)
+    assert state.sync_token is None  # nothing moved on: the next poll starts over
+    storage.fail_at = None
+    report = poller(container, storage, account).poll()
+    assert report.counts == {"import": 12}  # each object once
 
 
 def test_an_import_that_died_midway_resumes_without_duplicates(
