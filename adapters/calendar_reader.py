@@ -44,7 +44,6 @@ from caljournal.adapters.multistatus import (
 from caljournal.adapters.retry import RetryPolicy
 from caljournal.adapters.storage import (
     MULTIGET_MOST,
-    MULTIGET_START,
     Delta,
     FetchMode,
     Loaded,
@@ -54,12 +53,8 @@ from caljournal.adapters.transport import DISCOVERY, LISTING, MULTIGET
 
 T = TypeVar("T")
 
-#: Objects the first multiget of a reader asks for (unless its fetch mode says otherwise).
-MULTIGET_BATCH = MULTIGET_START
-#: The most objects one multiget asks for.
-MULTIGET_MAX = MULTIGET_MOST
 #: A full multiget answered within this many seconds doubles the next one (up to
-#: MULTIGET_MAX): a server that costs much per request (about a second each, on
+#: MULTIGET_MOST): a server that costs much per request (about a second each, on
 #: some) is asked fewer times; one slower than half the request deadline halves it.
 MULTIGET_QUICK = 2.0
 #: The share of the request deadline past which a multiget counts as slow.
@@ -102,7 +97,7 @@ class CalendarReader:
         # Objects per multiget, adapted to how the server answers (see ``_next_batch``);
         # never again as many as an answer that passed the size cap held.
         self.multiget_batch = mode.multiget_batch
-        self._multiget_ceiling = MULTIGET_MAX + 1
+        self._multiget_ceiling = MULTIGET_MOST + 1
 
     @property
     def fetch_mode(self) -> FetchMode:
@@ -422,7 +417,7 @@ class CalendarReader:
         """Return the objects the next multiget asks for, after a full one took ``seconds``."""
         size = self.multiget_batch
         if seconds <= MULTIGET_QUICK:
-            return max(min(size * 2, MULTIGET_MAX, self._multiget_ceiling - 1), 1)
+            return max(min(size * 2, MULTIGET_MOST, self._multiget_ceiling - 1), 1)
         if seconds > self.access.timeout * MULTIGET_SLOW_SHARE:
             return max(size // 2, 1)
         return size

@@ -88,11 +88,7 @@ class MemoryStorage:
             if h not in self.objects
             and not (self.drops_short_lived and not self._existed(h, since))
         )
-        data = (
-            {h: self.objects[h][0] for h in changed}
-            if self.inline_data and self._mode.inline_data
-            else {}
-        )
+        data = {h: self.objects[h][0] for h in changed} if self._sends_data() else {}
         return Delta(changed=changed, deleted=deleted, token=now, data=data)
 
     def state_tag(self) -> str | None:
@@ -184,8 +180,12 @@ class MemoryStorage:
 
     # -- inside -------------------------------------------------------------------
 
+    def _sends_data(self) -> bool:
+        """Tell whether a delta carries the data: the server sends it and the mode asks for it."""
+        return self.inline_data and self._mode.inline_data
+
     def _data(self) -> dict[str, bytes]:
-        if not (self.inline_data and self._mode.inline_data):
+        if not self._sends_data():
             return {}
         return {href: data for href, (data, _) in self.objects.items()}
 

@@ -278,7 +278,7 @@ def _fetch_mode(recorded: str | None) -> dict[str, Any] | None:
         mode = FetchMode.from_text(recorded)
     except ValueError as exc:
         return {"unreadable": str(exc)}
-    return {"inline_data": mode.inline_data, "multiget_batch": mode.multiget_batch}
+    return asdict(mode)
 
 
 def _check(store: SyncStateStore, account: str) -> dict[str, Any]:
