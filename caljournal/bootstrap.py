@@ -21,6 +21,7 @@ from caljournal.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from caljournal.accounts import AccountService
+    from caljournal.adapters.cpu_pool import CpuPool
     from caljournal.adapters.secrets import SecretBox
     from caljournal.adapters.syncstate import SyncStateStore
     from caljournal.appointments import AppointmentService
@@ -161,6 +162,7 @@ class Container:
             config=config,
             postgres_listen=self.journal.listener,
             store=self.sync_state,
+            pool=self.cpu_pool,
         )
 
     def secret_box(self) -> SecretBox:
@@ -207,10 +209,22 @@ class Container:
             max_workers=self.settings.api_thread_count, thread_name_prefix="caljournal-api"
         )
 
+    @property
+    def cpu_pool(self) -> CpuPool:
+        """Return the pool that parses the objects of large polls (helpers start on first use)."""
+        from caljournal.adapters.cpu_pool import default_processes, make_pool
+
+        return self._once(
+            "cpu_pool", lambda: make_pool(default_processes(self.settings.parse_processes))
+        )
+
     def close(self) -> None:
-        """Release the API's threads and the database connections."""
+        """Release the API's threads, the helper processes and the database connections."""
         if "api_executor" in self.__dict__:
             self.api_executor.shutdown(wait=True)
+        pool = self._services.get("cpu_pool")
+        if pool is not None:
+            pool.close()
         self.journal.close()
 
 

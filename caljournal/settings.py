@@ -149,6 +149,14 @@ class Settings(BaseSettings):
         description="threads a worker runs its accounts' pushes and polls in; one server "
         "gets at most half of them",
     )
+    parse_processes: int | None = Field(
+        default=None,
+        ge=0,
+        le=64,
+        description="helper processes that parse the objects of large polls (a first import) "
+        "ahead of the poll; 0 parses in the poll's thread (default: 1 on a machine with two "
+        "or more CPUs, else 0)",
+    )
     token_cache_seconds: float = Field(
         default=1.0,
         ge=0,

@@ -21,16 +21,15 @@ copy records (:class:`CheckPolicy`). Whatever differs goes through the same
 
 from __future__ import annotations
 
-import contextvars
 import json
 import logging
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from caljournal.adapters.cpu_pool import INLINE, CpuPool
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.journal_ops import apply, find, state_at_sequence
 from caljournal.adapters.logs import sync_context
@@ -40,7 +39,6 @@ from caljournal.adapters.storage import (
     CalendarStorage,
     Delta,
     FetchMode,
-    Loaded,
     SyncTokenInvalid,
 )
 from caljournal.adapters.syncstate import (
@@ -56,6 +54,7 @@ from caljournal.domain.link import CalendarLink
 from caljournal.domain.quarantine import QuarantineLog
 from caljournal.domain.values import RemoteFields
 from caljournal.projections.executor import BOOKING_SYSTEM_WINS
+from caljournal.projections.inbound_chunks import BATCH, fetch_chunks
 from caljournal.projections.inbound_decide import (
     MAX_OBJECT_BYTES,
     Decision,
@@ -68,7 +67,6 @@ from caljournal.projections.inbound_decide import (
 )
 
 log = logging.getLogger("caljournal.inbound")
-BATCH = 200
 FULL_COMPARE_EVERY_US = 6 * 3600 * 1_000_000
 
 
@@ -127,6 +125,7 @@ class Poller:
         cause: Callable[[], Cause],
         breaker: BreakerPolicy | None = None,
         check: CheckPolicy | None = None,
+        pool: CpuPool = INLINE,
     ) -> None:
         self.journal = journal
         self.storage = storage
@@ -137,6 +136,7 @@ class Poller:
         self.cause = cause
         self.breaker = breaker or BreakerPolicy()
         self.check = check or CheckPolicy()
+        self.pool = pool  # parses the objects of a poll of many chunks ahead (inbound_chunks)
         # Appointment ids one poll found unknown here, so an import looks once.
         self._unknown: set[str] = set()
         self._quarantine_log: QuarantineLog | None = None
@@ -307,13 +307,10 @@ class Poller:
         seen_uids: dict[str, str] = {}
         found: set[str] = set()
         held = set(copies) | set(quarantine)
-        for chunk, loaded in self._loaded_chunks(wanted, inline):
-            objects = {h: (inline[h], etags.get(h)) for h in chunk if h in inline}
-            if loaded is not None:
-                report.requests += loaded.requests
-                objects.update(loaded.objects)
-                gone |= loaded.missing & held
-            decided = self._decide(objects, copies, seen_uids)
+        for chunk in fetch_chunks(self.storage, self.pool, wanted, inline, etags):
+            report.requests += chunk.requests
+            gone |= chunk.missing & held
+            decided = self._decide(chunk.objects, copies, seen_uids, chunk.parsed())
             found.update(d.appointment_id for d in decided if d.appointment_id)
             yield decided
         last = self._decide_gone(gone, copies, found)
@@ -332,46 +329,21 @@ class Poller:
             return
         yield last
 
-    def _loaded_chunks(
-        self, wanted: list[str], inline: dict[str, bytes]
-    ) -> Iterator[tuple[list[str], Loaded | None]]:
-        """Yield ``wanted`` BATCH at a time, with what was loaded of the objects not sent inline.
-
-        While one chunk is decided and recorded, the next one's multiget is
-        already on its way, on one helper thread: the server answers while the
-        poll works (the thread waits on the network, not on the GIL). Only
-        one load is ever ahead, so memory holds at most two chunks; a load's
-        failure is raised where its chunk is taken, and a poll that stops early
-        waits for the load in flight (bounded by the request deadline).
-        """
-        chunks = [wanted[i : i + BATCH] for i in range(0, len(wanted), BATCH)]
-        rests = [[h for h in chunk if h not in inline] for chunk in chunks]
-        if sum(1 for rest in rests if rest) < 2:  # nothing to overlap: no thread
-            for chunk, rest in zip(chunks, rests, strict=True):
-                yield chunk, self.storage.load(rest) if rest else None
-            return
-        with ThreadPoolExecutor(1, thread_name_prefix="caljournal-load") as ahead:
-            context = contextvars.copy_context()  # the poll's log context
-
-            def load(rest: list[str]) -> Future[Loaded] | None:
-                return ahead.submit(context.copy().run, self.storage.load, rest) if rest else None
-
-            pending = load(rests[0])
-            for index, chunk in enumerate(chunks):
-                current = pending
-                pending = load(rests[index + 1]) if index + 1 < len(chunks) else None
-                yield chunk, current.result() if current is not None else None
-
     def _decide(
         self,
         objects: dict[str, tuple[bytes, str | None]],
         copies: dict[str, CopyRecord],
         seen_uids: dict[str, str],
+        parsed: dict[str, Parsed] | None = None,
     ) -> list[Decision]:
-        """Decide on one chunk of objects, each parsed once; ``seen_uids`` spans the poll."""
+        """Decide on one chunk of objects, each parsed once; ``seen_uids`` spans the poll.
+
+        ``parsed`` holds :func:`parse_object` of each object when it was parsed already.
+        """
         involved = {c.appointment_id for h, c in copies.items() if h in objects}
         states = self._states(involved)
-        parsed = {href: parse_object(data) for href, (data, _) in objects.items()}
+        if parsed is None:
+            parsed = {href: parse_object(data) for href, (data, _) in objects.items()}
         owners = {
             href: self._owner_id(parsed[href]) for href in objects if copies.get(href) is None
         }

@@ -83,6 +83,7 @@ def make_poller(
         link,
         worker.cause,
         check=worker.config.check,
+        pool=worker.pool,
     )
 
 

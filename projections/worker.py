@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from caljournal.adapters.cpu_pool import INLINE, CpuPool
 from caljournal.adapters.journal import Journal
 from caljournal.adapters.syncstate import Lease, SyncStateStore
 from caljournal.adapters.syncstate_sql import SQLSyncState
@@ -65,9 +66,11 @@ class OutboundWorker:
         owner: str | None = None,
         postgres_listen: Callable[[], Any] | None = None,
         store: SyncStateStore | None = None,
+        pool: CpuPool = INLINE,
     ) -> None:
         self.journal = journal
         self.links = links
+        self.pool = pool  # parses the objects of large polls (see inbound_chunks)
         self.config = config or WorkerConfig()
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.recorder = journal.journal_recorder

@@ -1,13 +1,16 @@
-"""Loading the next chunk while the poll records the current one: a poll of many changed objects.
+"""Readying the next chunk while the poll records the current one: a poll of many changed objects.
 
 The calendar answers from memory behind a simulated round trip: each multiget
 takes ``--latency`` seconds plus ``--per-object`` seconds per object asked
 for (a remote server's network and work), and sends no data with its delta,
-so every object is loaded by multiget. The same poll runs twice per round on a
-fresh SQLite journal: with caljournal's loads one chunk ahead, and with the
-loads one after another between the chunks (the baseline, the poller's
-``_loaded_chunks`` replaced by a sequential loop in this process). Rounds
-alternate the order. It prints a table and writes JSON.
+so every object is loaded by multiget. The same poll runs three times per round
+on a fresh SQLite journal: with each chunk loaded and parsed only when it is
+taken (the baseline: ``fetch_chunks`` replaced by a sequential loop in this
+process), with the loads one chunk ahead and the parse in the poll's thread
+(the inline CPU pool), and with loads ahead and the parse in a helper process
+(the production default on two or more CPUs). The process pool is started
+before the timed rounds, as a running worker has it. Rounds rotate the order.
+It prints a table and writes JSON.
 
     python scripts/bench_load_ahead.py --objects 2000 --latency 0.05 --rounds 3
 """
@@ -30,14 +33,17 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from caljournal.adapters.cpu_pool import INLINE, CpuPool, ProcessPool  # noqa: E402
 from caljournal.adapters.memory_storage import MemoryStorage  # noqa: E402
-from caljournal.adapters.storage import Loaded  # noqa: E402
+from caljournal.adapters.storage import CalendarStorage, Loaded  # noqa: E402
 from caljournal.domain.cause import Cause, Origin  # noqa: E402
 from caljournal.projections import inbound  # noqa: E402
 from caljournal.projections.inbound import Poller  # noqa: E402
+from caljournal.projections.inbound_chunks import BATCH, Chunk, fetch_chunks  # noqa: E402
+from caljournal.projections.inbound_decide import parse_object  # noqa: E402
 from caljournal.scripts.bench_import import MEMORY_URL, events, journal  # noqa: E402
 
-AHEAD = Poller._loaded_chunks  # noqa: SLF001 - the production path, restored after each baseline
+MODES = ("one after another", "loads ahead", "loads and parse ahead")
 
 
 class Remote(MemoryStorage):
@@ -55,18 +61,26 @@ class Remote(MemoryStorage):
 
 
 def one_after_another(
-    self: Poller, wanted: list[str], inline: dict[str, bytes]
-) -> Iterator[tuple[list[str], Loaded | None]]:
-    """Yield the chunks with their loads made only when each chunk is taken (the baseline)."""
-    for start in range(0, len(wanted), inbound.BATCH):
-        chunk = wanted[start : start + inbound.BATCH]
-        rest = [h for h in chunk if h not in inline]
-        yield chunk, self.storage.load(rest) if rest else None
+    storage: CalendarStorage,
+    pool: CpuPool,
+    wanted: list[str],
+    inline: dict[str, bytes],
+    etags: dict[str, str | None],
+) -> Iterator[Chunk]:
+    """Yield the chunks, each loaded and parsed only when it is taken (the baseline)."""
+    for start in range(0, len(wanted), BATCH):
+        part = wanted[start : start + BATCH]
+        objects = {h: (inline[h], etags.get(h)) for h in part if h in inline}
+        rest = [h for h in part if h not in inline]
+        loaded = storage.load(rest) if rest else Loaded()
+        objects.update(loaded.objects)
+        parse = INLINE.submit(parse_object, [data for data, _ in objects.values()])
+        yield Chunk(objects, parse, loaded.requests, loaded.missing)
 
 
-def poll_seconds(mode: str, args: argparse.Namespace) -> float:
+def poll_seconds(mode: str, args: argparse.Namespace, helpers: ProcessPool) -> float:
     """Return how long one first poll of ``args.objects`` objects took in ``mode``."""
-    Poller._loaded_chunks = AHEAD if mode == "ahead" else one_after_another  # type: ignore[method-assign]  # noqa: SLF001
+    inbound.fetch_chunks = one_after_another if mode == MODES[0] else fetch_chunks
     try:
         with tempfile.TemporaryDirectory() as tmp, journal("sqlite", Path(tmp)) as container:
             storage = Remote(args.latency, args.per_object)
@@ -80,12 +94,13 @@ def poll_seconds(mode: str, args: argparse.Namespace) -> float:
                 str(uuid.uuid4()),
                 link,
                 lambda: Cause(Origin.CALDAV, "bench", f"poll-{uuid.uuid4()}"),
+                pool=helpers if mode == MODES[2] else INLINE,
             )
             began = time.perf_counter()
             report = poller.poll()
             seconds = time.perf_counter() - began
     finally:
-        Poller._loaded_chunks = AHEAD  # type: ignore[method-assign]  # noqa: SLF001
+        inbound.fetch_chunks = fetch_chunks
     imported = report.counts.get("import", 0)
     assert imported == args.objects, f"imported {imported} of {args.objects}: {report}"
     return seconds
@@ -102,24 +117,29 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="bench-results/load_ahead.json")
     args = parser.parse_args()
-    runs: dict[str, list[float]] = {"one after another": [], "ahead": []}
-    for round_number in range(args.rounds):
-        order = ["one after another", "ahead"]
-        for mode in order if round_number % 2 == 0 else order[::-1]:
-            runs[mode].append(poll_seconds("ahead" if mode == "ahead" else "baseline", args))
+    runs: dict[str, list[float]] = {mode: [] for mode in MODES}
+    helpers = ProcessPool(1)
+    helpers.submit(parse_object, []).result()  # started, as in a running worker
+    try:
+        for round_number in range(args.rounds):
+            shift = round_number % len(MODES)
+            for mode in MODES[shift:] + MODES[:shift]:
+                runs[mode].append(poll_seconds(mode, args, helpers))
+    finally:
+        helpers.close()
     medians = {mode: statistics.median(seconds) for mode, seconds in runs.items()}
     table = Table(
-        title=f"first poll of {args.objects} objects, each chunk of {inbound.BATCH} loaded in "
+        title=f"first poll of {args.objects} objects, each chunk of {BATCH} loaded in "
         f"{args.latency * 1000:.0f} ms + {args.per_object * 1e6:.0f} µs per object (SQLite)"
     )
-    for column in ("loads", "seconds per round", "median s", "× one after another"):
+    for column in ("chunks", "seconds per round", "median s", "× one after another"):
         table.add_column(column)
     for mode, seconds in runs.items():
         table.add_row(
             mode,
             " / ".join(f"{s:.2f}" for s in seconds),
             f"{medians[mode]:.2f}",
-            f"{medians[mode] / medians['one after another']:.2f}",
+            f"{medians[mode] / medians[MODES[0]]:.2f}",
         )
     Console().print(table)
     results: dict[str, Any] = {"arguments": vars(args), "seconds": runs, "medians": medians}

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
+from uuid import UUID
 
 import pytest
 
+from caljournal.adapters.cpu_pool import Job, ProcessPool
 from caljournal.adapters.memory_storage import MemoryStorage
 from caljournal.adapters.storage import Loaded, StorageError
 from caljournal.adapters.syncstate import StateWrites
 from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
-from caljournal.projections import inbound
+from caljournal.projections import inbound, inbound_chunks
 from caljournal.projections.inbound import Poller
 from tests.support.patience import MIN_WAIT
 
@@ -42,6 +44,12 @@ def calendar(count: int, inline_data: bool) -> MemoryStorage:
     for n in range(count):
         storage.put(f"{URL}import-{n}.ics", EVENT.format(n=n, day=1 + n % 28).encode())
     return storage
+
+
+def small_chunks(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
+    """Make the poll fetch, decide and record ``size`` objects at a time."""
+    monkeypatch.setattr(inbound, "BATCH", size)
+    monkeypatch.setattr(inbound_chunks, "BATCH", size)
 
 
 def poller(container: Container, storage: MemoryStorage, account: str) -> Poller:
@@ -82,7 +90,7 @@ class Watched:
 def test_the_import_counter_moves_with_every_chunk_and_loads_interleave(
     container: Container, monkeypatch: pytest.MonkeyPatch, inline_data: bool
 ) -> None:
-    monkeypatch.setattr(inbound, "BATCH", 4)
+    small_chunks(monkeypatch, 4)
     storage = calendar(10, inline_data)
     account = str(uuid.uuid4())
     watched = Watched(container.sync_state, storage)
@@ -129,7 +137,7 @@ class Slow(MemoryStorage):
 def test_the_next_chunk_is_loaded_while_one_is_recorded(
     container: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inbound, "BATCH", 4)
+    small_chunks(monkeypatch, 4)
     storage = Slow()
     for n in range(12):
         storage.put(f"{URL}import-{n}.ics", EVENT.format(n=n, day=1 + n % 28).encode())
@@ -158,7 +166,7 @@ def test_the_next_chunk_is_loaded_while_one_is_recorded(
 def test_a_load_that_fails_ahead_fails_the_poll_and_leaves_no_thread(
     container: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inbound, "BATCH", 4)
+    small_chunks(monkeypatch, 4)
     storage = Slow(fail_at=2)
     for n in range(12):
         storage.put(f"{URL}import-{n}.ics", EVENT.format(n=n, day=1 + n % 28).encode())
@@ -178,7 +186,7 @@ def test_a_load_that_fails_ahead_fails_the_poll_and_leaves_no_thread(
 def test_an_import_that_died_midway_resumes_without_duplicates(
     container: Container, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(inbound, "BATCH", 3)
+    small_chunks(monkeypatch, 3)
     storage = calendar(10, inline_data=True)
     account = str(uuid.uuid4())
     dying = poller(container, storage, account)
@@ -199,3 +207,46 @@ def test_an_import_that_died_midway_resumes_without_duplicates(
     assert len(ids) == 10
     again = poller(container, storage, account).poll()
     assert again.idle and not again.counts
+
+
+class Counted(ProcessPool):
+    """A process pool that counts the items handed to it."""
+
+    def __init__(self) -> None:
+        super().__init__(1)
+        self.items = 0
+
+    def submit(self, function: Callable[[Any], Any], items: Sequence[Any]) -> Job[Any]:
+        self.items += len(items)
+        return super().submit(function, items)
+
+
+@pytest.mark.parametrize("inline_data", [True, False], ids=["data-inline", "multiget"])
+def test_a_poll_of_many_chunks_is_parsed_in_a_helper_process(
+    container: Container, monkeypatch: pytest.MonkeyPatch, inline_data: bool
+) -> None:
+    small_chunks(monkeypatch, 4)
+    helpers = Counted()
+    try:
+        single = poller(container, calendar(3, inline_data), str(uuid.uuid4()))
+        single.pool = helpers
+        assert single.poll().counts == {"import": 3}
+        # One chunk: parsed in the poll's thread, no helper started.
+        assert helpers.items == 0 and helpers.pids() == []
+
+        storage = calendar(10, inline_data)
+        account = str(uuid.uuid4())
+        polling = poller(container, storage, account)
+        polling.pool = helpers
+        report = polling.poll()
+        started = helpers.pids()
+    finally:
+        helpers.close()
+
+    assert report.counts == {"import": 10}
+    assert helpers.items == 10 and len(started) == 1  # every object went to the helper
+    records = container.sync_state.copies_by_href(account, URL, None)
+    assert sorted(records) == sorted(f"{URL}import-{n}.ics" for n in range(10))
+    states = [container.appointments.get(None, UUID(r.appointment_id)) for r in records.values()]
+    titles = [state["title"] for state in states]
+    assert sorted(titles) == sorted(f"Import {n}" for n in range(10))

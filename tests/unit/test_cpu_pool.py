@@ -1,0 +1,158 @@
+"""The CPU pool: work runs where the port says, and a lost helper costs time, never results."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from caljournal.adapters.cpu_pool import INLINE, InlinePool, ProcessPool, default_processes
+from caljournal.bootstrap import bootstrap
+from caljournal.settings import load_settings
+from tests.support.cpu_work import pid_after, pid_of
+from tests.support.patience import MIN_WAIT
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = MIN_WAIT) -> None:
+    """Wait for ``condition`` to hold, failing after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {condition}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Return whether process ``pid`` runs (a zombie does not count)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def parent_of(pid: int) -> int:
+    """Return the parent process id of ``pid``."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.fixture
+def pool() -> Iterator[ProcessPool]:
+    started = ProcessPool(1)
+    yield started
+    started.close()
+
+
+def test_the_inline_pool_runs_the_function_once_where_the_result_is_asked() -> None:
+    calls: list[str] = []
+
+    def name_of(item: int) -> str:
+        calls.append(threading.current_thread().name)
+        return f"{item}:{threading.current_thread().name}"
+
+    job = INLINE.submit(name_of, [1, 2])
+    assert calls == []  # nothing ran at submit
+    answers: list[list[str]] = []
+    asker = threading.Thread(target=lambda: answers.append(job.result()), name="asker")
+    asker.start()
+    asker.join()
+
+    assert answers == [["1:asker", "2:asker"]]
+    assert job.result() == answers[0] and len(calls) == 2
+
+
+def test_a_process_pool_runs_the_function_in_its_helper(pool: ProcessPool) -> None:
+    assert pool.pids() == []  # started on first use
+
+    ran_in = pool.submit(pid_of, [1, 2, 3]).result()
+
+    assert len(set(ran_in)) == 1
+    assert ran_in[0] != os.getpid() and pool.pids() == [ran_in[0]]
+
+
+def test_a_killed_helper_costs_time_not_results(pool: ProcessPool) -> None:
+    job = pool.submit(pid_after, [2.0])
+    wait_until(lambda: bool(pool.pids()))
+    (killed,) = pool.pids()
+
+    os.kill(killed, signal.SIGKILL)
+
+    assert job.result() == [os.getpid()]  # ran here instead
+    (again,) = pool.submit(pid_of, [0]).result()
+    assert again not in (killed, os.getpid())  # a new helper took over
+
+
+def test_a_closed_pool_refuses_work(pool: ProcessPool) -> None:
+    pool.submit(pid_of, [0]).result()
+    helpers = pool.pids()
+
+    pool.close()
+
+    with pytest.raises(RuntimeError, match="closed"):
+        pool.submit(pid_of, [0])
+    wait_until(lambda: not any(alive(pid) for pid in helpers))
+
+
+def test_the_helpers_end_when_their_process_is_killed() -> None:
+    script = (
+        "import sys, time\n"
+        "from caljournal.adapters.cpu_pool import ProcessPool\n"
+        "from tests.support.cpu_work import pid_of\n"
+        "pool = ProcessPool(1)\n"
+        "print(pool.submit(pid_of, [0]).result()[0], flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None
+        helper = int(owner.stdout.readline())
+        forkserver = parent_of(helper)
+        assert alive(helper) and forkserver != owner.pid and alive(forkserver)
+
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(timeout=MIN_WAIT)
+
+        wait_until(lambda: not alive(helper) and not alive(forkserver))
+    finally:
+        owner.kill()
+        owner.wait()
+
+
+def test_one_helper_by_default_on_two_cpus_none_on_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert default_processes(3) == 3 and default_processes(0) == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1})
+    assert default_processes(None) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0})
+    assert default_processes(None) == 0
+
+
+def test_the_container_builds_the_pool_from_the_settings(tmp_path: Path) -> None:
+    def container_with(processes: int) -> object:
+        built = bootstrap(
+            load_settings(
+                database_url=f"sqlite:///{tmp_path / f'{processes}.sqlite'}",
+                secret_key_file=tmp_path / "k",
+                parse_processes=processes,
+            )
+        )
+        pool = built.cpu_pool
+        assert built.outbound_worker().pool is pool
+        built.close()
+        return pool
+
+    assert isinstance(container_with(0), InlinePool)
+    two = container_with(2)
+    assert isinstance(two, ProcessPool) and two.processes == 2
+    with pytest.raises(RuntimeError, match="closed"):
+        two.submit(pid_of, [0])  # the container closed it
