@@ -8,30 +8,31 @@ whose job answers ``result()``: the function's results in order, or the
 function's own exception. :class:`InlinePool` is the twin that runs the function
 in the thread that asks for the result, exactly as a call would.
 
-:class:`ProcessPool` starts its processes on first use, from a ``forkserver``
-(a clean interpreter, never a fork of a threaded worker), and keeps them for the
-life of the process; helpers end by themselves once that process is gone.
-Should a helper die (killed, out of memory), the job it held
-runs in the asking thread instead and the next submit starts fresh helpers: a
-lost helper costs time, never results.
+:class:`ProcessPool` starts its helpers on first use, each a fresh interpreter
+(never a fork of a threaded worker), and keeps them for the life of the process;
+a helper ends when its owner does. Should a helper die (killed, out of memory),
+the job it held runs in the asking thread instead and the next job starts a new
+helper: a lost helper costs time, never results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import multiprocessing
 import os
+import subprocess
+import sys
 import threading
-import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Generic, Protocol, TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Generic, Protocol, TypeVar, cast
+
+from caljournal.adapters.cpu_helper import read_frame, write_frame
 
 log = logging.getLogger("caljournal.cpu_pool")
 In = TypeVar("In")
 Out = TypeVar("Out")
-_WATCH_SECONDS = 1.0
+_CLOSE_SECONDS = 10.0
 
 
 class Job(Protocol[Out]):
@@ -83,45 +84,55 @@ class InlinePool:
 INLINE = InlinePool()
 
 
-def _watch_owner(owner: int) -> None:
-    """Start a thread that ends this helper once its owner process is gone (in a helper).
-
-    A helper waits on a queue whose writing end it holds itself, so the owner's
-    death (``kill -9`` included) never reaches it as an end of file: it checks.
-    """
-    forkserver = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(_WATCH_SECONDS)
-            try:
-                os.kill(owner, 0)
-            except ProcessLookupError:
-                os._exit(0)
-            if os.getppid() != forkserver:  # the forkserver ended with its owner
-                os._exit(0)
-
-    threading.Thread(target=watch, name="caljournal-owner-watch", daemon=True).start()
+class HelperLost(Exception):  # noqa: N818 - names what happened
+    """A helper process ended (killed, out of memory) before it answered."""
 
 
-def _run(function: Callable[[In], Out], items: Sequence[In]) -> list[Out]:
-    """Run ``function`` over ``items`` (in a helper process)."""
-    return [function(item) for item in items]
+class _Helper:
+    """One helper process (:mod:`caljournal.adapters.cpu_helper`) and its pipes."""
+
+    def __init__(self) -> None:
+        self.process = subprocess.Popen(  # noqa: S603 - this interpreter, a fixed module
+            [sys.executable, "-m", "caljournal.adapters.cpu_helper"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            # Its own session: a Ctrl-C meant for the owner does not kill it; the
+            # owner's end (even by SIGKILL) closes its standard input, which ends it.
+            start_new_session=True,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self._in, self._out = self.process.stdin, self.process.stdout
+        write_frame(self._in, list(sys.path))
+
+    def call(self, function: Callable[[In], Out], items: Sequence[In]) -> list[Out]:
+        """Run ``function`` over ``items`` in the helper; raise its exception, or HelperLost."""
+        try:
+            write_frame(self._in, (function, items))
+            status, value = read_frame(self._out)
+        except (EOFError, OSError) as exc:
+            raise HelperLost(f"helper process {self.process.pid} ended: {exc}") from exc
+        if status == "error":
+            raise value
+        return cast(list[Out], value)
+
+    def close(self) -> None:
+        """End the helper: close its input, then wait (and kill it if it lingers)."""
+        with contextlib.suppress(OSError):
+            self._in.close()
+        try:
+            self.process.wait(timeout=_CLOSE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._out.close()
 
 
 class _Remote(Generic[In, Out]):
     """A job in a helper process; run here instead should the helper die."""
 
     def __init__(
-        self,
-        pool: ProcessPool,
-        executor: ProcessPoolExecutor,
-        future: Future[list[Out]],
-        function: Callable[[In], Out],
-        items: Sequence[In],
+        self, future: Future[list[Out]], function: Callable[[In], Out], items: Sequence[In]
     ) -> None:
-        self._pool = pool
-        self._executor = executor
         self._future = future
         self._function = function
         self._items = items
@@ -129,20 +140,31 @@ class _Remote(Generic[In, Out]):
     def result(self) -> list[Out]:
         try:
             return self._future.result()
-        except BrokenProcessPool:
-            self._pool.lost(self._executor)
+        except HelperLost as exc:
+            log.warning("%s; its work runs in this thread, a new helper follows", exc)
             return [self._function(item) for item in self._items]
 
 
 class ProcessPool:
-    """Runs the function in ``processes`` helper processes, started on first use."""
+    """Runs the function in up to ``processes`` helper processes, each started on first use.
+
+    Why not ``multiprocessing``: its helpers run the owner's main module again
+    (a script without a ``__main__`` guard, or code read from standard input,
+    breaks them) and outlive an owner killed with SIGKILL, since each holds the
+    writing end of the queue it waits on. A helper here is this interpreter
+    running :mod:`caljournal.adapters.cpu_helper` on two pipes only the owner
+    holds: the owner's end is the helper's end of file. Each of ``processes``
+    threads owns one helper and waits on its pipe (not on the GIL).
+    """
 
     def __init__(self, processes: int) -> None:
         if processes < 1:
             raise ValueError("a process pool needs at least one process")
         self.processes = processes
         self._lock = threading.Lock()
-        self._executor: ProcessPoolExecutor | None = None
+        self._threads = ThreadPoolExecutor(processes, thread_name_prefix="caljournal-cpu")
+        self._own = threading.local()
+        self._helpers: set[_Helper] = set()
         self._closed = False
 
     def submit(self, function: Callable[[In], Out], items: Sequence[In]) -> Job[Out]:
@@ -150,43 +172,38 @@ class ProcessPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the process pool is closed")
-            if self._executor is None:
-                self._executor = ProcessPoolExecutor(
-                    self.processes,
-                    mp_context=multiprocessing.get_context("forkserver"),
-                    initializer=_watch_owner,
-                    initargs=(os.getpid(),),
-                )
-            executor = self._executor
-        try:
-            future = executor.submit(_run, function, items)
-        except BrokenProcessPool:
-            self.lost(executor)
-            return _Later(function, items)
-        return _Remote(self, executor, future, function, items)
+            future = self._threads.submit(self._call, function, items)
+        return _Remote(future, function, items)
 
-    def lost(self, executor: ProcessPoolExecutor) -> None:
-        """Drop ``executor`` after a helper of it died, so the next submit starts new ones."""
-        with self._lock:
-            if self._executor is not executor:
-                return  # dropped already by another job of it
-            self._executor = None
-        log.warning("a helper process died; its work runs in the asking thread, new helpers follow")
-        executor.shutdown(wait=False, cancel_futures=True)
+    def _call(self, function: Callable[[In], Out], items: Sequence[In]) -> list[Out]:
+        """Run a job on this thread's helper (on a pool thread), starting it if need be."""
+        helper: _Helper | None = getattr(self._own, "helper", None)
+        if helper is None:
+            helper = self._own.helper = _Helper()
+            with self._lock:
+                self._helpers.add(helper)
+        try:
+            return helper.call(function, items)
+        except HelperLost:
+            self._own.helper = None
+            with self._lock:
+                self._helpers.discard(helper)
+            helper.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
-            executor, self._executor = self._executor, None
             self._closed = True
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        self._threads.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            helpers, self._helpers = self._helpers, set()
+        for helper in helpers:
+            helper.close()
 
     def pids(self) -> list[int]:
-        """Return the process ids of the running helpers (for tests and the status)."""
+        """Return the process ids of the running helpers."""
         with self._lock:
-            executor = self._executor
-        processes = getattr(executor, "_processes", None) or {}
-        return sorted(int(pid) for pid in processes)
+            return sorted(h.process.pid for h in self._helpers if h.process.poll() is None)
 
 
 def default_processes(configured: int | None) -> int:

@@ -103,30 +103,42 @@ def test_a_closed_pool_refuses_work(pool: ProcessPool) -> None:
 
 
 def test_the_helpers_end_when_their_process_is_killed() -> None:
+    # The owner's code comes from its standard input: no main module a helper could rerun.
     script = (
-        "import sys, time\n"
+        "import time\n"
         "from caljournal.adapters.cpu_pool import ProcessPool\n"
         "from tests.support.cpu_work import pid_of\n"
-        "pool = ProcessPool(1)\n"
-        "print(pool.submit(pid_of, [0]).result()[0], flush=True)\n"
+        "pool = ProcessPool(2)\n"
+        "first, second = pool.submit(pid_of, [0]), pool.submit(pid_of, [0])\n"
+        "print(first.result()[0], second.result()[0], flush=True)\n"
         "time.sleep(600)\n"
     )
     owner = subprocess.Popen(
-        [sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-"], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     try:
-        assert owner.stdout is not None
-        helper = int(owner.stdout.readline())
-        forkserver = parent_of(helper)
-        assert alive(helper) and forkserver != owner.pid and alive(forkserver)
+        assert owner.stdin is not None and owner.stdout is not None
+        owner.stdin.write(script)
+        owner.stdin.close()
+        helpers = [int(pid) for pid in owner.stdout.readline().split()]
+        assert len(helpers) == 2 and owner.pid not in helpers
+        assert all(alive(pid) and parent_of(pid) == owner.pid for pid in helpers)
 
         owner.send_signal(signal.SIGKILL)
         owner.wait(timeout=MIN_WAIT)
 
-        wait_until(lambda: not alive(helper) and not alive(forkserver))
+        wait_until(lambda: not any(alive(pid) for pid in helpers))
     finally:
         owner.kill()
         owner.wait()
+
+
+def test_an_exception_of_the_function_reaches_the_caller(pool: ProcessPool) -> None:
+    job = pool.submit(int, ["12", "twelve"])
+
+    with pytest.raises(ValueError, match="twelve"):
+        job.result()
+    assert pool.submit(int, ["7"]).result() == [7]  # the helper lives on
 
 
 def test_one_helper_by_default_on_two_cpus_none_on_one(monkeypatch: pytest.MonkeyPatch) -> None:
