@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ log = logging.getLogger("caljournal.cpu_pool")
 In = TypeVar("In")
 Out = TypeVar("Out")
 _CLOSE_SECONDS = 10.0
+_IDLE_CHECK_SECONDS = 0.5
 
 
 class Job(Protocol[Out]):
@@ -146,15 +148,20 @@ class _Remote(Generic[In, Out]):
 
 
 class ProcessPool:
-    """Runs the function in up to ``processes`` helper processes, each started on first use.
+    """Runs the function in up to ``processes`` helper processes.
 
     Why not ``multiprocessing``: its helpers run the owner's main module again
     (a script without a ``__main__`` guard, or code read from standard input,
     breaks them) and outlive an owner killed with SIGKILL, since each holds the
     writing end of the queue it waits on. A helper here is this interpreter
     running :mod:`caljournal.adapters.cpu_helper` on two pipes only the owner
-    holds: the owner's end is the helper's end of file. Each of ``processes``
-    threads owns one helper and waits on its pipe (not on the GIL).
+    holds: the owner's end is the helper's end of file.
+
+    Helpers start in the background on first use (a fresh interpreter takes
+    most of a second to import the parser); until one is ready, jobs run in the
+    thread that asks for their result, so a first import never waits for a
+    helper. ``processes`` threads hand jobs to idle helpers and wait on their
+    pipes (not on the GIL).
     """
 
     def __init__(self, processes: int) -> None:
@@ -163,8 +170,10 @@ class ProcessPool:
         self.processes = processes
         self._lock = threading.Lock()
         self._threads = ThreadPoolExecutor(processes, thread_name_prefix="caljournal-cpu")
-        self._own = threading.local()
-        self._helpers: set[_Helper] = set()
+        self._idle: queue.SimpleQueue[_Helper] = queue.SimpleQueue()
+        self._helpers: set[_Helper] = set()  # started, not lost
+        self._starting = 0
+        self._all_ready = threading.Condition(self._lock)
         self._closed = False
 
     def submit(self, function: Callable[[In], Out], items: Sequence[In]) -> Job[Out]:
@@ -172,24 +181,75 @@ class ProcessPool:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the process pool is closed")
+            self._top_up(function)
+            if not self._helpers:  # none ready yet: no waiting for one
+                return _Later(function, items)
             future = self._threads.submit(self._call, function, items)
         return _Remote(future, function, items)
 
-    def _call(self, function: Callable[[In], Out], items: Sequence[In]) -> list[Out]:
-        """Run a job on this thread's helper (on a pool thread), starting it if need be."""
-        helper: _Helper | None = getattr(self._own, "helper", None)
-        if helper is None:
-            helper = self._own.helper = _Helper()
-            with self._lock:
-                self._helpers.add(helper)
+    def warm(self, function: Callable[[In], Out], timeout: float) -> None:
+        """Start the helpers now and wait until each has imported ``function``'s module.
+
+        :raises TimeoutError: when they are not all ready within ``timeout`` seconds.
+        """
+        with self._lock:
+            self._top_up(function)
+            if not self._all_ready.wait_for(
+                lambda: len(self._helpers) == self.processes, timeout=timeout
+            ):
+                raise TimeoutError(f"the helper processes were not ready within {timeout} s")
+
+    def _top_up(self, function: Callable[[In], Out]) -> None:
+        """Start helpers in the background up to ``processes`` (with the lock held)."""
+        for _ in range(self.processes - len(self._helpers) - self._starting):
+            self._starting += 1
+            threading.Thread(
+                target=self._start_one, args=(function,), name="caljournal-cpu-start", daemon=True
+            ).start()
+
+    def _start_one(self, function: Callable[[In], Out]) -> None:
+        """Start one helper and have it import ``function``'s module (on its own thread)."""
+        helper: _Helper | None = None
         try:
-            return helper.call(function, items)
+            helper = _Helper()
+            helper.call(function, [])
+        except (OSError, HelperLost) as exc:
+            log.warning("a helper process did not start (%s); jobs run in the poll meanwhile", exc)
+            if helper is not None:
+                helper.close()
+            helper = None
+        with self._lock:
+            self._starting -= 1
+            if helper is not None and not self._closed:
+                self._helpers.add(helper)
+                self._idle.put(helper)
+                self._all_ready.notify_all()
+                return
+        if helper is not None:
+            helper.close()
+
+    def _call(self, function: Callable[[In], Out], items: Sequence[In]) -> list[Out]:
+        """Run a job on an idle helper (on a pool thread); HelperLost when none is left."""
+        while True:
+            try:
+                helper = self._idle.get(timeout=_IDLE_CHECK_SECONDS)
+                break
+            except queue.Empty:
+                with self._lock:
+                    if self._closed or not (self._helpers or self._starting):
+                        raise HelperLost("no helper process is running") from None
+        try:
+            results = helper.call(function, items)
         except HelperLost:
-            self._own.helper = None
             with self._lock:
                 self._helpers.discard(helper)
             helper.close()
             raise
+        except BaseException:
+            self._idle.put(helper)  # the function's own exception: the helper lives on
+            raise
+        self._idle.put(helper)
+        return results
 
     def close(self) -> None:
         with self._lock:
@@ -201,7 +261,7 @@ class ProcessPool:
             helper.close()
 
     def pids(self) -> list[int]:
-        """Return the process ids of the running helpers."""
+        """Return the process ids of the helpers ready for work."""
         with self._lock:
             return sorted(h.process.pid for h in self._helpers if h.process.poll() is None)
 

@@ -23,6 +23,7 @@ from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
 from caljournal.projections import inbound, inbound_chunks
 from caljournal.projections.inbound import Poller
+from caljournal.projections.inbound_decide import parse_object
 from tests.support.patience import MIN_WAIT
 
 URL = "https://dav.example.org/calendars/alice/work/"
@@ -234,6 +235,7 @@ def test_a_poll_of_many_chunks_is_parsed_in_a_helper_process(
         # One chunk: parsed in the poll's thread, no helper started.
         assert helpers.items == 0 and helpers.pids() == []
 
+        helpers.warm(parse_object, MIN_WAIT)  # as in a worker that imported before
         storage = calendar(10, inline_data)
         account = str(uuid.uuid4())
         polling = poller(container, storage, account)

@@ -70,8 +70,18 @@ def test_the_inline_pool_runs_the_function_once_where_the_result_is_asked() -> N
     assert job.result() == answers[0] and len(calls) == 2
 
 
+def test_jobs_run_in_the_asking_thread_until_a_helper_is_ready(pool: ProcessPool) -> None:
+    assert pool.pids() == []  # nothing started before the first job
+
+    first = pool.submit(pid_of, [1, 2])
+
+    assert first.result() == [os.getpid()] * 2
+    wait_until(lambda: len(pool.pids()) == 1)  # started meanwhile
+    assert pool.submit(pid_of, [3]).result() == pool.pids()
+
+
 def test_a_process_pool_runs_the_function_in_its_helper(pool: ProcessPool) -> None:
-    assert pool.pids() == []  # started on first use
+    pool.warm(pid_of, MIN_WAIT)
 
     ran_in = pool.submit(pid_of, [1, 2, 3]).result()
 
@@ -80,19 +90,21 @@ def test_a_process_pool_runs_the_function_in_its_helper(pool: ProcessPool) -> No
 
 
 def test_a_killed_helper_costs_time_not_results(pool: ProcessPool) -> None:
-    job = pool.submit(pid_after, [2.0])
-    wait_until(lambda: bool(pool.pids()))
+    pool.warm(pid_of, MIN_WAIT)
     (killed,) = pool.pids()
+    job = pool.submit(pid_after, [1.0])
 
     os.kill(killed, signal.SIGKILL)
 
     assert job.result() == [os.getpid()]  # ran here instead
+    assert pool.submit(pid_of, [0]).result() == [os.getpid()]  # until a new helper is up
+    pool.warm(pid_of, MIN_WAIT)
     (again,) = pool.submit(pid_of, [0]).result()
-    assert again not in (killed, os.getpid())  # a new helper took over
+    assert again not in (killed, os.getpid()) and pool.pids() == [again]
 
 
 def test_a_closed_pool_refuses_work(pool: ProcessPool) -> None:
-    pool.submit(pid_of, [0]).result()
+    pool.warm(pid_of, MIN_WAIT)
     helpers = pool.pids()
 
     pool.close()
@@ -109,6 +121,7 @@ def test_the_helpers_end_when_their_process_is_killed() -> None:
         "from caljournal.adapters.cpu_pool import ProcessPool\n"
         "from tests.support.cpu_work import pid_of\n"
         "pool = ProcessPool(2)\n"
+        "pool.warm(pid_of, 600)\n"
         "first, second = pool.submit(pid_of, [0]), pool.submit(pid_of, [0])\n"
         "print(first.result()[0], second.result()[0], flush=True)\n"
         "time.sleep(600)\n"
@@ -134,11 +147,13 @@ def test_the_helpers_end_when_their_process_is_killed() -> None:
 
 
 def test_an_exception_of_the_function_reaches_the_caller(pool: ProcessPool) -> None:
+    pool.warm(pid_of, MIN_WAIT)
     job = pool.submit(int, ["12", "twelve"])
 
     with pytest.raises(ValueError, match="twelve"):
         job.result()
-    assert pool.submit(int, ["7"]).result() == [7]  # the helper lives on
+    helpers = pool.pids()
+    assert pool.submit(int, ["7"]).result() == [7] and pool.pids() == helpers  # it lives on
 
 
 def test_one_helper_by_default_on_two_cpus_none_on_one(monkeypatch: pytest.MonkeyPatch) -> None:
