@@ -24,6 +24,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar, cast
@@ -35,6 +36,7 @@ In = TypeVar("In")
 Out = TypeVar("Out")
 _CLOSE_SECONDS = 10.0
 _IDLE_CHECK_SECONDS = 0.5
+_RETRY_SECONDS = 60.0
 
 
 class Job(Protocol[Out]):
@@ -173,6 +175,7 @@ class ProcessPool:
         self._idle: queue.SimpleQueue[_Helper] = queue.SimpleQueue()
         self._helpers: set[_Helper] = set()  # started, not lost
         self._starting = 0
+        self._retry_at = 0.0  # no helper is started before this (monotonic) time
         self._all_ready = threading.Condition(self._lock)
         self._closed = False
 
@@ -191,16 +194,28 @@ class ProcessPool:
         """Start the helpers now and wait until each has imported ``function``'s module.
 
         :raises TimeoutError: when they are not all ready within ``timeout`` seconds.
+        :raises HelperLost: when a helper did not start (jobs run in the asking thread).
         """
+
+        def settled() -> bool:
+            failed = not self._starting and time.monotonic() < self._retry_at
+            return failed or len(self._helpers) == self.processes
+
         with self._lock:
             self._top_up(function)
-            if not self._all_ready.wait_for(
-                lambda: len(self._helpers) == self.processes, timeout=timeout
-            ):
+            if not self._all_ready.wait_for(settled, timeout=timeout):
                 raise TimeoutError(f"the helper processes were not ready within {timeout} s")
+            if len(self._helpers) < self.processes:
+                raise HelperLost("a helper process did not start")
 
     def _top_up(self, function: Callable[[In], Out]) -> None:
-        """Start helpers in the background up to ``processes`` (with the lock held)."""
+        """Start helpers in the background up to ``processes`` (with the lock held).
+
+        After a helper failed to start, none is tried again for a while: jobs
+        run in the asking thread meanwhile, instead of each paying for a start.
+        """
+        if time.monotonic() < self._retry_at:
+            return
         for _ in range(self.processes - len(self._helpers) - self._starting):
             self._starting += 1
             threading.Thread(
@@ -214,12 +229,19 @@ class ProcessPool:
             helper = _Helper()
             helper.call(function, [])
         except (OSError, HelperLost) as exc:
-            log.warning("a helper process did not start (%s); jobs run in the poll meanwhile", exc)
+            log.warning(
+                "a helper process did not start (%s); jobs run in the asking thread for %.0f s",
+                exc,
+                _RETRY_SECONDS,
+            )
             if helper is not None:
                 helper.close()
             helper = None
         with self._lock:
             self._starting -= 1
+            if helper is None:
+                self._retry_at = time.monotonic() + _RETRY_SECONDS
+                self._all_ready.notify_all()
             if helper is not None and not self._closed:
                 self._helpers.add(helper)
                 self._idle.put(helper)

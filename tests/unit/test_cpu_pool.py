@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from caljournal.adapters.cpu_pool import INLINE, InlinePool, ProcessPool, default_processes
+from caljournal.adapters import cpu_pool
+from caljournal.adapters.cpu_pool import (
+    INLINE,
+    HelperLost,
+    InlinePool,
+    ProcessPool,
+    default_processes,
+)
 from caljournal.bootstrap import bootstrap
 from caljournal.settings import load_settings
 from tests.support.cpu_work import pid_after, pid_of
@@ -101,6 +108,23 @@ def test_a_killed_helper_costs_time_not_results(pool: ProcessPool) -> None:
     pool.warm(pid_of, MIN_WAIT)
     (again,) = pool.submit(pid_of, [0]).result()
     assert again not in (killed, os.getpid()) and pool.pids() == [again]
+
+
+def test_a_helper_that_cannot_start_leaves_the_work_here_for_a_while(
+    pool: ProcessPool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    starts: list[list[str]] = []
+
+    def cannot_start(command: list[str], **_: object) -> subprocess.Popen[bytes]:
+        starts.append(command)
+        raise FileNotFoundError(command[0])
+
+    monkeypatch.setattr(cpu_pool.subprocess, "Popen", cannot_start)
+
+    with pytest.raises(HelperLost, match="did not start"):
+        pool.warm(pid_of, MIN_WAIT)
+    assert pool.submit(pid_of, [1, 2]).result() == [os.getpid()] * 2
+    assert len(starts) == 1 and pool.pids() == []  # not tried again at once
 
 
 def test_a_closed_pool_refuses_work(pool: ProcessPool) -> None:
