@@ -30,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar, cast
 
 from caljournal.adapters.cpu_helper import read_frame, write_frame
+from caljournal.adapters.metrics import CPU_HELPERS
 
 log = logging.getLogger("caljournal.cpu_pool")
 In = TypeVar("In")
@@ -237,6 +238,7 @@ class ProcessPool:
             if helper is not None:
                 helper.close()
             helper = None
+        CPU_HELPERS.labels("started" if helper is not None else "failed").inc()
         with self._lock:
             self._starting -= 1
             if helper is None:
@@ -263,6 +265,7 @@ class ProcessPool:
         try:
             results = helper.call(function, items)
         except HelperLost:
+            CPU_HELPERS.labels("lost").inc()
             with self._lock:
                 self._helpers.discard(helper)
             helper.close()

@@ -92,6 +92,13 @@ RESYNC_WRITES = Counter(
     ["kind", "outcome"],
 )
 
+CPU_HELPERS = Counter(
+    "caljournal_cpu_helpers",
+    "Helper processes that parse large polls, by event (started; lost: ended before it "
+    "answered, its work done in the poll; failed: did not start)",
+    ["event"],
+)
+
 
 def method_label(method: str) -> str:
     """Return ``method`` as a label value (unknown methods count as ``other``)."""

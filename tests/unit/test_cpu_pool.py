@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import REGISTRY
 
 from caljournal.adapters import cpu_pool
 from caljournal.adapters.cpu_pool import (
@@ -96,9 +97,15 @@ def test_a_process_pool_runs_the_function_in_its_helper(pool: ProcessPool) -> No
     assert ran_in[0] != os.getpid() and pool.pids() == [ran_in[0]]
 
 
+def helper_events(event: str) -> float:
+    """Return the count of ``event`` in the helpers' metric."""
+    return REGISTRY.get_sample_value("caljournal_cpu_helpers_total", {"event": event}) or 0.0
+
+
 def test_a_killed_helper_costs_time_not_results(pool: ProcessPool) -> None:
     pool.warm(pid_of, MIN_WAIT)
     (killed,) = pool.pids()
+    lost, started = helper_events("lost"), helper_events("started")
     job = pool.submit(pid_after, [1.0])
 
     os.kill(killed, signal.SIGKILL)
@@ -108,6 +115,7 @@ def test_a_killed_helper_costs_time_not_results(pool: ProcessPool) -> None:
     pool.warm(pid_of, MIN_WAIT)
     (again,) = pool.submit(pid_of, [0]).result()
     assert again not in (killed, os.getpid()) and pool.pids() == [again]
+    assert (helper_events("lost"), helper_events("started")) == (lost + 1, started + 1)
 
 
 def test_a_helper_that_cannot_start_leaves_the_work_here_for_a_while(
@@ -120,9 +128,11 @@ def test_a_helper_that_cannot_start_leaves_the_work_here_for_a_while(
         raise FileNotFoundError(command[0])
 
     monkeypatch.setattr(cpu_pool.subprocess, "Popen", cannot_start)
+    failed = helper_events("failed")
 
     with pytest.raises(HelperLost, match="did not start"):
         pool.warm(pid_of, MIN_WAIT)
+    assert helper_events("failed") == failed + 1
     assert pool.submit(pid_of, [1, 2]).result() == [os.getpid()] * 2
     assert len(starts) == 1 and pool.pids() == []  # not tried again at once
 
