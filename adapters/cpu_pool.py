@@ -26,7 +26,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from typing import Generic, Protocol, TypeVar, cast
 
 from caljournal.adapters.cpu_helper import read_frame, write_frame
@@ -101,6 +101,8 @@ class _Helper:
             [sys.executable, "-m", "caljournal.adapters.cpu_helper"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            # The owner's import path, for finding this module (the first frame sets it exactly).
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
             # Its own session: a Ctrl-C meant for the owner does not kill it; the
             # owner's end (even by SIGKILL) closes its standard input, which ends it.
             start_new_session=True,
@@ -133,18 +135,32 @@ class _Helper:
 
 
 class _Remote(Generic[In, Out]):
-    """A job in a helper process; run here instead should the helper die."""
+    """A job for a helper process; run here instead when no helper took it yet, or one died.
+
+    A caller never waits behind other callers' jobs: a job still queued when its
+    result is asked for, with every helper busy, is taken back and run in the
+    asking thread.
+    """
 
     def __init__(
-        self, future: Future[list[Out]], function: Callable[[In], Out], items: Sequence[In]
+        self,
+        future: Future[list[Out]],
+        function: Callable[[In], Out],
+        items: Sequence[In],
+        all_busy: Callable[[], bool],
     ) -> None:
         self._future = future
+        self._all_busy = all_busy
         self._function = function
         self._items = items
 
     def result(self) -> list[Out]:
+        if self._all_busy() and self._future.cancel():  # not taken, and none free to take it
+            return [self._function(item) for item in self._items]
         try:
             return self._future.result()
+        except CancelledError:  # the pool closed before a helper took it
+            return [self._function(item) for item in self._items]
         except HelperLost as exc:
             log.warning("%s; its work runs in this thread, a new helper follows", exc)
             return [self._function(item) for item in self._items]
@@ -189,7 +205,7 @@ class ProcessPool:
             if not self._helpers:  # none ready yet: no waiting for one
                 return _Later(function, items)
             future = self._threads.submit(self._call, function, items)
-        return _Remote(future, function, items)
+        return _Remote(future, function, items, self._idle.empty)
 
     def warm(self, function: Callable[[In], Out], timeout: float) -> None:
         """Start the helpers now and wait until each has imported ``function``'s module.

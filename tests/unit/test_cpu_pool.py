@@ -97,6 +97,17 @@ def test_a_process_pool_runs_the_function_in_its_helper(pool: ProcessPool) -> No
     assert ran_in[0] != os.getpid() and pool.pids() == [ran_in[0]]
 
 
+def test_a_job_still_queued_behind_others_runs_in_the_asking_thread(pool: ProcessPool) -> None:
+    pool.warm(pid_of, MIN_WAIT)
+    (helper,) = pool.pids()
+    busy = pool.submit(pid_after, [1.0])
+
+    queued = pool.submit(pid_of, [0])
+
+    assert queued.result() == [os.getpid()]  # taken back, not waited for
+    assert busy.result() == [helper]
+
+
 def helper_events(event: str) -> float:
     """Return the count of ``event`` in the helpers' metric."""
     return REGISTRY.get_sample_value("caljournal_cpu_helpers_total", {"event": event}) or 0.0
@@ -106,9 +117,10 @@ def test_a_killed_helper_costs_time_not_results(pool: ProcessPool) -> None:
     pool.warm(pid_of, MIN_WAIT)
     (killed,) = pool.pids()
     lost, started = helper_events("lost"), helper_events("started")
-    job = pool.submit(pid_after, [1.0])
 
     os.kill(killed, signal.SIGKILL)
+    job = pool.submit(pid_of, [0])
+    wait_until(lambda: helper_events("lost") == lost + 1)  # the helper took it, and died
 
     assert job.result() == [os.getpid()]  # ran here instead
     assert pool.submit(pid_of, [0]).result() == [os.getpid()]  # until a new helper is up
