@@ -10,7 +10,8 @@ sync token, in one transaction per batch: the token moves only with the last
 batch, so a crash repeats the poll and the map makes the repeat import nothing
 twice. Objects are fetched (unless the delta carried them), parsed once,
 decided and recorded a chunk at a time, so a first import's counter moves from
-its first chunk and memory holds one chunk, not the calendar.
+its first chunk and memory holds one chunk, not the calendar; the next chunk is
+loaded and parsed meanwhile (``projections.inbound_chunks``).
 
 No server's delta is trusted alone (Xandikos, for one, never reports an object
 created and deleted after the client's token): on a schedule, and after our own
