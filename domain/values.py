@@ -23,7 +23,7 @@ The rules each field follows, at the API's door and in the journal:
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from functools import lru_cache
 from typing import Any
@@ -335,12 +335,18 @@ class RemoteFields:
     floating: bool = False
     recurrence: dict[str, Any] | None = None
     cancelled: bool = False
+    # Set by a check that passed, never by a constructor or ``replace``: the
+    # fields it checks cannot change afterwards (frozen, immutable values), so
+    # an import checks an object once, when it is parsed, not again in the domain.
+    _checked: bool = field(default=False, init=False, repr=False, compare=False)
 
     def check(self) -> None:
-        """Refuse what the journal cannot hold.
+        """Refuse what the journal cannot hold (checked once: later calls pass at once).
 
         :raises InvalidAppointmentError: naming the field.
         """
+        if self._checked:
+            return
         zone_for(self.timezone)
         check_time("start", self.start)
         check_time("end", self.end)
@@ -348,3 +354,4 @@ class RemoteFields:
             check_period(self.start, self.end)
         for name, limit in DETAIL_LIMITS.items():
             check_text(name, getattr(self, name), limit)
+        object.__setattr__(self, "_checked", True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from uuid import uuid4
 from zoneinfo import ZoneInfo, available_timezones
@@ -11,6 +12,7 @@ from eventsourcing.application import Application
 from hypothesis import given
 from hypothesis import strategies as st
 
+from caljournal.domain import values
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.errors import (
@@ -137,6 +139,31 @@ def test_a_calendar_restore_cannot_take_back_a_cancellation_made_in_the_booking_
         appointment.reinstate_from_calendar(remote=restored, cause=CALENDAR)
     assert appointment.state()["cancel_origin"] == "api"
     assert appointment.version == 2
+
+
+def test_remote_fields_are_checked_once_and_a_changed_copy_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    checks: list[str] = []
+    real_zone_for = values.zone_for
+    monkeypatch.setattr(values, "zone_for", lambda name: checks.append(name) or real_zone_for(name))
+    remote = RemoteFields(
+        title="Haircut",
+        start=datetime(2026, 3, 27, 10, tzinfo=BERLIN),
+        end=datetime(2026, 3, 27, 11, tzinfo=BERLIN),
+        timezone="Europe/Berlin",
+    )
+    remote.check()
+    Appointment.import_from_calendar(
+        appointment_id=uuid4(), account_id=uuid4(), remote=remote, cause=CALENDAR
+    )
+    assert checks == ["Europe/Berlin"]
+    broken = replace(remote, end=remote.start - timedelta(hours=1))
+    with pytest.raises(InvalidAppointmentError, match="end must be after start"):
+        Appointment.import_from_calendar(
+            appointment_id=uuid4(), account_id=uuid4(), remote=broken, cause=CALENDAR
+        )
+    assert checks == ["Europe/Berlin", "Europe/Berlin"]
 
 
 def test_commands_that_change_nothing_record_nothing() -> None:
