@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
@@ -9,13 +10,15 @@ from uuid import uuid4
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from caljournal.adapters.ical import content_hash, from_ical
 from caljournal.adapters.syncstate import CopyRecord, PendingPush
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause, Origin
 from caljournal.projections.inbound import decide, remote_fields
-from caljournal.projections.inbound_decide import parse_object
+from caljournal.projections.inbound_decide import IMPORT_NAMESPACE, imported_id, parse_object
 from caljournal.projections.push import plan, render
 
 CAUSE = Cause(Origin.API, "token:acme/default", "req")
@@ -317,3 +320,18 @@ def test_an_event_with_a_geo_position_is_read_and_hashed() -> None:
     )
     assert parsed.digest is not None and moved.digest is not None
     assert parsed.digest != moved.digest  # the position is content
+
+
+@given(st.text(max_size=40), st.text(max_size=60), st.text(max_size=80))
+def test_an_imported_id_is_the_uuid5_of_account_calendar_and_uid(
+    account_id: str, calendar_url: str, uid: str
+) -> None:
+    name = f"{account_id}|{calendar_url.rstrip('/')}|{uid}"
+    try:
+        expected = str(uuid.uuid5(IMPORT_NAMESPACE, name))
+    except UnicodeEncodeError:  # a lone surrogate: no id either way
+        with pytest.raises(UnicodeEncodeError):
+            imported_id(account_id, calendar_url, uid)
+        return
+    assert imported_id(account_id, calendar_url, uid) == expected
+    assert uuid.UUID(expected).version == 5
