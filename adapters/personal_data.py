@@ -82,7 +82,10 @@ def _override_paths(prefix: tuple[Any, ...], container: dict[str, Any]) -> list[
 
 def has_personal(state: dict[str, Any]) -> bool:
     """Tell whether an event state holds personal values (:func:`split_personal` takes some)."""
-    return bool(_personal_paths(state))
+    get = state.get
+    # A top-level field answers for most events (every new appointment has a
+    # title) without listing the paths.
+    return any(get(name) is not None for name in PERSONAL_FIELDS) or bool(_personal_paths(state))
 
 
 def split_personal(state: dict[str, Any]) -> dict[str, str]:

@@ -86,12 +86,14 @@ def rows_for(aggregate: object, state: dict[str, Any] | None = None) -> list[Row
     """
     Account, ApiToken, Appointment, CalendarLink, _ = aggregate_classes()  # noqa: N806
     if isinstance(aggregate, Appointment):
+        # The ids as the state writes them: spares turning each UUID into text again.
+        doc = state if state is not None else aggregate.state()
         return [
             Row(
                 APPOINTMENTS,
                 {
-                    "id": str(aggregate.id),
-                    "account_id": str(aggregate.account_id),
+                    "id": doc["id"],
+                    "account_id": doc["account_id"],
                     "start_us": to_us(aggregate.start),
                     "end_us": to_us(aggregate.end),
                     "status": aggregate.status,
@@ -99,7 +101,7 @@ def rows_for(aggregate: object, state: dict[str, Any] | None = None) -> list[Row
                     "sequence": aggregate.sequence,
                     "modified_us": to_us(aggregate.modified_on),
                     "recurring": 1 if aggregate.recurrence else 0,
-                    "doc": state_json(state if state is not None else aggregate.state()),
+                    "doc": state_json(doc),
                 },
             )
         ]
@@ -182,7 +184,7 @@ def upsert_statement(row: Row, qualify: str, placeholder: str) -> tuple[str, lis
         return sql, [row.values[row.key]]
     names = tuple(row.values)
     sql = _statement(row.table, names, row.key, row.versioned, False, qualify, placeholder)
-    return sql, [row.values[n] for n in names]
+    return sql, list(row.values.values())  # in the order of ``names``
 
 
 def upsert_batches(

@@ -22,6 +22,7 @@ copy records (:class:`CheckPolicy`). Whatever differs goes through the same
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -570,7 +571,7 @@ class Poller:
             assert decision.fields is not None and decision.appointment_id is not None
             appointment = Appointment.import_from_calendar(
                 appointment_id=uuid.UUID(decision.appointment_id),
-                account_id=uuid.UUID(self.account_id),
+                account_id=self._account_uuid,
                 remote=decision.fields,
                 cause=cause,
             )
@@ -616,6 +617,10 @@ class Poller:
         appointment.apply_calendar_change(remote=decision.fields, cause=cause)
         copies.append(self._copy_record(decision, appointment.sequence, present=True))
         return appointment
+
+    @functools.cached_property
+    def _account_uuid(self) -> uuid.UUID:
+        return uuid.UUID(self.account_id)
 
     def _copy_record(
         self,
