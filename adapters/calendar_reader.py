@@ -32,6 +32,7 @@ from caljournal.adapters.caldav_client import (
     request,
     translate,
 )
+from caljournal.adapters.hrefs import join_href
 from caljournal.adapters.multistatus import (
     Answer,
     Member,
@@ -331,7 +332,7 @@ class CalendarReader:
         writes) plus its re-quoted name; where the library's profile says the
         two spellings of ``@`` are two resources, the ``@`` is left as sent.
         """
-        parts = urlsplit(str(self.calendar.url.join(href)))
+        parts = urlsplit(join_href(self.calendar.url, href))
         preserve = at_spelling_is_significant(getattr(self.client, "features", None))
         folder, _, name = parts.path.rpartition("/")
         if name and unquote(folder + "/") == unquote(urlsplit(self.calendar_url).path):
@@ -407,7 +408,7 @@ class CalendarReader:
             for item in _read(raw, "loading changed objects"):
                 if isinstance(item, Answer) or item.data is None:
                     continue  # a 404 inside the multistatus: gone meanwhile
-                absolute = str(self.calendar.url.join(item.href))
+                absolute = join_href(self.calendar.url, item.href)
                 href = asked.get(unquote(absolute), absolute)
                 loaded.objects[href] = (item.data, item.etag)
             loaded.missing.update(h for h in batch if h not in loaded.objects)

@@ -1,0 +1,41 @@
+"""An href from a calendar server as the absolute URL the caldav library makes of it, faster.
+
+Why hand-written: reading a large calendar joins every object's href to the
+calendar's URL, once in the delta and once more where it is loaded, and the
+library's ``URL.join`` builds several ``URL`` objects per call through
+``__getattr__`` (about 60 µs; 1.2 s of a 10,000-object first import on Xandikos).
+An href that is an absolute path, which is what servers send, is joined here
+with the standard library to exactly the text the library's join gives (a
+property test holds the two equal); anything else (another host, a relative
+path, tabs or line breaks) takes the library's join.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from urllib.parse import ParseResult, urlparse
+
+from caldav.lib.url import URL
+
+_DROPPED = frozenset("\t\r\n")
+
+
+def join_href(base: URL, href: str) -> str:
+    """Return ``str(base.join(href))``: ``href`` from a server, as an absolute URL.
+
+    :raises ValueError: where the library's join does (an href on another host).
+    """
+    # urlparse drops tabs and line breaks first, which can turn "/\n/x" into "//x".
+    if href.startswith("/") and not href.startswith("//") and not _DROPPED.intersection(href):
+        scheme, netloc = _origin(str(base))
+        path = urlparse(href)
+        joined = ParseResult(scheme, netloc, path.path, path.params, path.query, path.fragment)
+        return joined.geturl()
+    return str(base.join(href))
+
+
+@lru_cache(maxsize=64)
+def _origin(base: str) -> tuple[str, str]:
+    """Return the scheme and network location of a calendar's URL."""
+    parts = urlparse(base)
+    return parts.scheme, parts.netloc

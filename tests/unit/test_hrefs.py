@@ -1,0 +1,65 @@
+"""An href joined by hand is exactly what the caldav library's join makes of it."""
+
+from __future__ import annotations
+
+import pytest
+from caldav.lib.url import URL
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from caljournal.adapters.hrefs import join_href
+
+BASES = [
+    "http://127.0.0.1:5232/alice/calendar/",
+    "https://dav.example.org/calendars/bench",
+    "https://user@dav.example.org:8443/dav.php/calendars/a%40b.example/work/",
+    "http://[::1]:8000/user/calendars/calendar/",
+]
+# Path characters servers send, the awkward ones included: quoting, "@" both ways,
+# parameters, queries, fragments, dot segments, non-ASCII, line breaks.
+PIECES = st.sampled_from(
+    [
+        "a",
+        "b.ics",
+        "%40",
+        "@",
+        "%2F",
+        " ",
+        "é",
+        ";p=1",
+        "?q",
+        "#f",
+        "..",
+        ".",
+        "//",
+        "\r\n",
+        ":",
+        "~",
+    ]
+)
+
+
+@settings(max_examples=500)
+@given(
+    base=st.sampled_from(BASES),
+    pieces=st.lists(PIECES, max_size=8),
+    absolute=st.booleans(),
+)
+def test_the_join_equals_the_librarys(base: str, pieces: list[str], absolute: bool) -> None:
+    href = ("/" if absolute else "") + "/".join(pieces)
+
+    try:
+        expected = str(URL(base).join(href))
+    except ValueError:
+        with pytest.raises(ValueError):
+            join_href(URL(base), href)
+        return
+    assert join_href(URL(base), href) == expected
+
+
+def test_an_href_on_another_host_is_refused_as_the_library_does() -> None:
+    with pytest.raises(ValueError, match="can't be joined"):
+        join_href(URL(BASES[0]), "https://elsewhere.example/alice/calendar/x.ics")
+    assert join_href(URL(BASES[0]), "/alice/calendar/x%40y.ics") == (
+        "http://127.0.0.1:5232/alice/calendar/x%40y.ics"
+    )
