@@ -32,7 +32,7 @@ from caljournal.adapters.caldav_client import (
     request,
     translate,
 )
-from caljournal.adapters.hrefs import join_href
+from caljournal.adapters.hrefs import HrefJoiner
 from caljournal.adapters.multistatus import (
     Answer,
     Member,
@@ -89,6 +89,8 @@ class CalendarReader:
         self.access = access.at(self.calendar_url)
         self.client = open_client(self.access)
         self.calendar = self.client.calendar(url=self.calendar_url)
+        self._hrefs = HrefJoiner(self.calendar.url)
+        self._calendar_path = unquote(urlsplit(self.calendar_url).path)
         self.full_timeout = full_timeout
         self.retry = retry or RetryPolicy(attempts=1)
         self._full_client: Any = None
@@ -176,10 +178,11 @@ class CalendarReader:
                 raise
             return replace(delta, requests=delta.requests + 1)
         data = dict(delta.data)
+        preserve = self._at_kept()
         for item in _read(raw, "loading every object"):
             if isinstance(item, Answer) or item.data is None:
                 continue
-            href = self._spelled(item.href)
+            href = self._spelled(item.href, preserve)
             if href in delta.changed and item.etag == delta.changed[href]:
                 data[href] = item.data
         return replace(delta, data=data, requests=delta.requests + 1)
@@ -214,11 +217,12 @@ class CalendarReader:
             )
             requests += 1
             answer = Answer(members=[])
+            preserve = self._at_kept()
             for item in _read(raw, "asking what changed", urlsplit(self.calendar_url).path):
                 if isinstance(item, Answer):
                     answer = item
                     continue
-                href = self._spelled(item.href)
+                href = self._spelled(item.href, preserve)
                 if href.rstrip("/") == self.calendar_url.rstrip("/") or href.endswith("/"):
                     continue
                 if item.status == 404:
@@ -311,8 +315,9 @@ class CalendarReader:
         )
         tree = self._propfind(self._full(), LISTING, "1", body, "listing the calendar's objects")
         found: dict[str, str | None] = {}
+        preserve = self._at_kept()
         for node in tree.findall("d:response", NS):
-            href = self._spelled(node.findtext("d:href", "", NS).strip())
+            href = self._spelled(node.findtext("d:href", "", NS).strip(), preserve)
             if href.rstrip("/") == self.calendar_url.rstrip("/"):
                 continue
             if node.find(".//d:resourcetype/d:collection", NS) is not None:
@@ -320,7 +325,11 @@ class CalendarReader:
             found[href] = _etag(node.findtext(".//d:getetag", None, NS))
         return Delta(changed=found, complete=True)
 
-    def _spelled(self, href: str) -> str:
+    def _at_kept(self) -> bool:
+        """Return whether the server's profile says the two spellings of ``@`` are two resources."""
+        return at_spelling_is_significant(getattr(self.client, "features", None))
+
+    def _spelled(self, href: str, preserve: bool) -> str:
         """Return the absolute URL of an href from the server, in one spelling.
 
         Servers and the library spell an href in more than one way: the
@@ -330,12 +339,12 @@ class CalendarReader:
         deleted and a new one appear. A member of the calendar is spelled as
         the calendar's URL (as given, the prefix of every href this process
         writes) plus its re-quoted name; where the library's profile says the
-        two spellings of ``@`` are two resources, the ``@`` is left as sent.
+        two spellings of ``@`` are two resources (``preserve``, asked once per
+        answer: :meth:`_at_kept`), the ``@`` is left as sent.
         """
-        parts = urlsplit(join_href(self.calendar.url, href))
-        preserve = at_spelling_is_significant(getattr(self.client, "features", None))
+        parts = urlsplit(self._hrefs.join(href))
         folder, _, name = parts.path.rpartition("/")
-        if name and unquote(folder + "/") == unquote(urlsplit(self.calendar_url).path):
+        if name and unquote(folder + "/") == self._calendar_path:
             return self.calendar_url + normalise_path(name, safe="", preserve_at=preserve)
         return urlunsplit(parts._replace(path=normalise_path(parts.path, preserve_at=preserve)))
 
@@ -408,7 +417,7 @@ class CalendarReader:
             for item in _read(raw, "loading changed objects"):
                 if isinstance(item, Answer) or item.data is None:
                     continue  # a 404 inside the multistatus: gone meanwhile
-                absolute = join_href(self.calendar.url, item.href)
+                absolute = self._hrefs.join(item.href)
                 href = asked.get(unquote(absolute), absolute)
                 loaded.objects[href] = (item.data, item.etag)
             loaded.missing.update(h for h in batch if h not in loaded.objects)

@@ -12,7 +12,6 @@ path, tabs or line breaks) takes the library's join.
 
 from __future__ import annotations
 
-from functools import lru_cache
 from urllib.parse import ParseResult, urlparse
 
 from caldav.lib.url import URL
@@ -20,22 +19,23 @@ from caldav.lib.url import URL
 _DROPPED = frozenset("\t\r\n")
 
 
-def join_href(base: URL, href: str) -> str:
-    """Return ``str(base.join(href))``: ``href`` from a server, as an absolute URL.
+class HrefJoiner:
+    """Joins hrefs to one base URL (a calendar's), as ``str(base.join(href))`` does."""
 
-    :raises ValueError: where the library's join does (an href on another host).
-    """
-    # urlparse drops tabs and line breaks first, which can turn "/\n/x" into "//x".
-    if href.startswith("/") and not href.startswith("//") and not _DROPPED.intersection(href):
-        scheme, netloc = _origin(str(base))
-        path = urlparse(href)
-        joined = ParseResult(scheme, netloc, path.path, path.params, path.query, path.fragment)
-        return joined.geturl()
-    return str(base.join(href))
+    def __init__(self, base: URL) -> None:
+        self.base = base
+        parts = urlparse(str(base))
+        self._scheme, self._netloc = parts.scheme, parts.netloc
 
+    def join(self, href: str) -> str:
+        """Return ``href`` from a server as an absolute URL.
 
-@lru_cache(maxsize=64)
-def _origin(base: str) -> tuple[str, str]:
-    """Return the scheme and network location of a calendar's URL."""
-    parts = urlparse(base)
-    return parts.scheme, parts.netloc
+        :raises ValueError: where the library's join does (an href on another host).
+        """
+        # urlparse drops tabs and line breaks first, which can turn "/\n/x" into "//x".
+        if href.startswith("/") and not href.startswith("//") and not _DROPPED.intersection(href):
+            path = urlparse(href)
+            return ParseResult(
+                self._scheme, self._netloc, path.path, path.params, path.query, path.fragment
+            ).geturl()
+        return str(self.base.join(href))
