@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from caldav.lib.url import URL
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from caljournal.adapters.hrefs import HrefJoiner
@@ -39,7 +39,6 @@ PIECES = st.sampled_from(
 )
 
 
-@settings(max_examples=500)
 @given(
     base=st.sampled_from(BASES),
     pieces=st.lists(PIECES, max_size=8),
