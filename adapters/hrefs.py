@@ -3,7 +3,7 @@
 Why hand-written: reading a large calendar joins every object's href to the
 calendar's URL, once in the delta and once more where it is loaded, and the
 library's ``URL.join`` builds several ``URL`` objects per call through
-``__getattr__`` (about 60 µs; 1.2 s of a 10,000-object first import on Xandikos).
+``__getattr__`` (under the profiler, 1.2 s of a 10,000-object first import on Xandikos).
 An href that is an absolute path, which is what servers send, is joined here
 with the standard library to exactly the text the library's join gives (a
 property test holds the two equal); anything else (another host, a relative

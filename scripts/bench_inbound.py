@@ -83,7 +83,15 @@ def poller_for(
     state = container.links.get(account_id)
     cause = lambda: Cause(Origin.CALDAV, "bench", f"poll-{uuid.uuid4()}")  # noqa: E731
     return (
-        Poller(container.journal, reader, container.sync_state, str(account_id), state, cause),
+        Poller(
+            container.journal,
+            reader,
+            container.sync_state,
+            str(account_id),
+            state,
+            cause,
+            pool=container.cpu_pool,
+        ),
         reader,
     )
 
