@@ -156,14 +156,17 @@ class _Remote(Generic[In, Out]):
 
     def result(self) -> list[Out]:
         if self._all_busy() and self._future.cancel():  # not taken, and none free to take it
-            return [self._function(item) for item in self._items]
+            return self._here()
         try:
             return self._future.result()
         except CancelledError:  # the pool closed before a helper took it
-            return [self._function(item) for item in self._items]
+            return self._here()
         except HelperLost as exc:
             log.warning("%s; its work runs in this thread, a new helper follows", exc)
-            return [self._function(item) for item in self._items]
+            return self._here()
+
+    def _here(self) -> list[Out]:
+        return _Later(self._function, self._items).result()
 
 
 class ProcessPool:

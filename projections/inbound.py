@@ -64,7 +64,6 @@ from caljournal.projections.inbound_decide import (
     Parsed,
     decide,
     imported_id,
-    parse_object,
     remote_fields,
 )
 
@@ -336,16 +335,14 @@ class Poller:
         objects: dict[str, tuple[bytes, str | None]],
         copies: dict[str, CopyRecord],
         seen_uids: dict[str, str],
-        parsed: dict[str, Parsed] | None = None,
+        parsed: dict[str, Parsed],
     ) -> list[Decision]:
         """Decide on one chunk of objects, each parsed once; ``seen_uids`` spans the poll.
 
-        ``parsed`` holds :func:`parse_object` of each object when it was parsed already.
+        ``parsed`` holds :func:`parse_object` of each object (``inbound_chunks`` parses them).
         """
         involved = {c.appointment_id for h, c in copies.items() if h in objects}
         states = self._states(involved)
-        if parsed is None:
-            parsed = {href: parse_object(data) for href, (data, _) in objects.items()}
         owners = {
             href: self._owner_id(parsed[href]) for href in objects if copies.get(href) is None
         }

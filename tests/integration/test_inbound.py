@@ -22,6 +22,7 @@ from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.link import CalendarLink
 from caljournal.domain.quarantine import QuarantineLog
 from caljournal.projections.inbound import Poller, PollReport
+from caljournal.projections.inbound_decide import parse_object
 from caljournal.projections.outbound import OutboundWorker, PushReconciler
 from caljournal.status import account_report
 from tests.conftest import Tenant, operator
@@ -490,7 +491,8 @@ def test_duplicate_uids_are_quarantined(linked: Linked) -> None:
         linked.url + "a.ics": (body.format(title="A").encode(), '"1"'),
         linked.url + "b.ics": (body.format(title="B").encode(), '"2"'),
     }
-    decisions = poller._decide(objects, {}, {})
+    parsed = {href: parse_object(data) for href, (data, _) in objects.items()}
+    decisions = poller._decide(objects, {}, {}, parsed)
     reader.close()
     assert [d.kind for d in decisions] == ["import", "quarantine"]
     assert "duplicate UID" in (decisions[1].reason or "")
