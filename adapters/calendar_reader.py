@@ -15,11 +15,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit
 
 from caldav.compatibility_hints import at_spelling_is_significant
 from caldav.elements import dav
-from caldav.lib.url import normalise_path
 from lxml import etree
 
 from caljournal.adapters.caldav_client import (
@@ -89,8 +88,7 @@ class CalendarReader:
         self.access = access.at(self.calendar_url)
         self.client = open_client(self.access)
         self.calendar = self.client.calendar(url=self.calendar_url)
-        self._hrefs = HrefJoiner(self.calendar.url)
-        self._calendar_path = unquote(urlsplit(self.calendar_url).path)
+        self._hrefs = HrefJoiner(self.calendar.url, self.calendar_url)
         self.full_timeout = full_timeout
         self.retry = retry or RetryPolicy(attempts=1)
         self._full_client: Any = None
@@ -330,23 +328,11 @@ class CalendarReader:
         return at_spelling_is_significant(getattr(self.client, "features", None))
 
     def _spelled(self, href: str, preserve: bool) -> str:
-        """Return the absolute URL of an href from the server, in one spelling.
+        """Return an href from the server as an absolute URL in one spelling (``HrefJoiner``).
 
-        Servers and the library spell an href in more than one way: the
-        library re-quotes the hrefs of a sync-collection answer (``@`` as
-        ``%40``), Xandikos sends a literal ``@`` in a PROPFIND. Listings and
-        deltas must name an object alike, or a known object would look
-        deleted and a new one appear. A member of the calendar is spelled as
-        the calendar's URL (as given, the prefix of every href this process
-        writes) plus its re-quoted name; where the library's profile says the
-        two spellings of ``@`` are two resources (``preserve``, asked once per
-        answer: :meth:`_at_kept`), the ``@`` is left as sent.
+        ``preserve`` is :meth:`_at_kept`, asked once per answer.
         """
-        parts = urlsplit(self._hrefs.join(href))
-        folder, _, name = parts.path.rpartition("/")
-        if name and unquote(folder + "/") == self._calendar_path:
-            return self.calendar_url + normalise_path(name, safe="", preserve_at=preserve)
-        return urlunsplit(parts._replace(path=normalise_path(parts.path, preserve_at=preserve)))
+        return self._hrefs.spelled(href, preserve)
 
     def state_tag(self) -> str | None:
         """Return the collection's CTag or sync-token property (None if it has neither)."""
