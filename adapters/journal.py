@@ -18,7 +18,7 @@ from uuid import UUID
 
 from eventsourcing.application import Application, ProcessingEvent
 from eventsourcing.domain import Aggregate, CanMutateAggregate
-from eventsourcing.persistence import EventStore, Mapper
+from eventsourcing.persistence import EventStore, Mapper, Transcoder
 from eventsourcing.utils import get_topic
 
 from caljournal.adapters.audit_chain import chain_key
@@ -34,6 +34,7 @@ from caljournal.adapters.recorders import (
     contended,
     latest_positions,
 )
+from caljournal.adapters.transcoder import JournalTranscoder
 from caljournal.domain.ids import link_id
 from caljournal.settings import Settings, database_config
 
@@ -96,6 +97,12 @@ class Journal(Application[UUID]):
         return self.factory.mapper(
             transcoder=self.construct_transcoder(), mapper_class=PersonalDataMapper
         )
+
+    def construct_transcoder(self) -> Transcoder:
+        """Return the library's JSON transcoder with its encoder made once (see there)."""
+        transcoder = JournalTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
 
     def construct_event_store(self) -> EventStore[UUID]:
         """Return the event store whose every read looks the personal-data key up afresh."""

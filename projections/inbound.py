@@ -343,8 +343,18 @@ class Poller:
         """
         involved = {c.appointment_id for h, c in copies.items() if h in objects}
         states = self._states(involved)
+        import_ids: dict[str, str] = {}  # by UID: the owner and the decision both ask
+
+        def import_id(uid: str) -> str:
+            found = import_ids.get(uid)
+            if found is None:
+                found = import_ids[uid] = imported_id(self.account_id, self.calendar_url, uid)
+            return found
+
         owners = {
-            href: self._owner_id(parsed[href]) for href in objects if copies.get(href) is None
+            href: self._owner_id(parsed[href], import_id)
+            for href in objects
+            if copies.get(href) is None
         }
         self._look_up({o for o in owners.values() if o} - set(states), states)
         decisions: list[Decision] = []
@@ -360,7 +370,7 @@ class Poller:
                 data,
                 copy,
                 appointment,
-                lambda uid: imported_id(self.account_id, self.calendar_url, uid),
+                import_id,
                 past=self._past(appointment),
                 parsed=parsed[href],
             )
@@ -412,7 +422,7 @@ class Poller:
             if record.href not in listed and record.appointment_id not in decided
         ]
 
-    def _owner_id(self, parsed: Parsed) -> str | None:
+    def _owner_id(self, parsed: Parsed, import_id: Callable[[str], str]) -> str | None:
         """Return the id of the appointment an object names: ours, or its UID's import id."""
         events = parsed.events
         owner = next((e.appointment_id for e in events if e.appointment_id), None)
@@ -420,7 +430,7 @@ class Poller:
             master = next((e for e in events if e.recurrence_id is None), None)
             if master is None or not master.uid:
                 return None
-            owner = imported_id(self.account_id, self.calendar_url, master.uid)
+            owner = import_id(master.uid)
         return owner
 
     def _owner(

@@ -20,7 +20,7 @@ from caljournal.adapters.cpu_pool import INLINE, CpuPool, Job
 from caljournal.adapters.storage import CalendarStorage
 from caljournal.projections.inbound_decide import Parsed, parse_object
 
-BATCH = 200
+BATCH = 500
 
 
 @dataclass(frozen=True)

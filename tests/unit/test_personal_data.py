@@ -9,7 +9,7 @@ from uuid import UUID
 from zoneinfo import ZoneInfo
 
 import pytest
-from eventsourcing.persistence import DatetimeAsISO, JSONTranscoder, UUIDAsHex
+from eventsourcing.persistence import DatetimeAsISO, UUIDAsHex
 
 from caljournal.adapters.personal_data import (
     PersonalDataMapper,
@@ -19,6 +19,7 @@ from caljournal.adapters.personal_data import (
     split_personal,
 )
 from caljournal.adapters.personal_keys import PersonalKeys
+from caljournal.adapters.transcoder import JournalTranscoder
 from caljournal.domain.appointment import Appointment
 from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.values import RemoteFields
@@ -41,7 +42,7 @@ class HeldKeys(PersonalKeys):
 
 
 def mapper(keys: PersonalKeys | None) -> PersonalDataMapper:
-    transcoder = JSONTranscoder()
+    transcoder = JournalTranscoder()
     transcoder.register(UUIDAsHex())
     transcoder.register(DatetimeAsISO())
     built = PersonalDataMapper(transcoder=transcoder)
