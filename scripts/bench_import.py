@@ -20,8 +20,13 @@ server's storage, which is far faster than PUT-ing them), in one run:
   and the ratios to both baselines).
 
 Then the journal side alone, with the calendar answered from memory
-(``MemoryStorage``): events/s on each journal, and a first import of ``--big``
-events into SQLite in a child process, with its peak RSS.
+(``MemoryStorage``): events/s on each journal, against the library's raw save
+loop (new bare aggregates saved a chunk per transaction, the floor under any
+import into the journal), and a first import of ``--big`` events into SQLite in
+a child process, with its peak RSS. Beside each cheapest fetch: what 1.2 × that
+fetch leaves per object for all of the import's own work, to set against the
+raw save loop (neither server sends a byte before its answer is complete, so
+that work cannot overlap the fetch).
 
 Prints a table and writes ``bench-results/import.json``.
 """
@@ -43,9 +48,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import psycopg
+from eventsourcing.application import Application
+from eventsourcing.domain import Aggregate, event
 from rich.console import Console
 from rich.table import Table
 
@@ -65,6 +73,7 @@ from caljournal.bootstrap import Container, bootstrap  # noqa: E402
 from caljournal.domain.cause import Cause, Origin  # noqa: E402
 from caljournal.domain.link import CalendarLink  # noqa: E402
 from caljournal.projections.inbound import Poller  # noqa: E402
+from caljournal.projections.inbound_chunks import BATCH as CHUNK  # noqa: E402
 from caljournal.settings import load_settings  # noqa: E402
 from tests.support.radicale import RadicaleProcess  # noqa: E402
 from tests.support.xandikos import XandikosProcess  # noqa: E402
@@ -263,6 +272,64 @@ def import_from_server(
     }
 
 
+class Bare(Aggregate):
+    """The raw save loop's aggregate: one event with a title and a start, no query tables."""
+
+    @event("Created")
+    def __init__(self, title: str, start: datetime) -> None:
+        self.title = title
+        self.start = start
+
+
+def raw_save_loop(backend: str, tmp: Path, count: int) -> dict[str, Any]:
+    """Time the library alone saving ``count`` new aggregates, a chunk per transaction.
+
+    The floor under any import into the journal: the library's own aggregate,
+    encoding and insert, without caljournal's parse, decisions, sealing, query
+    tables, copy records or chain.
+    """
+    schema = f"raw_{uuid.uuid4().hex[:8]}"
+    if backend == "sqlite":
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp / schema)}
+    else:
+        with psycopg.connect(PG_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE SCHEMA "{schema}"')
+        env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", **pg_env(schema)}
+    application: Application[uuid.UUID] = Application(env=env)
+    try:
+        start = datetime(2026, 1, 5, 8, tzinfo=UTC)
+        began = time.perf_counter()
+        for first in range(0, count, CHUNK):
+            application.save(
+                *(Bare(f"Event {n}", start) for n in range(first, min(first + CHUNK, count)))
+            )
+        seconds = time.perf_counter() - began
+    finally:
+        application.close()
+        if backend != "sqlite":
+            with psycopg.connect(PG_URL, autocommit=True) as admin:
+                admin.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    return {
+        "seconds": round(seconds, 2),
+        "events": count,
+        "events_per_s": round(count / seconds, 1),
+        "us_per_event": round(seconds / count * 1e6, 1),
+    }
+
+
+def pg_env(schema: str) -> dict[str, str]:
+    """Return the library's PostgreSQL settings for ``PG_URL`` and ``schema``."""
+    url = urlsplit(PG_URL)
+    return {
+        "POSTGRES_DBNAME": url.path.lstrip("/"),
+        "POSTGRES_HOST": url.hostname or "127.0.0.1",
+        "POSTGRES_PORT": str(url.port or 5432),
+        "POSTGRES_USER": url.username or "",
+        "POSTGRES_PASSWORD": url.password or "",
+        "POSTGRES_SCHEMA": schema,
+    }
+
+
 def import_from_memory(container: Container, count: int) -> dict[str, Any]:
     """Time a first import of ``count`` events answered from memory (the journal side alone)."""
     storage = MemoryStorage(MEMORY_URL)
@@ -349,7 +416,12 @@ def multiget_load(url: str, auth: tuple[str, str], adaptive: bool) -> dict[str, 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     """Run every measurement; return the results."""
-    results: dict[str, Any] = {"events": args.events, "servers": {}, "memory": {}}
+    results: dict[str, Any] = {
+        "events": args.events,
+        "servers": {},
+        "memory": {},
+        "raw save loop": {},
+    }
     backends = args.backends.split(",")
     for server in filter(None, args.servers.split(",")):  # "" measures the journal side only
         with SERVERS[server](tmp, args.events) as (url, auth):
@@ -372,9 +444,15 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     for backend in backends:
         with journal(backend, tmp) as container:
             results["memory"][backend] = import_from_memory(container, args.memory_events)
+        results["raw save loop"][backend] = raw_save_loop(backend, tmp, args.memory_events)
     if args.big:
         results["memory"]["sqlite, big"] = big_import(args.big, tmp)
     return results
+
+
+def budget(figures: dict[str, Any], events: int) -> str:
+    """Return what 1.2 × the cheapest fetch leaves per object for all of the import's own work."""
+    return f"1.2× leaves {figures['seconds'] * 0.2 / events * 1e6:.0f} µs/object"
 
 
 def ratios(figures: dict[str, Any], seconds: float) -> str:
@@ -392,7 +470,13 @@ def show(results: dict[str, Any]) -> None:
         table.add_column(column)
     for server, figures in results["servers"].items():
         for what, f in figures.items():
-            compared = ratios(figures, f["seconds"]) if what.startswith("caljournal") else ""
+            compared = (
+                ratios(figures, f["seconds"])
+                if what.startswith("caljournal")
+                else budget(f, results["events"])
+                if what == "cheapest full fetch"
+                else ""
+            )
             table.add_row(
                 server,
                 what,
@@ -413,7 +497,16 @@ def show(results: dict[str, Any]) -> None:
             str(f["requests"]),
             str(f["seconds"]),
             str(f["events_per_s"]),
+            f"{f['seconds'] / f['events'] * 1e6:.0f} µs/object",
+        )
+    for backend, f in results["raw save loop"].items():
+        table.add_row(
+            "memory",
+            f"raw eventsourcing save loop, {f['events']} ({backend})",
             "",
+            str(f["seconds"]),
+            str(f["events_per_s"]),
+            f"{f['us_per_event']:.0f} µs/object",
         )
     Console().print(table)
 
