@@ -179,8 +179,9 @@ class ProcessPool:
     running :mod:`caljournal.adapters.cpu_helper` on two pipes only the owner
     holds: the owner's end is the helper's end of file.
 
-    Helpers start in the background on first use (a fresh interpreter takes
-    most of a second to import the parser); until one is ready, jobs run in the
+    Helpers start in the background on first use (a fresh interpreter imports
+    the function's module first: keep it lean, as ``projections.inbound_parse``
+    is, about 0.1 s); until one is ready, jobs run in the
     thread that asks for their result, so a first import never waits for a
     helper. ``processes`` threads hand jobs to idle helpers and wait on their
     pipes (not on the GIL).

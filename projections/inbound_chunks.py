@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from caljournal.adapters.cpu_pool import INLINE, CpuPool, Job
 from caljournal.adapters.storage import CalendarStorage
-from caljournal.projections.inbound_decide import Parsed, parse_object
+from caljournal.projections.inbound_parse import Parsed, parse_object
 
 BATCH = 500
 

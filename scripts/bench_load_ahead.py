@@ -40,7 +40,7 @@ from caljournal.domain.cause import Cause, Origin  # noqa: E402
 from caljournal.projections import inbound  # noqa: E402
 from caljournal.projections.inbound import Poller  # noqa: E402
 from caljournal.projections.inbound_chunks import BATCH, Chunk, fetch_chunks  # noqa: E402
-from caljournal.projections.inbound_decide import parse_object  # noqa: E402
+from caljournal.projections.inbound_parse import parse_object  # noqa: E402
 from caljournal.scripts.bench_import import MEMORY_URL, events, journal  # noqa: E402
 
 MODES = ("one after another", "loads ahead", "loads and parse ahead")

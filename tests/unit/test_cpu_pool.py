@@ -23,6 +23,7 @@ from caljournal.adapters.cpu_pool import (
     default_processes,
 )
 from caljournal.bootstrap import bootstrap
+from caljournal.projections.inbound_chunks import parse_object as chunk_parse
 from caljournal.settings import load_settings
 from tests.support.cpu_work import pid_after, pid_of
 from tests.support.patience import MIN_WAIT
@@ -229,3 +230,30 @@ def test_the_container_builds_the_pool_from_the_settings(tmp_path: Path) -> None
     assert isinstance(two, ProcessPool) and two.processes == 2
     with pytest.raises(RuntimeError, match="closed"):
         two.submit(pid_of, [0])  # the container closed it
+
+
+def test_the_parsing_helper_loads_the_calendar_readers_alone() -> None:
+    """What a parsing helper imports to run ``parse_object``: no journal, push path or caldav."""
+    probe = (
+        "import sys\n"
+        "from caljournal.projections.inbound_parse import parse_object\n"
+        "print(' '.join(sorted(sys.modules)))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    loaded = set(done.stdout.split())
+    assert "icalendar" in loaded  # the probe saw the parser's own imports
+    # Helpers import a function's module: the poll hands them this one.
+    assert chunk_parse.__module__ == "caljournal.projections.inbound_parse"
+    heavy = {
+        "caldav",
+        "niquests",
+        "eventsourcing",
+        "psycopg",
+        "pydantic",
+        "caljournal.adapters.journal",
+        "caljournal.projections.push",
+        "caljournal.projections.inbound_decide",
+    }
+    assert loaded.isdisjoint(heavy), sorted(loaded & heavy)
