@@ -37,7 +37,7 @@ from caljournal.adapters.cpu_pool import INLINE, CpuPool, ProcessPool  # noqa: E
 from caljournal.adapters.memory_storage import MemoryStorage  # noqa: E402
 from caljournal.adapters.storage import CalendarStorage, Loaded  # noqa: E402
 from caljournal.domain.cause import Cause, Origin  # noqa: E402
-from caljournal.projections import inbound  # noqa: E402
+from caljournal.projections import inbound_decider  # noqa: E402
 from caljournal.projections.inbound import Poller  # noqa: E402
 from caljournal.projections.inbound_chunks import BATCH, Chunk, fetch_chunks  # noqa: E402
 from caljournal.projections.inbound_parse import parse_object  # noqa: E402
@@ -80,7 +80,7 @@ def one_after_another(
 
 def poll_seconds(mode: str, args: argparse.Namespace, helpers: ProcessPool) -> float:
     """Return how long one first poll of ``args.objects`` objects took in ``mode``."""
-    inbound.fetch_chunks = one_after_another if mode == MODES[0] else fetch_chunks
+    inbound_decider.fetch_chunks = one_after_another if mode == MODES[0] else fetch_chunks
     try:
         with tempfile.TemporaryDirectory() as tmp, journal("sqlite", Path(tmp)) as container:
             storage = Remote(args.latency, args.per_object)
@@ -100,7 +100,7 @@ def poll_seconds(mode: str, args: argparse.Namespace, helpers: ProcessPool) -> f
             report = poller.poll()
             seconds = time.perf_counter() - began
     finally:
-        inbound.fetch_chunks = fetch_chunks
+        inbound_decider.fetch_chunks = fetch_chunks
     imported = report.counts.get("import", 0)
     assert imported == args.objects, f"imported {imported} of {args.objects}: {report}"
     return seconds

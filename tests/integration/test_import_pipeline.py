@@ -21,7 +21,7 @@ from caljournal.adapters.storage import Loaded, StorageError
 from caljournal.adapters.syncstate import StateWrites
 from caljournal.bootstrap import Container
 from caljournal.domain.cause import Cause, Origin
-from caljournal.projections import inbound, inbound_chunks
+from caljournal.projections import inbound_chunks
 from caljournal.projections.inbound import Poller
 from caljournal.projections.inbound_decide import parse_object
 from tests.support.patience import MIN_WAIT
@@ -49,7 +49,6 @@ def calendar(count: int, inline_data: bool) -> MemoryStorage:
 
 def small_chunks(monkeypatch: pytest.MonkeyPatch, size: int) -> None:
     """Make the poll fetch, decide and record ``size`` objects at a time."""
-    monkeypatch.setattr(inbound, "BATCH", size)
     monkeypatch.setattr(inbound_chunks, "BATCH", size)
 
 

@@ -13,6 +13,7 @@ import caldav
 import pytest
 
 from caljournal.adapters.caldav_storage import CalDAVStorage
+from caljournal.adapters.cpu_pool import INLINE
 from caljournal.adapters.fetch_mode import FetchMode
 from caljournal.adapters.providers import get_profile
 from caljournal.adapters.secrets import Credentials
@@ -22,7 +23,8 @@ from caljournal.domain.cause import Cause, Origin
 from caljournal.domain.link import CalendarLink
 from caljournal.domain.quarantine import QuarantineLog
 from caljournal.projections.inbound import Poller, PollReport
-from caljournal.projections.inbound_decide import parse_object
+from caljournal.projections.inbound_decider import ChunkDecider
+from caljournal.projections.inbound_record import KnownAppointments
 from caljournal.projections.outbound import OutboundWorker, PushReconciler
 from caljournal.status import account_report
 from tests.conftest import Tenant, operator
@@ -479,20 +481,35 @@ def test_duplicate_uids_are_quarantined(linked: Linked) -> None:
     reader = CalDAVStorage(
         linked.container.links.access(stored), linked.url, get_profile(stored.provider)
     )
-    poller = Poller(
-        linked.container.journal,
-        reader,
+    journal = linked.container.journal
+    decider = ChunkDecider(
+        journal,
         linked.container.sync_state,
+        reader,
+        INLINE,
         linked.account,
-        linked.link_state(),
-        lambda: Cause(Origin.CALDAV, "worker:test", "dup"),
+        linked.url,
+        KnownAppointments(journal, linked.account),
+        trips=lambda cancels, live, confirmed: False,
+        pause=lambda reason: None,
     )
-    objects = {
-        linked.url + "a.ics": (body.format(title="A").encode(), '"1"'),
-        linked.url + "b.ics": (body.format(title="B").encode(), '"2"'),
+    data = {
+        linked.url + "a.ics": body.format(title="A"),
+        linked.url + "b.ics": body.format(title="B"),
     }
-    parsed = {href: parse_object(data) for href, (data, _) in objects.items()}
-    decisions = poller._decide(objects, {}, {}, parsed)
+    batches = decider.decisions(
+        sorted(data),
+        {href: text.encode() for href, text in data.items()},
+        {linked.url + "a.ics": '"1"', linked.url + "b.ics": '"2"'},
+        set(),
+        {},
+        {},
+        None,
+        PollReport(),
+        0,
+        False,
+    )
+    decisions = [decision for batch in batches for decision in batch]
     reader.close()
     assert [d.kind for d in decisions] == ["import", "quarantine"]
     assert "duplicate UID" in (decisions[1].reason or "")

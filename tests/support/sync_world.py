@@ -31,7 +31,7 @@ from caljournal.adapters.memory_storage import MemoryStorage
 from caljournal.adapters.storage import Written
 from caljournal.adapters.syncstate_sql import SQLSyncState
 from caljournal.domain.cause import Cause, Origin
-from caljournal.projections import inbound, inbound_chunks
+from caljournal.projections import inbound_chunks
 from caljournal.projections.inbound import CheckPolicy, Poller, PollReport
 from caljournal.projections.push import Pusher, plan
 from caljournal.projections.resync import Resync, Summary
@@ -273,7 +273,6 @@ class SyncWorld:
         if crash is None:
             return self.poller.poll()
         with (
-            mock.patch.object(inbound, "BATCH", 1),
             mock.patch.object(inbound_chunks, "BATCH", 1),
             self._dying_save(crash),
         ):
