@@ -18,6 +18,8 @@ from urllib.parse import ParseResult, unquote, urlparse, urlsplit, urlunsplit
 from caldav.lib.url import URL, normalise_path
 
 _DROPPED = frozenset("\t\r\n")
+#: Absent from an absolute-path href, the href is its own joined path (see ``spelled``).
+_NOT_PLAIN = frozenset("\t\r\n;?#")
 
 
 class HrefJoiner:
@@ -60,6 +62,16 @@ class HrefJoiner:
         says the two spellings of ``@`` are two resources (``preserve``), the
         ``@`` is left as sent.
         """
+        if href.startswith("/") and not href.startswith("//") and _NOT_PLAIN.isdisjoint(href):
+            # A plain absolute path (what servers send for each member) is the
+            # path of its own join: the member test needs no URL taken apart.
+            folder, _, name = href.rpartition("/")
+            if name and unquote(folder + "/") == self._path:
+                return self.calendar_url + normalise_path(name, safe="", preserve_at=preserve)
+        return self._spelled_joined(href, preserve)
+
+    def _spelled_joined(self, href: str, preserve: bool) -> str:
+        """Return :meth:`spelled` of any href, taking its joined URL apart."""
         parts = urlsplit(self.join(href))
         folder, _, name = parts.path.rpartition("/")
         if name and unquote(folder + "/") == self._path:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 import pytest
 from caldav.lib.url import URL
 from hypothesis import given
@@ -62,3 +64,25 @@ def test_an_href_on_another_host_is_refused_as_the_library_does() -> None:
     assert HrefJoiner(URL(BASES[0])).join("/alice/calendar/x%40y.ics") == (
         "http://127.0.0.1:5232/alice/calendar/x%40y.ics"
     )
+
+
+@given(
+    base=st.sampled_from(BASES),
+    pieces=st.lists(PIECES, max_size=8),
+    member=st.booleans(),
+    preserve=st.booleans(),
+)
+def test_a_plain_href_is_spelled_as_its_joined_url_is(
+    base: str, pieces: list[str], member: bool, preserve: bool
+) -> None:
+    """The short way for plain absolute paths gives what taking the joined URL apart gives."""
+    joiner = HrefJoiner(URL(base))
+    folder = urlsplit(str(URL(base))).path.rstrip("/") + "/" if member else "/"
+    href = folder + "/".join(pieces)
+    try:
+        expected = joiner._spelled_joined(href, preserve)
+    except ValueError:
+        with pytest.raises(ValueError):
+            joiner.spelled(href, preserve)
+        return
+    assert joiner.spelled(href, preserve) == expected
