@@ -1,9 +1,9 @@
 """Read what changed in a remote calendar: sync tokens, ETag listings, batched loads.
 
-The port the inbound poller talks to. Requests go through the caldav client's
-guarded session; the REPORT bodies (sync-collection, calendar-multiget) are
-written here to ask only for ETags and calendar data (``adapters.multistatus``)
-and their answers are read as a stream. This module chooses the cheapest
+The port the inbound poller talks to. The REPORT bodies (sync-collection,
+calendar-multiget) ask only for ETags and calendar data (``adapters.multistatus``);
+the requests go through the caldav client's guarded session
+(``adapters.calendar_requests``) and their answers are read as a stream. This module chooses the cheapest
 question for the server at hand and turns the answers into plain href → ETag
 maps, with the objects' data where the server sent it.
 """
@@ -11,8 +11,8 @@ maps, with the objects' data where the server sent it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Iterable
+from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -23,22 +23,16 @@ from lxml import etree
 
 from caljournal.adapters.caldav_client import (
     CalDAVError,
-    NotCalDAVError,
     ResponseTooLargeError,
     ServerAccess,
-    check_response,
     open_client,
-    request,
-    translate,
 )
+from caljournal.adapters.calendar_requests import CTAG_BODY, NS, etag, propfind, read, report
 from caljournal.adapters.hrefs import HrefJoiner
 from caljournal.adapters.multistatus import (
     Answer,
-    Member,
-    MultistatusError,
     calendar_query_body,
     multiget_body,
-    read_multistatus,
     sync_collection_body,
 )
 from caljournal.adapters.retry import RetryPolicy
@@ -61,7 +55,6 @@ MULTIGET_QUICK = 2.0
 MULTIGET_SLOW_SHARE = 0.5
 # Truncated (507) sync answers followed before giving up on a server.
 MAX_SYNC_ANSWERS = 1000
-NS = {"d": "DAV:", "cs": "http://calendarserver.org/ns/"}
 
 
 # The port's records and errors (``adapters.storage``), under the names used here.
@@ -177,7 +170,7 @@ class CalendarReader:
             return replace(delta, requests=delta.requests + 1)
         data = dict(delta.data)
         preserve = self._at_kept()
-        for item in _read(raw, "loading every object"):
+        for item in read(raw, "loading every object"):
             if isinstance(item, Answer) or item.data is None:
                 continue
             href = self._spelled(item.href, preserve)
@@ -216,7 +209,7 @@ class CalendarReader:
             requests += 1
             answer = Answer(members=[])
             preserve = self._at_kept()
-            for item in _read(raw, "asking what changed", urlsplit(self.calendar_url).path):
+            for item in read(raw, "asking what changed", urlsplit(self.calendar_url).path):
                 if isinstance(item, Answer):
                     answer = item
                     continue
@@ -262,47 +255,10 @@ class CalendarReader:
         what: str,
         token: str | None = None,
     ) -> bytes:
-        """Send one REPORT to the calendar; return the multistatus body.
-
-        It goes through the client's guarded session (caps, deadline, address
-        checks) but not through the library's answer object, which would parse
-        the whole body into one tree before anything could be read.
-
-        :raises SyncTokenInvalidError: when ``token`` was sent and the server refuses it.
-        """
-        session = client.session
-        headers = {
-            **client.headers,
-            "Depth": depth,
-            "Content-Type": "application/xml; charset=utf-8",
-        }
-        for attempt in range(2):
-            with translate(what), session.kind(kind, seconds):
-                response = session.request(
-                    "REPORT",
-                    self.calendar_url,
-                    data=body,
-                    headers=headers,
-                    auth=client.auth,
-                    timeout=client.timeout,
-                    verify=client.ssl_verify_cert,
-                    cert=client.ssl_cert,
-                )
-                content = response.content or b""
-            if response.status_code == 401 and client.auth is None and attempt == 0:
-                # Let the library find out how this server wants credentials, then ask again.
-                self._propfind(client, DISCOVERY, "0", _CTAG_BODY, what)
-                continue
-            break
-        status = int(response.status_code)
-        if (
-            token is not None
-            and status in (403, 409, 412)
-            and (b"valid-sync-token" in content or status == 412)
-        ):
-            raise SyncTokenInvalidError("the server no longer knows the sync token", status=status)
-        check_response(_Status(status, response.headers), what, (207,))
-        return bytes(content)
+        """Send one REPORT to the calendar (``calendar_requests.report``); return its body."""
+        return report(
+            client, self.calendar_url, body, depth, kind, seconds, what, token, self._call
+        )
 
     def listing(self) -> Delta:
         """Return every object's href and ETag (one PROPFIND, no calendar data)."""
@@ -320,7 +276,7 @@ class CalendarReader:
                 continue
             if node.find(".//d:resourcetype/d:collection", NS) is not None:
                 continue
-            found[href] = _etag(node.findtext(".//d:getetag", None, NS))
+            found[href] = etag(node.findtext(".//d:getetag", None, NS))
         return Delta(changed=found, complete=True)
 
     def _at_kept(self) -> bool:
@@ -337,7 +293,7 @@ class CalendarReader:
     def state_tag(self) -> str | None:
         """Return the collection's CTag or sync-token property (None if it has neither)."""
         tree = self._propfind(
-            self.client, DISCOVERY, "0", _CTAG_BODY, "asking whether the calendar changed"
+            self.client, DISCOVERY, "0", CTAG_BODY, "asking whether the calendar changed"
         )
         for path in (".//cs:getctag", ".//d:sync-token"):
             value = tree.findtext(path, None, NS)
@@ -347,20 +303,7 @@ class CalendarReader:
 
     def _propfind(self, client: Any, kind: str, depth: str, body: bytes, what: str) -> Any:
         """Send one PROPFIND to the calendar (retried as the policy says); return its XML tree."""
-
-        def ask() -> Any:
-            with client.session.kind(kind):
-                return request(
-                    client,
-                    self.calendar_url,
-                    "PROPFIND",
-                    what,
-                    body=body,
-                    headers={"Depth": depth, "Content-Type": "application/xml; charset=utf-8"},
-                    ok=(207,),
-                )
-
-        return _xml(self._call(ask).raw, what)
+        return propfind(client, self.calendar_url, kind, depth, body, what, self._call)
 
     def load(self, hrefs: Iterable[str]) -> Loaded:
         """Load objects with calendar-multiget, in batches (never one GET each).
@@ -400,7 +343,7 @@ class CalendarReader:
             loaded.requests += 1
             if len(batch) == self.multiget_batch:  # a short last batch says little
                 self.multiget_batch = self._next_batch(time.monotonic() - began)
-            for item in _read(raw, "loading changed objects"):
+            for item in read(raw, "loading changed objects"):
                 if isinstance(item, Answer) or item.data is None:
                     continue  # a 404 inside the multistatus: gone meanwhile
                 absolute = self._hrefs.join(item.href)
@@ -423,51 +366,3 @@ class CalendarReader:
         self.client.session.close()
         if self._full_client is not None:
             self._full_client.session.close()
-
-
-_CTAG_BODY = (
-    b'<?xml version="1.0" encoding="utf-8"?><d:propfind xmlns:d="DAV:" '
-    b'xmlns:cs="http://calendarserver.org/ns/"><d:prop><cs:getctag/><d:sync-token/>'
-    b"</d:prop></d:propfind>"
-)
-
-
-@dataclass(frozen=True)
-class _Status:
-    """The parts of an answer ``check_response`` reads."""
-
-    status: int
-    headers: Any
-
-
-def _etag(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = str(value).strip()
-    return text or None
-
-
-def _read(raw: bytes, what: str, collection: str | None = None) -> Iterator[Member | Answer]:
-    """Read a multistatus answer as a stream (see ``read_multistatus``).
-
-    :raises NotCalDAVError: when it is not a well-formed multistatus.
-    """
-    try:
-        yield from read_multistatus(raw, collection)
-    except MultistatusError:
-        raise NotCalDAVError(f"the server's answer was not CalDAV XML while {what}") from None
-
-
-def _bytes(raw: Any) -> bytes:
-    return raw.encode() if isinstance(raw, str) else bytes(raw)
-
-
-def _xml(raw: Any, what: str) -> Any:
-    """Parse a multistatus answer.
-
-    :raises NotCalDAVError: when it is not XML.
-    """
-    try:
-        return etree.fromstring(_bytes(raw))
-    except (etree.XMLSyntaxError, ValueError):
-        raise NotCalDAVError(f"the server's answer was not CalDAV XML while {what}") from None
