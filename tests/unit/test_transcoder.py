@@ -80,9 +80,12 @@ def test_the_journal_encodes_with_it(tmp_path: Path) -> None:
         "CREATE_TABLE": "y",
     }
     journal = Journal(env=env)
-    assert isinstance(journal.mapper.transcoder, JournalTranscoder)
-    at = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
-    assert journal.mapper.transcoder.encode({"at": at}) == LIBRARY.encode({"at": at})
+    try:
+        assert isinstance(journal.mapper.transcoder, JournalTranscoder)
+        at = datetime(2026, 5, 4, 3, 2, 1, tzinfo=UTC)
+        assert journal.mapper.transcoder.encode({"at": at}) == LIBRARY.encode({"at": at})
+    finally:
+        journal.close()
 
 
 def _same(left: Any, right: Any) -> bool:
