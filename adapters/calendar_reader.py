@@ -3,9 +3,10 @@
 The port the inbound poller talks to. The REPORT bodies (sync-collection,
 calendar-multiget) ask only for ETags and calendar data (``adapters.multistatus``);
 the requests go through the caldav client's guarded session
-(``adapters.calendar_requests``) and their answers are read as a stream. This module chooses the cheapest
-question for the server at hand and turns the answers into plain href → ETag
-maps, with the objects' data where the server sent it.
+(``adapters.calendar_requests``) and their answers are read as a stream. This
+module chooses the cheapest question for the server at hand and turns the
+answers into plain href → ETag maps, with the objects' data where the server
+sent it.
 """
 
 from __future__ import annotations
@@ -173,7 +174,7 @@ class CalendarReader:
         for item in read(raw, "loading every object"):
             if isinstance(item, Answer) or item.data is None:
                 continue
-            href = self._spelled(item.href, preserve)
+            href = self._hrefs.spelled(item.href, preserve)
             if href in delta.changed and item.etag == delta.changed[href]:
                 data[href] = item.data
         return replace(delta, data=data, requests=delta.requests + 1)
@@ -213,7 +214,7 @@ class CalendarReader:
                 if isinstance(item, Answer):
                     answer = item
                     continue
-                href = self._spelled(item.href, preserve)
+                href = self._hrefs.spelled(item.href, preserve)
                 if href.rstrip("/") == self.calendar_url.rstrip("/") or href.endswith("/"):
                     continue
                 if item.status == 404:
@@ -271,7 +272,7 @@ class CalendarReader:
         found: dict[str, str | None] = {}
         preserve = self._at_kept()
         for node in tree.findall("d:response", NS):
-            href = self._spelled(node.findtext("d:href", "", NS).strip(), preserve)
+            href = self._hrefs.spelled(node.findtext("d:href", "", NS).strip(), preserve)
             if href.rstrip("/") == self.calendar_url.rstrip("/"):
                 continue
             if node.find(".//d:resourcetype/d:collection", NS) is not None:
@@ -282,13 +283,6 @@ class CalendarReader:
     def _at_kept(self) -> bool:
         """Return whether the server's profile says the two spellings of ``@`` are two resources."""
         return at_spelling_is_significant(getattr(self.client, "features", None))
-
-    def _spelled(self, href: str, preserve: bool) -> str:
-        """Return an href from the server as an absolute URL in one spelling (``HrefJoiner``).
-
-        ``preserve`` is :meth:`_at_kept`, asked once per answer.
-        """
-        return self._hrefs.spelled(href, preserve)
 
     def state_tag(self) -> str | None:
         """Return the collection's CTag or sync-token property (None if it has neither)."""

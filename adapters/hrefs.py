@@ -19,7 +19,7 @@ from caldav.lib.url import URL, normalise_path
 
 _DROPPED = frozenset("\t\r\n")
 #: Absent from an absolute-path href, the href is its own joined path (see ``spelled``).
-_NOT_PLAIN = frozenset("\t\r\n;?#")
+_NOT_PLAIN = _DROPPED | frozenset(";?#")
 
 
 class HrefJoiner:
@@ -62,18 +62,12 @@ class HrefJoiner:
         says the two spellings of ``@`` are two resources (``preserve``), the
         ``@`` is left as sent.
         """
-        if href.startswith("/") and not href.startswith("//") and _NOT_PLAIN.isdisjoint(href):
-            # A plain absolute path (what servers send for each member) is the
-            # path of its own join: the member test needs no URL taken apart.
-            folder, _, name = href.rpartition("/")
-            if name and unquote(folder + "/") == self._path:
-                return self.calendar_url + normalise_path(name, safe="", preserve_at=preserve)
-        return self._spelled_joined(href, preserve)
-
-    def _spelled_joined(self, href: str, preserve: bool) -> str:
-        """Return :meth:`spelled` of any href, taking its joined URL apart."""
-        parts = urlsplit(self.join(href))
-        folder, _, name = parts.path.rpartition("/")
+        # A plain absolute path (what servers send for each member) is the path of
+        # its own join: the member test needs no URL built and taken apart.
+        plain = href.startswith("/") and not href.startswith("//") and _NOT_PLAIN.isdisjoint(href)
+        parts = None if plain else urlsplit(self.join(href))
+        folder, _, name = (href if parts is None else parts.path).rpartition("/")
         if name and unquote(folder + "/") == self._path:
             return self.calendar_url + normalise_path(name, safe="", preserve_at=preserve)
+        parts = parts or urlsplit(self.join(href))
         return urlunsplit(parts._replace(path=normalise_path(parts.path, preserve_at=preserve)))

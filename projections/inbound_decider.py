@@ -10,8 +10,10 @@ decided last, once every object is, and only if they do not trip the breaker.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 from caljournal.adapters.cpu_pool import CpuPool
@@ -113,13 +115,8 @@ class ChunkDecider:
         """
         involved = {c.appointment_id for h, c in copies.items() if h in objects}
         states = self.known.states(involved)
-        import_ids: dict[str, str] = {}  # by UID: the owner and the decision both ask
-
-        def import_id(uid: str) -> str:
-            found = import_ids.get(uid)
-            if found is None:
-                found = import_ids[uid] = imported_id(self.account_id, self.calendar_url, uid)
-            return found
+        # By UID, once per chunk: the owner and the decision both ask.
+        import_id = functools.cache(partial(imported_id, self.account_id, self.calendar_url))
 
         owners = {
             href: self._owner_id(parsed[href], import_id)

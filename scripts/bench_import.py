@@ -48,7 +48,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import psycopg
@@ -74,7 +73,7 @@ from caljournal.domain.cause import Cause, Origin  # noqa: E402
 from caljournal.domain.link import CalendarLink  # noqa: E402
 from caljournal.projections.inbound import Poller  # noqa: E402
 from caljournal.projections.inbound_chunks import BATCH as CHUNK  # noqa: E402
-from caljournal.settings import load_settings  # noqa: E402
+from caljournal.settings import database_config, load_settings  # noqa: E402
 from tests.support.radicale import RadicaleProcess  # noqa: E402
 from tests.support.xandikos import XandikosProcess  # noqa: E402
 
@@ -290,11 +289,11 @@ def raw_save_loop(backend: str, tmp: Path, count: int) -> dict[str, Any]:
     """
     schema = f"raw_{uuid.uuid4().hex[:8]}"
     if backend == "sqlite":
-        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp / schema)}
+        env = database_config(f"sqlite:///{tmp / schema}")
     else:
         with psycopg.connect(PG_URL, autocommit=True) as admin:
             admin.execute(f'CREATE SCHEMA "{schema}"')
-        env = {"PERSISTENCE_MODULE": "eventsourcing.postgres", **pg_env(schema)}
+        env = database_config(f"{PG_URL}?schema={schema}")
     application: Application[uuid.UUID] = Application(env=env)
     try:
         start = datetime(2026, 1, 5, 8, tzinfo=UTC)
@@ -314,19 +313,6 @@ def raw_save_loop(backend: str, tmp: Path, count: int) -> dict[str, Any]:
         "events": count,
         "events_per_s": round(count / seconds, 1),
         "us_per_event": round(seconds / count * 1e6, 1),
-    }
-
-
-def pg_env(schema: str) -> dict[str, str]:
-    """Return the library's PostgreSQL settings for ``PG_URL`` and ``schema``."""
-    url = urlsplit(PG_URL)
-    return {
-        "POSTGRES_DBNAME": url.path.lstrip("/"),
-        "POSTGRES_HOST": url.hostname or "127.0.0.1",
-        "POSTGRES_PORT": str(url.port or 5432),
-        "POSTGRES_USER": url.username or "",
-        "POSTGRES_PASSWORD": url.password or "",
-        "POSTGRES_SCHEMA": schema,
     }
 
 
